@@ -1,0 +1,52 @@
+"""Probabilistic CLIP models: configs, registry, towers, the ``ProbCLIP`` module, loading and conversion."""
+
+from .config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ProbCLIPConfig, TextConfig, VisionConfig
+from .factory import (
+    create_model,
+    create_model_and_transforms,
+    create_model_from_pretrained,
+    load_pretrained_model,
+    resolve_checkpoint_dir,
+)
+from .heads import GaussianHead
+from .loading import CheckpointMismatchError, load_state_dict_strict, read_checkpoint_dir, read_config_file
+from .model import ProbCLIP
+from .registry import get_model_config, list_models, register_model_config
+from .released import (
+    config_from_released,
+    config_to_released,
+    probclip_to_released_state_dict,
+    released_to_probclip_state_dict,
+    save_released,
+)
+from .text import TextTower
+from .vision import VisionTower
+
+__all__ = [
+    "OPENAI_CLIP_MEAN",
+    "OPENAI_CLIP_STD",
+    "CheckpointMismatchError",
+    "GaussianHead",
+    "ProbCLIP",
+    "ProbCLIPConfig",
+    "TextConfig",
+    "TextTower",
+    "VisionConfig",
+    "VisionTower",
+    "config_from_released",
+    "config_to_released",
+    "create_model",
+    "create_model_and_transforms",
+    "create_model_from_pretrained",
+    "get_model_config",
+    "list_models",
+    "load_pretrained_model",
+    "load_state_dict_strict",
+    "probclip_to_released_state_dict",
+    "read_checkpoint_dir",
+    "read_config_file",
+    "register_model_config",
+    "released_to_probclip_state_dict",
+    "resolve_checkpoint_dir",
+    "save_released",
+]

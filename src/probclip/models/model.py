@@ -1,0 +1,119 @@
+"""``ProbCLIP``: a vision tower and a text tower producing Gaussian embeddings, plus logit parameters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+from safetensors.torch import save_file
+from torch import nn
+
+from ..embedding import ProbEmbedding
+from .config import ProbCLIPConfig
+from .text import TextTower
+from .vision import VisionTower
+
+__all__ = ["ProbCLIP"]
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+class ProbCLIP(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="probclip",
+    tags=["probclip", "prolip", "probabilistic-embeddings", "vision-language"],
+):
+    """Probabilistic CLIP model: images and texts become diagonal Gaussians ``ProbEmbedding(mean, logvar)``.
+
+    Attributes:
+        visual: ``VisionTower`` (``visual.image_size`` pixels, ``visual.num_patches`` patches).
+        text: ``TextTower`` (``text.context_length`` tokens).
+        logit_scale: 0-dim parameter, log of the similarity scale (init log(1/0.07)).
+        logit_bias: 0-dim parameter, additive bias of the sigmoid loss (init -10).
+        config: the ``ProbCLIPConfig`` the model was built from.
+
+    Save with ``save_pretrained(dir)`` (``config.json`` + ``model.safetensors``) or ``push_to_hub(repo_id)``;
+    load with ``probclip.create_model_from_pretrained(dir)`` or ``ProbCLIP.from_pretrained(dir)``.
+    """
+
+    def __init__(self, config: ProbCLIPConfig | dict | None = None):
+        super().__init__()
+        if config is None:
+            config = ProbCLIPConfig()
+        elif isinstance(config, dict):
+            config = ProbCLIPConfig.from_dict(config)
+        elif not isinstance(config, ProbCLIPConfig):
+            raise TypeError(f"ProbCLIP expects a ProbCLIPConfig or a dict; got {type(config).__name__}")
+        self.config = config
+        self.embed_dim = config.embed_dim
+        self.visual = VisionTower(config.vision, config.embed_dim, double_norm_cls=config.released_compat)
+        self.text = TextTower(config.text, config.embed_dim, released_compat=config.released_compat)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
+        self.logit_bias = nn.Parameter(torch.tensor(float(config.init_logit_bias)))
+
+    # ----------------------------------------------------------------------------------------- encoding
+    def encode_image(self, images: torch.Tensor, keep_patches: torch.Tensor | None = None) -> ProbEmbedding:
+        """``images [B, 3, H, W]`` (preprocessed) -> ``ProbEmbedding [B, D]`` with unit-norm mean.
+
+        ``keep_patches``: optional integer tensor ``[B, K]`` of patch indices (0..num_patches-1) to keep, for a
+        masked view; CLS and UNC are always kept.
+        """
+        mean, logvar = self.visual(images, keep_patches)
+        return ProbEmbedding(F.normalize(mean, dim=-1), logvar)
+
+    def encode_text(self, tokens: torch.Tensor) -> ProbEmbedding:
+        """``tokens [B, L]`` (L <= context length) -> ``ProbEmbedding [B, D]`` with unit-norm mean."""
+        mean, logvar = self.text(tokens)
+        return ProbEmbedding(F.normalize(mean, dim=-1), logvar)
+
+    def forward(
+        self,
+        images: torch.Tensor | None = None,
+        tokens: torch.Tensor | None = None,
+        keep_patches: torch.Tensor | None = None,
+    ) -> dict:
+        """Encode both modalities.
+
+        Returns ``dict(image=ProbEmbedding | None, text=ProbEmbedding | None, logit_scale=0-dim log scale,
+        logit_bias=0-dim bias)``.
+        """
+        return {
+            "image": None if images is None else self.encode_image(images, keep_patches),
+            "text": None if tokens is None else self.encode_text(tokens),
+            "logit_scale": self.logit_scale,
+            "logit_bias": self.logit_bias,
+        }
+
+    # ----------------------------------------------------------------------------------------- training aids
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute transformer blocks in the backward pass of both towers (less memory, more compute)."""
+        self.visual.grad_checkpointing = bool(enable)
+        self.text.grad_checkpointing = bool(enable)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ----------------------------------------------------------------------------------------- saving / loading
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """Write ``model.safetensors`` (probclip key names) and ``config.json`` (``ProbCLIPConfig.to_dict()``)."""
+        save_directory = Path(save_directory)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(save_directory / WEIGHTS_NAME), metadata={"format": "pt", "library": "probclip"})
+        (save_directory / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "ProbCLIP":  # type: ignore[override]
+        """Load a model from a directory or ``hf-hub:owner/repo`` (probclip or released format), strictly.
+
+        Keyword arguments are those of ``probclip.create_model_from_pretrained``.
+        """
+        from .factory import load_pretrained_model
+
+        name = str(pretrained_model_name_or_path)
+        return load_pretrained_model(name, **kwargs)
