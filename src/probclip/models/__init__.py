@@ -1,6 +1,7 @@
 """Probabilistic CLIP models: configs, registry, towers, the ``ProbCLIP`` module, loading and conversion."""
 
 from .config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ProbCLIPConfig, TextConfig, VisionConfig
+from .context import extend_context_length, resize_text_positional_embedding
 from .factory import (
     create_model,
     create_model_and_transforms,
@@ -36,6 +37,7 @@ __all__ = [
     "config_from_released",
     "config_to_released",
     "create_model",
+    "extend_context_length",
     "create_model_and_transforms",
     "create_model_from_pretrained",
     "get_model_config",
@@ -47,6 +49,7 @@ __all__ = [
     "read_config_file",
     "register_model_config",
     "released_to_probclip_state_dict",
+    "resize_text_positional_embedding",
     "resolve_checkpoint_dir",
     "save_released",
 ]
