@@ -1,0 +1,459 @@
+"""Readers for the benchmark file layouts, producing in-memory indexes (images are read lazily).
+
+Layouts:
+
+- image folder: ``ROOT/<class name>/<image>``; optional ``ROOT/classnames.txt`` (one display name per
+  line, in sorted folder order) and ``ROOT/zeroshot_classification_templates.txt``.
+- CLIP_benchmark / DataComp webdataset classification: ``ROOT/classnames.txt``,
+  ``ROOT/zeroshot_classification_templates.txt``, shards ``ROOT/<split>/*.tar`` with members
+  ``<key>.{jpg,jpeg,png,webp}`` and ``<key>.cls`` (the class index as text).
+- COCO / Flickr30k Karpathy JSON (``dataset_coco.json``, ``dataset_flickr30k.json``):
+  ``images[*].{filepath?, filename, split, sentences[*].raw, cocoid?}``.
+- CSV retrieval: header with an image column (``image`` or ``filepath``) and a caption column
+  (``caption`` or ``title``); one row per caption; rows of one image share its path. Optional
+  ``image_id`` and ``caption_id`` columns.
+- webdataset retrieval: shards with ``<key>.<image ext>`` and ``<key>.txt`` (captions, one per line)
+  or ``<key>.json`` (a list of captions, or an object with a ``captions`` list).
+- Urban-1k: ``ROOT/image/<name>.jpg`` and ``ROOT/caption/<name>.txt``.
+- HierarCaps: CSV ``id,captions,image_url`` with captions joined by ``" => "``; images are found under
+  an image root by the basename of ``image_url``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "ImageItem",
+    "ClassificationData",
+    "RetrievalData",
+    "HierarCapsData",
+    "IMAGE_EXTENSIONS",
+    "read_image_folder",
+    "read_wds_classification",
+    "read_classification",
+    "read_karpathy_json",
+    "read_retrieval_csv",
+    "read_wds_retrieval",
+    "read_retrieval",
+    "read_urban1k",
+    "read_hierarcaps",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+CLASSNAMES_FILE = "classnames.txt"
+TEMPLATES_FILE = "zeroshot_classification_templates.txt"
+DEFAULT_TEMPLATES = ("a photo of a {c}.",)
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image on disk: a plain file (``offset is None``) or a member of an uncompressed tar shard.
+
+    ``key`` identifies the sample in its data set (file path, or ``<shard>::<member key>``).
+    """
+
+    key: str
+    path: Path
+    offset: int | None = None
+    size: int | None = None
+
+    def read_bytes(self) -> bytes:
+        """The encoded image file (JPEG/PNG/...) as bytes."""
+        with open(self.path, "rb") as handle:
+            if self.offset is None:
+                return handle.read()
+            handle.seek(self.offset)
+            return handle.read(self.size)
+
+    def open(self):
+        """The image as an RGB ``PIL.Image``."""
+        from PIL import Image
+
+        with Image.open(io.BytesIO(self.read_bytes())) as img:
+            return img.convert("RGB")
+
+
+@dataclass
+class ClassificationData:
+    """Labelled images with class names and prompt templates (``{c}`` stands for the class name)."""
+
+    items: list[ImageItem]
+    labels: list[int]
+    classnames: list[str]
+    templates: list[str]
+
+    def __post_init__(self) -> None:
+        if len(self.items) != len(self.labels):
+            raise ValueError(f"got {len(self.items)} images but {len(self.labels)} labels")
+        if not self.items:
+            raise ValueError("the classification data set holds no images")
+        bad = [y for y in self.labels if not 0 <= y < len(self.classnames)]
+        if bad:
+            raise ValueError(
+                f"labels must lie in [0, {len(self.classnames) - 1}] ({len(self.classnames)} class names); "
+                f"got e.g. {bad[:5]}"
+            )
+        for t in self.templates:
+            if "{c}" not in t:
+                raise ValueError(f"every template needs the placeholder '{{c}}'; got {t!r}")
+
+
+@dataclass
+class RetrievalData:
+    """Images and captions; ``caption_image[k]`` is the index of the image that caption k describes.
+
+    ``image_ids`` / ``caption_ids`` are optional external ids (e.g. COCO ids for ECCV Caption).
+    """
+
+    items: list[ImageItem]
+    captions: list[str]
+    caption_image: torch.Tensor
+    image_ids: list[int] | None = None
+    caption_ids: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        self.caption_image = torch.as_tensor(self.caption_image, dtype=torch.long)
+        if self.caption_image.shape != (len(self.captions),):
+            raise ValueError(
+                f"caption_image must have one entry per caption ({len(self.captions)}); "
+                f"got shape {tuple(self.caption_image.shape)}"
+            )
+        if not self.items or not self.captions:
+            raise ValueError(f"retrieval data needs images and captions; got {len(self.items)} and {len(self.captions)}")
+        if int(self.caption_image.min()) < 0 or int(self.caption_image.max()) >= len(self.items):
+            raise ValueError(f"caption_image indices must lie in [0, {len(self.items) - 1}]")
+        without = len(self.items) - int(torch.unique(self.caption_image).numel())
+        if without:
+            raise ValueError(f"{without} images have no caption; every image needs at least one")
+        if self.image_ids is not None and len(self.image_ids) != len(self.items):
+            raise ValueError(f"image_ids has {len(self.image_ids)} entries for {len(self.items)} images")
+        if self.caption_ids is not None and len(self.caption_ids) != len(self.captions):
+            raise ValueError(f"caption_ids has {len(self.caption_ids)} entries for {len(self.captions)} captions")
+
+
+@dataclass
+class HierarCapsData:
+    """Images with caption chains from general to specific (``chains[i]`` has the levels of image i)."""
+
+    items: list[ImageItem]
+    chains: list[list[str]]
+    ids: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _read_lines(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what}: {str(path)!r} is not a directory")
+    return path
+
+
+def _tar_samples(shard: Path) -> dict[str, dict[str, tarfile.TarInfo]]:
+    """Members of one uncompressed tar shard grouped by sample key (name up to the first dot)."""
+    samples: dict[str, dict[str, tarfile.TarInfo]] = {}
+    with tarfile.open(shard, "r:") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            name = member.name
+            base = name.rsplit("/", 1)[-1]
+            if "." not in base:
+                continue
+            stem, ext = base.split(".", 1)
+            key = name[: len(name) - len(base)] + stem
+            samples.setdefault(key, {})[ext.lower()] = member
+    return samples
+
+
+def _read_member(shard: Path, member: tarfile.TarInfo) -> bytes:
+    with open(shard, "rb") as handle:
+        handle.seek(member.offset_data)
+        return handle.read(member.size)
+
+
+def _shards(root: Path, split: str | None) -> list[Path]:
+    candidates = [root / split] if split else []
+    candidates.append(root)
+    for directory in candidates:
+        if directory.is_dir():
+            shards = sorted(directory.glob("*.tar"))
+            if shards:
+                return shards
+    where = " or ".join(repr(str(c)) for c in candidates)
+    raise FileNotFoundError(f"no .tar shards found in {where}")
+
+
+def _image_member(members: dict[str, tarfile.TarInfo]) -> tuple[str, tarfile.TarInfo] | None:
+    for ext in ("jpg", "jpeg", "png", "webp", "bmp"):
+        if ext in members:
+            return ext, members[ext]
+    return None
+
+
+def _templates_for(root: Path, templates: list[str] | None) -> list[str]:
+    if templates is not None:
+        return list(templates)
+    path = root / TEMPLATES_FILE
+    return _read_lines(path) if path.is_file() else list(DEFAULT_TEMPLATES)
+
+
+# ----------------------------------------------------------------------------- classification
+def read_image_folder(root: str | Path, templates: list[str] | None = None) -> ClassificationData:
+    """Read ``ROOT/<class>/<image>``: classes are the sorted sub-folder names.
+
+    Class display names come from ``ROOT/classnames.txt`` when present (one per line, in sorted folder
+    order), else from the folder names with ``_`` read as a space.
+    """
+    root = _require_dir(Path(root), "image folder")
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    if not folders:
+        raise FileNotFoundError(f"image folder {str(root)!r} has no class sub-folders")
+    names_file = root / CLASSNAMES_FILE
+    if names_file.is_file():
+        classnames = _read_lines(names_file)
+        if len(classnames) != len(folders):
+            raise ValueError(
+                f"{names_file} lists {len(classnames)} class names but {root} has {len(folders)} class folders"
+            )
+    else:
+        classnames = [p.name.replace("_", " ") for p in folders]
+    items, labels = [], []
+    for label, folder in enumerate(folders):
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                items.append(ImageItem(key=str(path.resolve()), path=path))
+                labels.append(label)
+    return ClassificationData(items, labels, classnames, _templates_for(root, templates))
+
+
+def read_wds_classification(
+    root: str | Path, split: str = "test", templates: list[str] | None = None
+) -> ClassificationData:
+    """Read the CLIP_benchmark / DataComp webdataset layout (``classnames.txt``, templates, ``.cls``)."""
+    root = _require_dir(Path(root), "webdataset classification root")
+    names_file = root / CLASSNAMES_FILE
+    if not names_file.is_file():
+        raise FileNotFoundError(f"webdataset classification needs {names_file} (one class name per line)")
+    classnames = _read_lines(names_file)
+    items, labels = [], []
+    for shard in _shards(root, split):
+        for key, members in _tar_samples(shard).items():
+            image = _image_member(members)
+            if image is None or "cls" not in members:
+                raise ValueError(
+                    f"sample {key!r} in {shard} needs an image (jpg/png/webp) and a .cls member; "
+                    f"has {sorted(members)}"
+                )
+            label_text = _read_member(shard, members["cls"]).decode("utf-8").strip()
+            if not label_text.lstrip("-").isdigit():
+                raise ValueError(f"{shard}::{key}.cls must hold an integer class index; got {label_text!r}")
+            member = image[1]
+            items.append(ImageItem(f"{shard.resolve()}::{key}", shard, member.offset_data, member.size))
+            labels.append(int(label_text))
+    return ClassificationData(items, labels, classnames, _templates_for(root, templates))
+
+
+def read_classification(root: str | Path, split: str = "test", templates: list[str] | None = None) -> ClassificationData:
+    """Read an image folder or a webdataset classification root, whichever ``root`` holds."""
+    root = Path(root)
+    has_shards = any(root.glob("*.tar")) or (root / split).is_dir() and any((root / split).glob("*.tar"))
+    if has_shards:
+        return read_wds_classification(root, split, templates)
+    return read_image_folder(root, templates)
+
+
+# ----------------------------------------------------------------------------- retrieval
+def read_karpathy_json(path: str | Path, image_root: str | Path | None = None, split: str = "test") -> RetrievalData:
+    """Read a Karpathy split JSON (COCO or Flickr30k); images at ``image_root/[filepath/]filename``.
+
+    ``image_root`` defaults to the JSON's folder. ``image_ids`` are the ``cocoid`` values when present.
+    Caption ids are taken from a sentence's ``id`` field when present (COCO caption ids).
+    """
+    path = Path(path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or "images" not in data:
+        raise ValueError(f"{path} is not a Karpathy split JSON: expected an object with an 'images' list")
+    root = Path(image_root) if image_root is not None else path.parent
+    items, captions, caption_image, image_ids, caption_ids = [], [], [], [], []
+    splits = set()
+    for entry in data["images"]:
+        splits.add(entry.get("split"))
+        if entry.get("split") != split:
+            continue
+        image_path = root / entry.get("filepath", "") / entry["filename"]
+        if not image_path.is_file():
+            raise FileNotFoundError(f"image {str(image_path)!r} listed in {path} does not exist (image root {root})")
+        index = len(items)
+        items.append(ImageItem(key=str(image_path.resolve()), path=image_path))
+        image_ids.append(entry.get("cocoid"))
+        for sentence in entry["sentences"]:
+            captions.append(sentence["raw"].strip())
+            caption_image.append(index)
+            caption_ids.append(sentence.get("id"))
+    if not items:
+        raise ValueError(f"{path} has no image in split {split!r}; splits present: {sorted(map(str, splits))}")
+    return RetrievalData(
+        items,
+        captions,
+        torch.tensor(caption_image),
+        image_ids=image_ids if None not in image_ids else None,
+        caption_ids=caption_ids if None not in caption_ids else None,
+    )
+
+
+def _pick_column(header: list[str], options: tuple[str, ...], path: Path) -> str:
+    for name in options:
+        if name in header:
+            return name
+    raise ValueError(f"{path} needs one of the columns {list(options)}; its header is {header}")
+
+
+def read_retrieval_csv(path: str | Path, image_root: str | Path | None = None) -> RetrievalData:
+    """Read a CSV (comma- or tab-separated) with one row per caption; rows of one image share its path."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    dialect = csv.excel_tab if "\t" in text.splitlines()[0] else csv.excel
+    rows = list(csv.DictReader(io.StringIO(text), dialect=dialect))
+    if not rows:
+        raise ValueError(f"{path} has no data rows")
+    header = list(rows[0].keys())
+    image_col = _pick_column(header, ("image", "filepath"), path)
+    caption_col = _pick_column(header, ("caption", "title"), path)
+    root = Path(image_root) if image_root is not None else path.parent
+    index_of: dict[str, int] = {}
+    items, captions, caption_image, image_ids, caption_ids = [], [], [], [], []
+    for row in rows:
+        rel = row[image_col]
+        if rel not in index_of:
+            image_path = root / rel
+            if not image_path.is_file():
+                raise FileNotFoundError(f"image {str(image_path)!r} listed in {path} does not exist")
+            index_of[rel] = len(items)
+            items.append(ImageItem(key=str(image_path.resolve()), path=image_path))
+            image_ids.append(int(row["image_id"]) if row.get("image_id") else None)
+        captions.append(row[caption_col].strip())
+        caption_image.append(index_of[rel])
+        caption_ids.append(int(row["caption_id"]) if row.get("caption_id") else None)
+    return RetrievalData(
+        items,
+        captions,
+        torch.tensor(caption_image),
+        image_ids=image_ids if None not in image_ids else None,
+        caption_ids=caption_ids if None not in caption_ids else None,
+    )
+
+
+def _captions_from_member(raw: bytes, ext: str, where: str) -> list[str]:
+    text = raw.decode("utf-8")
+    if ext == "txt":
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    value = json.loads(text)
+    if isinstance(value, dict):
+        value = value.get("captions")
+    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+        raise ValueError(f"{where}.json must hold a list of captions or an object with a 'captions' list")
+    return [c.strip() for c in value if c.strip()]
+
+
+def read_wds_retrieval(root: str | Path, split: str = "test") -> RetrievalData:
+    """Read webdataset shards with several captions per image (``.txt`` one per line, or ``.json``)."""
+    root = Path(root)
+    shards = [root] if root.is_file() else _shards(_require_dir(root, "webdataset retrieval root"), split)
+    items, captions, caption_image = [], [], []
+    for shard in shards:
+        for key, members in _tar_samples(shard).items():
+            image = _image_member(members)
+            text_ext = "txt" if "txt" in members else "json" if "json" in members else None
+            if image is None or text_ext is None:
+                raise ValueError(
+                    f"sample {key!r} in {shard} needs an image and a .txt or .json caption member; has {sorted(members)}"
+                )
+            caps = _captions_from_member(_read_member(shard, members[text_ext]), text_ext, f"{shard}::{key}")
+            if not caps:
+                raise ValueError(f"sample {key!r} in {shard} has no caption")
+            index = len(items)
+            member = image[1]
+            items.append(ImageItem(f"{shard.resolve()}::{key}", shard, member.offset_data, member.size))
+            captions.extend(caps)
+            caption_image.extend([index] * len(caps))
+    return RetrievalData(items, captions, torch.tensor(caption_image))
+
+
+def read_retrieval(path: str | Path, image_root: str | Path | None = None, split: str = "test") -> RetrievalData:
+    """Read any retrieval layout: ``.json`` Karpathy, ``.csv``/``.tsv``, or a webdataset folder/shard."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return read_karpathy_json(path, image_root, split)
+    if suffix in (".csv", ".tsv"):
+        return read_retrieval_csv(path, image_root)
+    if suffix == ".tar" or path.is_dir():
+        if path.is_dir() and (path / "image").is_dir() and (path / "caption").is_dir():
+            return read_urban1k(path)
+        return read_wds_retrieval(path, split)
+    raise ValueError(
+        f"cannot tell the retrieval layout of {str(path)!r}: expected a Karpathy .json, a .csv/.tsv, "
+        f"a webdataset folder or .tar shard, or an Urban-1k folder (image/ and caption/)"
+    )
+
+
+def read_urban1k(root: str | Path) -> RetrievalData:
+    """Read Urban-1k: ``ROOT/image/<name>.jpg`` paired with ``ROOT/caption/<name>.txt`` (one long caption)."""
+    root = _require_dir(Path(root), "Urban-1k root")
+    image_dir = _require_dir(root / "image", "Urban-1k image folder")
+    caption_dir = _require_dir(root / "caption", "Urban-1k caption folder")
+    items, captions = [], []
+    for image_path in sorted(image_dir.iterdir()):
+        if image_path.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        caption_path = caption_dir / f"{image_path.stem}.txt"
+        if not caption_path.is_file():
+            raise FileNotFoundError(f"Urban-1k image {image_path.name} has no caption file {caption_path}")
+        items.append(ImageItem(key=str(image_path.resolve()), path=image_path))
+        captions.append(" ".join(caption_path.read_text(encoding="utf-8").split()))
+    if not items:
+        raise FileNotFoundError(f"no images in {image_dir}")
+    return RetrievalData(items, captions, torch.arange(len(items)))
+
+
+def read_hierarcaps(path: str | Path, image_root: str | Path | None = None) -> HierarCapsData:
+    """Read a HierarCaps CSV (``id,captions,image_url``; captions general -> specific, joined by ``" => "``).
+
+    Each image is looked up as ``image_root/<basename of image_url>`` (default root: the CSV's folder),
+    or at ``image_url`` itself when that is an existing local path.
+    """
+    path = Path(path)
+    root = Path(image_root) if image_root is not None else path.parent
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        raise ValueError(f"{path} has no data rows")
+    missing = {"id", "captions", "image_url"} - set(rows[0].keys())
+    if missing:
+        raise ValueError(f"{path} needs the columns id, captions, image_url; missing {sorted(missing)}")
+    items, chains, ids = [], [], []
+    for row in rows:
+        url = row["image_url"].strip()
+        local = Path(url)
+        image_path = local if local.is_file() else root / url.rstrip("/").rsplit("/", 1)[-1]
+        if not image_path.is_file():
+            raise FileNotFoundError(f"HierarCaps image for id {row['id']!r} not found at {str(image_path)!r}")
+        chain = [c.strip() for c in row["captions"].split("=>")]
+        if len(chain) < 2 or not all(chain):
+            raise ValueError(f"HierarCaps row {row['id']!r} needs at least 2 non-empty levels; got {row['captions']!r}")
+        items.append(ImageItem(key=str(image_path.resolve()), path=image_path))
+        chains.append(chain)
+        ids.append(row["id"])
+    return HierarCapsData(items, chains, ids)
