@@ -234,7 +234,8 @@ class HFTokenizer(Tokenizer):
             ) from err
         self._clean = _get_cleaner(clean)
         self.context_length = int(context_length)
-        self.num_special = self._tok.num_special_tokens_to_add(pair=False)
+        self._prefix, self._suffix = self._special_tokens_around_text()
+        self.num_special = len(self._prefix) + len(self._suffix)
         tok_pad = self._tok.pad_token_id
         if pad_id is None and tok_pad is None:
             raise ValueError(f"tokenizer {self.name_or_path!r} has no pad token; pass pad_id explicitly")
@@ -248,11 +249,21 @@ class HFTokenizer(Tokenizer):
             self.mask_id = mask_token
         self.vocab_size = len(self._tok)
 
+    def _special_tokens_around_text(self) -> tuple[list[int], list[int]]:
+        """The ids the tokenizer puts before and after a text's content (e.g. ``[]`` and ``[</s>]`` for T5)."""
+        probe = "a photo"
+        plain = list(self._tok(probe, add_special_tokens=False)["input_ids"])
+        full = list(self._tok(probe, add_special_tokens=True)["input_ids"])
+        for start in range(len(full) - len(plain) + 1):
+            if full[start : start + len(plain)] == plain:
+                return full[:start], full[start + len(plain) :]
+        raise ValueError(f"cannot locate the text's ids inside the special tokens of tokenizer {self.name_or_path!r}")
+
     def encode(self, text: str) -> list[int]:
         return list(self._tok(self._clean(text), add_special_tokens=False)["input_ids"])
 
     def _wrap(self, ids: list[int]) -> list[int]:
-        return list(self._tok.build_inputs_with_special_tokens(ids))
+        return [*self._prefix, *ids, *self._suffix]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
