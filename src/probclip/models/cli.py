@@ -1,0 +1,74 @@
+"""``probclip models``: list the registered configurations, show one, or convert a checkpoint's layout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from .config import ProbCLIPConfig
+from .model import ProbCLIP
+from .registry import get_model_config, list_models
+
+
+def _summary(config: ProbCLIPConfig) -> str:
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in ProbCLIP(config).parameters())
+    v, t = config.vision, config.text
+    return (
+        f"D={config.embed_dim:<5d} image {v.image_size}px/p{v.patch_size} {v.layers}x{v.width}  "
+        f"text ctx {t.context_length} {t.layers}x{t.width} ({t.tokenizer['type']})  {n_params / 1e6:8.2f}M params"
+    )
+
+
+def _config_of(source: str) -> ProbCLIPConfig:
+    if source in list_models():
+        return get_model_config(source)
+    from .factory import resolve_checkpoint_dir
+    from .loading import read_config_file
+
+    return read_config_file(resolve_checkpoint_dir(source) / "config.json")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="probclip models", description=__doc__)
+    sub = parser.add_subparsers(dest="action")
+    list_p = sub.add_parser("list", help="list registered model names (the default action)")
+    list_p.add_argument("--names-only", action="store_true", help="print only the names")
+    show = sub.add_parser("show", help="print the config JSON of a model name, checkpoint directory or hf-hub: id")
+    show.add_argument("source")
+    convert = sub.add_parser("convert", help="rewrite a checkpoint in the released or the probclip layout")
+    convert.add_argument("source", help="checkpoint directory or hf-hub:owner/repo")
+    convert.add_argument("dest", help="output directory")
+    convert.add_argument("--to", choices=("released", "probclip"), required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``probclip models``; returns the exit status."""
+    args = _build_parser().parse_args(argv)
+    action = args.action or "list"
+    try:
+        if action == "list":
+            names = list_models()
+            width = max(len(n) for n in names)
+            for name in names:
+                print(name if getattr(args, "names_only", False) else f"{name.ljust(width)}  {_summary(get_model_config(name))}")
+        elif action == "show":
+            print(json.dumps(_config_of(args.source).to_dict(), indent=2, sort_keys=True))
+        elif action == "convert":
+            from .factory import load_pretrained_model
+            from .released import save_released
+
+            model = load_pretrained_model(args.source)
+            if args.to == "released":
+                save_released(model, args.dest)
+            else:
+                model.save_pretrained(args.dest)
+            print(f"wrote {args.to} checkpoint to {args.dest}")
+    except (KeyError, ValueError, FileNotFoundError, OSError) as err:
+        print(f"probclip models: error: {err}", file=sys.stderr)
+        return 1
+    return 0
