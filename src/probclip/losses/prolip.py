@@ -1,0 +1,199 @@
+"""ProLIP's objective: probabilistic pairwise contrastive loss + inclusion losses + VIB regulariser."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..embedding import ProbEmbedding
+from .base import PairLoss, check_weight
+from .distributed import RankContext
+from .pairwise import pairwise_sigmoid_bce
+
+__all__ = ["ProLIPLoss", "inclusion_loss_terms", "vib_terms"]
+
+
+def _inclusion_test(mu1, lv1, mu2, lv2, eps: float) -> torch.Tensor:
+    """Per-dimension inclusion test 'Gaussian 1 is included in Gaussian 2', ``[N, D]``.
+
+    With ``P = exp(-lv + eps)``: ``a = P1 + P2/2``, ``b = 2 mu1 P1 + mu2 P2``, ``c = mu1^2 P1 + mu2^2 P2/2``,
+    ``test = -2 lv1 - lv2 - log(a)/2 + b^2/(4a) - c`` (the same test as ``probclip.inclusion_score_paired``,
+    kept per dimension here because the loss applies the sigmoid before averaging over dimensions).
+    """
+    p1 = torch.exp(eps - lv1)
+    p2 = torch.exp(eps - lv2)
+    a = p1 + p2 / 2
+    b = 2 * mu1 * p1 + mu2 * p2
+    c = mu1.pow(2) * p1 + mu2.pow(2) * p2 / 2
+    return -2 * lv1 - lv2 - torch.log(a) / 2 + b.pow(2) / (4 * a) - c
+
+
+def inclusion_loss_terms(inner: ProbEmbedding, outer: ProbEmbedding, eps: float, scale: float) -> torch.Tensor:
+    """Per-sample inclusion loss 'inner_i is included in outer_i', ``[N]``.
+
+    ``mean_d -log sigmoid(scale * (test_d(inner in outer) - test_d(outer in inner)))``.
+    """
+    forward = _inclusion_test(inner.mean, inner.logvar, outer.mean, outer.logvar, eps)
+    backward = _inclusion_test(outer.mean, outer.logvar, inner.mean, inner.logvar, eps)
+    return -F.logsigmoid(scale * (forward - backward)).mean(-1)
+
+
+def vib_terms(e: ProbEmbedding) -> torch.Tensor:
+    """Per-sample VIB penalty as ProLIP computes it, ``[N]``: ``-0.5 * mean_d(1 + lv/2 - mu^2 - exp(lv/2))``.
+
+    (The KL divergence to N(0, I) with ``lv/2`` in place of the log-variance; same minimiser.)
+    """
+    half = e.logvar / 2
+    return -0.5 * (1 + half - e.mean.pow(2) - half.exp()).mean(-1)
+
+
+class ProLIPLoss(PairLoss):
+    r"""ProLIP's training objective on a (local) batch of ``b`` image-text pairs.
+
+    Notation: ``mu`` unit means, ``u = sum_d exp(lv_d)`` the uncertainty, ``s = exp(logit_scale)``,
+    ``beta_b = logit_bias``; ``B`` is the global batch (all ranks), ``M_img``/``M_txt`` the global numbers of
+    masked views, ``D`` the embedding size. Every entry of the returned dict is the weighted term as it
+    enters the total::
+
+        ppcl          = ppcl_weight * (1/B) sum_{i,j} -log sigmoid(y_ij * z_ij),
+                        z_ij = s * (mu_i . mu_j - (u_i + u_j) / 2) + beta_b,  y = 2 I - 1
+        inclusion     = inclusion_alpha     * (1/B)     sum_i incl(image_i in text_i)
+        img_inclusion = inclusion_alpha_occ * (1/M_img) sum_k incl(image_{n_k} in masked_image_k)
+        txt_inclusion = inclusion_alpha_occ * (1/M_txt) sum_k incl(text_{n_k} in masked_text_k)
+        vib           = vib_beta * (1/B) sum_i (kl_i(image) + kl_i(text))
+        loss          = ppcl + inclusion + img_inclusion + txt_inclusion + vib
+
+    with ``incl(1 in 2) = mean_d -log sigmoid(inclusion_scale * (test_d(1 in 2) - test_d(2 in 1)))``
+    (see :func:`inclusion_loss_terms`, ``inclusion_eps`` inside the test) and
+    ``kl_i = -0.5 mean_d (1 + lv/2 - mu^2 - exp(lv/2))`` (see :func:`vib_terms`). ``masked_image_k`` is a
+    masked view of sample ``n_k = masked_index[k]`` (default: the first samples, ``n_k = k``); the
+    inclusion goes "original included in masked view". Absent masked views give 0 for their term.
+
+    Distributed (torch.distributed initialised, W processes): each rank passes its local samples; texts
+    of all ranks are gathered with gradient and the local rows are scored against the ``B`` global columns
+    (memory O(b x B)). Per-sample sums are scaled by ``W / B`` (``W / M``), so the mean over ranks of each
+    entry equals the single-process value on the concatenated batch and DDP-averaged gradients equal the
+    single-process gradients, also for unequal local batch sizes.
+
+    Args:
+        inclusion_alpha: weight of the image-in-text inclusion term (released training: 1e-7).
+        inclusion_alpha_occ: weight of the original-in-masked terms (released training: 1e-3).
+        vib_beta: weight of the VIB regulariser (released training: 1e-4).
+        inclusion_eps: log-precision offset of the inclusion test (released training: -20; LongProLIP -100).
+        inclusion_scale: sharpness of the inclusion sigmoid (released training: 1000; LongProLIP 10).
+        ppcl_weight: weight of the PPCL term.
+    """
+
+    uses_masked_views = True
+    extra_arguments = ("masked_index",)
+
+    def __init__(
+        self,
+        inclusion_alpha: float = 1e-7,
+        inclusion_alpha_occ: float = 1e-3,
+        vib_beta: float = 1e-4,
+        inclusion_eps: float = -20.0,
+        inclusion_scale: float = 1000.0,
+        ppcl_weight: float = 1.0,
+        gather_across_ranks: bool = True,
+        process_group=None,
+    ):
+        super().__init__(gather_across_ranks, process_group)
+        self.inclusion_alpha = check_weight(inclusion_alpha, "inclusion_alpha")
+        self.inclusion_alpha_occ = check_weight(inclusion_alpha_occ, "inclusion_alpha_occ")
+        self.vib_beta = check_weight(vib_beta, "vib_beta")
+        self.ppcl_weight = check_weight(ppcl_weight, "ppcl_weight")
+        self.inclusion_eps = float(inclusion_eps)
+        self.inclusion_scale = float(inclusion_scale)
+        for name in ("inclusion_eps", "inclusion_scale"):
+            if not torch.isfinite(torch.tensor(getattr(self, name))):
+                raise ValueError(f"{name} must be a finite number; got {getattr(self, name)}")
+
+    def extra_repr(self) -> str:
+        return (
+            f"inclusion_alpha={self.inclusion_alpha}, inclusion_alpha_occ={self.inclusion_alpha_occ}, "
+            f"vib_beta={self.vib_beta}, inclusion_eps={self.inclusion_eps}, "
+            f"inclusion_scale={self.inclusion_scale}, ppcl_weight={self.ppcl_weight}"
+        )
+
+    def compute(self, image, text, scale, bias, context: RankContext, masked_image=None, masked_text=None,
+                masked_index=None):
+        b = len(image)
+        n_img = 0 if masked_image is None else len(masked_image)
+        n_txt = 0 if masked_text is None else len(masked_text)
+        originals = _masked_originals(masked_index, b, n_img, n_txt, image.device)
+        counts = context.gather_counts([b, n_img, n_txt], image.device)
+        sizes = [c[0] for c in counts]
+        total_b = sum(sizes)
+        total_img, total_txt = sum(c[1] for c in counts), sum(c[2] for c in counts)
+        world = context.world_size
+        zero = image.mean.new_zeros(())
+
+        terms = {}
+        terms["ppcl"] = self.ppcl_weight * ppcl_sum(image, text, scale, bias, context, sizes) * (world / total_b)
+        terms["inclusion"] = (
+            self.inclusion_alpha * self._inclusion(image, text).sum() * (world / total_b)
+            if self.inclusion_alpha
+            else zero
+        )
+        terms["img_inclusion"] = (
+            self.inclusion_alpha_occ * self._inclusion(image[originals[:n_img]], masked_image).sum()
+            * (world / total_img)
+            if self.inclusion_alpha_occ and total_img
+            else zero
+        )
+        terms["txt_inclusion"] = (
+            self.inclusion_alpha_occ * self._inclusion(text[originals[:n_txt]], masked_text).sum()
+            * (world / total_txt)
+            if self.inclusion_alpha_occ and total_txt
+            else zero
+        )
+        terms["vib"] = (
+            self.vib_beta * (vib_terms(image).sum() + vib_terms(text).sum()) * (world / total_b)
+            if self.vib_beta
+            else zero
+        )
+        terms = {"loss": sum(terms.values()), **terms}
+        return terms
+
+    def _inclusion(self, inner: ProbEmbedding, outer: ProbEmbedding | None) -> torch.Tensor:
+        if outer is None or len(outer) == 0:
+            return inner.mean.new_zeros(0)
+        return inclusion_loss_terms(inner, outer, self.inclusion_eps, self.inclusion_scale)
+
+
+def ppcl_sum(image, text, scale, bias, context: RankContext, sizes) -> torch.Tensor:
+    """``sum_{i local, j global} -log sigmoid(y_ij z_ij)`` of PPCL (0-dim), memory O(b x B).
+
+    The logit is the bilinear form ``[s mu_i, beta_b - s u_i / 2, s] . [mu_j, 1, -u_j / 2]``, so one matrix
+    product gives it with no ``[b, B]`` intermediate for the uncertainty terms.
+    """
+    b = len(image)
+    text_rows = context.gather_rows(torch.cat([text.mean, text.uncertainty[:, None]], dim=1), sizes)
+    mu_t, u_t = text_rows[:, :-1], text_rows[:, -1:]
+    right = torch.cat([mu_t, torch.ones_like(u_t), -u_t / 2], dim=1)
+    left = torch.cat(
+        [scale * image.mean, (bias - scale * image.uncertainty / 2)[:, None], scale.expand(b, 1)], dim=1
+    )
+    offset = sum(sizes[: context.rank])
+    return pairwise_sigmoid_bce(left, right, None, offset)
+
+
+def _masked_originals(masked_index, b: int, n_img: int, n_txt: int, device) -> torch.Tensor:
+    """Indices (into the local batch) of the samples whose masked views were passed."""
+    needed = max(n_img, n_txt)
+    if masked_index is None:
+        if needed > b:
+            raise ValueError(f"{needed} masked views for a batch of {b} samples; pass at most one view per sample")
+        return torch.arange(needed, device=device)
+    index = torch.as_tensor(masked_index, device=device)
+    if index.dim() != 1 or index.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"masked_index must be a 1-D integer tensor; got dtype {index.dtype}, shape {tuple(index.shape)}")
+    if len(index) != needed or (n_img and n_img != needed) or (n_txt and n_txt != needed):
+        raise ValueError(
+            f"masked_index has {len(index)} entries; it must have one per masked view "
+            f"(masked_image: {n_img}, masked_text: {n_txt})"
+        )
+    if len(index) and (int(index.min()) < 0 or int(index.max()) >= b):
+        raise ValueError(f"masked_index values must lie in [0, {b - 1}]; got range [{int(index.min())}, {int(index.max())}]")
+    return index.long()
