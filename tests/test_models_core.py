@@ -201,3 +201,13 @@ def test_extend_context_length_updates_model_config_and_tokenizer(tmp_path):
     model.save_pretrained(tmp_path / "long")
     reloaded, _ = probclip.create_model_from_pretrained(tmp_path / "long")
     assert reloaded.config.text.context_length == 48
+
+
+def test_first_snippet_of_the_models_documentation_runs():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "models.md").read_text()
+    namespace: dict = {}
+    exec(re.findall(r"```python\n(.*?)```", text, re.S)[0], namespace)
+    assert namespace["img"].shape == (2, 64) and namespace["out"]["text"].shape == (2, 64)
