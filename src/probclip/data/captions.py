@@ -1,0 +1,60 @@
+"""Captions of a sample: parsing ``txt``/``json`` payloads and drawing one caption per step."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+__all__ = ["CaptionError", "captions_from_payload", "split_captions", "draw_caption"]
+
+
+class CaptionError(ValueError):
+    """A sample's caption payload holds no usable caption (the message says what was found)."""
+
+
+def split_captions(text: str, separator: str | None) -> list[str]:
+    """Split one caption cell into several captions on ``separator`` (None: the cell is one caption).
+
+    Empty pieces are dropped; surrounding whitespace is stripped.
+    """
+    pieces = [text] if separator is None else text.split(separator)
+    return [piece.strip() for piece in pieces if piece.strip()]
+
+
+def _captions_from_json(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    if isinstance(value, dict):
+        for key in ("captions", "caption", "text"):
+            if key in value:
+                return _captions_from_json(value[key])
+        raise CaptionError(f"json caption object has none of the keys 'captions', 'caption', 'text'; keys: {sorted(value)}")
+    raise CaptionError(f"json caption must be a string, a list of strings or an object; got {type(value).__name__}")
+
+
+def captions_from_payload(extension: str, payload: bytes, separator: str | None = None) -> list[str]:
+    """Captions stored in a webdataset member: ``txt`` (UTF-8 text) or ``json`` (string, list, or object with a
+    ``captions``/``caption``/``text`` field, as img2dataset writes).
+
+    Returns a non-empty list of non-empty strings; raises ``CaptionError`` otherwise.
+    """
+    text = payload.decode("utf-8")
+    if extension == "json":
+        captions: list[str] = []
+        for caption in _captions_from_json(json.loads(text)):
+            captions.extend(split_captions(caption, separator))
+    else:
+        captions = split_captions(text, separator)
+    if not captions:
+        raise CaptionError(f"{extension} caption payload is empty")
+    return captions
+
+
+def draw_caption(captions: list[str], rng: random.Random) -> str:
+    """One caption drawn uniformly from ``captions`` with ``rng``."""
+    if not captions:
+        raise CaptionError("a sample has no captions to draw from")
+    return captions[rng.randrange(len(captions))]
