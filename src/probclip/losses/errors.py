@@ -15,7 +15,8 @@ class NonFiniteLossError(FloatingPointError):
     """A loss term evaluated to NaN or +-inf.
 
     Attributes:
-        component: name of the first non-finite term (a key of the loss dict, e.g. ``"ppcl"``).
+        component: name of the first non-finite component (a key of the loss dict, e.g. ``"ppcl"``; ``"loss"``
+            only when every component is finite but their sum overflows).
         components: names of every non-finite term.
         values: ``{name: float}`` value of each term on this process (NaN/inf included).
     """
@@ -37,7 +38,7 @@ def raise_if_not_finite(terms: Mapping[str, torch.Tensor], context: RankContext)
     In a distributed run the verdict is agreed across ranks (one small all-reduce), so that every rank
     raises together and none is left waiting in a collective of the backward pass.
     """
-    names = list(terms)
+    names = [k for k in terms if k != "loss"] + [k for k in terms if k == "loss"]  # components first
     with torch.no_grad():
         values = torch.stack([terms[k].detach().reshape(()).float() for k in names])
         bad = (~torch.isfinite(values)).float()
