@@ -12,6 +12,7 @@ from .factory import (
 from .heads import GaussianHead
 from .loading import CheckpointMismatchError, load_state_dict_strict, read_checkpoint_dir, read_config_file
 from .model import ProbCLIP
+from .openclip_init import init_from_open_clip
 from .registry import get_model_config, list_models, register_model_config
 from .released import (
     config_from_released,
@@ -41,6 +42,7 @@ __all__ = [
     "create_model_and_transforms",
     "create_model_from_pretrained",
     "get_model_config",
+    "init_from_open_clip",
     "list_models",
     "load_pretrained_model",
     "load_state_dict_strict",
