@@ -1,0 +1,127 @@
+"""torch.distributed set-up for ``torchrun`` (gloo on CPU, nccl on CUDA) and gradient averaging."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "average_gradients", "all_reduce_mean",
+           "broadcast_object", "gather_objects", "barrier"]
+
+#: Elements per all-reduce bucket when averaging gradients.
+_BUCKET_ELEMENTS = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place: ``rank``, ``world_size``, ``local_rank``, ``device``."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _pick_device(device: str, local_rank: int) -> torch.device:
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("run.device is 'cuda' but no CUDA device is available; use run.device: cpu or auto")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(device: str = "auto", backend: str = "auto") -> DistInfo:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment).
+
+    ``backend``: ``auto`` picks nccl on CUDA and gloo on CPU. Single-process runs create no process group.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    torch_device = _pick_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        chosen = backend if backend != "auto" else ("nccl" if torch_device.type == "cuda" else "gloo")
+        if chosen == "nccl" and torch_device.type != "cuda":
+            raise RuntimeError("run.dist_backend 'nccl' needs CUDA devices; use gloo for CPU runs")
+        dist.init_process_group(backend=chosen, device_id=torch_device if chosen == "nccl" else None)
+    if dist.is_initialized():
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    return DistInfo(rank, world_size, local_rank, torch_device)
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group (if any)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@torch.no_grad()
+def average_gradients(parameters, world_size: int) -> None:
+    """Average ``.grad`` over ranks in place (bucketed all-reduce of the flattened gradients).
+
+    Parameters without a gradient are skipped; every rank must have gradients for the same parameters.
+    """
+    if world_size <= 1:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for grad in grads + [None]:
+        if grad is not None:
+            bucket.append(grad)
+            size += grad.numel()
+        if bucket and (grad is None or size >= _BUCKET_ELEMENTS):
+            flat = torch.cat([g.reshape(-1) for g in bucket])
+            dist.all_reduce(flat)
+            flat /= world_size
+            offset = 0
+            for g in bucket:
+                g.copy_(flat[offset: offset + g.numel()].view_as(g))
+                offset += g.numel()
+            bucket, size = [], 0
+
+
+def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Mean of scalar ``values`` over ranks (identity in a single process)."""
+    if not (dist.is_available() and dist.is_initialized()) or not values:
+        return dict(values)
+    keys = sorted(values)
+    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    tensor /= dist.get_world_size()
+    return dict(zip(keys, tensor.tolist()))
+
+
+def broadcast_object(obj, src: int = 0):
+    """``obj`` of rank ``src`` on every rank."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+def gather_objects(obj) -> list:
+    """Every rank's ``obj`` in rank order (``[obj]`` in a single process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,371 @@
+"""The training loop: ``train(config) -> TrainResult``, the same for one CPU process and ``torchrun`` on many GPUs."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import (
+    atomic_write_text,
+    capture_rng_state,
+    load_training_state,
+    prune_checkpoints,
+    resolve_resume,
+    restore_rng_state,
+    save_checkpoint,
+)
+from .config import TrainConfig
+from .distributed import (
+    DistInfo,
+    all_reduce_mean,
+    average_gradients,
+    barrier,
+    broadcast_object,
+    cleanup_distributed,
+    gather_objects,
+    init_distributed,
+)
+from .logging import RunLogger
+from .optim import build_optimizer, clamp_logit_scale, learning_rate, set_learning_rate
+from .step import build_step_inputs, forward_backward
+
+__all__ = ["TrainResult", "StepInfo", "TrainingStopped", "train"]
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped on an error condition (too many consecutive non-finite losses, too many bad samples)."""
+
+
+@dataclass
+class StepInfo:
+    """What a callback sees after every optimizer step (on every rank).
+
+    ``loss`` and ``terms`` are this rank's values; ``skipped`` says the step was skipped (non-finite loss).
+    """
+
+    step: int
+    total_steps: int
+    samples: int
+    seconds: float
+    lr: float
+    loss: float
+    terms: dict
+    skipped: bool
+    model: Any
+
+
+@dataclass
+class TrainResult:
+    """Outcome of ``train``.
+
+    Attributes:
+        model: the trained ``ProbCLIP`` (training mode, on the training device).
+        steps: optimizer steps done in total (including before a resume).
+        seconds: wall-clock seconds of this call's training loop.
+        samples: image-text pairs seen in total (``steps x global batch``).
+        log_path: the run's ``log.jsonl``.
+        output_dir: the run directory.
+        checkpoint: the last checkpoint written (None if none).
+        stop_reason: ``completed``, ``max_seconds`` or ``callback``.
+        skipped_samples: unreadable samples skipped during this call (all ranks).
+        nonfinite_steps: steps skipped because of a non-finite loss during this call.
+        final_loss: loss of the last logged step (mean over ranks).
+    """
+
+    model: Any
+    steps: int
+    seconds: float
+    samples: int
+    log_path: Path
+    output_dir: Path
+    checkpoint: Path | None = None
+    stop_reason: str = "completed"
+    skipped_samples: int = 0
+    nonfinite_steps: int = 0
+    final_loss: float = float("nan")
+    history: list = field(default_factory=list)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _autocast_factory(device: torch.device, precision: str) -> Callable:
+    if device.type != "cuda" or precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast("cuda", dtype=dtype)
+
+
+def _build_or_resume_model(cfg: TrainConfig, resume_dir: Path | None, log: Callable):
+    from ..models import load_pretrained_model
+    from .model_init import build_model, freeze_towers
+
+    if resume_dir is None:
+        return build_model(cfg.model, log)
+    model = load_pretrained_model(resume_dir).train()
+    if cfg.model.freeze_vision or cfg.model.freeze_text:
+        freeze_towers(model, cfg.model.freeze_vision, cfg.model.freeze_text, cfg.model.freeze_heads)
+    model.set_grad_checkpointing(cfg.model.grad_checkpointing)
+    log(f"model: resumed weights from {resume_dir}")
+    return model
+
+
+def _stop_vote(local_stop: bool, dist_info: DistInfo) -> bool:
+    """True on every rank when any rank wants to stop."""
+    if not dist_info.distributed:
+        return local_stop
+    flag = torch.tensor([1.0 if local_stop else 0.0], device=dist_info.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item() > 0)
+
+
+def train(
+    config: TrainConfig,
+    *,
+    callbacks: Sequence[Callable[[StepInfo], bool | None]] = (),
+    eval_fn: Callable[[Any, int], dict] | None = None,
+    source=None,
+) -> TrainResult:
+    """Train (or fine-tune, or resume) a model as described by ``config``.
+
+    Args:
+        config: a validated ``TrainConfig`` (``probclip.train.load_config``).
+        callbacks: called after every step on every rank with a ``StepInfo``; returning True stops the run
+            (with a final checkpoint).
+        eval_fn: ``eval_fn(model, step) -> dict of numbers``, called on the main process every ``run.eval_every``
+            steps and at the end (model in eval mode, no gradient); results are logged (``eval/*``).
+        source: an already built data source (default: from ``config.data``), e.g. an in-memory dataset.
+
+    Returns a ``TrainResult``. Raises ``TrainingStopped`` after ``run.max_nonfinite_steps`` consecutive
+    non-finite losses, and the data errors of ``probclip.data`` (missing shard, empty dataset) before training.
+    """
+    from ..data.samples import PairCollator
+    from ..data.sources import build_train_batches
+    from ..losses import NonFiniteLossError, build_loss
+    from ..tokenizers import get_tokenizer
+    from ..transforms import image_transform
+
+    config = config.validate()
+    run = config.run
+    dist_info = init_distributed(run.device, run.dist_backend)
+    output_dir = Path(run.output_dir)
+    if dist_info.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    barrier()
+    resume_dir = resolve_resume(run.resume, output_dir)
+    state = load_training_state(resume_dir) if resume_dir is not None else None
+    start_step = int(state["step"]) if state else 0
+    logger = RunLogger(output_dir, run.steps, run.progress, run.tensorboard, enabled=dist_info.is_main,
+                       start_step=start_step)
+    log = logger.message
+    try:
+        config_yaml = config.to_yaml()
+        if dist_info.is_main:
+            atomic_write_text(output_dir / "train_config.yaml", config_yaml)
+        if dist_info.device.type == "cpu" and run.precision != "fp32":
+            log(f"run.precision {run.precision!r} applies to CUDA only; this CPU run computes in fp32")
+        _seed_everything(run.seed)
+        model = _build_or_resume_model(config, resume_dir, log).to(dist_info.device)
+        tokenizer = get_tokenizer(model)
+        transform = image_transform(model.config.vision, train=config.data.train_augment)
+        collator = PairCollator(transform, tokenizer, random_transform=config.data.train_augment)
+        loss_fn = build_loss(config.loss.name, **config.loss.kwargs)
+        uses_masks = getattr(loss_fn, "uses_masked_views", False) and config.masking.fraction > 0
+        if uses_masks and config.masking.text_mask_prob > 0 and tokenizer.mask_id is None:
+            raise ValueError(
+                f"masked text views need a mask token, but the tokenizer of {model.config.name or 'this model'} has "
+                "none; set masking.text_mask_prob: 0 or give the model a text.mask_id"
+            )
+        if config.loss.name == "clip":
+            model.logit_bias.requires_grad_(False)  # CLIP's softmax loss has no bias
+        optimizer = build_optimizer(model, config.optim)
+        scaler = torch.amp.GradScaler("cuda", enabled=dist_info.device.type == "cuda" and run.precision == "fp16")
+        autocast = _autocast_factory(dist_info.device, run.precision)
+        data_state = None
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler") and scaler.is_enabled():
+                scaler.load_state_dict(state["scaler"])
+            ranks_data = state.get("data") or []
+            if len(ranks_data) != dist_info.world_size:
+                raise ValueError(
+                    f"checkpoint {resume_dir} was written by {len(ranks_data)} process(es); resume it with the same "
+                    f"number (now {dist_info.world_size})"
+                )
+            data_state = ranks_data[dist_info.rank]
+            restore_rng_state(state["rng"][dist_info.rank])
+            logger.event("resume", checkpoint=str(resume_dir), step=start_step)
+        batches = build_train_batches(
+            config.data, collator, seed=run.seed, rank=dist_info.rank, world_size=dist_info.world_size,
+            start_step=start_step, resume_state=data_state, pin_memory=dist_info.device.type == "cuda", source=source,
+        )
+        return _run_loop(config, dist_info, model, loss_fn, optimizer, scaler, autocast, batches, tokenizer,
+                         uses_masks, logger, start_step, config_yaml, callbacks, eval_fn, output_dir,
+                         NonFiniteLossError)
+    finally:
+        logger.close()
+        cleanup_distributed()
+
+
+def _run_loop(config, dist_info, model, loss_fn, optimizer, scaler, autocast, batches, tokenizer, uses_masks,
+              logger, start_step, config_yaml, callbacks, eval_fn, output_dir, NonFiniteLossError) -> TrainResult:
+    run, optim = config.run, config.optim
+    global_batch = config.data.batch_size
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    step = start_step
+    started = time.perf_counter()
+    window_start, window_samples = started, 0
+    consecutive_nonfinite = nonfinite_steps = 0
+    skipped_samples_window = skipped_total = 0
+    last_checkpoint = None
+    final_loss = grad_norm = float("nan")
+    stop_reason = "completed"
+    history = []
+    mixing = config.loss if config.loss.name == "pcmepp" else None
+
+    def checkpoint(at_step: int) -> Path | None:
+        states = gather_objects({"data": batches.state(), "rng": capture_rng_state()})
+        path = None
+        if dist_info.is_main:
+            training_state = {
+                "step": at_step,
+                "samples": at_step * global_batch,
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "schedule": {"kind": optim.schedule, "warmup_steps": optim.warmup_steps, "total_steps": run.steps},
+                "data": [s["data"] for s in states],
+                "rng": [s["rng"] for s in states],
+                "world_size": dist_info.world_size,
+            }
+            path = save_checkpoint(output_dir, at_step, model, training_state, config_yaml)
+            prune_checkpoints(output_dir, run.keep_last)
+            logger.event("checkpoint", step=at_step, path=str(path))
+        barrier()
+        return broadcast_object(str(path) if path else None)
+
+    def evaluate(at_step: int) -> None:
+        if eval_fn is None:
+            return
+        if dist_info.is_main:
+            model.eval()
+            with torch.no_grad():
+                metrics = eval_fn(model, at_step)
+            model.train()
+            logger.event("eval", step=at_step, metrics=metrics)
+            logger.scalars("eval", metrics, at_step)
+        barrier()
+
+    while step < run.steps:
+        batch = next(batches)
+        lr = learning_rate(step, run.steps, optim)
+        set_learning_rate(optimizer, lr)
+        inputs = build_step_inputs(
+            batch, step=step, seed=run.seed, rank=dist_info.rank, device=dist_info.device,
+            masking=config.masking if uses_masks else None, num_patches=model.visual.num_patches,
+            mask_id=tokenizer.mask_id, pad_id=tokenizer.pad_id, mixing=mixing,
+        )
+        skipped_samples_window += batch.skipped
+        if batch.errors and dist_info.is_main:
+            logger.event("bad_samples", step=step, count=batch.skipped, errors=batch.errors)
+        skipped_step, bad_component, terms = False, None, {}
+        try:
+            terms = forward_backward(model, loss_fn, inputs, optim.accum_freq, autocast, scaler.scale)
+        except NonFiniteLossError as err:
+            skipped_step, bad_component, terms = True, err.component, dict(err.values)
+        if not skipped_step:
+            average_gradients(trainable, dist_info.world_size)
+            scaler.unscale_(optimizer)
+            grad_norm = _grad_norm(trainable, optim.grad_clip)
+            if not math.isfinite(grad_norm) and not scaler.is_enabled():
+                skipped_step, bad_component = True, "grad_norm"
+            else:
+                scaler.step(optimizer)
+                scaler.update()
+                clamp_logit_scale(model)
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        window_samples += global_batch
+        if skipped_step:
+            consecutive_nonfinite += 1
+            nonfinite_steps += 1
+            logger.event("nonfinite", step=step, component=bad_component, consecutive=consecutive_nonfinite,
+                         values=terms)
+            if consecutive_nonfinite >= run.max_nonfinite_steps:
+                raise TrainingStopped(
+                    f"{consecutive_nonfinite} consecutive steps with a non-finite loss (last component: "
+                    f"{bad_component!r}) at step {step}; lower optim.lr, check the data, or raise "
+                    f"run.max_nonfinite_steps (now {run.max_nonfinite_steps})"
+                )
+        else:
+            consecutive_nonfinite = 0
+
+        if step % run.log_every == 0 or step == run.steps:
+            means = all_reduce_mean(
+                {**{k: v for k, v in terms.items()}, "skipped_samples": float(skipped_samples_window)},
+                dist_info.device,
+            )
+            skipped_now = int(round(means.pop("skipped_samples") * dist_info.world_size))
+            skipped_total += skipped_now
+            now = time.perf_counter()
+            record = {
+                "step": step,
+                "samples": step * global_batch,
+                "lr": lr,
+                **means,
+                "logit_scale": float(model.logit_scale.detach()),
+                "logit_bias": float(model.logit_bias.detach()),
+                "grad_norm": float(grad_norm) if not skipped_step else float("nan"),
+                "samples_per_s": window_samples / max(now - window_start, 1e-9),
+                "elapsed_s": now - started,
+                "skipped_samples": skipped_now,
+                "nonfinite_steps": nonfinite_steps,
+            }
+            final_loss = record.get("loss", float("nan"))
+            history.append({k: record[k] for k in ("step", "loss") if k in record})
+            logger.step(record, advance=run.log_every if step % run.log_every == 0 else step % run.log_every)
+            window_start, window_samples, skipped_samples_window = now, 0, 0
+
+        info = StepInfo(step, run.steps, step * global_batch, time.perf_counter() - started, lr,
+                        terms.get("loss", float("nan")), terms, skipped_step, model)
+        wants_stop = any(bool(cb(info)) for cb in callbacks)
+        over_time = run.max_seconds is not None and time.perf_counter() - started >= run.max_seconds
+        if (callbacks or run.max_seconds is not None) and _stop_vote(wants_stop or over_time, dist_info) \
+                and step < run.steps:
+            stop_reason = "callback" if wants_stop else "max_seconds"
+            logger.event("stop", step=step, reason=stop_reason)
+            break
+        if run.eval_every and step % run.eval_every == 0 and step < run.steps:
+            evaluate(step)
+        if run.save_every and step % run.save_every == 0 and step < run.steps:
+            last_checkpoint = checkpoint(step)
+
+    last_checkpoint = checkpoint(step)
+    evaluate(step)
+    seconds = time.perf_counter() - started
+    return TrainResult(
+        model=model, steps=step, seconds=seconds, samples=step * global_batch, log_path=logger.path,
+        output_dir=output_dir, checkpoint=Path(last_checkpoint) if last_checkpoint else None,
+        stop_reason=stop_reason, skipped_samples=skipped_total, nonfinite_steps=nonfinite_steps,
+        final_loss=final_loss, history=history,
+    )
+
+
+def _grad_norm(parameters, max_norm: float) -> float:
+    """Global gradient norm (clipping to ``max_norm`` when > 0)."""
+    grads = [p for p in parameters if p.grad is not None]
+    if not grads:
+        return 0.0
+    if max_norm > 0:
+        return float(torch.nn.utils.clip_grad_norm_(grads, max_norm))
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in grads])))

@@ -1,0 +1,162 @@
+"""One training step's inputs and its forward/backward pass, with exact contrastive gradient accumulation.
+
+Masked views (ProLIP): a sample at global-batch index ``g`` gets a masked image and text view when
+``ceil((g + 1) * f) > ceil(g * f)`` with ``f = masking.fraction``: the first sample of every ``1 / f`` (1 in 8
+at 0.125), spread over the batch so that every rank gets its share and the selection does not depend on the
+number of processes. Each masked view is drawn from a generator seeded by (run seed, step, g), so a
+1-process and a W-process run with the same global batch build identical views.
+
+Gradient accumulation (``accum_freq = k``): the local batch is split into k chunks. All features are first
+computed without gradient; then, for each chunk, its features are recomputed with gradient, the loss of the
+whole batch is evaluated with the other chunks' cached features, and backpropagated. Summed over chunks this
+is exactly the gradient of the full-batch loss (the logit parameters take their gradient in one pass only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+
+from ..data.masking import mask_text_tokens, sample_keep_patches
+from ..data.mixing import mix_images
+from ..data.samples import derive_seed
+from ..embedding import ProbEmbedding
+
+__all__ = ["StepInputs", "masked_selection", "build_step_inputs", "forward_backward"]
+
+_MASK_TAG, _MIX_TAG = 1, 2
+
+
+@dataclass
+class StepInputs:
+    """Tensors of one local batch on the training device.
+
+    ``images [b, 3, H, W]``, ``tokens [b, L]``; masked views: ``masked_index [n]`` (local indices),
+    ``keep_patches [n, K]``, ``masked_tokens [n, L]`` (None when off); ``match_labels [b, b]`` soft labels of
+    mixed samples (PCME++) or None.
+    """
+
+    images: torch.Tensor
+    tokens: torch.Tensor
+    masked_index: torch.Tensor | None = None
+    keep_patches: torch.Tensor | None = None
+    masked_tokens: torch.Tensor | None = None
+    match_labels: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def masked_selection(first_global_index: int, count: int, fraction: float) -> list[int]:
+    """Local indices (0..count-1) of the samples at global indices ``first_global_index + i`` that get masked
+    views: those with ``ceil((g + 1) f) > ceil(g f)`` (1 in every ``1/f``, starting with g = 0)."""
+    if fraction <= 0:
+        return []
+    f = Fraction(fraction).limit_denominator(1_000_000)
+    chosen = []
+    for i in range(count):
+        g = first_global_index + i
+        if math.ceil((g + 1) * f) > math.ceil(g * f):
+            chosen.append(i)
+    return chosen
+
+
+def build_step_inputs(batch, *, step: int, seed: int, rank: int, device: torch.device, masking=None,
+                      num_patches: int = 0, mask_id: int | None = None, pad_id: int = 0,
+                      mixing=None) -> StepInputs:
+    """Move a ``PairBatch`` to ``device`` and add masked views (``masking``: a ``MaskingSection`` or None) and mixed
+    samples (``mixing``: a ``LossSection`` with ``mix_fraction``/``mix_beta``/``cutmix_prob``, or None)."""
+    images, tokens = batch.images, batch.tokens
+    local = len(images)
+    inputs = StepInputs(images, tokens)
+    if mixing is not None and mixing.mix_fraction > 0:
+        from ..losses import soft_match_labels
+
+        generator = torch.Generator().manual_seed(derive_seed(seed, step, rank, _MIX_TAG))
+        images, lam, partner = mix_images(images, mixing.mix_fraction, mixing.mix_beta, mixing.cutmix_prob, generator)
+        inputs.images = images
+        inputs.match_labels = soft_match_labels(lam, partner).to(device)
+    if masking is not None and masking.fraction > 0:
+        chosen = masked_selection(rank * local, local, masking.fraction)
+        if chosen:
+            keeps, texts = [], []
+            for i in chosen:
+                generator = torch.Generator().manual_seed(derive_seed(seed, step, rank * local + i, _MASK_TAG))
+                keeps.append(sample_keep_patches(1, num_patches, masking.image_keep_ratio, generator))
+                texts.append(mask_text_tokens(tokens[i: i + 1], masking.text_mask_prob, mask_id, pad_id, generator))
+            inputs.masked_index = torch.tensor(chosen, dtype=torch.long, device=device)
+            inputs.keep_patches = torch.cat(keeps).to(device)
+            inputs.masked_tokens = torch.cat(texts).to(device)
+    non_blocking = device.type == "cuda"
+    inputs.images = inputs.images.to(device, non_blocking=non_blocking)
+    inputs.tokens = inputs.tokens.to(device, non_blocking=non_blocking)
+    return inputs
+
+
+def _encode(model, images, tokens):
+    return model.encode_image(images), model.encode_text(tokens)
+
+
+def _encode_masked(model, inputs: StepInputs):
+    if inputs.masked_index is None:
+        return None, None
+    masked_image = model.encode_image(inputs.images[inputs.masked_index], keep_patches=inputs.keep_patches)
+    masked_text = model.encode_text(inputs.masked_tokens)
+    return masked_image, masked_text
+
+
+def _loss_extras(loss_fn, inputs: StepInputs, masked_image, masked_text) -> dict:
+    extras = {}
+    if getattr(loss_fn, "uses_masked_views", False) and masked_image is not None:
+        extras.update(masked_image=masked_image, masked_text=masked_text, masked_index=inputs.masked_index)
+    if "match_labels" in getattr(loss_fn, "extra_arguments", ()) and inputs.match_labels is not None:
+        extras["match_labels"] = inputs.match_labels
+    return extras
+
+
+def forward_backward(model, loss_fn, inputs: StepInputs, accum_freq: int = 1, autocast=contextlib.nullcontext,
+                     scale_loss=lambda loss: loss) -> dict[str, float]:
+    """Compute the loss of ``inputs`` and accumulate its gradient into ``model``'s ``.grad``.
+
+    Args:
+        model: a ``ProbCLIP`` (``encode_image``, ``encode_text``, ``logit_scale``, ``logit_bias``).
+        loss_fn: a ``probclip.losses`` loss.
+        inputs: the local batch.
+        accum_freq: number of chunks for exact gradient accumulation (1: one pass).
+        autocast: factory of the autocast context for the model's forward passes.
+        scale_loss: applied to the loss before ``backward`` (the fp16 gradient scaler).
+
+    Returns the loss terms of this rank as floats. Raises ``probclip.losses.NonFiniteLossError`` (before any
+    backward pass) when a term is not finite.
+    """
+    uses_masks = getattr(loss_fn, "uses_masked_views", False)
+    if accum_freq <= 1:
+        with autocast():
+            image, text = _encode(model, inputs.images, inputs.tokens)
+            masked_image, masked_text = _encode_masked(model, inputs) if uses_masks else (None, None)
+        terms = loss_fn(image, text, model.logit_scale, model.logit_bias,
+                        **_loss_extras(loss_fn, inputs, masked_image, masked_text))
+        scale_loss(terms["loss"]).backward()
+        return {k: float(v.detach()) for k, v in terms.items()}
+
+    chunks = [c for c in torch.arange(len(inputs)).tensor_split(accum_freq) if len(c)]
+    with torch.no_grad(), autocast():
+        cached = [_encode(model, inputs.images[c], inputs.tokens[c]) for c in chunks]
+        cached_masked = _encode_masked(model, inputs) if uses_masks else (None, None)
+    terms = {}
+    last = len(chunks) - 1
+    for j, chunk in enumerate(chunks):
+        with autocast():
+            fresh = _encode(model, inputs.images[chunk], inputs.tokens[chunk])
+            masked = _encode_masked(model, inputs) if (uses_masks and j == 0) else cached_masked
+        image = ProbEmbedding.cat([fresh[0] if i == j else c[0] for i, c in enumerate(cached)])
+        text = ProbEmbedding.cat([fresh[1] if i == j else c[1] for i, c in enumerate(cached)])
+        logit_scale = model.logit_scale if j == last else model.logit_scale.detach()
+        logit_bias = model.logit_bias if j == last else model.logit_bias.detach()
+        terms = loss_fn(image, text, logit_scale, logit_bias, **_loss_extras(loss_fn, inputs, *masked))
+        scale_loss(terms["loss"]).backward()
+    return {k: float(v.detach()) for k, v in terms.items()}
