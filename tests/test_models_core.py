@@ -211,3 +211,22 @@ def test_first_snippet_of_the_models_documentation_runs():
     namespace: dict = {}
     exec(re.findall(r"```python\n(.*?)```", text, re.S)[0], namespace)
     assert namespace["img"].shape == (2, 64) and namespace["out"]["text"].shape == (2, 64)
+
+
+def test_invalid_configs_name_the_bad_value():
+    from probclip.models import TextConfig, VisionConfig
+
+    with pytest.raises(ValueError, match=r"image_size \(30\) must be a multiple of patch_size \(8\)"):
+        VisionConfig(image_size=30, patch_size=8)
+    with pytest.raises(ValueError, match="mask_id must be a token id"):
+        TextConfig(vocab_size=100, pad_id=0, mask_id=100)
+    with pytest.raises(ValueError, match="text.width=64, embed_dim=32"):
+        get_model_config("ProLIP-Tiny").replace(embed_dim=32, released_compat=True)
+
+
+def test_empty_and_all_padding_texts_stay_finite(tiny):
+    tokenizer = probclip.get_tokenizer(tiny)
+    with torch.no_grad():
+        emb = tiny.encode_text(tokenizer(["", "a"]))
+        padding_only = tiny.encode_text(torch.zeros(1, 32, dtype=torch.long))
+    assert torch.isfinite(emb.mean).all() and torch.isfinite(padding_only.logvar).all()

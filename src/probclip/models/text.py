@@ -57,6 +57,11 @@ class TextTower(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Embeddings ~ N(0, 0.02) / N(0, 0.01); block Linear weights truncated-normal(0.02), biases zero."""
+        for module in self.blocks.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
         nn.init.normal_(self.unc_token, std=0.01)

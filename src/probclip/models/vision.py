@@ -88,8 +88,9 @@ class VisionTower(nn.Module):
         """``[B, 3, H, W]`` -> ``[B, 2 + K, W]`` token outputs after ln_post (K = N, or the kept patches)."""
         self._check_images(images)
         trunk = self.trunk
-        x = trunk.patch_embed(images)
-        x = trunk._pos_embed(x)
+        x = trunk.patch_embed(images)  # [B, N, W]
+        prefix = torch.cat([trunk.cls_token, trunk.reg_token], dim=1).expand(x.shape[0], -1, -1)
+        x = torch.cat([prefix.to(x.dtype), x], dim=1) + trunk.pos_embed.to(x.dtype)  # [B, 2 + N, W]
         if keep_patches is not None:
             x = self._keep_patch_tokens(x, keep_patches.to(x.device))
         x = trunk.norm_pre(x)
