@@ -122,17 +122,21 @@ class StreamingPairDataset(IterableDataset):
         local_batch: samples per yielded batch.
         seed, rank, world_size: identify the slot streams.
         skip: ``{worker_id: records}`` already consumed by each worker (resume); skipped without decoding.
+        worker_offset: DataLoader worker ``i`` plays the role of worker ``(i + worker_offset) % num_workers``. The
+            DataLoader takes batches from its workers in turn starting at worker 0, so a resumed run sets this to
+            (batches consumed) mod (workers) and continues the batch sequence exactly.
         max_empty_passes: raise ``SampleError`` when this many consecutive passes over the stream yield no usable
             sample (an empty or entirely unreadable dataset).
     """
 
     def __init__(self, open_stream: Callable[[int, int], Iterator], decode: Callable, collator: PairCollator,
                  local_batch: int, seed: int, rank: int = 0, world_size: int = 1, skip: dict | None = None,
-                 max_empty_passes: int = 3):
+                 max_empty_passes: int = 3, worker_offset: int = 0):
         self.open_stream, self.decode, self.collator = open_stream, decode, collator
         self.local_batch, self.seed, self.rank, self.world_size = local_batch, int(seed), rank, world_size
         self.skip = {int(k): int(v) for k, v in (skip or {}).items()}
         self.max_empty_passes = max_empty_passes
+        self.worker_offset = int(worker_offset)
 
     def _records(self, slot: int, num_slots: int) -> Iterator:
         empty_passes = 0
@@ -148,6 +152,7 @@ class StreamingPairDataset(IterableDataset):
     def __iter__(self) -> Iterator[PairBatch]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        worker = (worker + self.worker_offset) % num_workers
         slot = self.rank * num_workers + worker
         num_slots = self.world_size * num_workers
         consumed = self.skip.get(worker, 0)

@@ -141,8 +141,8 @@ def build_source(data, seed: int):
 class TrainBatches:
     """Endless iterator of this rank's ``PairBatch`` es, tracking the data position for checkpoints.
 
-    ``state()`` -> ``{"kind": "indexed", "step": s}`` or ``{"kind": "stream", "num_workers": W, "consumed":
-    {worker: records}}``; pass it back to ``build_train_batches(resume_state=...)`` to continue where it stopped.
+    ``state()`` -> ``{"kind": "indexed", "step": s}`` or ``{"kind": "stream", "num_workers": W, "batches": k,
+    "consumed": {worker: records}}``; pass it back to ``build_train_batches(resume_state=...)`` to continue where it stopped.
     """
 
     def __init__(self, loader: DataLoader, kind: str, state: dict):
@@ -158,6 +158,7 @@ class TrainBatches:
             self._state["step"] = batch.position["step"]
         else:
             self._state["consumed"][int(batch.position["worker"])] = int(batch.position["consumed"])
+            self._state["batches"] = self._state.get("batches", 0) + 1
         return batch
 
     def state(self) -> dict:
@@ -194,6 +195,7 @@ def build_train_batches(data, collator: PairCollator, *, seed: int, rank: int = 
                 "without resampling; set data.resample: true, or use fewer workers or more shards"
             )
         skip: dict = {}
+        batches_done = 0
         if resume_state and resume_state.get("kind") == "stream":
             if int(resume_state.get("num_workers", -1)) != max(workers, 1):
                 raise ValueError(
@@ -201,10 +203,12 @@ def build_train_batches(data, collator: PairCollator, *, seed: int, rank: int = 
                     f"per process; resume with data.num_workers: {resume_state.get('num_workers') if resume_state.get('num_workers') != 1 else 0}"
                 )
             skip = {int(k): int(v) for k, v in resume_state.get("consumed", {}).items()}
+            batches_done = int(resume_state.get("batches", 0))
         dataset = StreamingPairDataset(source.open_stream, source.decode, collator, local_batch, seed, rank,
-                                       world_size, skip)
+                                       world_size, skip, worker_offset=batches_done % max(workers, 1))
         loader = DataLoader(dataset, batch_size=None, **common)
-        return TrainBatches(loader, "stream", {"num_workers": max(workers, 1), "consumed": dict(skip)})
+        return TrainBatches(loader, "stream",
+                            {"num_workers": max(workers, 1), "batches": batches_done, "consumed": dict(skip)})
     dataset = IndexedPairDataset(source, seed)
     sampler = StepBatchSampler(data.batch_size, rank, world_size, start_step)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_indexed(collator), **common)

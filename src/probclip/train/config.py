@@ -265,6 +265,9 @@ class RunSection:
         max_nonfinite_steps: stop after this many consecutive steps with a non-finite loss (each is skipped).
         eval_every: steps between evaluation-hook calls (0: never).
         tensorboard: write TensorBoard scalars.
+        dist_backend: ``auto`` (nccl on CUDA, gloo on CPU), ``gloo`` or ``nccl``.
+        cpu_threads: torch intra-op threads per process (null: torch's default). On a small shared CPU, 1 thread
+            per process is often much faster than oversubscribed cores.
     """
 
     steps: int = 1000
@@ -282,9 +285,12 @@ class RunSection:
     eval_every: int = 0
     tensorboard: bool = True
     dist_backend: str = "auto"
+    cpu_threads: int | None = None
 
     def validate(self) -> None:
         _check_int("run", "steps", self.steps, 1)
+        if self.cpu_threads is not None:
+            _check_int("run", "cpu_threads", self.cpu_threads, 1)
         if self.max_seconds is not None:
             _check_positive("run", "max_seconds", self.max_seconds)
         _check_int("run", "seed", self.seed, 0)

@@ -158,6 +158,8 @@ def train(
 
     config = config.validate()
     run = config.run
+    if run.cpu_threads is not None:
+        torch.set_num_threads(run.cpu_threads)
     dist_info = init_distributed(run.device, run.dist_backend)
     output_dir = Path(run.output_dir)
     if dist_info.is_main:
