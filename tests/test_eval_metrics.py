@@ -49,10 +49,10 @@ def test_ranking_metrics_match_definitions(n_levels):
         assert got[key] == pytest.approx(want[key], abs=1e-6), key
 
 
-def test_counting_and_sorting_paths_agree():
+def test_many_positives_and_ties():
     g = torch.Generator().manual_seed(2)
     scores = torch.randint(0, 5, (6, 300), generator=g).float()
-    many = torch.rand(6, 300, generator=g) < 0.5  # > 64 positives per query: sort path
+    many = torch.rand(6, 300, generator=g) < 0.5
     few = torch.zeros(6, 300, dtype=torch.bool)
     few[:, :3] = True
     for positives in (many, few):
@@ -60,6 +60,23 @@ def test_counting_and_sorting_paths_agree():
         want = _reference(scores, positives, ks=(1, 2, 50))
         for key in want:
             assert got[key] == pytest.approx(want[key], abs=1e-6)
+
+
+@pytest.mark.parametrize("depth", [None, 4, 12])
+def test_positive_ranks_exact_with_ties(depth):
+    from probclip.eval.metrics import positive_ranks
+
+    g = torch.Generator().manual_seed(5)
+    scores = torch.randint(0, 4, (30, 25), generator=g).float()
+    positives = torch.rand(30, 25, generator=g) < 0.15
+    positives[:, 3] = True
+    got = positive_ranks(scores, positives, depth=depth)
+    for q in range(30):
+        ranked = _ranked_list(scores[q])
+        want = sorted(ranked.index(j) for j in range(25) if positives[q, j])
+        if depth is not None:
+            want = [min(r, depth) for r in want]
+        assert got[q, : len(want)].tolist() == want
 
 
 def test_chunking_does_not_change_results():

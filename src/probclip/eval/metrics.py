@@ -28,8 +28,12 @@ __all__ = [
     "mean_per_class_recall",
 ]
 
-DEFAULT_MAX_CHUNK_ELEMENTS = 2**24  # temporary block size (elements) for the counting comparisons
-_SORT_ABOVE_POSITIVES = 64  # above this many positives per query, ranks come from a full stable sort
+DEFAULT_MAX_CHUNK_ELEMENTS = 2**23  # query rows x gallery size per temporary block
+
+
+def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """float16 / bfloat16 / integer tensors as float32; float32 and float64 unchanged."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def _check_scores_positives(scores: torch.Tensor, positives: torch.Tensor) -> None:
@@ -47,50 +51,96 @@ def _check_scores_positives(scores: torch.Tensor, positives: torch.Tensor) -> No
         raise TypeError(f"positives must be a bool tensor; got dtype {positives.dtype}")
 
 
-def _ranks_by_counting(scores: torch.Tensor, positives: torch.Tensor, n_pos: torch.Tensor) -> torch.Tensor:
-    """0-based ranks of the positives of each row, ``[q, Rmax]`` ascending, padded with G."""
+def _ranks_by_thresholds(scores: torch.Tensor, positives: torch.Tensor, n_pos: torch.Tensor) -> torch.Tensor:
+    """0-based ranks of the positives of each row, ``[q, Rmax]`` ascending, padded with G.
+
+    The positives' scores of a row, sorted, act as thresholds: a binary search places every gallery
+    item between them, and a per-row histogram of these places counts the items ranked ahead of each
+    positive. Cost O(q * G * log Rmax), memory O(q * G). Items whose score equals a positive's score
+    (the positive itself, and true ties) are then ordered by gallery index, exactly.
+    """
     q, g = scores.shape
     r_max = int(n_pos.max())
+    device = scores.device
     rows, cols = positives.nonzero(as_tuple=True)  # row-major: columns ascending within a row
     row_start = torch.cumsum(n_pos, 0) - n_pos
-    slot = torch.arange(rows.numel(), device=scores.device) - row_start[rows]
-    pos_cols = torch.zeros(q, r_max, dtype=torch.long, device=scores.device)
-    valid = torch.zeros(q, r_max, dtype=torch.bool, device=scores.device)
+    slot = torch.arange(rows.numel(), device=device) - row_start[rows]
+    thresholds = torch.full((q, r_max), float("inf"), dtype=scores.dtype, device=device)
+    thresholds[rows, slot] = scores[rows, cols]
+    pos_cols = torch.full((q, r_max), g, dtype=torch.long, device=device)
     pos_cols[rows, slot] = cols
-    valid[rows, slot] = True
-    pos_scores = scores.gather(1, pos_cols)  # [q, Rmax]
-    s = scores[:, None, :]  # [q, 1, G]
-    t = pos_scores[:, :, None]  # [q, Rmax, 1]
-    above = (s > t).sum(-1)
-    gallery_index = torch.arange(g, device=scores.device)
-    tied_before = ((s == t) & (gallery_index[None, None, :] < pos_cols[:, :, None])).sum(-1)
-    ranks = above + tied_before
-    ranks = torch.where(valid, ranks, torch.full_like(ranks, g))
+    thresholds, order = thresholds.sort(dim=1)  # ascending; padding (+inf) last
+    pos_cols = pos_cols.gather(1, order)
+    below = torch.searchsorted(thresholds, scores.contiguous(), right=False)  # [q, G] #thresholds < score
+    # hist[r, b] = items of row r with exactly b thresholds below their score
+    flat = below + (torch.arange(q, device=device) * (r_max + 1))[:, None]
+    hist = torch.bincount(flat.flatten(), minlength=q * (r_max + 1)).reshape(q, r_max + 1)
+    # items strictly above threshold k: those with at least k + 1 thresholds below them
+    above = hist.flip(1).cumsum(1).flip(1)[:, 1:]  # [q, Rmax]
+    # Exact ties with a threshold: item g is ahead of positive k iff its index is lower.
+    at_or_below = torch.searchsorted(thresholds, scores.contiguous(), right=True)
+    tie_rows, tie_cols = (at_or_below > below).nonzero(as_tuple=True)
+    if tie_rows.numel():
+        lo = below[tie_rows, tie_cols]
+        n_eq = at_or_below[tie_rows, tie_cols] - lo
+        rep_rows = torch.repeat_interleave(tie_rows, n_eq)
+        rep_cols = torch.repeat_interleave(tie_cols, n_eq)
+        first = torch.repeat_interleave(torch.cumsum(n_eq, 0) - n_eq, n_eq)
+        k = torch.repeat_interleave(lo, n_eq) + torch.arange(rep_rows.numel(), device=device) - first
+        ahead = rep_cols < pos_cols[rep_rows, k]
+        above.index_put_((rep_rows[ahead], k[ahead]), torch.ones_like(k[ahead]), accumulate=True)
+    valid = pos_cols < g
+    ranks = torch.where(valid, above, torch.full_like(above, g))
     return ranks.sort(dim=1).values
 
 
-def _ranks_by_sorting(scores: torch.Tensor, positives: torch.Tensor, n_pos: torch.Tensor) -> torch.Tensor:
-    """Same as :func:`_ranks_by_counting`, from a stable descending sort (for many positives)."""
+def _ranks_within_top(scores: torch.Tensor, positives: torch.Tensor, n_pos: torch.Tensor, depth: int) -> torch.Tensor:
+    """Like :func:`_ranks_by_thresholds`, but ranks at or beyond ``depth`` are reported as ``depth``.
+
+    One ``topk(depth + 1)`` per row finds the first ``depth`` items (re-ordered so that ties follow
+    gallery index). Rows where a tie straddles the cut-off fall back to the exact threshold method.
+    """
     q, g = scores.shape
     r_max = int(n_pos.max())
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-    hits = positives.gather(1, order)  # [q, G] positives in ranked order
-    positions = torch.arange(g, device=scores.device).expand(q, g)
-    ranks = torch.where(hits, positions, torch.full_like(positions, g))
-    return ranks.sort(dim=1).values[:, :r_max]
+    values, index = scores.topk(depth + 1, dim=1)
+    straddles = values[:, depth] == values[:, depth - 1]
+    values, index = values[:, :depth], index[:, :depth]
+    by_index = index.sort(dim=1)  # ties inside the top: lower gallery index first
+    values = values.gather(1, by_index.indices)
+    order = values.sort(dim=1, descending=True, stable=True).indices
+    index = by_index.values.gather(1, order)
+    hits = positives.gather(1, index)
+    positions = torch.arange(depth, device=scores.device).expand(q, depth)
+    ranks = torch.where(hits, positions, torch.full_like(positions, depth)).sort(dim=1).values
+    if ranks.shape[1] < r_max:
+        ranks = torch.cat([ranks, ranks.new_full((q, r_max - ranks.shape[1]), depth)], dim=1)
+    ranks = ranks[:, :r_max]
+    if bool(straddles.any()):
+        rows = straddles.nonzero().flatten()
+        exact = _ranks_by_thresholds(scores[rows], positives[rows], n_pos[rows]).clamp_max(depth)
+        ranks[rows] = depth
+        ranks[rows, : exact.shape[1]] = exact
+    return ranks
 
 
 def positive_ranks(
-    scores: torch.Tensor, positives: torch.Tensor, max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS
+    scores: torch.Tensor,
+    positives: torch.Tensor,
+    max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS,
+    depth: int | None = None,
 ) -> torch.Tensor:
     """0-based rank of every positive of every query, ``[Q, Rmax]`` long, ascending per row.
 
     Args:
         scores: ``[Q, G]`` scores, higher is better.
         positives: ``[Q, G]`` bool, True where the gallery item is relevant to the query.
-        max_chunk_elements: bound on the elements of the temporary ``[q, Rmax, G]`` comparison block.
+        max_chunk_elements: bound on the elements of the temporary ``[q, G]`` blocks.
+        depth: if given, ranks ``>= depth`` are reported as ``depth`` (R@K, mAP@R and R-Precision only
+            look at ranks below ``max(K, R)``, so ``depth = max(K_max, Rmax)`` keeps them exact) and a
+            fast top-k search replaces the full count.
 
-    Rows with fewer than ``Rmax`` positives are padded with ``G``. Each row needs at least one positive.
+    Rows with fewer than ``Rmax`` positives are padded with ``G`` (or ``depth``). Each row needs at
+    least one positive.
     """
     _check_scores_positives(scores, positives)
     n_pos = positives.sum(1)
@@ -103,17 +153,17 @@ def positive_ranks(
         )
     q_total, g = scores.shape
     r_max = int(n_pos.max())
-    out = torch.full((q_total, r_max), g, dtype=torch.long, device=scores.device)
-    use_sort = r_max > _SORT_ABOVE_POSITIVES
-    per_row = g if use_sort else r_max * g
-    step = max(1, max_chunk_elements // max(1, per_row))
+    if depth is not None and depth < 1:
+        raise ValueError(f"depth must be a positive integer or None; got {depth}")
+    fill = g if depth is None or depth >= g else depth
+    out = torch.full((q_total, r_max), fill, dtype=torch.long, device=scores.device)
+    step = max(1, max_chunk_elements // max(1, g))
     for start in range(0, q_total, step):
         sl = slice(start, start + step)
-        chunk_scores = scores[sl].float()
-        chunk_pos = positives[sl]
-        chunk_n = n_pos[sl]
-        fn = _ranks_by_sorting if use_sort else _ranks_by_counting
-        ranks = fn(chunk_scores, chunk_pos, chunk_n)
+        if depth is not None and depth < g:
+            ranks = _ranks_within_top(_at_least_float32(scores[sl]), positives[sl], n_pos[sl], depth)
+        else:
+            ranks = _ranks_by_thresholds(_at_least_float32(scores[sl]), positives[sl], n_pos[sl])
         out[sl, : ranks.shape[1]] = ranks
     return out
 
@@ -122,7 +172,8 @@ def metrics_from_ranks(ranks: torch.Tensor, n_pos: torch.Tensor, ks: Sequence[in
     """Per-query metrics from the ascending 0-based ranks of the positives.
 
     Args:
-        ranks: ``[Q, Rmax]`` long, ascending per row, padded with any value >= the gallery size.
+        ranks: ``[Q, Rmax]`` long, ascending per row, padded with any value >= the gallery size (ranks
+            may be capped at any depth >= max(K, R)).
         n_pos: ``[Q]`` number of positives R of each query.
 
     Returns a dict of ``[Q]`` float64 tensors: ``r{K}`` for each K, ``map_at_r``, ``r_precision``.
@@ -148,8 +199,10 @@ def per_query_ranking_metrics(
     max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS,
 ) -> dict:
     """Per-query R@K, mAP@R and R-Precision, each a ``[Q]`` float tensor (keys ``r1``, ``r5``, ...)."""
-    ranks = positive_ranks(scores, positives, max_chunk_elements)
-    return metrics_from_ranks(ranks, positives.sum(1), ks)
+    n_pos = positives.sum(1)
+    depth = max(max(int(k) for k in ks), int(n_pos.max()) if n_pos.numel() else 1)
+    ranks = positive_ranks(scores, positives, max_chunk_elements, depth=depth)
+    return metrics_from_ranks(ranks, n_pos, ks)
 
 
 def ranking_metrics(

@@ -61,7 +61,8 @@ def retrieval_metrics(
             ("i2t", image_embeddings, text_embeddings, i2t_pos, u_img),
             ("t2i", text_embeddings, image_embeddings, t2i_pos, u_txt),
         ):
-            ranks = rank_positives(query, gallery, positives, method, max_chunk_elements)
+            depth = max(max(ks), int(positives.counts.max()))
+            ranks = rank_positives(query, gallery, positives, method, max_chunk_elements, depth=depth)
             per_query = metrics_from_ranks(ranks, positives.counts, ks)
             entry[direction] = {k: float(v.mean()) for k, v in per_query.items()}
             if u_query is not None and u_query.numel() >= n_bins:

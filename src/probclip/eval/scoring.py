@@ -8,7 +8,7 @@ Two scores (higher ranks first):
 - ``"mean"``: cosine similarity of the means, ignoring the variances (the only score for deterministic
   embeddings).
 
-No ``[Q, G]`` matrix is held at once: scores are produced for ``step`` queries at a time and reduced to
+Scores are computed in the embeddings' dtype (float32 at least). No ``[Q, G]`` matrix is held at once: scores are produced for ``step`` queries at a time and reduced to
 ranks immediately, so memory is bounded by the chunk size.
 """
 
@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 
 from ..embedding import ProbEmbedding
-from .metrics import DEFAULT_MAX_CHUNK_ELEMENTS, positive_ranks
+from .metrics import DEFAULT_MAX_CHUNK_ELEMENTS, _at_least_float32, positive_ranks
 
 __all__ = ["SCORE_METHODS", "PositiveLists", "gallery_terms", "ranking_scores", "rank_positives", "available_methods"]
 
@@ -108,17 +108,17 @@ def gallery_terms(gallery, method: str) -> tuple[torch.Tensor, torch.Tensor | No
         raise ValueError(f"unknown score method {method!r}; expected one of {SCORE_METHODS}")
     if method == "mean":
         mean = gallery.mean if isinstance(gallery, ProbEmbedding) else gallery
-        return torch.nn.functional.normalize(mean.float(), dim=-1), None
+        return torch.nn.functional.normalize(_at_least_float32(mean), dim=-1), None
     if not isinstance(gallery, ProbEmbedding):
         raise TypeError(f"score method 'csd' needs a ProbEmbedding gallery; got {type(gallery).__name__}")
-    mean = gallery.mean.float()
-    offset = -(gallery.uncertainty.float() + mean.pow(2).sum(-1) - 1.0) / 2
+    mean = _at_least_float32(gallery.mean)
+    offset = -(_at_least_float32(gallery.uncertainty) + mean.pow(2).sum(-1) - 1.0) / 2
     return mean, offset
 
 
 def _query_means(query, method: str) -> torch.Tensor:
     mean = query.mean if isinstance(query, ProbEmbedding) else query
-    mean = mean.float()
+    mean = _at_least_float32(mean)
     return torch.nn.functional.normalize(mean, dim=-1) if method == "mean" else mean
 
 
@@ -136,11 +136,13 @@ def rank_positives(
     method: str = "csd",
     max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS,
     return_top1: bool = False,
+    depth: int | None = None,
 ):
     """0-based ranks of each query's positives, ``[Q, Rmax]`` ascending (padded with G).
 
-    Ties are ordered by gallery index. With ``return_top1`` also returns the ``[Q]`` index of each
-    query's top-ranked gallery item. Memory: ``O(step * G * Rmax)`` with ``step`` set by
+    Ties are ordered by gallery index. With ``depth``, ranks ``>= depth`` are capped at ``depth`` (see
+    :func:`~probclip.eval.metrics.positive_ranks`). With ``return_top1`` also returns the ``[Q]`` index of each
+    query's top-ranked gallery item. Memory: ``O(step * G)`` with ``step`` set by
     ``max_chunk_elements``.
     """
     q_mean = _query_means(query, method)
@@ -155,13 +157,13 @@ def rank_positives(
     r_max = int(counts.max())
     out = torch.full((n_query, r_max), n_gallery, dtype=torch.long)
     top1 = torch.empty(n_query, dtype=torch.long)
-    step = max(1, max_chunk_elements // max(1, n_gallery * max(1, min(r_max, 64))))
+    step = max(1, max_chunk_elements // max(1, n_gallery))
     for start in range(0, n_query, step):
         stop = min(start + step, n_query)
         scores = q_mean[start:stop] @ g_mean.T
         if offset is not None:
             scores += offset[None, :]
-        ranks = positive_ranks(scores, positives.dense(start, stop), max_chunk_elements)
+        ranks = positive_ranks(scores, positives.dense(start, stop), max_chunk_elements, depth=depth)
         out[start:stop, : ranks.shape[1]] = ranks
         if return_top1:
             top1[start:stop] = scores.argmax(1)  # first maximal index: ties go to the lower index
