@@ -2,6 +2,7 @@
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,17 +20,16 @@ from probclip.models import (
 )
 
 
-@pytest.fixture(scope="module")
-def official_io(request):
-    from conftest import OFFICIAL
+OFFICIAL = Path(__file__).parent / "fixtures" / "prolip-official"
 
+
+@pytest.fixture(scope="module")
+def official_io():
     return load_file(str(OFFICIAL / "tiny-official-io.safetensors"))
 
 
 @pytest.fixture(scope="module")
 def official_model():
-    from conftest import OFFICIAL
-
     model, _ = probclip.create_model_from_pretrained(OFFICIAL / "tiny-official")
     return model
 
@@ -137,8 +137,6 @@ def test_unexpected_key_in_probclip_checkpoint_is_rejected(tmp_path):
 
 
 def _manifest():
-    from conftest import OFFICIAL
-
     return json.loads((OFFICIAL / "official-state-dict-manifest.json").read_text())
 
 
