@@ -354,11 +354,24 @@ class TrainConfig:
             bad = sorted(set(values) - known)
             if bad:
                 raise ValueError(f"unknown keys {bad} in section {name!r}; known keys are {sorted(known)}")
-            sections[name] = section_cls(**values)
+            sections[name] = section_cls(**_coerce_floats(section_cls, values))
         return cls(**sections).validate()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _coerce_floats(section_cls, values: dict) -> dict:
+    """YAML 1.1 reads ``5e-4`` (no dot) as a string; turn such strings into floats for float-typed keys."""
+    float_keys = {f.name for f in dataclasses.fields(section_cls) if str(f.type).split(" ")[0] == "float"}
+    out = dict(values)
+    for key in float_keys & set(out):
+        if isinstance(out[key], str):
+            try:
+                out[key] = float(out[key])
+            except ValueError:
+                pass  # validate() reports the bad value with what is accepted
+    return out
 
 
 def parse_override_args(args: Sequence[str]) -> dict:

@@ -1,0 +1,67 @@
+"""Masked views (explicit keep/mask ratios) and PCME++ mixed samples."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from probclip.data import mask_text_tokens, mix_images, num_kept_patches, num_masked, sample_keep_patches
+from probclip.train.step import masked_selection
+
+
+def test_num_masked_rounds_and_bounds():
+    assert num_masked(64, 0.125) == 8
+    assert num_masked(3, 0.125) == 1  # at least one when masking is on
+    assert num_masked(10, 0.0) == 0
+    with pytest.raises(ValueError, match="fraction"):
+        num_masked(10, 1.5)
+
+
+def test_keep_ratio_counts_kept_patches():
+    assert num_kept_patches(196, 0.75) == 147
+    generator = torch.Generator().manual_seed(0)
+    keep = sample_keep_patches(5, 16, 0.25, generator)
+    assert keep.shape == (5, 4)
+    for row in keep:
+        assert len(set(row.tolist())) == 4 and row.min() >= 0 and row.max() < 16
+        assert row.tolist() == sorted(row.tolist())
+    with pytest.raises(ValueError, match="kept"):
+        num_kept_patches(16, 0.0)
+
+
+def test_text_masking_replaces_only_non_padding_at_the_given_rate():
+    tokens = torch.full((200, 40), 0)
+    tokens[:, :30] = torch.randint(5, 50, (200, 30))
+    masked = mask_text_tokens(tokens, 0.75, mask_id=3, pad_id=0, generator=torch.Generator().manual_seed(1))
+    replaced = masked == 3
+    assert not replaced[:, 30:].any()  # padding untouched
+    rate = replaced[:, :30].float().mean().item()
+    assert abs(rate - 0.75) < 0.02
+    assert torch.equal(masked[~replaced], tokens[~replaced])
+    with pytest.raises(ValueError, match="mask token"):
+        mask_text_tokens(tokens, 0.5, mask_id=None, pad_id=0)
+
+
+def test_masked_selection_is_one_in_eight_and_independent_of_the_split():
+    whole = masked_selection(0, 64, 0.125)
+    assert whole == list(range(0, 64, 8))
+    halves = masked_selection(0, 32, 0.125) + [32 + i for i in masked_selection(32, 32, 0.125)]
+    assert halves == whole
+    assert masked_selection(0, 10, 0.0) == []
+
+
+def test_mixing_mirrors_a_quarter_with_exact_cutmix_area():
+    images = torch.stack([torch.full((3, 8, 8), float(i)) for i in range(8)])
+    generator = torch.Generator().manual_seed(0)
+    mixed, lam, partner = mix_images(images, 0.25, 2.0, cutmix_prob=1.0, generator=generator)
+    assert partner.tolist() == [7, 6, 2, 3, 4, 5, 6, 7][:2] + list(range(2, 8))
+    assert torch.equal(mixed[2:], images[2:]) and lam[2:].eq(1).all()
+    for i in range(2):
+        j = 7 - i
+        own_share = (mixed[i, 0] == float(i)).float().mean().item()
+        assert own_share == pytest.approx(lam[i].item())
+        assert set(mixed[i].unique().tolist()) <= {float(i), float(j)}
+    mixed_up, lam_up, _ = mix_images(images, 0.25, 2.0, cutmix_prob=0.0, generator=torch.Generator().manual_seed(0))
+    expected = lam_up[0] * 0 + (1 - lam_up[0]) * 7
+    assert torch.allclose(mixed_up[0], torch.full((3, 8, 8), expected.item()))
+    assert 0 < lam_up[0] < 1

@@ -1,0 +1,75 @@
+"""Optimizer parameter groups, LR schedule, logit-scale clamp, frozen towers and uncertainty re-initialisation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import probclip
+from probclip.train.config import OptimSection
+from probclip.train.model_init import freeze_towers, reinit_uncertainty, uncertainty_parameter_names
+from probclip.train.optim import build_optimizer, clamp_logit_scale, learning_rate, param_groups
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return probclip.create_model("ProLIP-Tiny-Word", vision={"layers": 1}, text={"layers": 1})
+
+
+def test_no_weight_decay_on_norms_biases_embeddings_and_logits(tiny):
+    decay, no_decay = param_groups(tiny, 0.2)
+    assert decay["weight_decay"] == 0.2 and no_decay["weight_decay"] == 0.0
+    for name in ("logit_scale", "logit_bias", "text.token_embedding.weight", "text.positional_embedding",
+                 "text.unc_token", "visual.trunk.cls_token", "visual.trunk.reg_token", "visual.trunk.pos_embed",
+                 "text.ln_final.weight", "visual.trunk.norm_pre.weight", "text.head.mean.bias"):
+        assert name in no_decay["names"], name
+    for name in ("visual.trunk.patch_embed.proj.weight", "text.head.mean.weight", "visual.head.logvar.weight",
+                 "text.blocks.0.attn.qkv.weight"):
+        assert name in decay["names"], name
+    assert len(decay["names"]) + len(no_decay["names"]) == len(list(tiny.parameters()))
+
+
+def test_warmup_then_cosine():
+    optim = OptimSection(lr=1.0, min_lr=0.1, warmup_steps=10)
+    assert learning_rate(0, 110, optim) == pytest.approx(0.1)
+    assert learning_rate(9, 110, optim) == pytest.approx(1.0)
+    assert learning_rate(60, 110, optim) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))
+    assert learning_rate(110, 110, optim) == pytest.approx(0.1)
+    assert learning_rate(500, 110, OptimSection(lr=0.5, warmup_steps=0, schedule="constant")) == 0.5
+
+
+def test_logit_scale_clamp(tiny):
+    with torch.no_grad():
+        tiny.logit_scale.fill_(9.0)
+    clamp_logit_scale(tiny)
+    assert tiny.logit_scale.item() == pytest.approx(math.log(100))
+    with torch.no_grad():
+        tiny.logit_scale.fill_(-1.0)
+    clamp_logit_scale(tiny)
+    assert tiny.logit_scale.item() == 0.0
+
+
+def test_frozen_towers_keep_uncertainty_trainable():
+    model = probclip.create_model("ProLIP-Tiny-Word", vision={"layers": 1}, text={"layers": 1})
+    frozen = freeze_towers(model, vision=True, text=False, heads=False)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "visual.trunk.blocks.0.attn.qkv.weight" in frozen and "visual.head.mean.weight" in frozen
+    assert {"visual.head.logvar.weight", "visual.head.logvar.bias", "visual.trunk.reg_token"} <= trainable
+    assert "text.blocks.0.attn.qkv.weight" in trainable
+    optimizer = build_optimizer(model, OptimSection())
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(trainable)
+
+
+def test_reinit_uncertainty_touches_only_uncertainty_parameters():
+    model = probclip.create_model("ProLIP-Tiny-Word", vision={"layers": 1}, text={"layers": 1})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(0.5)
+    names = set(reinit_uncertainty(model))
+    assert names == set(uncertainty_parameter_names(model))
+    for name, p in model.named_parameters():
+        changed = not torch.all(p == 0.5)
+        assert changed == (name in names), name
+    assert torch.all(model.visual.head.logvar.bias == -10.0)
