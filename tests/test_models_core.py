@@ -230,3 +230,17 @@ def test_empty_and_all_padding_texts_stay_finite(tiny):
         emb = tiny.encode_text(tokenizer(["", "a"]))
         padding_only = tiny.encode_text(torch.zeros(1, 32, dtype=torch.long))
     assert torch.isfinite(emb.mean).all() and torch.isfinite(padding_only.logvar).all()
+
+
+def test_native_heads_read_cls_for_mean_and_unc_for_logvar(tiny):
+    tokens = probclip.get_tokenizer(tiny)(["a red square"])
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        text_tokens = tiny.text.forward_tokens(tokens)  # [1, L + 2, W]: ..., UNC, CLS
+        text = tiny.encode_text(tokens)
+        vision_tokens = tiny.visual.forward_tokens(images)  # [1, 2 + N, W]: CLS, UNC, ...
+        image = tiny.encode_image(images)
+    torch.testing.assert_close(text.logvar, tiny.text.head.logvar(text_tokens[:, -2]))
+    torch.testing.assert_close(text.mean, torch.nn.functional.normalize(tiny.text.head.mean(text_tokens[:, -1]), dim=-1))
+    torch.testing.assert_close(image.logvar, tiny.visual.head.logvar(vision_tokens[:, 1]))
+    torch.testing.assert_close(image.mean, torch.nn.functional.normalize(tiny.visual.head.mean(vision_tokens[:, 0]), dim=-1))
