@@ -19,7 +19,7 @@ from probclip.losses import (
 )
 from probclip.losses import pairwise as pairwise_module
 from probclip.losses.pairwise import pairwise_sigmoid_bce
-from probclip.losses.prolip import _inclusion_test
+from probclip.losses.prolip import inclusion_margin
 
 
 def _emb(prefix, tensors):
@@ -138,10 +138,20 @@ def test_pairwise_sigmoid_bce_matches_dense_bce_in_chunks(monkeypatch, soft):
         torch.testing.assert_close(g_got, g_want)
 
 
-def test_inclusion_terms_agree_with_distances_inclusion_score():
-    (mi, li), (mt, lt) = _random_batch()
-    per_dim = _inclusion_test(mi, li, mt, lt, eps=-1.5)
-    torch.testing.assert_close(per_dim.mean(-1), inclusion_score_paired(ProbEmbedding(mi, li), ProbEmbedding(mt, lt), eps=-1.5))
+def _per_dim_margin(a, b, eps):
+    """test(a in b) - test(b in a) per dimension, from the public inclusion test on one dimension at a time."""
+    cols = []
+    for d in range(a.dim):
+        ad, bd = ProbEmbedding(a.mean[:, d : d + 1], a.logvar[:, d : d + 1]), ProbEmbedding(b.mean[:, d : d + 1], b.logvar[:, d : d + 1])
+        cols.append(inclusion_score_paired(ad, bd, eps=eps) - inclusion_score_paired(bd, ad, eps=eps))
+    return torch.stack(cols, dim=1)
+
+
+@pytest.mark.parametrize("eps", [0.0, -1.5, -20.0])
+def test_inclusion_margin_agrees_with_the_inclusion_test(eps):
+    (mi, li), (mt, lt) = _random_batch(lv_range=(-3.0, 1.0))
+    a, b = ProbEmbedding(mi, li), ProbEmbedding(mt, lt)
+    torch.testing.assert_close(inclusion_margin(a, b, eps), _per_dim_margin(a, b, eps), rtol=1e-9, atol=1e-12)
 
 
 def test_masked_index_pairs_views_with_the_named_originals():
@@ -152,11 +162,8 @@ def test_masked_index_pairs_views_with_the_named_originals():
     shifted = ProbEmbedding(views_img.mean + 0.1, views_img.logvar - 0.3)
     shifted_txt = ProbEmbedding(views_txt.mean - 0.1, views_txt.logvar + 0.2)
     out = loss_fn(image, text, 2.0, -5.0, masked_image=shifted, masked_text=shifted_txt, masked_index=torch.tensor([4, 1]))
-    want_img = 0.5 * torch.stack([
-        -F.logsigmoid(10 * (_inclusion_test(mi[k], li[k], shifted.mean[j], shifted.logvar[j], 0)
-                            - _inclusion_test(shifted.mean[j], shifted.logvar[j], mi[k], li[k], 0))).mean()
-        for j, k in enumerate([4, 1])
-    ]).mean()
+    originals = image[torch.tensor([4, 1])]
+    want_img = 0.5 * (-F.logsigmoid(10 * _per_dim_margin(originals, shifted, 0.0))).mean()
     torch.testing.assert_close(out["img_inclusion"], want_img)
     default = loss_fn(image, text, 2.0, -5.0, masked_image=shifted, masked_text=shifted_txt)
     assert not torch.allclose(default["img_inclusion"], out["img_inclusion"])  # default pairs with samples 0, 1

@@ -10,32 +10,35 @@ from .base import PairLoss, check_weight
 from .distributed import RankContext
 from .pairwise import pairwise_sigmoid_bce
 
-__all__ = ["ProLIPLoss", "inclusion_loss_terms", "vib_terms"]
+__all__ = ["ProLIPLoss", "inclusion_loss_terms", "inclusion_margin", "vib_terms"]
 
 
-def _inclusion_test(mu1, lv1, mu2, lv2, eps: float) -> torch.Tensor:
-    """Per-dimension inclusion test 'Gaussian 1 is included in Gaussian 2', ``[N, D]``.
+def inclusion_margin(inner: ProbEmbedding, outer: ProbEmbedding, eps: float) -> torch.Tensor:
+    """Per-dimension ``test(inner in outer) - test(outer in inner)`` of ProLIP's inclusion test, ``[N, D]``.
 
-    With ``P = exp(-lv + eps)``: ``a = P1 + P2/2``, ``b = 2 mu1 P1 + mu2 P2``, ``c = mu1^2 P1 + mu2^2 P2/2``,
-    ``test = -2 lv1 - lv2 - log(a)/2 + b^2/(4a) - c`` (the same test as ``probclip.inclusion_score_paired``,
-    kept per dimension here because the loss applies the sigmoid before averaging over dimensions).
+    The test (``probclip.inclusion_score_paired`` averages it over dimensions) is, per dimension, with
+    ``P = exp(eps - lv)``: ``-2 lv1 - lv2 - log(a)/2 + b^2/(4a) - c``, ``a = P1 + P2/2``,
+    ``b = 2 mu1 P1 + mu2 P2``, ``c = mu1^2 P1 + mu2^2 P2/2``. Since ``b^2 - 4ac = -2 P1 P2 (mu1 - mu2)^2``,
+    the difference of the two directions simplifies exactly to::
+
+        (lv2 - lv1) - log(S1 / S2) / 2 - (mu1 - mu2)^2 P1 P2 (P2 - P1) / (S1 S2),
+        S1 = 2 P1 + P2,  S2 = P1 + 2 P2
+
+    which needs a third of the operations and avoids the cancellation in ``b^2/(4a) - c``.
     """
-    p1 = torch.exp(eps - lv1)
-    p2 = torch.exp(eps - lv2)
-    a = p1 + p2 / 2
-    b = 2 * mu1 * p1 + mu2 * p2
-    c = mu1.pow(2) * p1 + mu2.pow(2) * p2 / 2
-    return -2 * lv1 - lv2 - torch.log(a) / 2 + b.pow(2) / (4 * a) - c
+    lv1, lv2 = inner.logvar, outer.logvar
+    p1, p2 = torch.exp(eps - lv1), torch.exp(eps - lv2)
+    s1, s2 = 2 * p1 + p2, p1 + 2 * p2
+    return (lv2 - lv1) - torch.log(s1 / s2) / 2 - (inner.mean - outer.mean).pow(2) * (p1 * p2 * (p2 - p1) / (s1 * s2))
 
 
 def inclusion_loss_terms(inner: ProbEmbedding, outer: ProbEmbedding, eps: float, scale: float) -> torch.Tensor:
     """Per-sample inclusion loss 'inner_i is included in outer_i', ``[N]``.
 
-    ``mean_d -log sigmoid(scale * (test_d(inner in outer) - test_d(outer in inner)))``.
+    ``mean_d -log sigmoid(scale * (test_d(inner in outer) - test_d(outer in inner)))`` (see
+    :func:`inclusion_margin`).
     """
-    forward = _inclusion_test(inner.mean, inner.logvar, outer.mean, outer.logvar, eps)
-    backward = _inclusion_test(outer.mean, outer.logvar, inner.mean, inner.logvar, eps)
-    return -F.logsigmoid(scale * (forward - backward)).mean(-1)
+    return F.softplus(-scale * inclusion_margin(inner, outer, eps)).mean(-1)
 
 
 def vib_terms(e: ProbEmbedding) -> torch.Tensor:
