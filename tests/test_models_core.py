@@ -244,3 +244,11 @@ def test_native_heads_read_cls_for_mean_and_unc_for_logvar(tiny):
     torch.testing.assert_close(text.mean, torch.nn.functional.normalize(tiny.text.head.mean(text_tokens[:, -1]), dim=-1))
     torch.testing.assert_close(image.logvar, tiny.visual.head.logvar(vision_tokens[:, 1]))
     torch.testing.assert_close(image.mean, torch.nn.functional.normalize(tiny.visual.head.mean(vision_tokens[:, 0]), dim=-1))
+
+
+def test_native_text_output_does_not_depend_on_padded_length(tiny):
+    tokens = probclip.get_tokenizer(tiny)(["a red square"])  # [1, 32], padded with 0
+    with torch.no_grad():
+        full, short = tiny.encode_text(tokens), tiny.encode_text(tokens[:, :8])
+    torch.testing.assert_close(short.mean, full.mean, atol=1e-5, rtol=0)
+    torch.testing.assert_close(short.logvar, full.logvar, atol=1e-5, rtol=0)

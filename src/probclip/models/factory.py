@@ -91,8 +91,7 @@ def create_model(
     if word_vocab is not None:
         from ..tokenizers import word_tokenizer_config
 
-        text_changes = overrides.setdefault("text", {})
-        text_changes.update(word_tokenizer_config(word_vocab))
+        overrides["text"] = {**overrides.get("text", {}), **word_tokenizer_config(word_vocab)}
     if overrides:
         config = config.replace(**overrides)
     if pretrained is None:

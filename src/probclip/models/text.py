@@ -17,7 +17,7 @@ __all__ = ["TextTower"]
 
 
 class TextTower(nn.Module):
-    """Transformer over ``[t_0 .. t_{L-1}, UNC, CLS]`` with positional rows ``pos[:L + 2]``.
+    """Transformer over ``[t_0 .. t_{L-1}, UNC, CLS]`` with learned positional rows (see ``positions``).
 
     The mean comes from the CLS output (``ln_final`` then ``head.mean``, a Linear with bias). The
     log-variance comes from the UNC output (native) or, with ``released_compat``, from the projected CLS
@@ -77,6 +77,18 @@ class TextTower(nn.Module):
                 "tokenize with probclip.get_tokenizer(model) (which truncates) or extend the context length"
             )
 
+    def positions(self, length: int) -> torch.Tensor:
+        """Positional rows ``[length + 2, W]`` for ``length`` text tokens followed by UNC and CLS.
+
+        Released mode uses ``pos[:length + 2]`` (UNC/CLS positions move with the padded length). Native mode keeps
+        UNC and CLS on the last two rows, so that, with padding masked, the output does not depend on how far a
+        text is padded. Both agree when ``length`` is the context length.
+        """
+        pos = self.positional_embedding
+        if self.released_compat or length == self.context_length:
+            return pos[: length + 2]
+        return torch.cat([pos[:length], pos[-2:]], dim=0)
+
     def padding_mask(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[B, L]`` -> bool ``[B, 1, 1, L + 2]`` attention mask (True = attend); UNC and CLS always attended."""
         keep = tokens != self.pad_id
@@ -89,7 +101,7 @@ class TextTower(nn.Module):
         batch, length = tokens.shape
         x = self.token_embedding(tokens)
         special = torch.stack([self.unc_token, self.cls_token]).to(x.dtype).expand(batch, -1, -1)
-        x = torch.cat([x, special], dim=1) + self.positional_embedding[: length + 2].to(x.dtype)
+        x = torch.cat([x, special], dim=1) + self.positions(length).to(x.dtype)
         attn_mask = None if self.released_compat else self.padding_mask(tokens)
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
