@@ -374,7 +374,7 @@ def get_tokenizer(model_or_name: Any, context_length: int | None = None) -> Toke
     if isinstance(model_or_name, str):
         from .models.factory import HF_HUB_PREFIX, resolve_checkpoint_dir
         from .models.loading import read_config_file
-        from .models.registry import get_model_config, list_models
+        from .models.registry import UnknownModelError, get_model_config, list_models
 
         if model_or_name in list_models():
             return tokenizer_from_config(get_model_config(model_or_name).text, context_length)
@@ -383,7 +383,7 @@ def get_tokenizer(model_or_name: Any, context_length: int | None = None) -> Toke
         if model_or_name.startswith(HF_HUB_PREFIX) or Path(model_or_name).is_dir():
             config = read_config_file(resolve_checkpoint_dir(model_or_name) / "config.json")
             return tokenizer_from_config(config.text, context_length)
-        raise KeyError(
+        raise UnknownModelError(
             f"{model_or_name!r} is not a registered model, a checkpoint directory or an 'hf-hub:' id; "
             f"known models: {', '.join(list_models())}"
         )

@@ -13,7 +13,7 @@ from .heads import GaussianHead
 from .loading import CheckpointMismatchError, load_state_dict_strict, read_checkpoint_dir, read_config_file
 from .model import ProbCLIP
 from .openclip_init import init_from_open_clip
-from .registry import get_model_config, list_models, register_model_config
+from .registry import UnknownModelError, get_model_config, list_models, register_model_config
 from .released import (
     config_from_released,
     config_to_released,
@@ -33,6 +33,7 @@ __all__ = [
     "ProbCLIPConfig",
     "TextConfig",
     "TextTower",
+    "UnknownModelError",
     "VisionConfig",
     "VisionTower",
     "config_from_released",

@@ -7,7 +7,14 @@ from importlib import resources
 
 from .config import ProbCLIPConfig
 
-__all__ = ["list_models", "get_model_config", "register_model_config"]
+__all__ = ["UnknownModelError", "list_models", "get_model_config", "register_model_config"]
+
+
+class UnknownModelError(KeyError):
+    """A model name that is not registered; the message lists the registered ones."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
 
 _REGISTRY: dict[str, dict] = {}
 _LOADED = False
@@ -38,7 +45,7 @@ def get_model_config(name: str) -> ProbCLIPConfig:
     """The ``ProbCLIPConfig`` registered under ``name`` (a fresh copy). Unknown names raise ``KeyError``."""
     _load_builtin_configs()
     if name not in _REGISTRY:
-        raise KeyError(f"unknown model name {name!r}; known models: {', '.join(sorted(_REGISTRY))}")
+        raise UnknownModelError(f"unknown model name {name!r}; known models: {', '.join(sorted(_REGISTRY))}")
     return ProbCLIPConfig.from_dict(_REGISTRY[name])
 
 
