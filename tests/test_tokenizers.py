@@ -44,6 +44,19 @@ def test_canonicalize_cleaning():
     assert canonicalize_text("caf\u00c3\u00a9 \t time") == "caf\u00e9 time"  # ftfy repairs mojibake
 
 
+@pytest.mark.parametrize("text", ["Hello,  World!", "snake_case &amp;amp; \u00c3\u00a9t\u00c3\u00a9", "  A\tB\nC  ", "(x) [y] {z}!?"])
+def test_canonicalize_agrees_with_open_clip(text):
+    from open_clip.tokenizer import get_clean_fn
+
+    assert canonicalize_text(text) == get_clean_fn("canonicalize")(text)
+
+
+def test_clip_bpe_without_cleaning_keeps_case():
+    raw, lowered = ClipBPETokenizer(8, clean=None), ClipBPETokenizer(8)
+    assert not torch.equal(raw(["CAT"]), lowered(["CAT"]))
+    assert torch.equal(raw(["cat"]), lowered(["cat"]))
+
+
 def test_clip_bpe_matches_open_clip_including_truncation():
     import open_clip
 

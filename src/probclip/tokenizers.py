@@ -185,7 +185,11 @@ class ClipBPETokenizer(Tokenizer):
     def __init__(self, context_length: int = 77, clean: str | None = "lower", mask_id: int | None = None):
         from open_clip.tokenizer import SimpleTokenizer
 
-        self._bpe = SimpleTokenizer(context_length=context_length, clean="none" if clean is None else clean)
+        if clean not in _CLEANERS:
+            raise ValueError(f"unknown text cleaning {clean!r}; choose one of {list(_CLEANERS)}")
+        self._bpe = SimpleTokenizer(context_length=context_length, clean="lower" if clean is None else clean)
+        if clean is None:
+            self._bpe.clean_fn = _CLEANERS[None]
         self.context_length = int(context_length)
         self.pad_id = 0
         self.mask_id = mask_id
