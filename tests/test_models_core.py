@@ -252,3 +252,29 @@ def test_native_text_output_does_not_depend_on_padded_length(tiny):
         full, short = tiny.encode_text(tokens), tiny.encode_text(tokens[:, :8])
     torch.testing.assert_close(short.mean, full.mean, atol=1e-5, rtol=0)
     torch.testing.assert_close(short.logvar, full.logvar, atol=1e-5, rtol=0)
+
+
+def test_push_to_hub_uploads_a_loadable_checkpoint(tiny, tmp_path, monkeypatch):
+    """push_to_hub (from PyTorchModelHubMixin) uploads what save_pretrained writes; the network is faked."""
+    import shutil
+    from types import SimpleNamespace
+
+    import huggingface_hub.hub_mixin as hub_mixin
+
+    uploaded = tmp_path / "uploaded"
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            return SimpleNamespace(repo_id=repo_id)
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            shutil.copytree(folder_path, uploaded)
+            return "fake-commit"
+
+    monkeypatch.setattr(hub_mixin, "HfApi", FakeApi)
+    assert tiny.push_to_hub("someone/tiny") == "fake-commit"
+    loaded, _ = probclip.create_model_from_pretrained(uploaded)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in tiny.state_dict().items())
