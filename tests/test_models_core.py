@@ -109,6 +109,8 @@ def test_bad_keep_patches_and_image_size_are_named(tiny):
 def test_too_long_tokens_are_rejected(tiny):
     with pytest.raises(ValueError, match="length 40 .* context length is 32"):
         tiny.encode_text(torch.zeros(1, 40, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"span \[0, 49409\] but this model's vocabulary is 0..49408"):
+        tiny.encode_text(torch.tensor([[0, 49409]]))
 
 
 def test_save_pretrained_round_trip_is_exact(tiny, tmp_path):

@@ -76,6 +76,12 @@ class TextTower(nn.Module):
                 f"tokens have length {tokens.shape[1]} but this model's context length is {self.context_length}; "
                 "tokenize with probclip.get_tokenizer(model) (which truncates) or extend the context length"
             )
+        vocab_size = self.token_embedding.num_embeddings
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
+            raise ValueError(
+                f"token ids span [{int(tokens.min())}, {int(tokens.max())}] but this model's vocabulary is "
+                f"0..{vocab_size - 1}; use probclip.get_tokenizer(model)"
+            )
 
     def positions(self, length: int) -> torch.Tensor:
         """Positional rows ``[length + 2, W]`` for ``length`` text tokens followed by UNC and CLS.
