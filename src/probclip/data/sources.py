@@ -1,7 +1,8 @@
 """Data sources by name (``data.source`` in a training config) and the training batch stream built from them.
 
 Built-in sources: ``webdataset`` (tar shards), ``csv`` (CSV/TSV tables) and ``synthetic`` (the built-in synthetic
-world, ``probclip.data.synthetic``; ``data.synthetic`` is passed to it as keyword arguments). Register more with
+world, ``probclip.data.synthetic.SyntheticDataset``; ``data.synthetic`` is passed to it as keyword arguments, and
+its ``seed`` defaults to the run seed). Register more with
 ``register_source(name, builder)`` where ``builder(data_section, seed)`` returns an indexed source (``len`` and
 ``load(index) -> (PIL image, captions, name)``) or a ``StreamSource``.
 """
@@ -106,7 +107,7 @@ def _synthetic_source(data, seed: int):
     builder = getattr(synthetic, "build_training_source", None)
     if builder is not None:
         return builder(seed=seed, **data.synthetic)
-    dataset = synthetic.SyntheticDataset(seed=seed, **data.synthetic)
+    dataset = synthetic.SyntheticDataset(**{"seed": seed, **data.synthetic})
     if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
         return DatasetPairs(dataset, "synthetic")
     return iterable_stream(lambda: dataset)

@@ -102,11 +102,20 @@ def _encode(model, images, tokens):
 
 
 def _encode_masked(model, inputs: StepInputs):
-    if inputs.masked_index is None:
-        return None, None
     masked_image = model.encode_image(inputs.images[inputs.masked_index], keep_patches=inputs.keep_patches)
-    masked_text = model.encode_text(inputs.masked_tokens)
-    return masked_image, masked_text
+    return masked_image, model.encode_text(inputs.masked_tokens)
+
+
+def _encode_with_masked(model, inputs: StepInputs, images, tokens):
+    """Features of ``images``/``tokens`` plus the masked views of ``inputs``: the masked texts go through the text
+    tower in the same call as the batch's texts (one pass over ``b + n`` rows; every row is encoded on its own)."""
+    if inputs.masked_index is None:
+        return _encode(model, images, tokens), (None, None)
+    image = model.encode_image(images)
+    masked_image = model.encode_image(inputs.images[inputs.masked_index], keep_patches=inputs.keep_patches)
+    both = model.encode_text(torch.cat([tokens, inputs.masked_tokens]))
+    count = len(tokens)
+    return (image, both[:count]), (masked_image, both[count:])
 
 
 def _loss_extras(loss_fn, inputs: StepInputs, masked_image, masked_text) -> dict:
@@ -136,8 +145,11 @@ def forward_backward(model, loss_fn, inputs: StepInputs, accum_freq: int = 1, au
     uses_masks = getattr(loss_fn, "uses_masked_views", False)
     if accum_freq <= 1:
         with autocast():
-            image, text = _encode(model, inputs.images, inputs.tokens)
-            masked_image, masked_text = _encode_masked(model, inputs) if uses_masks else (None, None)
+            if uses_masks:
+                (image, text), (masked_image, masked_text) = _encode_with_masked(model, inputs, inputs.images,
+                                                                                 inputs.tokens)
+            else:
+                (image, text), (masked_image, masked_text) = _encode(model, inputs.images, inputs.tokens), (None, None)
         terms = loss_fn(image, text, model.logit_scale, model.logit_bias,
                         **_loss_extras(loss_fn, inputs, masked_image, masked_text))
         scale_loss(terms["loss"]).backward()
@@ -151,8 +163,10 @@ def forward_backward(model, loss_fn, inputs: StepInputs, accum_freq: int = 1, au
     last = len(chunks) - 1
     for j, chunk in enumerate(chunks):
         with autocast():
-            fresh = _encode(model, inputs.images[chunk], inputs.tokens[chunk])
-            masked = _encode_masked(model, inputs) if (uses_masks and j == 0) else cached_masked
+            if uses_masks and j == 0:
+                fresh, masked = _encode_with_masked(model, inputs, inputs.images[chunk], inputs.tokens[chunk])
+            else:
+                fresh, masked = _encode(model, inputs.images[chunk], inputs.tokens[chunk]), cached_masked
         image = ProbEmbedding.cat([fresh[0] if i == j else c[0] for i, c in enumerate(cached)])
         text = ProbEmbedding.cat([fresh[1] if i == j else c[1] for i, c in enumerate(cached)])
         logit_scale = model.logit_scale if j == last else model.logit_scale.detach()
