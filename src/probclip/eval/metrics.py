@@ -128,6 +128,7 @@ def positive_ranks(
     positives: torch.Tensor,
     max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS,
     depth: int | None = None,
+    n_pos: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """0-based rank of every positive of every query, ``[Q, Rmax]`` long, ascending per row.
 
@@ -138,12 +139,13 @@ def positive_ranks(
         depth: if given, ranks ``>= depth`` are reported as ``depth`` (R@K, mAP@R and R-Precision only
             look at ranks below ``max(K, R)``, so ``depth = max(K_max, Rmax)`` keeps them exact) and a
             fast top-k search replaces the full count.
+        n_pos: ``[Q]`` number of positives per row, if already known (saves a pass over ``positives``).
 
     Rows with fewer than ``Rmax`` positives are padded with ``G`` (or ``depth``). Each row needs at
     least one positive.
     """
     _check_scores_positives(scores, positives)
-    n_pos = positives.sum(1)
+    n_pos = positives.sum(1) if n_pos is None else n_pos
     empty = int((n_pos == 0).sum())
     if empty:
         first = int((n_pos == 0).nonzero()[0])

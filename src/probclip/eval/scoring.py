@@ -163,7 +163,8 @@ def rank_positives(
         scores = q_mean[start:stop] @ g_mean.T
         if offset is not None:
             scores += offset[None, :]
-        ranks = positive_ranks(scores, positives.dense(start, stop), max_chunk_elements, depth=depth)
+        ranks = positive_ranks(scores, positives.dense(start, stop), max_chunk_elements, depth=depth,
+                               n_pos=counts[start:stop])
         out[start:stop, : ranks.shape[1]] = ranks
         if return_top1:
             top1[start:stop] = scores.argmax(1)  # first maximal index: ties go to the lower index
