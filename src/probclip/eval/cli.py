@@ -1,0 +1,121 @@
+"""``probclip eval``: evaluate a model on one task and write ``DIR/results.json`` and PNG plots.
+
+    probclip eval --model M --task T --data PATH [--out DIR] [task options]
+
+``M`` is anything :func:`probclip.create_model_from_pretrained` accepts (a checkpoint folder,
+``hf-hub:<repo>``), or ``open_clip:<name>[@<pretrained>]`` for a deterministic open_clip model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+TASKS = ("zeroshot", "retrieval", "eccv", "urban1k", "hierarcaps", "rococo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="probclip eval",
+        description="Evaluate a probabilistic (probclip) or deterministic (open_clip) model on a benchmark task.",
+    )
+    parser.add_argument("--model", required=True,
+                        help="checkpoint folder, hf-hub:<repo>, or open_clip:<name>[@<pretrained>]")
+    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--data", required=True, type=Path,
+                        help="data set: image folder / webdataset root (zeroshot), Karpathy JSON / CSV / webdataset "
+                             "(retrieval, eccv, rococo), Urban-1k folder, HierarCaps CSV")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: ./eval-<task>)")
+    parser.add_argument("--split", default="test", help="split of a Karpathy JSON or webdataset (default: test)")
+    parser.add_argument("--image-root", type=Path, default=None, help="folder the image paths of --data are relative to")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    zs = parser.add_argument_group("zeroshot")
+    zs.add_argument("--templates", type=Path, default=None,
+                    help="text file of prompt templates with {c} (default: the data set's own, else 'a photo of a {c}.')")
+    zs.add_argument("--support", type=Path, default=None,
+                    help="labelled support images from another split: enables BPRW prompt re-weighting")
+    zs.add_argument("--support-split", default="train", help="webdataset split of --support (default: train)")
+    zs.add_argument("--shots", type=int, default=5, help="BPRW support images per class (default: 5)")
+    eccv = parser.add_argument_group("eccv")
+    eccv.add_argument("--coco-captions", type=Path, default=None,
+                      help="COCO captions_val2014.json, to find the COCO caption ids of a Karpathy JSON")
+    hc = parser.add_argument_group("hierarcaps")
+    hc.add_argument("--steps", type=int, default=50, help="interpolation points of the walk (default: 50)")
+    rc = parser.add_argument_group("rococo")
+    rc.add_argument("--replacements", type=Path, default=None,
+                    help="JSON {word: [replacements]} or a text file of words, one per line")
+    rc.add_argument("--mix-weight", type=float, default=0.1, help="weight of the other image in mixed images")
+    rc.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run the task described by parsed ``args``; returns the results dict (also written to disk)."""
+    from .encode import load_eval_model
+
+    out = args.out or Path(f"eval-{args.task}")
+    model = load_eval_model(args.model, device=args.device)
+    common = dict(batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress)
+    if args.task == "zeroshot":
+        from .bprw import BPRWSettings
+        from .zeroshot import evaluate_zeroshot
+
+        templates = None
+        if args.templates is not None:
+            templates = [t.strip() for t in args.templates.read_text(encoding="utf-8").splitlines() if t.strip()]
+        return evaluate_zeroshot(model, args.data, out, support=args.support, bprw=BPRWSettings(shots=args.shots),
+                                 split=args.split, support_split=args.support_split, templates=templates, **common)
+    if args.task == "retrieval":
+        from .retrieval import evaluate_retrieval
+
+        return evaluate_retrieval(model, args.data, out, image_root=args.image_root, split=args.split, **common)
+    if args.task == "eccv":
+        from .eccv import evaluate_eccv
+
+        return evaluate_eccv(model, args.data, out, image_root=args.image_root, coco_captions=args.coco_captions,
+                             split=args.split, **common)
+    if args.task == "urban1k":
+        from .retrieval import evaluate_urban1k
+
+        return evaluate_urban1k(model, args.data, out, **common)
+    if args.task == "hierarcaps":
+        from .hierarcaps import evaluate_hierarcaps
+
+        return evaluate_hierarcaps(model, args.data, out, image_root=args.image_root, n_steps=args.steps, **common)
+    if args.replacements is None:
+        raise ValueError("--task rococo needs --replacements FILE (JSON {word: [replacements]} or a word list)")
+    from .rococo import evaluate_rococo
+
+    return evaluate_rococo(model, args.data, args.replacements, out, image_root=args.image_root, split=args.split,
+                           mix_weight=args.mix_weight, seed=args.seed, **common)
+
+
+def _summary(results: dict) -> str:
+    metrics = results.get("metrics", {})
+    return json.dumps({k: v for k, v in metrics.items() if k != "uncertainty"}, indent=1)[:2000]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``probclip eval``; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    if not args.data.exists():
+        print(f"probclip eval: --data {str(args.data)!r} does not exist", file=sys.stderr)
+        return 2
+    try:
+        results = run(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"probclip eval: {err}", file=sys.stderr)
+        return 1
+    out = args.out or Path(f"eval-{args.task}")
+    print(_summary(results))
+    print(f"results: {out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
