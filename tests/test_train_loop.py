@@ -4,6 +4,7 @@ SIGKILL, and a 2-process torchrun run against a 1-process run with the same glob
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -207,3 +208,28 @@ def test_two_process_torchrun_matches_one_process(tmp_path, table):
     weights = _final_weights(tmp_path / "two" / "run" / "checkpoints" / "step_00000003")
     for name, value in single.model.state_dict().items():
         assert torch.allclose(weights[name], value, rtol=1e-4, atol=1e-5), name
+
+
+def test_periodic_retrieval_evaluation_is_logged(tmp_path):
+    table = make_csv_dataset(tmp_path / "data", 8)
+    eval_table = tmp_path / "data" / "eval.csv"
+    eval_table.write_text("filepath,caption\n" + "".join(f"img/{i}.png,a square number {i}\n" for i in range(4)))
+    config = TrainConfig.from_dict(tiny_config(tmp_path, table, run={"steps": 2, "eval_every": 1, "save_every": 0},
+                                               eval={"retrieval": [str(eval_table)]}))
+    result = train(config)
+    _, events = read_log(result.log_path)
+    evals = [e for e in events if e["event"] == "eval"]
+    assert [e["step"] for e in evals] == [1, 2]
+    keys = set(evals[0]["metrics"])
+    assert any(k.startswith("retrieval/eval.csv/") and k.endswith("r1") for k in keys), keys
+
+
+def test_synthetic_source_trains(tmp_path):
+    config = TrainConfig.from_dict({
+        "model": dict(TINY),
+        "data": {"source": "synthetic", "synthetic": {"size": 64}, "batch_size": 8},
+        "run": {"steps": 2, "output_dir": str(tmp_path / "run"), "save_every": 0, "tensorboard": False,
+                "progress": "none", "cpu_threads": 1},
+    })
+    result = train(config)
+    assert result.steps == 2 and math.isfinite(result.final_loss)

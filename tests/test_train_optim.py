@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,3 +74,36 @@ def test_reinit_uncertainty_touches_only_uncertainty_parameters():
         changed = not torch.all(p == 0.5)
         assert changed == (name in names), name
     assert torch.all(model.visual.head.logvar.bias == -10.0)
+
+
+def test_context_extension_when_fine_tuning_a_checkpoint(tmp_path):
+    from probclip.models import resize_text_positional_embedding
+    from probclip.train.config import ModelSection
+    from probclip.train.model_init import build_model
+
+    source = probclip.create_model("ProLIP-Tiny-Word", vision={"layers": 1}, text={"layers": 1})
+    source.save_pretrained(tmp_path / "ckpt")
+    section = ModelSection(init="pretrained", pretrained=str(tmp_path / "ckpt"), context_length=40,
+                           context_keep_first=8, reinit_unc=False)
+    section.validate()
+    model = build_model(section, log=lambda *_: None)
+    old = source.text.positional_embedding.detach()
+    assert model.config.text.context_length == 40
+    assert torch.equal(model.text.positional_embedding.detach(), resize_text_positional_embedding(old, 40, 8))
+    assert probclip.get_tokenizer(model).context_length == 40
+
+
+def test_longprolip_config_reproduces_the_reference_resize(official_dir):
+    from safetensors.torch import load_file
+
+    from probclip.models import resize_text_positional_embedding
+    from probclip.train import load_config
+
+    repo = Path(__file__).resolve().parents[1]
+    config = load_config(repo / "configs" / "longprolip.yaml")
+    fixture = load_file(str(official_dir / "long-text-pos-embed-66-to-258.safetensors"))
+    resized = resize_text_positional_embedding(fixture["old"], config.model.context_length,
+                                               config.model.context_keep_first)
+    assert torch.allclose(resized, fixture["new"], atol=1e-6)
+    assert config.loss.kwargs["inclusion_scale"] == 10 and config.loss.kwargs["inclusion_eps"] == -100
+    assert config.optim.lr == 1e-6 and config.optim.warmup_steps == 200 and config.optim.weight_decay == 0.01

@@ -1,7 +1,7 @@
 """Typed training configuration: one dataclass per YAML section, loading, overrides and validation.
 
-A YAML file has the sections ``model``, ``data``, ``loss``, ``masking``, ``optim`` and ``run`` (every key is
-optional; defaults below). Command-line overrides use ``--section.key value`` (values parsed as YAML, so
+A YAML file has the sections ``model``, ``data``, ``loss``, ``masking``, ``optim``, ``run`` and ``eval`` (every
+key is optional; defaults below). Command-line overrides use ``--section.key value`` (values parsed as YAML, so
 ``--optim.lr 1e-4``, ``--data.paths '[a.tar, b.tar]'`` and ``--loss.kwargs '{vib_beta: 0}'`` all work).
 ``TrainConfig.to_dict()`` is what is written as ``train_config.yaml`` beside the checkpoints.
 """
@@ -23,6 +23,7 @@ __all__ = [
     "MaskingSection",
     "OptimSection",
     "RunSection",
+    "EvalSection",
     "TrainConfig",
     "load_config",
     "apply_overrides",
@@ -202,7 +203,7 @@ class MaskingSection:
         image_keep_ratio: fraction of image patches KEPT in a masked image view (CLS and UNC are always kept;
             at least one patch is kept). The reference training keeps 0.75 of the patches.
         text_mask_prob: probability that each non-padding text token is REPLACED by the tokenizer's mask token
-            (reference: 0.75). Needs a tokenizer with a mask token.
+            (reference: 0.75). Needs a tokenizer with a mask token; 0 builds no masked text views (image views only).
     """
 
     fraction: float = 0.125
@@ -305,6 +306,27 @@ class RunSection:
         _check_choice("run", "dist_backend", self.dist_backend, ("auto", "gloo", "nccl"))
 
 
+@dataclass
+class EvalSection:
+    """Evaluation every ``run.eval_every`` steps (and at the end) through ``probclip.eval``.
+
+    ``zeroshot``: classification data sets (directories readable by ``probclip.eval.readers.read_classification``);
+    ``retrieval``: retrieval data sets (``read_retrieval``: CSV, Karpathy JSON or webdataset); ``split`` to read;
+    ``batch_size`` for encoding. Empty lists: no evaluation.
+    """
+
+    zeroshot: list = field(default_factory=list)
+    retrieval: list = field(default_factory=list)
+    split: str = "test"
+    batch_size: int = 64
+
+    def validate(self) -> None:
+        for key in ("zeroshot", "retrieval"):
+            if isinstance(getattr(self, key), str):
+                setattr(self, key, [getattr(self, key)])
+        _check_int("eval", "batch_size", self.batch_size, 1)
+
+
 _SECTIONS = {
     "model": ModelSection,
     "data": DataSection,
@@ -312,6 +334,7 @@ _SECTIONS = {
     "masking": MaskingSection,
     "optim": OptimSection,
     "run": RunSection,
+    "eval": EvalSection,
 }
 
 
@@ -325,6 +348,7 @@ class TrainConfig:
     masking: MaskingSection = field(default_factory=MaskingSection)
     optim: OptimSection = field(default_factory=OptimSection)
     run: RunSection = field(default_factory=RunSection)
+    eval: EvalSection = field(default_factory=EvalSection)
 
     def validate(self) -> "TrainConfig":
         """Check every section; raises ``ValueError`` naming the bad key, its value and what is accepted."""

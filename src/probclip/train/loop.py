@@ -121,6 +121,10 @@ def _build_or_resume_model(cfg: TrainConfig, resume_dir: Path | None, log: Calla
     return model
 
 
+def _evaluated_on_main_only(model, step: int) -> dict:
+    return {}
+
+
 def _stop_vote(local_stop: bool, dist_info: DistInfo) -> bool:
     """True on every rank when any rank wants to stop."""
     if not dist_info.distributed:
@@ -144,7 +148,8 @@ def train(
         callbacks: called after every step on every rank with a ``StepInfo``; returning True stops the run
             (with a final checkpoint).
         eval_fn: ``eval_fn(model, step) -> dict of numbers``, called on the main process every ``run.eval_every``
-            steps and at the end (model in eval mode, no gradient); results are logged (``eval/*``).
+            steps and at the end (model in eval mode, no gradient); results are logged (``eval/*``). Default: the
+            ``eval`` config section's data sets (none: no evaluation).
         source: an already built data source (default: from ``config.data``), e.g. an in-memory dataset.
 
     Returns a ``TrainResult``. Raises ``TrainingStopped`` after ``run.max_nonfinite_steps`` consecutive
@@ -208,6 +213,13 @@ def train(
             data_state = ranks_data[dist_info.rank]
             restore_rng_state(state["rng"][dist_info.rank])
             logger.event("resume", checkpoint=str(resume_dir), step=start_step)
+        if eval_fn is None and dist_info.is_main:
+            from .evaluation import build_eval_fn
+
+            eval_fn = build_eval_fn(config.eval, get_tokenizer,
+                                    lambda m: image_transform(m.config.vision, train=False))
+        if broadcast_object(eval_fn is not None) and eval_fn is None:
+            eval_fn = _evaluated_on_main_only  # other ranks wait at the barrier that follows each evaluation
         batches = build_train_batches(
             config.data, collator, seed=run.seed, rank=dist_info.rank, world_size=dist_info.world_size,
             start_step=start_step, resume_state=data_state, pin_memory=dist_info.device.type == "cuda", source=source,

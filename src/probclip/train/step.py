@@ -70,7 +70,7 @@ def build_step_inputs(batch, *, step: int, seed: int, rank: int, device: torch.d
                       mixing=None) -> StepInputs:
     """Move a ``PairBatch`` to ``device`` and add masked views (``masking``: a ``MaskingSection`` or None) and mixed
     samples (``mixing``: a ``LossSection`` with ``mix_fraction``/``mix_beta``/``cutmix_prob``, or None)."""
-    images, tokens = batch.images, batch.tokens
+    images, tokens = batch.images, batch.tokens  # masked text views are skipped when text_mask_prob is 0
     local = len(images)
     inputs = StepInputs(images, tokens)
     if mixing is not None and mixing.mix_fraction > 0:
@@ -87,10 +87,12 @@ def build_step_inputs(batch, *, step: int, seed: int, rank: int, device: torch.d
             for i in chosen:
                 generator = torch.Generator().manual_seed(derive_seed(seed, step, rank * local + i, _MASK_TAG))
                 keeps.append(sample_keep_patches(1, num_patches, masking.image_keep_ratio, generator))
-                texts.append(mask_text_tokens(tokens[i: i + 1], masking.text_mask_prob, mask_id, pad_id, generator))
+                if masking.text_mask_prob > 0:
+                    texts.append(mask_text_tokens(tokens[i: i + 1], masking.text_mask_prob, mask_id, pad_id,
+                                                  generator))
             inputs.masked_index = torch.tensor(chosen, dtype=torch.long, device=device)
             inputs.keep_patches = torch.cat(keeps).to(device)
-            inputs.masked_tokens = torch.cat(texts).to(device)
+            inputs.masked_tokens = torch.cat(texts).to(device) if texts else None
     non_blocking = device.type == "cuda"
     inputs.images = inputs.images.to(device, non_blocking=non_blocking)
     inputs.tokens = inputs.tokens.to(device, non_blocking=non_blocking)
@@ -103,7 +105,8 @@ def _encode(model, images, tokens):
 
 def _encode_masked(model, inputs: StepInputs):
     masked_image = model.encode_image(inputs.images[inputs.masked_index], keep_patches=inputs.keep_patches)
-    return masked_image, model.encode_text(inputs.masked_tokens)
+    masked_text = None if inputs.masked_tokens is None else model.encode_text(inputs.masked_tokens)
+    return masked_image, masked_text
 
 
 def _encode_with_masked(model, inputs: StepInputs, images, tokens):
@@ -111,6 +114,8 @@ def _encode_with_masked(model, inputs: StepInputs, images, tokens):
     tower in the same call as the batch's texts (one pass over ``b + n`` rows; every row is encoded on its own)."""
     if inputs.masked_index is None:
         return _encode(model, images, tokens), (None, None)
+    if inputs.masked_tokens is None:
+        return _encode(model, images, tokens), _encode_masked(model, inputs)
     image = model.encode_image(images)
     masked_image = model.encode_image(inputs.images[inputs.masked_index], keep_patches=inputs.keep_patches)
     both = model.encode_text(torch.cat([tokens, inputs.masked_tokens]))
