@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from probclip.train import TrainConfig, load_config, parse_override_args
 
@@ -47,3 +48,15 @@ def test_override_syntax_errors():
 def test_shipped_configs_are_valid(name):
     cfg = load_config(REPO / "configs" / name)
     assert cfg.run.steps >= 1
+
+
+def test_probclip_train_command_resolves_config(tmp_path, capsys):
+    from probclip.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text("run:\n  steps: 5\n")
+    assert main(["train", "--config", str(path), "--optim.lr", "3e-4", "--resume", "latest", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["run"]["steps"] == 5 and printed["optim"]["lr"] == 3e-4 and printed["run"]["resume"] == "latest"
+    assert main(["train", "--config", str(path), "--optim.nope", "1"]) == 2
+    assert "nope" in capsys.readouterr().err

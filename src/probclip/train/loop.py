@@ -153,7 +153,8 @@ def train(
         source: an already built data source (default: from ``config.data``), e.g. an in-memory dataset.
 
     Returns a ``TrainResult``. Raises ``TrainingStopped`` after ``run.max_nonfinite_steps`` consecutive
-    non-finite losses, and the data errors of ``probclip.data`` (missing shard, empty dataset) before training.
+    non-finite losses or when more than ``data.max_bad_fraction`` of the samples read were unreadable, and the
+    data errors of ``probclip.data`` (missing shard, empty dataset) before training.
     """
     from ..data.samples import PairCollator
     from ..data.sources import build_train_batches
@@ -331,6 +332,13 @@ def _run_loop(config, dist_info, model, loss_fn, optimizer, scaler, autocast, ba
             )
             skipped_now = int(round(means.pop("skipped_samples") * dist_info.world_size))
             skipped_total += skipped_now
+            read = (step - start_step) * global_batch + skipped_total
+            if read >= 1000 and skipped_total / read > config.data.max_bad_fraction:
+                raise TrainingStopped(
+                    f"{skipped_total} of the {read} samples read so far were unreadable "
+                    f"({skipped_total / read:.1%} > data.max_bad_fraction={config.data.max_bad_fraction}); "
+                    f"see the 'bad_samples' events in {logger.path}"
+                )
             now = time.perf_counter()
             record = {
                 "step": step,
