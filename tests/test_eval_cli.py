@@ -3,7 +3,13 @@
 import json
 
 import pytest
-from test_eval_fixtures import build_image_folder, build_karpathy, build_urban1k, build_wds_classification
+from test_eval_fixtures import (
+    build_hierarcaps,
+    build_image_folder,
+    build_karpathy,
+    build_urban1k,
+    build_wds_classification,
+)
 
 import probclip
 from probclip.eval.cli import main
@@ -57,4 +63,32 @@ def test_cli_retrieval_urban_and_errors(tmp_path, tiny_checkpoint, capsys):
                  "--no-progress"]) == 1
     assert "COCO caption ids" in capsys.readouterr().err
     assert main(["--model", str(tiny_checkpoint), "--task", "rococo", "--data", str(coco), "--no-progress"]) == 1
+    (tmp_path / "words.txt").write_text("zebra\nkite\n")
+    assert main(["--model", str(tiny_checkpoint), "--task", "rococo", "--data", str(coco), "--out", str(tmp_path / "rc"),
+                 "--replacements", str(tmp_path / "words.txt"), "--no-progress"]) == 0
+    assert _results(tmp_path / "rc")["n_adversarial_captions"] == 18
+    hc = build_hierarcaps(tmp_path / "hc")
+    assert main(["--model", str(tiny_checkpoint), "--task", "hierarcaps", "--data", str(hc), "--image-root",
+                 str(tmp_path / "hc" / "imgs"), "--out", str(tmp_path / "hc_out"), "--no-progress"]) == 0
+    assert set(_results(tmp_path / "hc_out")["metrics"]) == {"empty", "inclusion", "uncertainty"}
     assert main(["--model", str(tiny_checkpoint), "--task", "retrieval", "--data", str(tmp_path / "nope.json")]) == 2
+
+
+def test_cli_open_clip_model_by_name(tmp_path):
+    import open_clip
+
+    config = {"embed_dim": 16,
+              "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "probclip-test-tiny-clip.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "cfg")
+    data = build_image_folder(tmp_path / "f", per_class=2)
+    out = tmp_path / "out"
+    assert main(["--model", "open_clip:probclip-test-tiny-clip", "--task", "zeroshot", "--data", str(data),
+                 "--out", str(out), "--no-progress"]) == 0
+    res = _results(out)
+    assert res["probabilistic"] is False and set(res["metrics"]) == {"mean"} and "uncertainty" not in res
+    # BPRW needs uncertainty: refused for a deterministic model.
+    assert main(["--model", "open_clip:probclip-test-tiny-clip", "--task", "zeroshot", "--data", str(data),
+                 "--support", str(data), "--no-progress"]) == 1

@@ -204,6 +204,17 @@ def build_urban1k(root: Path) -> Path:
     return root
 
 
+def build_hierarcaps(tmp_path: Path) -> Path:
+    rows = ["id,captions,image_url"]
+    for i, colour in enumerate(list(COLOURS) * 4):
+        name = f"COCO_val2014_{i:012d}.jpg"
+        write_image(tmp_path / "imgs" / name, colour, 2.0 + 3 * i, i)
+        chain = f"thing => {colour} thing => {colour} square thing => {colour} square thing number {i}"
+        rows.append(f"{i},{chain},http://images.cocodataset.org/val2014/{name}")
+    (tmp_path / "hierarcaps.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "hierarcaps.csv"
+
+
 def test_word_tokenizer_pads_and_maps_colours():
     tokens = WordTokenizer(context_length=4)(["Red, blue!", "a b c d e f"])
     assert tokens[0].tolist() == [0, 2, PAD_ID, PAD_ID]

@@ -5,7 +5,7 @@ import random
 
 import pytest
 import torch
-from test_eval_fixtures import COLOURS, build_retrieval_csv, colour_eval_model, open_clip_eval_model, write_image
+from test_eval_fixtures import build_hierarcaps, build_retrieval_csv, colour_eval_model, open_clip_eval_model
 
 from probclip.embedding import ProbEmbedding
 from probclip.eval.hierarcaps import evaluate_hierarcaps, hierarchical_walk
@@ -21,19 +21,8 @@ def test_walk_visits_gallery_in_order_from_start_to_root():
     assert walk[0].tolist() == sorted(walk[0].tolist())  # monotone: never goes back to a specific caption
 
 
-def _hierarcaps_fixture(tmp_path):
-    rows = ["id,captions,image_url"]
-    for i, colour in enumerate(list(COLOURS) * 4):
-        name = f"COCO_val2014_{i:012d}.jpg"
-        write_image(tmp_path / "imgs" / name, colour, 2.0 + 3 * i, i)
-        chain = f"thing => {colour} thing => {colour} square thing => {colour} square thing number {i}"
-        rows.append(f"{i},{chain},http://images.cocodataset.org/val2014/{name}")
-    (tmp_path / "hierarcaps.csv").write_text("\n".join(rows) + "\n")
-    return tmp_path / "hierarcaps.csv"
-
-
 def test_hierarcaps_end_to_end(tmp_path):
-    csv_path = _hierarcaps_fixture(tmp_path)
+    csv_path = build_hierarcaps(tmp_path)
     res = evaluate_hierarcaps(colour_eval_model(), csv_path, out_dir=tmp_path / "out", image_root=tmp_path / "imgs",
                               progress=False)
     m = res["metrics"]

@@ -25,6 +25,7 @@ __all__ = [
     "load_eval_model",
     "encode_images",
     "encode_image_tensors",
+    "encode_image_dataset",
     "encode_texts",
     "embedding_means",
     "embedding_uncertainty",
@@ -154,6 +155,26 @@ def encode_image_tensors(
 
 
 @torch.no_grad()
+def encode_image_dataset(
+    model: nn.Module,
+    dataset: torch.utils.data.Dataset,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    desc: str = "images",
+    progress: bool = True,
+) -> Embeddings:
+    """Encode a map-style data set of preprocessed images ``[3, H, W]`` in order (CPU, float32 output)."""
+    if len(dataset) == 0:
+        raise ValueError("cannot encode an empty image data set")
+    device = next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    parts = []
+    for batch in _progress(loader, len(loader), desc, progress):
+        out = _check_output(model.encode_image(batch.to(device)), "encode_image", model)
+        parts.append(out.detach().cpu())
+    return _concat(parts, is_probabilistic(model))
+
+
 def encode_images(
     model: nn.Module,
     items: Sequence[ImageItem],
@@ -166,15 +187,7 @@ def encode_images(
     """Read, preprocess and encode images; returns ProbEmbedding ``[N, D]`` or a ``[N, D]`` tensor (CPU, float32)."""
     if not items:
         raise ValueError("encode_images needs at least one image")
-    device = next(model.parameters()).device
-    loader = torch.utils.data.DataLoader(
-        _ImageDataset(items, preprocess), batch_size=batch_size, shuffle=False, num_workers=num_workers
-    )
-    parts = []
-    for batch in _progress(loader, len(loader), desc, progress):
-        out = _check_output(model.encode_image(batch.to(device)), "encode_image", model)
-        parts.append(out.detach().cpu())
-    return _concat(parts, is_probabilistic(model))
+    return encode_image_dataset(model, _ImageDataset(items, preprocess), batch_size, num_workers, desc, progress)
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ positive. Urban-1k is the same task on one long caption per image.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -148,7 +149,9 @@ def evaluate_urban1k(
     results = evaluate_retrieval(
         model, data, out_dir=None, batch_size=batch_size, num_workers=num_workers, progress=progress, task="urban1k"
     )
-    tokens = model.tokenizer(data.captions)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # encoding already warned about truncated captions, if any
+        tokens = model.tokenizer(data.captions)
     context = tokens.shape[1]
     pad_id = getattr(model.tokenizer, "pad_id", 0)
     results["context_length"] = int(context)

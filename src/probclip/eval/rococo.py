@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .encode import EvalModel, Embeddings, _check_output, _concat, _progress, is_probabilistic
+from .encode import EvalModel, Embeddings, encode_image_dataset, encode_texts
 from .readers import ImageItem, RetrievalData, read_retrieval
 from .report import plot_bars, write_results
 from .retrieval import encode_retrieval_data
@@ -94,19 +94,11 @@ class _MixedImages(torch.utils.data.Dataset):
         return (1 - self.weight) * x + self.weight * other
 
 
-@torch.no_grad()
 def encode_mixed_images(model: EvalModel, items: Sequence[ImageItem], perm: torch.Tensor, weight: float = 0.1,
                         batch_size: int = 64, num_workers: int = 0, progress: bool = True) -> Embeddings:
     """Encode ``(1 - weight) * x_i + weight * x_perm[i]`` for every image (preprocessed pixels)."""
-    net = model.model
-    device = next(net.parameters()).device
-    loader = torch.utils.data.DataLoader(_MixedImages(items, model.preprocess, perm, weight),
-                                         batch_size=batch_size, num_workers=num_workers)
-    parts = [
-        _check_output(net.encode_image(batch.to(device)), "encode_image", net).detach().cpu()
-        for batch in _progress(loader, len(loader), "mixed images", progress)
-    ]
-    return _concat(parts, is_probabilistic(net))
+    dataset = _MixedImages(items, model.preprocess, perm, weight)
+    return encode_image_dataset(model.model, dataset, batch_size, num_workers, "mixed images", progress)
 
 
 def _cat(a: Embeddings, b: Embeddings) -> Embeddings:
@@ -190,6 +182,6 @@ def evaluate_rococo(
 
 def encode_texts_or_none(model: EvalModel, texts: list[str], progress: bool) -> Embeddings | None:
     """Encode ``texts`` with the model's tokenizer, or None when there are none."""
-    from .encode import encode_texts
-
-    return encode_texts(model.model, texts, model.tokenizer, desc="adversarial captions", progress=progress) if texts else None
+    if not texts:
+        return None
+    return encode_texts(model.model, texts, model.tokenizer, desc="adversarial captions", progress=progress)
