@@ -19,7 +19,7 @@ from probclip.losses import (
 )
 from probclip.losses import pairwise as pairwise_module
 from probclip.losses.pairwise import pairwise_sigmoid_bce
-from probclip.losses.prolip import inclusion_margin
+from probclip.losses.prolip import inclusion_loss_terms, inclusion_margin
 
 
 def _emb(prefix, tensors):
@@ -152,6 +152,20 @@ def test_inclusion_margin_agrees_with_the_inclusion_test(eps):
     (mi, li), (mt, lt) = _random_batch(lv_range=(-3.0, 1.0))
     a, b = ProbEmbedding(mi, li), ProbEmbedding(mt, lt)
     torch.testing.assert_close(inclusion_margin(a, b, eps), _per_dim_margin(a, b, eps), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("eps,scale", [(0.0, 10.0), (-3.0, 2.0), (-20.0, 1000.0)])
+def test_inclusion_loss_analytic_gradient(eps, scale):
+    g = torch.Generator().manual_seed(3)
+    args = [torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(4)]
+
+    def loss(mu1, lv1, mu2, lv2):
+        return inclusion_loss_terms(ProbEmbedding(mu1, lv1), ProbEmbedding(mu2, lv2), eps, scale)
+
+    assert torch.autograd.gradcheck(loss, args)
+    # and the value is the per-dimension formula from the public inclusion test
+    want = (-F.logsigmoid(scale * _per_dim_margin(ProbEmbedding(*args[:2]), ProbEmbedding(*args[2:]), eps))).mean(-1)
+    torch.testing.assert_close(loss(*args), want)
 
 
 def test_masked_index_pairs_views_with_the_named_originals():

@@ -13,6 +13,17 @@ from .pairwise import pairwise_sigmoid_bce
 __all__ = ["ProLIPLoss", "inclusion_loss_terms", "inclusion_margin", "vib_terms"]
 
 
+def _margin_parts(mu1, lv1, mu2, lv2, eps: float):
+    """Shared pieces of the inclusion margin: P1, P2, S1, S2, A1 = P1/S1, A2 = P2/S2, delta, Q, margin."""
+    p1, p2 = torch.exp(eps - lv1), torch.exp(eps - lv2)
+    s1, s2 = 2 * p1 + p2, p1 + 2 * p2
+    a1, a2 = p1 / s1, p2 / s2
+    delta = mu1 - mu2
+    q = (p2 - p1) * a1 * a2  # = P1 P2 (P2 - P1) / (S1 S2), written so that it cannot overflow before P does
+    margin = (lv2 - lv1) - torch.log(s1 / s2) / 2 - delta.pow(2) * q
+    return p1, p2, s1, s2, a1, a2, delta, q, margin
+
+
 def inclusion_margin(inner: ProbEmbedding, outer: ProbEmbedding, eps: float) -> torch.Tensor:
     """Per-dimension ``test(inner in outer) - test(outer in inner)`` of ProLIP's inclusion test, ``[N, D]``.
 
@@ -21,24 +32,52 @@ def inclusion_margin(inner: ProbEmbedding, outer: ProbEmbedding, eps: float) -> 
     ``b = 2 mu1 P1 + mu2 P2``, ``c = mu1^2 P1 + mu2^2 P2/2``. Since ``b^2 - 4ac = -2 P1 P2 (mu1 - mu2)^2``,
     the difference of the two directions simplifies exactly to::
 
-        (lv2 - lv1) - log(S1 / S2) / 2 - (mu1 - mu2)^2 P1 P2 (P2 - P1) / (S1 S2),
+        (lv2 - lv1) - log(S1 / S2) / 2 - (mu1 - mu2)^2 (P2 - P1) (P1 / S1) (P2 / S2),
         S1 = 2 P1 + P2,  S2 = P1 + 2 P2
 
     which needs a third of the operations and avoids the cancellation in ``b^2/(4a) - c``.
     """
-    lv1, lv2 = inner.logvar, outer.logvar
-    p1, p2 = torch.exp(eps - lv1), torch.exp(eps - lv2)
-    s1, s2 = 2 * p1 + p2, p1 + 2 * p2
-    return (lv2 - lv1) - torch.log(s1 / s2) / 2 - (inner.mean - outer.mean).pow(2) * (p1 * p2 * (p2 - p1) / (s1 * s2))
+    return _margin_parts(inner.mean, inner.logvar, outer.mean, outer.logvar, eps)[-1]
+
+
+class _InclusionLoss(torch.autograd.Function):
+    """``mean_d softplus(-scale * margin)`` per sample, with an analytic backward that saves only the inputs.
+
+    With ``G = -A1 + P1 / (2 S2)`` (= P1 d/dP1 of ``-log(S1/S2)/2``; its P2 counterpart is ``-G``) and
+    ``H = A1 A2 (-P1 + (P2 - P1)(P2 / S1 - P1 / S2))`` (= P1 dQ/dP1; the P2 counterpart is ``Q - H``), and
+    ``dP/dlv = -P``: ``dm/dlv1 = -1 - G + delta^2 H``, ``dm/dlv2 = 1 + G + delta^2 (Q - H)``,
+    ``dm/dmu1 = -2 delta Q = -dm/dmu2``.
+    """
+
+    @staticmethod
+    def forward(ctx, mu1, lv1, mu2, lv2, eps: float, scale: float):
+        ctx.eps, ctx.scale = eps, scale
+        ctx.save_for_backward(mu1, lv1, mu2, lv2)
+        margin = _margin_parts(mu1, lv1, mu2, lv2, eps)[-1]
+        return F.softplus(-scale * margin).mean(-1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        mu1, lv1, mu2, lv2 = ctx.saved_tensors
+        p1, p2, s1, s2, a1, a2, delta, q, margin = _margin_parts(mu1, lv1, mu2, lv2, ctx.eps)
+        # d loss / d margin, with the per-sample mean and the upstream gradient folded in.
+        dm = torch.sigmoid(ctx.scale * margin).sub_(1).mul_(ctx.scale / mu1.shape[-1]).mul_(grad[:, None])
+        g = p1 / (2 * s2) - a1
+        h = a1 * a2 * ((p2 - p1) * (p2 / s1 - p1 / s2) - p1)
+        d2 = delta.pow(2)
+        grad_lv1 = dm * (d2 * h - g - 1)
+        grad_lv2 = dm * (d2 * (q - h) + g + 1)
+        grad_mu1 = dm * (-2 * delta * q)
+        return grad_mu1, grad_lv1, grad_mu1.neg(), grad_lv2, None, None
 
 
 def inclusion_loss_terms(inner: ProbEmbedding, outer: ProbEmbedding, eps: float, scale: float) -> torch.Tensor:
     """Per-sample inclusion loss 'inner_i is included in outer_i', ``[N]``.
 
     ``mean_d -log sigmoid(scale * (test_d(inner in outer) - test_d(outer in inner)))`` (see
-    :func:`inclusion_margin`).
+    :func:`inclusion_margin`). Memory: the backward recomputes its intermediates from the inputs.
     """
-    return F.softplus(-scale * inclusion_margin(inner, outer, eps)).mean(-1)
+    return _InclusionLoss.apply(inner.mean, inner.logvar, outer.mean, outer.logvar, float(eps), float(scale))
 
 
 def vib_terms(e: ProbEmbedding) -> torch.Tensor:
