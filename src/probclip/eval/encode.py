@@ -24,7 +24,6 @@ __all__ = [
     "OPEN_CLIP_PREFIX",
     "load_eval_model",
     "encode_images",
-    "encode_image_tensors",
     "encode_image_dataset",
     "encode_texts",
     "embedding_means",
@@ -138,20 +137,6 @@ def _progress(iterable, total: int, desc: str, show: bool):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, disable=not show, leave=False)
-
-
-@torch.no_grad()
-def encode_image_tensors(
-    model: nn.Module, images: torch.Tensor, batch_size: int = 64, desc: str = "images", progress: bool = True
-) -> Embeddings:
-    """Encode preprocessed images ``[N, 3, H, W]`` in batches; ProbEmbedding or ``[N, D]`` tensor."""
-    device = next(model.parameters()).device
-    parts = []
-    starts = range(0, images.shape[0], batch_size)
-    for start in _progress(starts, len(starts), desc, progress):
-        out = _check_output(model.encode_image(images[start : start + batch_size].to(device)), "encode_image", model)
-        parts.append(out.detach().cpu())
-    return _concat(parts, is_probabilistic(model))
 
 
 @torch.no_grad()
