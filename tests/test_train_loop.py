@@ -233,3 +233,23 @@ def test_synthetic_source_trains(tmp_path):
     })
     result = train(config)
     assert result.steps == 2 and math.isfinite(result.final_loss)
+
+
+@pytest.mark.parametrize("loss_name", ["pcmepp", "clip"])
+def test_other_objectives_train_through_the_loop(tmp_path, table, loss_name):
+    config = TrainConfig.from_dict(tiny_config(tmp_path, table, loss={"name": loss_name},
+                                               run={"steps": 2, "save_every": 0}, optim={"accum_freq": 2}))
+    result = train(config)
+    steps, _ = read_log(result.log_path)
+    expected = {"pcmepp": {"match", "pseudo", "vib"}, "clip": {"i2t", "t2i"}}[loss_name]
+    assert expected <= set(steps[-1]) and all(math.isfinite(r["loss"]) for r in steps)
+    if loss_name == "clip":
+        assert not result.model.logit_bias.requires_grad
+
+
+def test_max_seconds_stops_with_a_checkpoint(tmp_path, table):
+    config = TrainConfig.from_dict(tiny_config(tmp_path, table, run={"steps": 50, "max_seconds": 1e-3,
+                                                                      "save_every": 0}))
+    result = train(config)
+    assert result.stop_reason == "max_seconds" and result.steps == 1
+    assert result.checkpoint is not None and result.checkpoint.name == "step_00000001"
