@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 __all__ = ["main"]
@@ -10,7 +11,7 @@ __all__ = ["main"]
 _EPILOG = """\
 Overrides: any config key as --section.key VALUE (YAML-parsed), e.g.
   --optim.lr 1e-4 --run.steps 2000 --data.paths '[shards/{00000..00099}.tar]' --loss.kwargs '{vib_beta: 0}'
-Sections: model, data, loss, masking, optim, run (see docs/training.md).
+Sections: model, data, loss, masking, optim, run, eval (see docs/training.md).
 Resume the newest checkpoint of the run directory with --resume latest.
 Many processes: torchrun --nproc_per_node N -m probclip.train --config FILE.yaml
 """
@@ -22,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Train or fine-tune a probabilistic (or baseline) image-text model from a YAML config.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("--config", help="YAML training config (defaults are used for absent keys)")
     parser.add_argument("--resume", help="'latest' or a checkpoint directory (same as --run.resume)")
@@ -55,9 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     from .loop import train
 
     result = train(config)
-    import torch.distributed as dist  # noqa: F401  (process group already closed by train)
-    import os
-
     if int(os.environ.get("RANK", "0")) == 0:
         print(
             f"trained {result.steps} steps ({result.samples} samples) in {result.seconds:.1f} s; "
