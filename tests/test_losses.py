@@ -18,6 +18,7 @@ from probclip.losses import (
     soft_match_labels,
 )
 from probclip.losses import pairwise as pairwise_module
+from probclip.losses import prolip as prolip_module
 from probclip.losses.pairwise import pairwise_sigmoid_bce
 from probclip.losses.prolip import inclusion_loss_terms, inclusion_margin
 
@@ -155,9 +156,10 @@ def test_inclusion_margin_agrees_with_the_inclusion_test(eps):
 
 
 @pytest.mark.parametrize("eps,scale", [(0.0, 10.0), (-3.0, 2.0), (-20.0, 1000.0)])
-def test_inclusion_loss_analytic_gradient(eps, scale):
+def test_inclusion_loss_analytic_gradient(monkeypatch, eps, scale):
+    monkeypatch.setattr(prolip_module, "PER_SAMPLE_CHUNK_ELEMENTS", 6)  # two rows per chunk
     g = torch.Generator().manual_seed(3)
-    args = [torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(4)]
+    args = [torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(4)]
 
     def loss(mu1, lv1, mu2, lv2):
         return inclusion_loss_terms(ProbEmbedding(mu1, lv1), ProbEmbedding(mu2, lv2), eps, scale)

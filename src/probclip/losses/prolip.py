@@ -53,22 +53,37 @@ class _InclusionLoss(torch.autograd.Function):
     def forward(ctx, mu1, lv1, mu2, lv2, eps: float, scale: float):
         ctx.eps, ctx.scale = eps, scale
         ctx.save_for_backward(mu1, lv1, mu2, lv2)
-        margin = _margin_parts(mu1, lv1, mu2, lv2, eps)[-1]
-        return F.softplus(-scale * margin).mean(-1)
+        out = mu1.new_empty(mu1.shape[:-1])
+        for rows in _row_chunks(mu1):
+            margin = _margin_parts(mu1[rows], lv1[rows], mu2[rows], lv2[rows], eps)[-1]
+            out[rows] = F.softplus(-scale * margin).mean(-1)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
         mu1, lv1, mu2, lv2 = ctx.saved_tensors
-        p1, p2, s1, s2, a1, a2, delta, q, margin = _margin_parts(mu1, lv1, mu2, lv2, ctx.eps)
-        # d loss / d margin, with the per-sample mean and the upstream gradient folded in.
-        dm = torch.sigmoid(ctx.scale * margin).sub_(1).mul_(ctx.scale / mu1.shape[-1]).mul_(grad[:, None])
-        g = p1 / (2 * s2) - a1
-        h = a1 * a2 * ((p2 - p1) * (p2 / s1 - p1 / s2) - p1)
-        d2 = delta.pow(2)
-        grad_lv1 = dm * (d2 * h - g - 1)
-        grad_lv2 = dm * (d2 * (q - h) + g + 1)
-        grad_mu1 = dm * (-2 * delta * q)
-        return grad_mu1, grad_lv1, grad_mu1.neg(), grad_lv2, None, None
+        grads = [torch.empty_like(mu1), torch.empty_like(lv1), torch.empty_like(mu2), torch.empty_like(lv2)]
+        for rows in _row_chunks(mu1):
+            p1, p2, s1, s2, a1, a2, delta, q, margin = _margin_parts(mu1[rows], lv1[rows], mu2[rows], lv2[rows], ctx.eps)
+            # d loss / d margin, with the per-sample mean and the upstream gradient folded in.
+            dm = torch.sigmoid(ctx.scale * margin).sub_(1).mul_(ctx.scale / mu1.shape[-1]).mul_(grad[rows, None])
+            g = p1 / (2 * s2) - a1
+            h = a1 * a2 * ((p2 - p1) * (p2 / s1 - p1 / s2) - p1)
+            d2 = delta.pow(2)
+            torch.mul(dm, -2 * delta * q, out=grads[0][rows])
+            torch.mul(dm, d2 * h - g - 1, out=grads[1][rows])
+            torch.neg(grads[0][rows], out=grads[2][rows])
+            torch.mul(dm, d2 * (q - h) + g + 1, out=grads[3][rows])
+        return (*grads, None, None)
+
+
+PER_SAMPLE_CHUNK_ELEMENTS = 2**18  # elements per temporary of the inclusion loss (1 MiB in float32)
+
+
+def _row_chunks(x: torch.Tensor):
+    """Row slices of ``x`` ``[N, D]`` of at most ``PER_SAMPLE_CHUNK_ELEMENTS`` elements (bounds the temporaries)."""
+    step = max(1, PER_SAMPLE_CHUNK_ELEMENTS // max(1, x.shape[-1]))
+    return [slice(start, start + step) for start in range(0, x.shape[0], step)]
 
 
 def inclusion_loss_terms(inner: ProbEmbedding, outer: ProbEmbedding, eps: float, scale: float) -> torch.Tensor:
@@ -86,7 +101,8 @@ def vib_terms(e: ProbEmbedding) -> torch.Tensor:
     (The KL divergence to N(0, I) with ``lv/2`` in place of the log-variance; same minimiser.)
     """
     half = e.logvar / 2
-    return -0.5 * (1 + half - e.mean.pow(2) - half.exp()).mean(-1)
+    # Written so that autograd keeps a single [N, D] tensor (exp(lv/2)) for the backward.
+    return 0.5 * e.mean.pow(2).mean(-1) - 0.5 * (1 + half - half.exp()).mean(-1)
 
 
 class ProLIPLoss(PairLoss):
