@@ -18,7 +18,7 @@ import yaml
 
 import probclip
 from probclip import losses as losses_module
-from probclip.train import TrainConfig, TrainingStopped, load_config, train
+from probclip.train import TrainConfig, TrainingStopped, train
 from probclip.train.step import StepInputs, forward_backward
 
 from test_data_readers import make_csv_dataset

@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from ..transforms import ToRGB
 from .captions import draw_caption
 
-__all__ = ["SampleError", "derive_seed", "decode_image_bytes", "PairBatch", "PairCollator", "READ_ERRORS"]
+__all__ = ["SampleError", "derive_seed", "decode_image_bytes", "as_pil", "PairBatch", "PairCollator", "READ_ERRORS"]
 
 #: Exceptions that mean "this one sample is unreadable": it is skipped and counted, the run goes on.
 READ_ERRORS = (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError, UnicodeDecodeError)
@@ -102,11 +102,6 @@ class PairCollator:
             texts.append(draw_caption(captions, random.Random(seed)))
         tokens = self.tokenizer(texts)
         return PairBatch(torch.stack(images), tokens, skipped, list(errors or []), dict(position or {}))
-
-
-def describe_error(name: str, err: BaseException) -> str:
-    """One log line for a skipped sample."""
-    return f"{name}: {type(err).__name__}: {err}"
 
 
 def as_pil(image: Any, name: str) -> Image.Image:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Iterator
 
-import torch
 from torch.utils.data import DataLoader
 
 from .samples import PairBatch, PairCollator, SampleError, as_pil

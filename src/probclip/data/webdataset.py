@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import tarfile
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import braceexpand
@@ -180,7 +179,3 @@ def shard_stream(urls: Sequence[str], resample: bool, seed: int, slot: int, num_
         yield from order[slot::num_slots]
         epoch += 1
 
-
-def shard_name(url: str) -> str:
-    """Short name of a shard for log lines."""
-    return Path(_local_path(url)).name if _is_local(url) else url
