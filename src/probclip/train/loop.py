@@ -33,7 +33,7 @@ from .distributed import (
     gather_objects,
     init_distributed,
 )
-from .logging import RunLogger
+from .run_log import RunLogger
 from .optim import build_optimizer, clamp_logit_scale, learning_rate, set_learning_rate
 from .step import build_step_inputs, forward_backward
 
