@@ -253,3 +253,29 @@ def test_max_seconds_stops_with_a_checkpoint(tmp_path, table):
     result = train(config)
     assert result.stop_reason == "max_seconds" and result.steps == 1
     assert result.checkpoint is not None and result.checkpoint.name == "step_00000001"
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model, inputs = _tiny_inputs()
+    model, inputs.images = model.double(), inputs.images.double()
+    loss_fn = losses_module.build_loss("prolip")
+    grads = []
+    for enabled in (False, True):
+        model.zero_grad(set_to_none=True)
+        model.set_grad_checkpointing(enabled)
+        forward_backward(model, loss_fn, inputs)
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], rtol=1e-10, atol=1e-12), name
+
+
+def test_frozen_vision_tower_does_not_move(tmp_path, table):
+    config = TrainConfig.from_dict(tiny_config(tmp_path, table, run={"steps": 2, "save_every": 0, "seed": 7},
+                                               model={"freeze_vision": True}))
+    torch.manual_seed(7)
+    initial = probclip.create_model("ProLIP-Tiny-Word", vision={"layers": 1}, text={"layers": 1}).state_dict()
+    trained = train(config).model.state_dict()
+    assert torch.equal(trained["visual.trunk.blocks.0.attn.qkv.weight"], initial["visual.trunk.blocks.0.attn.qkv.weight"])
+    assert torch.equal(trained["visual.head.mean.weight"], initial["visual.head.mean.weight"])
+    assert not torch.equal(trained["visual.head.logvar.weight"], initial["visual.head.logvar.weight"])
+    assert not torch.equal(trained["text.blocks.0.attn.qkv.weight"], initial["text.blocks.0.attn.qkv.weight"])
