@@ -152,6 +152,9 @@ def train(
             ``eval`` config section's data sets (none: no evaluation).
         source: an already built data source (default: from ``config.data``), e.g. an in-memory dataset.
 
+    Side effects on the calling process: the Python, NumPy and torch global generators are seeded with ``run.seed``
+    (restored from the checkpoint when resuming), and ``torch.set_num_threads(run.cpu_threads)`` when set.
+
     Returns a ``TrainResult``. Raises ``TrainingStopped`` after ``run.max_nonfinite_steps`` consecutive
     non-finite losses or when more than ``data.max_bad_fraction`` of the samples read were unreadable, and the
     data errors of ``probclip.data`` (missing shard, empty dataset) before training.
