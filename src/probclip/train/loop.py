@@ -169,6 +169,7 @@ def train(
     run = config.run
     if run.cpu_threads is not None:
         torch.set_num_threads(run.cpu_threads)
+    owns_process_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     dist_info = init_distributed(run.device, run.dist_backend)
     output_dir = Path(run.output_dir)
     if dist_info.is_main:
@@ -233,7 +234,8 @@ def train(
                          NonFiniteLossError)
     finally:
         logger.close()
-        cleanup_distributed()
+        if owns_process_group:
+            cleanup_distributed()
 
 
 def _run_loop(config, dist_info, model, loss_fn, optimizer, scaler, autocast, batches, tokenizer, uses_masks,
