@@ -54,9 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
-    from .loop import train
+    from ..data import SampleError, ShardError
+    from .loop import TrainingStopped, train
 
-    result = train(config)
+    try:
+        result = train(config)
+    except (TrainingStopped, ShardError, SampleError, FileNotFoundError) as err:
+        print(f"probclip train: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
     if int(os.environ.get("RANK", "0")) == 0:
         print(
             f"trained {result.steps} steps ({result.samples} samples) in {result.seconds:.1f} s; "

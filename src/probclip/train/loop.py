@@ -176,6 +176,7 @@ def train(
         output_dir.mkdir(parents=True, exist_ok=True)
     barrier()
     resume_dir = resolve_resume(run.resume, output_dir)
+    starting_fresh = run.resume == "latest" and resume_dir is None
     state = load_training_state(resume_dir) if resume_dir is not None else None
     start_step = int(state["step"]) if state else 0
     logger = RunLogger(output_dir, run.steps, run.progress, run.tensorboard, enabled=dist_info.is_main,
@@ -185,6 +186,8 @@ def train(
         config_yaml = config.to_yaml()
         if dist_info.is_main:
             atomic_write_text(output_dir / "train_config.yaml", config_yaml)
+        if starting_fresh:
+            log(f"run.resume 'latest': no checkpoint in {output_dir} yet; starting at step 0")
         if dist_info.device.type == "cpu" and run.precision != "fp32":
             log(f"run.precision {run.precision!r} applies to CUDA only; this CPU run computes in fp32")
         _seed_everything(run.seed)
