@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -164,7 +166,7 @@ class ProLIPLoss(PairLoss):
         self.inclusion_eps = float(inclusion_eps)
         self.inclusion_scale = float(inclusion_scale)
         for name in ("inclusion_eps", "inclusion_scale"):
-            if not torch.isfinite(torch.tensor(getattr(self, name))):
+            if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number; got {getattr(self, name)}")
 
     def extra_repr(self) -> str:
