@@ -310,3 +310,23 @@ def test_build_loss_by_name():
     assert build_loss("prolip", inclusion_scale=10).inclusion_scale == 10
     with pytest.raises(ValueError, match="accepted names: clip, pcmepp, prolip, siglip"):
         build_loss("infonce")
+
+
+def test_prolip_loss_trains_the_tiny_model_with_masked_views():
+    import probclip
+
+    model = probclip.create_model("ProLIP-Tiny")
+    tokenizer = probclip.get_tokenizer(model)
+    images = torch.randn(4, 3, 32, 32)
+    tokens = tokenizer(["a red square", "a blue circle", "two green lines", "a dog"])
+    out = model(images, tokens)
+    keep = torch.arange(model.visual.num_patches // 4).expand(2, -1)
+    masked_image = model.encode_image(images[:2], keep_patches=keep)
+    masked_text = model.encode_text(tokens[:2])
+    terms = ProLIPLoss(inclusion_alpha=1e-3, inclusion_alpha_occ=1e-2)(
+        out["image"], out["text"], out["logit_scale"], out["logit_bias"], masked_image=masked_image,
+        masked_text=masked_text)
+    terms["loss"].backward()
+    assert all(terms[k].item() > 0 for k in ("ppcl", "inclusion", "img_inclusion", "vib"))
+    assert model.logit_scale.grad is not None and model.logit_bias.grad is not None
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.visual.parameters())
