@@ -1,0 +1,175 @@
+"""``probclip quickstart``: train a tiny ProLIP and a SigLIP baseline on the synthetic world, evaluate, report.
+
+Steps: (1) build the held-out test material of the synthetic world; (2) train a tiny ProLIP (ProLIP loss: PPCL,
+inclusion, masked-view inclusion, VIB) with ``probclip.train.train``; (3) train the same architecture with the
+SigLIP loss for the same number of steps; (4) evaluate both on the ``test`` split with exact positives; (5) write
+``OUT/metrics.json``, ``OUT/report.html`` (+ ``OUT/plots/*.png``), ``OUT/model/`` (the ProLIP model, loadable
+by ``probclip.create_model_from_pretrained``) and ``OUT/timings.json`` (measured wall-clock).
+
+The budget is step-based so that a run is reproducible: ``--minutes M`` becomes a fixed number of steps per model,
+``steps = floor((60 M - OVERHEAD_SECONDS) / 2 / ASSUMED_STEP_SECONDS)``, whatever the machine's speed. In
+``metrics.json``, ``train.seconds`` is this budgeted training time (steps x ``ASSUMED_STEP_SECONDS``), so two runs
+with the same seed write the same file; the measured times go to ``timings.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+__all__ = [
+    "ASSUMED_STEP_SECONDS",
+    "OVERHEAD_SECONDS",
+    "DEFAULT_MINUTES",
+    "steps_for_budget",
+    "quickstart_config",
+    "run_quickstart",
+    "main",
+]
+
+#: Seconds one training step is assumed to take (batch 256, one CPU thread, measured on a loaded 2-core machine).
+ASSUMED_STEP_SECONDS = 0.3
+#: Seconds set aside for data, evaluation of both models and the report.
+OVERHEAD_SECONDS = 60.0
+DEFAULT_MINUTES = 8.0
+BATCH_SIZE = 256
+#: Share of the training data whose images are degraded, per level 0..4.
+TRAIN_DEGRADATION_PROBS = (0.5, 0.125, 0.125, 0.125, 0.125)
+
+
+def steps_for_budget(minutes: float) -> int:
+    """Training steps per model for a total budget of ``minutes`` (both models, evaluation and report included)."""
+    if not isinstance(minutes, (int, float)) or isinstance(minutes, bool) or not minutes > 0:
+        raise ValueError(f"--minutes must be a number > 0; got {minutes!r}")
+    return max(1, math.floor((60.0 * minutes - OVERHEAD_SECONDS) / 2 / ASSUMED_STEP_SECONDS))
+
+
+def _model_overrides() -> dict:
+    from .data.synthetic import world_vocabulary
+    from .tokenizers import word_tokenizer_config
+
+    text = dict(word_tokenizer_config(world_vocabulary()), context_length=20, init_unc_bias=-4.0)
+    return {"text": text, "vision": {"init_unc_bias": -4.0}}
+
+
+def quickstart_config(objective: str, steps: int, seed: int, output_dir: str | Path, threads: int = 1):
+    """The ``TrainConfig`` of one quickstart model: ``objective`` is ``prolip`` or ``siglip``."""
+    from .train.config import TrainConfig
+
+    return TrainConfig.from_dict({
+        "model": {"name": "ProLIP-Tiny-Word", "overrides": _model_overrides()},
+        "data": {
+            "source": "synthetic", "batch_size": BATCH_SIZE, "num_workers": 1,
+            "synthetic": {"size": 1_000_000, "degradation_probs": list(TRAIN_DEGRADATION_PROBS)},
+        },
+        "loss": {"name": objective, "kwargs": {}},
+        "masking": {"fraction": 0.125},
+        "optim": {"lr": 2e-3, "warmup_steps": max(1, steps // 10), "weight_decay": 0.05},
+        "run": {
+            "steps": steps, "output_dir": str(output_dir), "device": "cpu", "precision": "fp32", "seed": seed,
+            "log_every": max(1, min(50, steps // 10)), "progress": "plain", "save_every": 0, "keep_last": 1,
+            "tensorboard": False, "cpu_threads": threads,
+        },
+    })
+
+
+def _nest(flat: dict) -> dict:
+    out: dict = {}
+    for key, value in flat.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = round(float(value), 6)
+    return out
+
+
+def _say(message: str) -> None:
+    print(f"[quickstart] {message}", flush=True)
+
+
+def run_quickstart(out_dir: str | Path, steps: int, seed: int = 0, threads: int = 1) -> dict:
+    """Run the whole quickstart into ``out_dir`` with ``steps`` training steps per model; returns the metrics."""
+    import torch
+
+    from .data.synthetic_eval import build_evaluation_set, evaluate_synthetic
+    from .report.synthetic_report import write_report
+    from .tokenizers import get_tokenizer
+    from .train import train
+    from .transforms import image_transform
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    torch.set_num_threads(threads)
+    _say(f"building the held-out test set of the synthetic world (seed {seed})")
+    eval_set = build_evaluation_set(seed)
+    timings, results = {}, {}
+    for objective in ("prolip", "siglip"):
+        _say(f"training {objective} for {steps} steps of {BATCH_SIZE} pairs")
+        config = quickstart_config(objective, steps, seed, out / "runs" / objective, threads)
+        result = train(config)
+        timings[f"{objective}.train_seconds"] = result.seconds
+        model = result.model.eval()
+        _say(f"evaluating {objective} on {len(eval_set.scenes)} test images and {len(eval_set.captions)} captions")
+        metrics, details = evaluate_synthetic(model, eval_set, get_tokenizer(model),
+                                              image_transform(model.config.vision),
+                                              probabilistic=objective == "prolip")
+        results[objective] = (model, metrics, details, result)
+    prolip_model, prolip_metrics, prolip_details, prolip_result = results["prolip"]
+    _, baseline_metrics, baseline_details, baseline_result = results["siglip"]
+    metrics = _nest(prolip_metrics)
+    metrics["train"] = {"seconds": round(prolip_result.steps * ASSUMED_STEP_SECONDS, 6),
+                        "samples": prolip_result.samples, "steps": prolip_result.steps}
+    metrics["baseline"] = _nest(baseline_metrics)
+    metrics["baseline"]["train"] = {"seconds": round(baseline_result.steps * ASSUMED_STEP_SECONDS, 6),
+                                    "samples": baseline_result.samples, "steps": baseline_result.steps}
+    metrics["config"] = {"seed": seed, "steps_per_model": steps, "batch_size": BATCH_SIZE,
+                         "model": "ProLIP-Tiny-Word", "assumed_step_seconds": ASSUMED_STEP_SECONDS}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    prolip_model.save_pretrained(out / "model")
+    report = write_report(out, metrics, eval_set, prolip_details, baseline_details)
+    timings["total_seconds"] = time.perf_counter() - started
+    (out / "timings.json").write_text(json.dumps(timings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    _say(f"done in {timings['total_seconds']:.0f} s; metrics: {out / 'metrics.json'}")
+    _say(f"report: {report.resolve()}")
+    return metrics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``probclip quickstart``."""
+    parser = argparse.ArgumentParser(
+        prog="probclip quickstart",
+        description="Train a tiny ProLIP and a SigLIP baseline on the synthetic world (CPU), evaluate both on "
+                    "held-out scenes with exact truth, and write metrics.json, report.html and model/.",
+    )
+    parser.add_argument("--out", default="probclip-quickstart", help="output directory (default probclip-quickstart)")
+    parser.add_argument("--minutes", type=float, default=DEFAULT_MINUTES,
+                        help=f"total budget in minutes, turned into a fixed number of steps (default {DEFAULT_MINUTES:g})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the world, the models and the data order")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps per model (overrides --minutes; for short experiments and tests)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: faster than 2 on a small, busy CPU)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``probclip quickstart``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.steps is not None and args.steps < 1:
+            raise ValueError(f"--steps must be >= 1; got {args.steps}")
+        if args.seed < 0:
+            raise ValueError(f"--seed must be >= 0; got {args.seed}")
+        steps = args.steps if args.steps is not None else steps_for_budget(args.minutes)
+    except ValueError as err:
+        print(f"probclip quickstart: {err}", file=sys.stderr)
+        return 2
+    run_quickstart(args.out, steps, args.seed, args.threads)
+    return 0
