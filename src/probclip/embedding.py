@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
@@ -9,6 +10,7 @@ import torch
 __all__ = ["ProbEmbedding"]
 
 
+@dataclass(eq=False, repr=False, slots=True)
 class ProbEmbedding:
     """A batch of diagonal Gaussian embeddings.
 
@@ -19,11 +21,15 @@ class ProbEmbedding:
 
     The scalar ``uncertainty`` is the trace of the covariance, ``sum_d exp(logvar_d)``, shape ``[...]``.
     Indexing and slicing act on the leading (batch) dimensions and return a ``ProbEmbedding``.
+    It is a dataclass so that ``torch.nn.parallel.DistributedDataParallel`` finds its tensors in a
+    model's outputs.
     """
 
-    __slots__ = ("mean", "logvar")
+    mean: torch.Tensor
+    logvar: torch.Tensor
 
-    def __init__(self, mean: torch.Tensor, logvar: torch.Tensor):
+    def __post_init__(self):
+        mean, logvar = self.mean, self.logvar
         if not isinstance(mean, torch.Tensor) or not isinstance(logvar, torch.Tensor):
             raise TypeError(
                 f"ProbEmbedding expects two torch.Tensor (mean, logvar); got "
@@ -48,8 +54,6 @@ class ProbEmbedding:
             raise ValueError(
                 f"ProbEmbedding.mean and .logvar must be on one device; got {mean.device} and {logvar.device}"
             )
-        self.mean = mean
-        self.logvar = logvar
 
     # ----------------------------------------------------------------- derived quantities
     @property

@@ -85,8 +85,10 @@ class ProbCLIP(
         return {
             "image": None if images is None else self.encode_image(images, keep_patches),
             "text": None if tokens is None else self.encode_text(tokens),
-            "logit_scale": self.logit_scale,
-            "logit_bias": self.logit_bias,
+            # Views, not the Parameters themselves: DistributedDataParallel (find_unused_parameters=True) marks a
+            # parameter returned as an output ready twice.
+            "logit_scale": self.logit_scale.view(()),
+            "logit_bias": self.logit_bias.view(()),
         }
 
     # ----------------------------------------------------------------------------------------- training aids
