@@ -84,7 +84,7 @@ IMAGE_SIZE = 32
 _RENDER_SCALE = 4
 _BACKGROUND = (30, 30, 34)
 #: Radius (in pixels of the 32 px image) of each size.
-_RADIUS = {"small": 3.6, "large": 6.4}
+_RADIUS = {"small": 4.5, "large": 7.0}
 #: Noise blend weight, blur radius (px) and occluded fraction of the image side per degradation level.
 _NOISE_WEIGHT = (0.0, 0.35, 0.55, 0.72, 0.88)
 _BLUR_RADIUS = (0.0, 1.0, 1.8, 2.8, 4.5)
@@ -211,8 +211,8 @@ def render_scene(scene: Scene, image_size: int = IMAGE_SIZE) -> Image.Image:
     jitter = _rng(scene.jitter_seed, 1)
     for obj in scene.objects:
         row, col = divmod(POSITIONS.index(obj.position), 2)
-        cx = (8 + 16 * col + jitter.uniform(-1.5, 1.5)) * scale
-        cy = (8 + 16 * row + jitter.uniform(-1.5, 1.5)) * scale
+        cx = (8 + 16 * col + jitter.uniform(-0.5, 0.5)) * scale
+        cy = (8 + 16 * row + jitter.uniform(-0.5, 0.5)) * scale
         r = _RADIUS[obj.size] * scale
         colour = COLOURS[obj.colour]
         points = _polygon(obj.shape, cx, cy, r)

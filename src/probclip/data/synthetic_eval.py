@@ -12,7 +12,8 @@ captions at every level, the same scenes at every degradation level, single-obje
 - ``inclusion.accuracy``: over pairs of true captions of one image where one strictly entails the other, the
   fraction where the inclusion test (eps 0) says the specific one is more included in the general one than the
   reverse;
-- ``zeroshot.acc1``: shape of the single object, classes from a prompt ensemble; ``zeroshot.unc_acc_corr``:
+- ``zeroshot.acc1``: an attribute (default: colour) of the single object of single-object scenes, classes from a
+  prompt ensemble; ``zeroshot.unc_acc_corr``:
   Pearson correlation between image-uncertainty bin and accuracy (10 bins).
 
 Probabilistic models are ranked by CSD (``mu.mu - u / 2``); deterministic ones (baselines) by the cosine of the
@@ -46,8 +47,13 @@ from .synthetic import (
 
 __all__ = ["ZEROSHOT_TEMPLATES", "EvaluationSet", "build_evaluation_set", "encode_synthetic", "evaluate_synthetic"]
 
-#: Prompt ensemble of the zero-shot shape classifier ("{}" is the shape).
-ZEROSHOT_TEMPLATES = ("a {}",) + tuple(f"a {s} {{}}" for s in SIZES) + tuple(f"a {c} {{}}" for c in COLOURS)
+#: Prompt ensembles of the zero-shot classifiers of the main object's attribute ("{}" is the class value).
+ZEROSHOT_TEMPLATES = {
+    "colour": ("a {} shape",) + tuple(f"a {s} {{}} shape" for s in SIZES) + tuple(f"a {{}} {h}" for h in SHAPES),
+    "shape": ("a {}",) + tuple(f"a {s} {{}}" for s in SIZES) + tuple(f"a {c} {{}}" for c in COLOURS),
+}
+#: Class values of each zero-shot attribute.
+ZEROSHOT_CLASSES = {"colour": tuple(COLOURS), "shape": SHAPES}
 
 
 @dataclass
@@ -60,7 +66,8 @@ class EvaluationSet:
         truth: bool ``[len(scenes), len(captions)]``.
         image_captions: per scene, indices into ``captions`` of the captions drawn for it (one per level).
         degraded_scenes: scenes re-drawn at every degradation level; ``degraded_levels`` their levels.
-        zeroshot_scenes: single-object scenes; ``zeroshot_labels`` the index of their shape in ``SHAPES``.
+        zeroshot_scenes: single-object scenes; ``zeroshot_labels`` the index of their ``zeroshot_attribute`` value
+            in ``ZEROSHOT_CLASSES[zeroshot_attribute]``.
     """
 
     scenes: list
@@ -71,11 +78,15 @@ class EvaluationSet:
     degraded_levels: np.ndarray
     zeroshot_scenes: list
     zeroshot_labels: np.ndarray
+    zeroshot_attribute: str = "colour"
 
 
 def build_evaluation_set(seed: int, num_scenes: int = 500, num_degraded: int = 200, num_zeroshot: int = 400,
-                         split: str = "test", degradation_kind: str = "noise") -> EvaluationSet:
+                         split: str = "test", degradation_kind: str = "noise",
+                         zeroshot_attribute: str = "colour") -> EvaluationSet:
     """Draw the evaluation material from ``split`` (never the training split) with world seed ``seed``."""
+    if zeroshot_attribute not in ZEROSHOT_CLASSES:
+        raise ValueError(f"zeroshot_attribute {zeroshot_attribute!r} is not one of {sorted(ZEROSHOT_CLASSES)}")
     data = SyntheticDataset(seed=seed, split=split, size=num_scenes, degradation_kind=degradation_kind)
     scenes, drawn = [], []
     for i in range(num_scenes):
@@ -99,7 +110,9 @@ def build_evaluation_set(seed: int, num_scenes: int = 500, num_degraded: int = 2
     return EvaluationSet(
         scenes=scenes, captions=captions, truth=truth_matrix(scenes, captions), image_captions=image_captions,
         degraded_scenes=degraded, degraded_levels=np.array(levels),
-        zeroshot_scenes=zeroshot, zeroshot_labels=np.array([SHAPES.index(s.objects[0].shape) for s in zeroshot]),
+        zeroshot_scenes=zeroshot, zeroshot_labels=np.array([ZEROSHOT_CLASSES[zeroshot_attribute].index(s.objects[0].value(zeroshot_attribute))
+                                 for s in zeroshot]),
+        zeroshot_attribute=zeroshot_attribute,
     )
 
 
@@ -121,11 +134,12 @@ def _encode_texts(model, texts, tokenizer, batch_size: int = 1000) -> ProbEmbedd
 
 def encode_synthetic(model, eval_set: EvaluationSet, tokenizer, transform) -> dict:
     """Embeddings of everything in ``eval_set`` (model in eval mode): keys ``images``, ``captions``, ``degraded``,
-    ``zeroshot_images``, ``class_texts`` (``[len(SHAPES) * len(ZEROSHOT_TEMPLATES)]``, shape-major)."""
+    ``zeroshot_images``, ``class_texts`` (``[classes * templates]``, class-major)."""
     was_training = model.training
     model.eval()
     try:
-        class_texts = [t.format(shape) for shape in SHAPES for t in ZEROSHOT_TEMPLATES]
+        attribute = eval_set.zeroshot_attribute
+        class_texts = [t.format(value) for value in ZEROSHOT_CLASSES[attribute] for t in ZEROSHOT_TEMPLATES[attribute]]
         return {
             "images": _encode_scenes(model, eval_set.scenes, transform),
             "captions": _encode_texts(model, [c.text for c in eval_set.captions], tokenizer),
@@ -175,7 +189,7 @@ def evaluate_synthetic(model, eval_set: EvaluationSet, tokenizer, transform, pro
             metrics[f"retrieval.{name}.{key}"] = values[key]
     details = {"embeddings": emb, "i2t_scores": i2t, "t2i_scores": t2i}
 
-    classes = class_embeddings(emb["class_texts"], len(ZEROSHOT_TEMPLATES))
+    classes = class_embeddings(emb["class_texts"], len(ZEROSHOT_TEMPLATES[eval_set.zeroshot_attribute]))
     zs_scores = _scores(emb["zeroshot_images"], classes, probabilistic)
     correct = (zs_scores.argmax(1).numpy() == eval_set.zeroshot_labels).astype(np.float64)
     metrics["zeroshot.acc1"] = float(correct.mean())

@@ -1,0 +1,69 @@
+"""probclip quickstart end to end with a tiny step budget: files, keys, determinism, loadable model."""
+
+import json
+
+import pytest
+
+from probclip.quickstart import ASSUMED_STEP_SECONDS, OVERHEAD_SECONDS, main, steps_for_budget
+
+RETRIEVAL_KEYS = {"r1", "r5", "map_at_r", "r_precision"}
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    first, second = tmp_path_factory.mktemp("qs1"), tmp_path_factory.mktemp("qs2")
+    for out in (first, second):
+        assert main(["--out", str(out), "--steps", "3", "--seed", "4"]) == 0
+    return first, second
+
+
+def test_writes_metrics_report_plots_and_model(two_runs, capsys):
+    out = two_runs[0]
+    metrics = json.loads((out / "metrics.json").read_text())
+    for direction in ("i2t", "t2i"):
+        assert set(metrics["retrieval"][direction]) >= RETRIEVAL_KEYS
+        assert set(metrics["baseline"]["retrieval"][direction]) >= RETRIEVAL_KEYS
+    assert set(metrics["uncertainty"]) == {"text_specificity_spearman", "image_degradation_spearman"}
+    assert 0.0 <= metrics["inclusion"]["accuracy"] <= 1.0
+    assert set(metrics["zeroshot"]) == {"acc1", "unc_acc_corr"}
+    assert "acc1" in metrics["baseline"]["zeroshot"]
+    assert metrics["train"]["samples"] == 3 * 128
+    assert metrics["train"]["seconds"] == pytest.approx(3 * ASSUMED_STEP_SECONDS)
+    html = (out / "report.html").read_text()
+    for name in ("uncertainty_vs_specificity", "uncertainty_vs_degradation", "uncertainty_binned_accuracy",
+                 "example_retrievals"):
+        assert (out / "plots" / f"{name}.png").stat().st_size > 1000
+        assert f"plots/{name}.png" in html
+    assert "total_seconds" in json.loads((out / "timings.json").read_text())
+
+
+def test_same_seed_writes_the_same_metrics(two_runs):
+    first, second = two_runs
+    assert (first / "metrics.json").read_bytes() == (second / "metrics.json").read_bytes()
+
+
+def test_saved_model_loads_and_encodes(two_runs):
+    import torch
+
+    from probclip import create_model_from_pretrained, get_tokenizer
+    from probclip.data.synthetic import SyntheticDataset
+
+    model, preprocess = create_model_from_pretrained(str(two_runs[0] / "model"))
+    item = SyntheticDataset(seed=1, size=1)[0]
+    with torch.no_grad():
+        image = model.encode_image(preprocess(item["image"])[None])
+        text = model.encode_text(get_tokenizer(model)(item["captions"]))
+    assert image.mean.shape == (1, model.config.embed_dim) and text.mean.shape[0] == len(item["captions"])
+    assert get_tokenizer(model).unknown_words(item["captions"][-1]) == []
+
+
+def test_budget_is_a_fixed_step_count():
+    assert steps_for_budget(8) == int((8 * 60 - OVERHEAD_SECONDS) / 2 / ASSUMED_STEP_SECONDS)
+    assert steps_for_budget(16) > steps_for_budget(8)
+    with pytest.raises(ValueError, match="--minutes"):
+        steps_for_budget(0)
+
+
+def test_bad_arguments_exit_with_status_2(capsys, tmp_path):
+    assert main(["--out", str(tmp_path), "--steps", "0"]) == 2
+    assert "--steps must be >= 1" in capsys.readouterr().err
