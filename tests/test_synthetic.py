@@ -3,6 +3,7 @@
 import itertools
 
 import numpy as np
+import torch
 import pytest
 
 from probclip.data import synthetic as syn
@@ -162,3 +163,48 @@ def test_shards_are_readable_by_the_training_reader(tmp_path):
         assert image.tobytes() == data[index]["image"].tobytes()
         _, txt = record_to_sample(record, image_keys=("png",), caption_keys=("txt",), caption_separator=None)
         assert txt == [data[index]["captions"][-1]]
+
+
+class _OracleModel(torch.nn.Module):
+    """Equal means; text log-variance falls with the number of attribute words ("only" counts as one), image
+    log-variance rises with pixel roughness (noise)."""
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        words = [*syn.SIZES, *syn.COLOURS, *syn.SHAPES, "top", "bottom", "only"]
+        self.attribute_ids = torch.tensor([tokenizer.encode(w)[0] for w in words])
+
+    def _mean(self, n):
+        return torch.nn.functional.normalize(torch.ones(n, 8), dim=-1)
+
+    def encode_text(self, tokens):
+        from probclip.embedding import ProbEmbedding
+
+        words = torch.isin(tokens, self.attribute_ids).sum(1, keepdim=True).float()
+        return ProbEmbedding(self._mean(len(tokens)), (-0.3 * words).expand(-1, 8).contiguous())
+
+    def encode_image(self, images):
+        from probclip.embedding import ProbEmbedding
+
+        roughness = (images[..., 1:, :] - images[..., :-1, :]).abs().mean((1, 2, 3))[:, None]
+        return ProbEmbedding(self._mean(len(images)), roughness.expand(-1, 8).contiguous())
+
+
+def test_evaluation_metrics_on_an_oracle_model():
+    from probclip.data.synthetic_eval import build_evaluation_set, evaluate_synthetic
+    from probclip.tokenizers import WordTokenizer
+    from probclip.transforms import image_transform
+
+    eval_set = build_evaluation_set(seed=2, num_scenes=40, num_degraded=20, num_zeroshot=30)
+    assert not eval_set.truth.all(axis=0).all() and eval_set.truth.any(axis=0).all()
+    transform = image_transform({"image_size": 32, "image_mean": [0.5] * 3, "image_std": [0.5] * 3})
+    tokenizer = WordTokenizer(syn.world_vocabulary(), 20)
+    metrics, _ = evaluate_synthetic(_OracleModel(tokenizer), eval_set, tokenizer, transform)
+    assert metrics["uncertainty.text_specificity_spearman"] < -0.9
+    assert metrics["uncertainty.image_degradation_spearman"] > 0.9
+    assert metrics["inclusion.accuracy"] == 1.0
+    # equal means: every ranking is a tie broken by index, so retrieval is far from perfect
+    assert metrics["retrieval.i2t.r1"] < 1.0
+    baseline, _ = evaluate_synthetic(_OracleModel(tokenizer), eval_set, tokenizer, transform, probabilistic=False)
+    assert "inclusion.accuracy" not in baseline and set(baseline) >= {"retrieval.t2i.map_at_r", "zeroshot.acc1"}

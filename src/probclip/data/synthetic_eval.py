@@ -6,7 +6,8 @@ captions at every level, the same scenes at every degradation level, single-obje
 
 - ``retrieval.i2t`` / ``retrieval.t2i``: R@1, R@5, mAP@R, R-Precision with every true caption (image) a positive;
 - ``uncertainty.text_specificity_spearman``: Spearman correlation between a caption's level (0 general ... 5
-  full scene) and its text uncertainty (negative: general captions are more uncertain);
+  full scene) and its text uncertainty, over the captions drawn for the test images (one per level per image,
+  so every level weighs the same); negative: general captions are more uncertain;
 - ``uncertainty.image_degradation_spearman``: Spearman correlation between an image's degradation level and
   its image uncertainty (positive: degraded images are more uncertain);
 - ``inclusion.accuracy``: over pairs of true captions of one image where one strictly entails the other, the
@@ -199,7 +200,8 @@ def evaluate_synthetic(model, eval_set: EvaluationSet, tokenizer, transform, pro
 
     levels = np.array([c.level for c in eval_set.captions])
     text_u = emb["captions"].uncertainty.double().numpy()
-    metrics["uncertainty.text_specificity_spearman"] = _spearman(levels, text_u)
+    drawn = np.array([j for caps in eval_set.image_captions for j in caps])  # one caption per level per image
+    metrics["uncertainty.text_specificity_spearman"] = _spearman(levels[drawn], text_u[drawn])
     degraded_u = emb["degraded"].uncertainty.double().numpy()
     metrics["uncertainty.image_degradation_spearman"] = _spearman(eval_set.degraded_levels, degraded_u)
 
@@ -222,7 +224,7 @@ def evaluate_synthetic(model, eval_set: EvaluationSet, tokenizer, transform, pro
     metrics["zeroshot.unc_acc_corr"] = bins["pearson"]
     per_query = per_query_ranking_metrics(i2t, truth, ks=(1,))
     details.update(
-        caption_levels=levels, caption_uncertainty=text_u, degraded_uncertainty=degraded_u,
+        caption_levels=levels, caption_uncertainty=text_u, drawn_captions=drawn, degraded_uncertainty=degraded_u,
         zeroshot_bins=bins,
         i2t_bins=uncertainty_bins(emb["images"].uncertainty, per_query["r1"], n_bins=10),
     )

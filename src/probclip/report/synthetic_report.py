@@ -26,7 +26,8 @@ def _pyplot():
 
 def _plot_specificity(path: Path, details: dict) -> None:
     plt = _pyplot()
-    levels, u = details["caption_levels"], details["caption_uncertainty"]
+    drawn = details["drawn_captions"]
+    levels, u = details["caption_levels"][drawn], details["caption_uncertainty"][drawn]
     groups = [u[levels == k] for k in range(int(levels.max()) + 1)]
     fig, ax = plt.subplots(figsize=(5, 3.4))
     ax.boxplot(groups, positions=range(len(groups)), showfliers=False)
