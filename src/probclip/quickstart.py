@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 #: Seconds one training step is assumed to take (batch 128, one CPU thread, measured on a loaded 2-core machine).
-ASSUMED_STEP_SECONDS = 0.2
+ASSUMED_STEP_SECONDS = 0.15
 #: Seconds set aside for data, evaluation of both models and the report.
 OVERHEAD_SECONDS = 60.0
 DEFAULT_MINUTES = 8.0
@@ -72,7 +72,7 @@ def quickstart_config(objective: str, steps: int, seed: int, output_dir: str | P
         },
         "loss": {"name": objective, "kwargs": {}},
         "masking": {"fraction": 0.125},
-        "optim": {"lr": 5e-3, "warmup_steps": max(1, steps // 10), "weight_decay": 0.05},
+        "optim": {"lr": 1e-3, "warmup_steps": max(1, steps // 10), "weight_decay": 0.05},
         "run": {
             "steps": steps, "output_dir": str(output_dir), "device": "cpu", "precision": "fp32", "seed": seed,
             "log_every": max(1, min(50, steps // 10)), "progress": "plain", "save_every": 0, "keep_last": 1,
