@@ -19,7 +19,7 @@ def two_runs(tmp_path_factory):
 
 def test_writes_metrics_report_plots_and_model(two_runs, capsys):
     out = two_runs[0]
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
     for direction in ("i2t", "t2i"):
         assert set(metrics["retrieval"][direction]) >= RETRIEVAL_KEYS
         assert set(metrics["baseline"]["retrieval"][direction]) >= RETRIEVAL_KEYS

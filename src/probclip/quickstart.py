@@ -88,7 +88,8 @@ def _nest(flat: dict) -> dict:
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = round(float(value), 6)
+        value = float(value)
+        node[leaf] = round(value, 6) if math.isfinite(value) else None  # undefined (e.g. constant accuracy): null
     return out
 
 
@@ -134,7 +135,7 @@ def run_quickstart(out_dir: str | Path, steps: int, seed: int = 0, threads: int 
                                     "samples": baseline_result.samples, "steps": baseline_result.steps}
     metrics["config"] = {"seed": seed, "steps_per_model": steps, "batch_size": BATCH_SIZE,
                          "model": "ProLIP-Tiny-Word", "assumed_step_seconds": ASSUMED_STEP_SECONDS}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
     prolip_model.save_pretrained(out / "model")
     report = write_report(out, metrics, eval_set, prolip_details, baseline_details)
     timings["total_seconds"] = time.perf_counter() - started

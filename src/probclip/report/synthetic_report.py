@@ -87,21 +87,22 @@ def _plot_examples(path: Path, eval_set, details: dict, top: int = 5) -> None:
     scores = details["t2i_scores"]
     image_u = details["embeddings"]["images"].uncertainty.numpy()
     text_u = details["caption_uncertainty"]
-    fig, axes = plt.subplots(len(queries), top, figsize=(1.7 * top, 2.0 * len(queries)), squeeze=False)
+    fig, axes = plt.subplots(len(queries), top, figsize=(1.8 * top, 2.3 * len(queries)), squeeze=False)
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.9, bottom=0.02, hspace=0.75, wspace=0.15)
     for row, j in enumerate(queries):
         ranked = np.argsort(-scores[j].numpy(), kind="stable")[:top]
         for col, i in enumerate(ranked):
             ax = axes[row][col]
-            ax.imshow(render_scene(eval_set.scenes[i]).resize((96, 96), 0))
+            ax.imshow(np.asarray(render_scene(eval_set.scenes[i])), interpolation="nearest")
             correct = bool(eval_set.truth[i, j])
-            ax.set_title(f"u={image_u[i]:.2f} {'ok' if correct else 'x'}", fontsize=8,
+            ax.set_title(f"u={image_u[i]:.3f} {'true' if correct else 'false'}", fontsize=8,
                          color="green" if correct else "red")
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[row][0].set_ylabel(f"L{eval_set.captions[j].level}", fontsize=8)
+        box = axes[row][0].get_position()
         caption = eval_set.captions[j].text
-        axes[row][0].annotate(f"\"{caption}\" (u={text_u[j]:.2f})", (0, 1.35), xycoords="axes fraction", fontsize=8)
-    fig.tight_layout()
+        fig.text(0.02, box.y1 + 0.045, f"level {eval_set.captions[j].level}: \"{caption}\" (u={text_u[j]:.3f})",
+                 fontsize=9)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -146,7 +147,7 @@ def write_report(out_dir: str | Path, metrics: dict, eval_set, details: dict, ba
         ("uncertainty_vs_degradation.png", "Image uncertainty per degradation level: noisier images should be more uncertain."),
         ("uncertainty_binned_accuracy.png", "Accuracy per image-uncertainty bin (10 equal bins)."),
         ("example_retrievals.png", "Text-to-image retrieval (ProLIP, CSD ranking): top 5 images per query caption, "
-                                   "with their uncertainty; 'ok' marks images of which the caption is true."),
+                                   "with their uncertainty; 'true' marks images of which the caption is true."),
     ]
     body = "\n".join(f"<figure><img src=\"plots/{name}\" alt=\"{html.escape(text)}\"><figcaption>{html.escape(text)}"
                      "</figcaption></figure>" for name, text in figures)
