@@ -143,3 +143,73 @@ def test_attach_coco_caption_ids(tmp_path):
     bad = RetrievalData([item], ["a bird"], torch.tensor([0]), image_ids=[7])
     with pytest.raises(ValueError, match="no matching annotation"):
         attach_coco_caption_ids(bad, tmp_path / "captions.json")
+
+
+def test_benchmarks_alone_and_queries_without_retrievable_positive(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    image_ids, caption_ids, _ = _write_gt(tmp_path, g)
+    gt = load_coco_ground_truth(tmp_path)
+    images = ProbEmbedding(torch.nn.functional.normalize(torch.randn(20, 8, generator=g), dim=-1),
+                           torch.randn(20, 8, generator=g) - 1)
+    texts = ProbEmbedding(torch.nn.functional.normalize(torch.randn(100, 8, generator=g), dim=-1),
+                          torch.randn(100, 8, generator=g) - 1)
+    full = coco_eccv_metrics(images, texts, image_ids, caption_ids, ground_truth=gt, n_bins=4)
+    # The package's 0.1.0 evaluator returns {} for R-Precision asked alone; here every benchmark stands alone.
+    alone = coco_eccv_metrics(images, texts, image_ids, caption_ids, ground_truth=gt, n_bins=4, benchmarks=("eccv",))
+    assert set(alone["csd"]) == {"eccv"} and alone["csd"]["eccv"] == full["csd"]["eccv"]
+    assert set(alone["csd"]["eccv"]["i2t"]) == {"map_at_r", "r_precision", "r1"}
+    one_k = coco_eccv_metrics(images, texts, image_ids, caption_ids, ground_truth=gt, benchmarks=("coco_1k",))
+    assert one_k["mean"] == {"coco_1k": full["mean"]["coco_1k"]}
+    with pytest.raises(ValueError, match="'coco5k'"):
+        coco_eccv_metrics(images, texts, image_ids, caption_ids, ground_truth=gt, benchmarks=("coco5k",))
+    # An ECCV query whose only positive is not among the captions scores 0 (no crash); an empty
+    # ground-truth list is no query at all.
+    n_queries = len(gt.positives["eccv"]["i2t"])
+    gt.positives["eccv"]["i2t"][image_ids[-1]] = [99999]
+    gt.positives["eccv"]["i2t"][image_ids[-2]] = []
+    changed = coco_eccv_metrics(images, texts, image_ids, caption_ids, ground_truth=gt, n_bins=4, benchmarks=("eccv",))
+    for key in ("map_at_r", "r_precision", "r1"):
+        want = full["csd"]["eccv"]["i2t"][key] * n_queries / (n_queries + 1)
+        assert changed["csd"]["eccv"]["i2t"][key] == pytest.approx(want, abs=1e-12)
+    assert changed["csd"]["eccv"]["t2i"] == full["csd"]["eccv"]["t2i"]
+
+
+def _colour_gt_expectations(metrics, methods):
+    for method in methods:
+        m = metrics[method]
+        for d in ("i2t", "t2i"):
+            # Same-colour items rank first in the colour world: exact when ids are attached right.
+            assert m["eccv"][d] == {"map_at_r": 1.0, "r_precision": 1.0, "r1": 1.0}, (method, d)
+            assert m["cxc"][d]["r1"] == 1.0
+            assert m["coco_5k"][d]["r5"] == 1.0
+
+
+def test_evaluate_eccv_on_karpathy_with_coco_captions_and_on_csv_with_ids(tmp_path):
+    from test_eval_fixtures import build_coco_eccv, colour_eval_model
+
+    from probclip.eval.eccv import evaluate_eccv
+    from probclip.eval.readers import read_retrieval
+    from probclip.eval.retrieval import encode_retrieval_data
+
+    karpathy, captions_json, gt_dir = build_coco_eccv(tmp_path / "coco")
+    model = colour_eval_model()
+    res = evaluate_eccv(model, karpathy, tmp_path / "out", coco_captions=captions_json, ground_truth=gt_dir,
+                        progress=False)
+    _colour_gt_expectations(res["metrics"], ("csd", "mean"))
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["n_captions"] == 18 and "eccv_csd.png" in saved["plots"]
+    # Same numbers as the embedding-level function with the ids matched by hand.
+    data = read_retrieval(karpathy)
+    images, texts = encode_retrieval_data(model, data, progress=False)
+    direct = coco_eccv_metrics(images, texts, data.image_ids, [5000 + k for k in range(18)],
+                               ground_truth=load_coco_ground_truth(gt_dir))
+    assert res["metrics"]["csd"] == direct["csd"] and res["metrics"]["mean"] == direct["mean"]
+    # CSV layout with image_id and caption_id columns.
+    lines = ["filepath,title,image_id,caption_id"]
+    lines += [f"val2014/img{int(data.caption_image[k])}.jpg,{cap},{data.image_ids[int(data.caption_image[k])]},{5000 + k}"
+              for k, cap in enumerate(data.captions)]
+    (tmp_path / "coco" / "ids.csv").write_text("\n".join(lines) + "\n")
+    from_csv = evaluate_eccv(model, tmp_path / "coco" / "ids.csv", ground_truth=gt_dir, progress=False)
+    assert from_csv["metrics"]["csd"] == direct["csd"]
+    with pytest.raises(ValueError, match="COCO caption ids"):
+        evaluate_eccv(model, karpathy, ground_truth=gt_dir, progress=False)

@@ -219,3 +219,40 @@ def test_word_tokenizer_pads_and_maps_colours():
     tokens = WordTokenizer(context_length=4)(["Red, blue!", "a b c d e f"])
     assert tokens[0].tolist() == [0, 2, PAD_ID, PAD_ID]
     assert (tokens[1] != PAD_ID).all()
+
+
+def build_coco_eccv(root: Path) -> tuple[Path, Path, Path]:
+    """The Karpathy fixture plus a COCO ``captions_val2014.json`` and a ground-truth folder in the layout of
+    the ``eccv-caption`` package, for the 6 test images (COCO ids 1000..1005, caption ids 5000..5017).
+
+    Ground truth: original = the image's own 3 captions; CxC and ECCV = every caption of the same colour
+    (ECCV i2t only for the first 4 images, t2i only for every other caption). In the colour world every
+    same-colour item ranks first, so ECCV mAP@R and CxC R@1 are 1 when ids are attached correctly.
+    Returns ``(karpathy json, captions json, ground-truth folder)``.
+    """
+    karpathy = build_karpathy(root)
+    annotations, owner = [], {}
+    for i, (colour, _) in enumerate(RETRIEVAL_IMAGES):
+        for j, cap in enumerate(captions_for(colour, i)):
+            cid = 5000 + 3 * i + j
+            owner[cid] = i
+            # case and spacing differ from the Karpathy text, as they do in the real files
+            annotations.append({"image_id": 1000 + i, "id": cid, "caption": " " + cap.capitalize() + "  "})
+    annotations.append({"image_id": 2000, "id": 9000, "caption": "A red train image"})
+    captions_json = root / "captions_val2014.json"
+    captions_json.write_text(json.dumps({"annotations": annotations[::-1]}))
+    colour_of = [c for c, _ in RETRIEVAL_IMAGES]
+    same = {i: [c for c in owner if colour_of[owner[c]] == colour_of[i]] for i in range(len(RETRIEVAL_IMAGES))}
+    original = {"i2t": {1000 + i: [c for c in owner if owner[c] == i] for i in range(6)},
+                "t2i": {c: [1000 + owner[c]] for c in owner}}
+    cxc = {"i2t": {1000 + i: same[i] for i in range(6)},
+           "t2i": {c: [1000 + i for i in range(6) if colour_of[i] == colour_of[owner[c]]] for c in owner}}
+    eccv = {"i2t": {1000 + i: same[i] for i in range(4)},
+            "t2i": {c: cxc["t2i"][c] for c in sorted(owner)[::2]}}
+    gt_dir = root / "gt"
+    gt_dir.mkdir()
+    for name, gt in (("original", original), ("cxc", cxc), ("eccv", eccv)):
+        for direction, stem in (("i2t", "image_to_caption"), ("t2i", "caption_to_image")):
+            (gt_dir / f"{name}_{stem}.json").write_text(json.dumps({str(k): v for k, v in gt[direction].items()}))
+    np.save(gt_dir / "coco_test_ids.npy", np.array(sorted(owner), dtype=np.int64))
+    return karpathy, captions_json, gt_dir

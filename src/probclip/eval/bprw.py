@@ -104,11 +104,16 @@ def _log_gaussian(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> tor
     return -0.5 * (quad + log_det + x.shape[1] * math.log(2 * math.pi))
 
 
-def _em_weights(samples: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, settings: BPRWSettings) -> torch.Tensor:
-    """EM over mixture weights only; returns ``[T]`` weights (float64)."""
+def _em_weights(samples: torch.Tensor, mean: torch.Tensor, text_var: torch.Tensor, settings: BPRWSettings) -> torch.Tensor:
+    """EM over mixture weights only; returns ``[T]`` weights (float64).
+
+    ``text_var`` ``[T, D]`` are the template variances V; the components use ``V * mult + eps`` and
+    the initial weights are proportional to ``1 / mean_d V``.
+    """
     n, t = samples.shape[0], mean.shape[0]
+    var = text_var * settings.variance_mult + settings.variance_eps
     log_lik = _log_gaussian(samples, mean, var)  # [N, T], fixed across iterations
-    prior = 1.0 / var.mean(-1)
+    prior = 1.0 / text_var.mean(-1)
     pi = prior / prior.sum()
     a = settings.alpha
     for _ in range(settings.n_iter):
@@ -156,7 +161,7 @@ def bprw_class_embeddings(
         samples = (m[:, None] + std[:, None] * noise).reshape(-1, m.shape[1])
         w_ct = text.mean[c].double()
         v_ct = text.logvar[c].double().exp()
-        pi = _em_weights(samples, w_ct, v_ct * settings.variance_mult + settings.variance_eps, settings)
+        pi = _em_weights(samples, w_ct, v_ct, settings)
         weights[c] = pi
         means.append((pi[:, None] * w_ct).sum(0))
         variances.append((pi.pow(2)[:, None] * v_ct).sum(0))

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     eccv = parser.add_argument_group("eccv")
     eccv.add_argument("--coco-captions", type=Path, default=None,
                       help="COCO captions_val2014.json, to find the COCO caption ids of a Karpathy JSON")
+    eccv.add_argument("--ground-truth", type=Path, default=None,
+                      help="folder of ground-truth id maps in the eccv-caption layout "
+                           "(default: the data shipped in the eccv-caption package)")
     hc = parser.add_argument_group("hierarcaps")
     hc.add_argument("--steps", type=int, default=50, help="interpolation points of the walk (default: 50)")
     rc = parser.add_argument_group("rococo")
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> dict:
         from .eccv import evaluate_eccv
 
         return evaluate_eccv(model, args.data, out, image_root=args.image_root, coco_captions=args.coco_captions,
-                             split=args.split, **common)
+                             split=args.split, ground_truth=args.ground_truth, **common)
     if args.task == "urban1k":
         from .retrieval import evaluate_urban1k
 

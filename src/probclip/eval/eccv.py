@@ -39,9 +39,11 @@ __all__ = [
     "coco_eccv_metrics",
     "attach_coco_caption_ids",
     "evaluate_eccv",
+    "BENCHMARKS",
 ]
 
 _GT_NAMES = ("original", "cxc", "eccv")
+BENCHMARKS = ("eccv", "cxc", "coco_5k", "coco_1k")
 
 
 @dataclass
@@ -119,7 +121,7 @@ def _positive_lists(mapping: dict[int, list[int]], query_index: dict[int, int], 
 
     R counts every listed positive, also one missing from the gallery (it can never be retrieved).
     """
-    queries = sorted(mapping, key=lambda q: query_index[q])
+    queries = sorted((q for q in mapping if mapping[q]), key=lambda q: query_index[q])  # empty lists: no query
     rows = torch.tensor([query_index[q] for q in queries], dtype=torch.long)
     lists = [[gallery_index[g] for g in mapping[q] if g in gallery_index] for q in queries]
     n_relevant = torch.tensor([len(set(mapping[q])) for q in queries], dtype=torch.long)
@@ -127,9 +129,20 @@ def _positive_lists(mapping: dict[int, list[int]], query_index: dict[int, int], 
 
 
 def _ranked_metrics(query, gallery, rows, positives, n_relevant, method, ks, max_chunk_elements):
+    """Per-query metrics; a query none of whose positives is in the gallery scores 0 on every metric."""
+    names = [f"r{int(k)}" for k in ks] + ["map_at_r", "r_precision"]
+    out = {name: torch.zeros(rows.numel(), dtype=torch.float64) for name in names}
+    found = positives.counts > 0
+    if not bool(found.any()):
+        return out
+    keep = found.nonzero().flatten()
+    if keep.numel() < rows.numel():
+        positives, rows, n_relevant = positives.subset(keep), rows[keep], n_relevant[keep]
     depth = max(max(ks), int(n_relevant.max()))
     ranks = rank_positives(query[rows], gallery, positives, method, max_chunk_elements, depth=depth)
-    return metrics_from_ranks(ranks, n_relevant, ks)
+    for name, values in metrics_from_ranks(ranks, n_relevant, ks).items():
+        out[name][keep] = values
+    return out
 
 
 def coco_eccv_metrics(
@@ -142,6 +155,7 @@ def coco_eccv_metrics(
     ks: Sequence[int] = (1, 5, 10),
     n_bins: int = 10,
     max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS,
+    benchmarks: Sequence[str] = BENCHMARKS,
 ) -> dict:
     """ECCV Caption, CxC, COCO 5k and COCO 1k metrics of embeddings with COCO ids.
 
@@ -149,11 +163,20 @@ def coco_eccv_metrics(
         image_embeddings: ``[5000, D]`` (ProbEmbedding or means), rows named by ``image_ids``.
         text_embeddings: ``[25000, D]``, rows named by ``caption_ids`` (COCO caption ids).
         ground_truth: default :func:`load_coco_ground_truth()`.
+        benchmarks: any subset of ``("eccv", "cxc", "coco_5k", "coco_1k")``; each is computed alone
+            when asked alone.
+
+    A query with an empty ground-truth list is left out; a query none of whose positives is among the
+    given ids scores 0.
 
     Returns ``{method: {"eccv": {i2t: {map_at_r, r_precision, r1}, t2i: ...}, "cxc": {i2t: {r1, r5, r10}, t2i},
     "coco_5k": {...}, "coco_1k": {...}}}`` (fractions) and, for probabilistic embeddings,
     ``"uncertainty": {method: {"eccv_map_at_r/i2t": bins, "eccv_map_at_r/t2i": bins, "coco_5k_r1/i2t": ...}}``.
     """
+    benchmarks = tuple(benchmarks)
+    unknown = [b for b in benchmarks if b not in BENCHMARKS]
+    if unknown or not benchmarks:
+        raise ValueError(f"benchmarks must be a non-empty subset of {BENCHMARKS}; got {list(benchmarks)}")
     gt = ground_truth or load_coco_ground_truth()
     image_index = _index_of(image_ids, "image")
     caption_index = _index_of(caption_ids, "caption")
@@ -178,6 +201,8 @@ def coco_eccv_metrics(
             raise ValueError(f"score method {method!r} does not apply to these embeddings; available: {applicable}")
         entry: dict = {}
         for name, keep, out_name in (("eccv", None, "eccv"), ("cxc", ks, "cxc"), ("original", ks, "coco_5k")):
+            if out_name not in benchmarks:
+                continue
             entry[out_name] = {}
             for direction in ("i2t", "t2i"):
                 query, gallery, q_index, g_index, n_gallery = emb[direction]
@@ -192,11 +217,12 @@ def coco_eccv_metrics(
                     summary = {f"r{k}": float(per_query[f"r{k}"].mean()) for k in keep}
                     bin_key = "r1"
                 entry[out_name][direction] = summary
-                if u[direction] is not None and name != "cxc" and rows.numel() >= n_bins:
+                if u[direction] is not None and name != "cxc" and per_query[bin_key].numel() >= n_bins:
                     bins.setdefault(method, {})[f"{out_name}_{bin_key}/{direction}"] = uncertainty_bins(
                         u[direction][rows], per_query[bin_key], n_bins
                     )
-        entry["coco_1k"] = _coco_1k(gt, emb, method, ks, max_chunk_elements)
+        if "coco_1k" in benchmarks:
+            entry["coco_1k"] = _coco_1k(gt, emb, method, ks, max_chunk_elements)
         results[method] = entry
     if bins:
         results["uncertainty"] = bins
@@ -279,14 +305,19 @@ def evaluate_eccv(
     batch_size: int = 64,
     num_workers: int = 0,
     progress: bool = True,
-    ground_truth: CocoGroundTruth | None = None,
+    ground_truth: CocoGroundTruth | str | Path | None = None,
 ) -> dict:
     """Encode the COCO 5k test split and compute :func:`coco_eccv_metrics`.
 
     ``data``: a Karpathy COCO JSON (caption ids from ``coco_captions``, or from sentence ``id`` fields),
-    or a CSV with ``image_id`` and ``caption_id`` columns.
+    or a CSV with ``image_id`` and ``caption_id`` columns. ``ground_truth``: a :class:`CocoGroundTruth`,
+    a folder of ground-truth files (see :func:`load_coco_ground_truth`), or None for the one shipped in
+    the ``eccv-caption`` package.
     """
     from .retrieval import encode_retrieval_data
+
+    if ground_truth is not None and not isinstance(ground_truth, CocoGroundTruth):
+        ground_truth = load_coco_ground_truth(ground_truth)
 
     if not isinstance(data, RetrievalData):
         data = read_retrieval(data, image_root=image_root, split=split)
