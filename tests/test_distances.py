@@ -1,9 +1,11 @@
 """Each pairwise distance against a direct per-pair formula."""
 
 import math
+import weakref
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import probclip
 from probclip import ProbEmbedding
@@ -121,3 +123,60 @@ def test_non_finite_inputs_are_rejected(fn):
         fn(a, bad)
     with pytest.raises(ValueError, match="embedding sizes differ"):
         fn(a, _emb(2, 4, 1))
+
+
+class _LiveBytes(TorchDispatchMode):
+    """Tracks the bytes of tensors created by aten operators and still alive (views excluded): the peak
+    over a call is the memory the call needs on top of its inputs. Works on the meta device, so sizes that
+    would not fit in memory can be checked without computing anything."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self.largest = 0
+        self._seen: set[int] = set()
+
+    def _release(self, key: int, nbytes: int) -> None:
+        self._seen.discard(key)
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if not isinstance(t, torch.Tensor) or t._is_view() or id(t) in self._seen:
+                continue
+            nbytes = t.numel() * t.element_size()
+            self._seen.add(id(t))
+            self.live += nbytes
+            self.largest = max(self.largest, t.numel())
+            weakref.finalize(t, self._release, id(t), nbytes)
+        self.peak = max(self.peak, self.live)
+        return out
+
+
+def _meta_emb(n, d):
+    return ProbEmbedding(torch.empty(n, d, device="meta"), torch.empty(n, d, device="meta"))
+
+
+@pytest.mark.parametrize("fn", ["inclusion_score", "csd", "wasserstein2"])
+def test_pairwise_memory_is_bounded_at_10k_by_10k_d768(fn, monkeypatch):
+    """10,000 x 10,000 pairs at D = 768 (shapes only, meta device): no [N, M, D] tensor, bounded peak."""
+    monkeypatch.setattr(ProbEmbedding, "check_finite", lambda self, name="embedding": self)  # meta has no values
+    n = m = 10_000
+    d = 768
+    a, b = _meta_emb(n, d), _meta_emb(m, d)
+    result_bytes = n * m * 4
+    with _LiveBytes() as tracker:
+        out = getattr(probclip, fn)(a, b)
+    assert out.shape == (n, m)
+    if fn == "inclusion_score":
+        chunk = probclip.distances.DEFAULT_MAX_CHUNK_ELEMENTS
+        assert tracker.largest <= max(chunk, n * m)
+        # the [N, M] result, two [n, M, D] blocks of at most `chunk` elements, and a few [N or M, D] tensors
+        # (measured: 909 MiB; the bound is 989 MiB)
+        assert tracker.peak <= result_bytes + 2 * chunk * 4 + 6 * (n + m) * d * 4, tracker.peak / 2**20
+    else:
+        assert tracker.largest <= n * m
+        assert tracker.peak <= 3 * result_bytes + 6 * (n + m) * d * 4, tracker.peak / 2**20
+    assert tracker.peak < n * m * d * 4 / 100  # far below one [N, M, D] float32 tensor (230 GiB)

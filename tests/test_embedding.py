@@ -64,3 +64,24 @@ def test_check_finite_names_field():
     e = ProbEmbedding(torch.zeros(2, 3), torch.tensor([[0.0, float("nan"), 0.0], [float("inf"), 0, 0]]))
     with pytest.raises(ValueError, match=r"img\.logvar .*1 NaN, 1 infinite"):
         e.check_finite("img")
+
+
+def test_device_moves_and_mismatched_devices():
+    e = _emb(3, 4)
+    moved = e.to("meta")
+    assert moved.device.type == "meta" and moved.logvar.device.type == "meta" and moved.shape == (3, 4)
+    assert e.to("cpu", torch.float64).dtype == torch.float64
+    with pytest.raises(ValueError, match="one device; got cpu and meta"):
+        ProbEmbedding(torch.zeros(3, 4), torch.zeros(3, 4, device="meta"))
+
+
+def test_cat_keeps_gradients_and_rejects_the_embedding_dim():
+    a = ProbEmbedding(torch.randn(2, 3, requires_grad=True), torch.randn(2, 3, requires_grad=True))
+    b = _emb(1, 3)
+    c = ProbEmbedding.cat([a, b])
+    c.uncertainty.sum().backward()
+    torch.testing.assert_close(a.logvar.grad, a.logvar.exp().detach())
+    with pytest.raises(ValueError, match="must not be the embedding dim"):
+        ProbEmbedding.cat([a, b], dim=-1)
+    with pytest.raises(TypeError, match="item 1 is a Tensor"):
+        ProbEmbedding.cat([b, torch.zeros(1, 3)])

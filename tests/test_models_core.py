@@ -191,6 +191,17 @@ def test_positional_embedding_resize_matches_reference(official_dir):
     torch.testing.assert_close(resized, data["new"], atol=1e-6, rtol=0)
 
 
+def test_positional_embedding_resize_is_linear_interpolation_of_the_middle_rows():
+    pos = torch.randn(40, 8, dtype=torch.float64)
+    out = resize_text_positional_embedding(pos, 100, keep_first=10)
+    assert out.shape == (102, 8) and out.dtype == torch.float64
+    assert torch.equal(out[:10], pos[:10]) and torch.equal(out[-2:], pos[-2:])
+    middle = torch.nn.functional.interpolate(pos[10:38].T[None], size=90, mode="linear", align_corners=False)[0].T
+    torch.testing.assert_close(out[10:100], middle, atol=1e-5, rtol=0)  # float32 positions, as the reference
+    with pytest.raises(ValueError, match="keep_first=10"):
+        resize_text_positional_embedding(pos, 8, keep_first=10)
+
+
 def test_extend_context_length_updates_model_config_and_tokenizer(tmp_path):
     model = probclip.create_model("ProLIP-Tiny")
     old = model.text.positional_embedding.detach().clone()
