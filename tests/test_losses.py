@@ -330,3 +330,17 @@ def test_prolip_loss_trains_the_tiny_model_with_masked_views():
     assert all(terms[k].item() > 0 for k in ("ppcl", "inclusion", "img_inclusion", "vib"))
     assert model.logit_scale.grad is not None and model.logit_bias.grad is not None
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.visual.parameters())
+
+
+@pytest.mark.parametrize(
+    "cls,pieces",
+    [
+        (ProLIPLoss, ["-log sigmoid(y_ij * z_ij)", "(u_i + u_j) / 2", "incl(image_i in text_i)", "kl_i", "loss          ="]),
+        (PCMEppLoss, ["-a * CSD(image_i, text_j)", "BCE(z, y) =", "pseudo =", "vib    =", "loss   ="]),
+        (SigLIPLoss, ["-log sigmoid(y_ij * (s * mu_i . mu_j + beta_b))"]),
+        (CLIPLoss, ["-log softmax_j(z_ij)[i]", "loss = (i2t + t2i) / 2"]),
+    ],
+)
+def test_each_loss_docstring_states_its_formula(cls, pieces):
+    for piece in pieces:
+        assert piece in cls.__doc__, (cls.__name__, piece)

@@ -291,3 +291,15 @@ def test_push_to_hub_uploads_a_loadable_checkpoint(tiny, tmp_path, monkeypatch):
     assert tiny.push_to_hub("someone/tiny") == "fake-commit"
     loaded, _ = probclip.create_model_from_pretrained(uploaded)
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in tiny.state_dict().items())
+
+
+def test_broken_registered_config_file_is_named(tmp_path, monkeypatch):
+    from probclip.models import registry
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "Broken-Model.json").write_text('{"embed_dim": 64, "vision": {"img_size": 32}}')
+    monkeypatch.setattr(registry.resources, "files", lambda package: tmp_path)
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    monkeypatch.setattr(registry, "_LOADED", False)
+    with pytest.raises(ValueError, match=r"Broken-Model\.json .*img_size"):
+        registry.list_models()

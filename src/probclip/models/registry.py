@@ -28,9 +28,12 @@ def _load_builtin_configs() -> None:
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".json"):
             name = entry.name[: -len(".json")]
-            data = json.loads(entry.read_text(encoding="utf-8"))
-            data["name"] = name
-            ProbCLIPConfig.from_dict(data)  # validate now: a broken file fails loudly, naming itself below
+            try:
+                data = json.loads(entry.read_text(encoding="utf-8"))
+                data["name"] = name
+                ProbCLIPConfig.from_dict(data)  # validate now: a broken file fails loudly, naming itself
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"registered model config {entry.name} (model {name!r}) is invalid: {err}") from err
             _REGISTRY.setdefault(name, data)
     _LOADED = True
 
