@@ -24,8 +24,9 @@ def tiny_checkpoint(tmp_path_factory):
 
 def _results(out):
     data = json.loads((out / "results.json").read_text())
-    for name in data.get("plots", []):
-        assert (out / name).stat().st_size > 0
+    assert data["plots"], "every task writes at least one plot"
+    for name in data["plots"]:
+        assert name.endswith(".png") and (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return data
 
 
@@ -57,7 +58,8 @@ def test_cli_retrieval_urban_and_errors(tmp_path, tiny_checkpoint, capsys):
     assert 0 <= res["metrics"]["mean"]["i2t"]["map_at_r"] <= 1
     assert main(["--model", str(tiny_checkpoint), "--task", "urban1k", "--data", str(build_urban1k(tmp_path / "u")),
                  "--out", str(tmp_path / "u_out"), "--no-progress"]) == 0
-    assert _results(tmp_path / "u_out")["context_length"] == 32
+    urban = _results(tmp_path / "u_out")
+    assert urban["context_length"] == 32 and urban["truncated_fraction"] == 1.0
     # ECCV needs COCO caption ids: a clear error, exit code 1.
     assert main(["--model", str(tiny_checkpoint), "--task", "eccv", "--data", str(coco), "--out", str(tmp_path / "e"),
                  "--no-progress"]) == 1
@@ -92,3 +94,33 @@ def test_cli_open_clip_model_by_name(tmp_path):
     # BPRW needs uncertainty: refused for a deterministic model.
     assert main(["--model", "open_clip:probclip-test-tiny-clip", "--task", "zeroshot", "--data", str(data),
                  "--support", str(data), "--no-progress"]) == 1
+
+
+def test_cli_eccv_progress_and_long_context(tmp_path, tiny_checkpoint, capsys):
+    from test_eval_fixtures import build_coco_eccv
+
+    from probclip.models import extend_context_length
+
+    karpathy, captions_json, gt_dir = build_coco_eccv(tmp_path / "coco")
+    out = tmp_path / "e"
+    assert main(["--model", str(tiny_checkpoint), "--task", "eccv", "--data", str(karpathy), "--out", str(out),
+                 "--coco-captions", str(captions_json), "--ground-truth", str(gt_dir)]) == 0
+    captured = capsys.readouterr()
+    assert "images" in captured.err and "texts" in captured.err  # progress bars on stderr
+    assert str(out / "results.json") in captured.out
+    res = _results(out)
+    assert set(res["metrics"]["csd"]) == {"eccv", "cxc", "coco_5k", "coco_1k"}
+    assert set(res["metrics"]["csd"]["eccv"]["t2i"]) == {"map_at_r", "r_precision", "r1"}
+    assert main(["--model", str(tiny_checkpoint), "--task", "eccv", "--data", str(karpathy),
+                 "--coco-captions", str(captions_json), "--ground-truth", str(tmp_path), "--no-progress"]) == 1
+    assert "original_image_to_caption.json is missing" in capsys.readouterr().err
+    # A long-context model (context 32 extended to 128) reads the ~90-token Urban-1k captions whole.
+    long_ckpt = tmp_path / "long"
+    model = probclip.create_model_from_pretrained(str(tiny_checkpoint))[0]
+    extend_context_length(model, 128)
+    model.save_pretrained(long_ckpt)
+    urban = build_urban1k(tmp_path / "u")
+    assert main(["--model", str(long_ckpt), "--task", "urban1k", "--data", str(urban), "--out", str(tmp_path / "uo"),
+                 "--no-progress"]) == 0
+    res = _results(tmp_path / "uo")
+    assert res["context_length"] == 128 and res["truncated_fraction"] == 0.0

@@ -101,3 +101,53 @@ def test_retrieval_data_validates_alignment():
     item = readers.ImageItem("k", path=__import__("pathlib").Path(__file__))
     with pytest.raises(ValueError, match="no caption"):
         readers.RetrievalData([item, item], ["a"], torch.tensor([0]))
+
+
+def test_flickr_karpathy_json_without_filepath_or_cocoid(tmp_path):
+    import json
+
+    from test_eval_fixtures import write_image
+
+    images = []
+    for i, (colour, seed) in enumerate(RETRIEVAL_IMAGES):
+        write_image(tmp_path / "flickr30k-images" / f"{100 + i}.jpg", colour, 2.0, seed)
+        images.append({"filename": f"{100 + i}.jpg", "split": "test", "imgid": i,
+                       "sentences": [{"raw": c, "tokens": c.split(), "sentid": 3 * i + j, "imgid": i}
+                                     for j, c in enumerate(captions_for(colour, i))]})
+    images.append({"filename": "999.jpg", "split": "val", "imgid": 99, "sentences": [{"raw": "unused"}]})
+    (tmp_path / "dataset_flickr30k.json").write_text(json.dumps({"images": images, "dataset": "flickr30k"}))
+    data = readers.read_retrieval(tmp_path / "dataset_flickr30k.json", image_root=tmp_path / "flickr30k-images")
+    _check_retrieval(data)
+    assert data.image_ids is None and data.caption_ids is None
+    assert data.items[2].path.name == "102.jpg"
+    with pytest.raises(FileNotFoundError, match="100.jpg.*does not exist"):
+        readers.read_retrieval(tmp_path / "dataset_flickr30k.json")  # images are not next to the JSON
+
+
+def test_wds_retrieval_with_json_captions_and_tsv(tmp_path):
+    import io
+    import json
+    import tarfile
+
+    from test_eval_fixtures import image_bytes
+
+    (tmp_path / "wds" / "test").mkdir(parents=True)
+    with tarfile.open(tmp_path / "wds" / "test" / "000.tar", "w") as tar:
+        for i, (colour, seed) in enumerate(RETRIEVAL_IMAGES):
+            caps = captions_for(colour, i)
+            payload = json.dumps(caps if i % 2 else {"captions": caps, "url": "x"}).encode()
+            for name, data in ((f"{i:03d}.png", image_bytes(colour, 2.0, seed)), (f"{i:03d}.json", payload)):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    data = readers.read_retrieval(tmp_path / "wds")
+    _check_retrieval(data)
+    assert data.items[1].open().getpixel((4, 4))[1] > 150  # image 1 is green
+    _check_retrieval(readers.read_retrieval(tmp_path / "wds" / "test" / "000.tar"))
+    csv_path = build_retrieval_csv(tmp_path / "csv")
+    tsv = csv_path.read_text().replace(",", "\t").replace("image\tcaption", "filepath\ttitle")
+    (tmp_path / "csv" / "pairs.tsv").write_text(tsv)
+    _check_retrieval(readers.read_retrieval(tmp_path / "csv" / "pairs.tsv"))
+    with pytest.raises(ValueError, match="'caption', 'title'"):
+        (tmp_path / "csv" / "bad.csv").write_text("image,text\nimgs/0.png,a\n")
+        readers.read_retrieval(tmp_path / "csv" / "bad.csv")

@@ -77,3 +77,29 @@ def test_rococo_end_to_end(tmp_path):
         # Colour-swapped captions point along another colour axis: never the top match.
         assert res["metrics"][method]["i2t"]["false_rate"] == 0.0
     assert (tmp_path / "out" / "rococo_r1.png").exists()
+
+
+def test_hierarcaps_metrics_exact_on_a_planar_gallery():
+    import math
+
+    from probclip.eval.hierarcaps import hierarcaps_metrics
+
+    def at(deg):
+        return torch.tensor([math.cos(math.radians(deg)), math.sin(math.radians(deg)), 0.0])
+
+    # Levels general -> specific at 85, 60, 30, 0 degrees, the empty caption at 100; "x" at -40, and
+    # an unrelated caption off the plane that no walk reaches.
+    texts = ["general", "mid", "fine", "finest", "x", "other"]
+    gallery = torch.stack([at(85), at(60), at(30), at(0), at(-40), torch.tensor([0.0, 0.0, 1.0])])
+    images = torch.stack([at(2), at(-38)])
+    chains = [["general", "mid", "fine", "finest"], ["general", "x"]]
+    out = hierarcaps_metrics(images, gallery, texts, chains, at(100)[None], n_steps=50, n_bins=2)
+    # Image 0 walks finest -> general: all 4 levels, nothing else (precision 1, recall 1).
+    # Image 1 walks x -> finest -> ... -> general: 5 captions, 2 of its 2 levels (precision 2/5, recall 1).
+    assert out["empty"]["precision"] == pytest.approx((1 + 2 / 5) / 2)
+    assert out["empty"]["recall"] == 1.0
+    assert set(out) == {"empty"}  # deterministic embeddings: no inclusion root, no uncertainty bins
+    short = hierarcaps_metrics(images, gallery, texts, chains, at(100)[None], n_steps=2, n_bins=2)
+    assert short["empty"]["recall"] == pytest.approx((2 / 4 + 2 / 2) / 2)  # only the two ends are visited
+    with pytest.raises(ValueError, match="not in the gallery"):
+        hierarcaps_metrics(images, gallery, texts, [["general", "missing"], ["x"]], at(100)[None])

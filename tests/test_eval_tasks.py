@@ -1,6 +1,7 @@
 """Retrieval, zero-shot, BPRW and Urban-1k end to end on the colour world."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -99,7 +100,15 @@ def test_zeroshot_on_both_layouts(tmp_path, layout):
             assert res["metrics"][combo][method]["acc1"] == 1.0
             assert res["metrics"][combo][method]["mean_per_class_recall"] == 1.0
     assert res["metrics"]["mean"]["mean"]["acc5"] == 1.0
-    assert len(res["uncertainty"]["mean/csd"]["bin_metric"]) == 4
+    assert set(res["uncertainty"]) == {"mean/csd", "mean/mean", "probabilistic/csd", "probabilistic/mean"}
+    bins = res["uncertainty"]["mean/csd"]
+    assert bins["bin_metric"] == [1.0] * 4 and bins["bin_count"] == [3] * 4
+    assert math.isnan(bins["pearson"])  # a constant accuracy has no correlation (written as null)
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["uncertainty"]["mean/csd"]["pearson"] is None
+    # Bins sort images by uncertainty: in this world it grows with the pixel noise of the image.
+    lows = [lo for lo, _ in bins["bin_uncertainty"]]
+    assert lows == sorted(lows) and lows[0] < lows[-1]
     assert (tmp_path / "out" / "accuracy.png").exists() and (tmp_path / "out" / "uncertainty_acc1.png").exists()
 
 
@@ -128,3 +137,54 @@ def test_urban1k(tmp_path):
     assert res["task"] == "urban1k" and res["n_images"] == 6
     assert res["context_length"] == 16 and res["truncated_fraction"] == 1.0
     assert (tmp_path / "o" / "results.json").exists()
+
+
+def test_urban1k_long_context_sees_words_a_short_context_cuts(tmp_path):
+    from test_eval_fixtures import RETRIEVAL_IMAGES, WordTokenizer, write_image
+
+    from probclip.eval.encode import EvalModel
+
+    root = tmp_path / "urban"
+    (root / "caption").mkdir(parents=True)
+    for i, (colour, seed) in enumerate(RETRIEVAL_IMAGES):
+        write_image(root / "image" / f"{i}.jpg", colour, 2.0, seed)
+        # The only telling word comes after 30 filler words.
+        (root / "caption" / f"{i}.txt").write_text(" ".join(f"detail{j}" for j in range(30)) + f" and it is {colour}\n")
+    short = colour_eval_model()
+    long = EvalModel(short.model, short.preprocess, WordTokenizer(context_length=64), name="long")
+    cut = evaluate_urban1k(short, root, progress=False)
+    full = evaluate_urban1k(long, root, progress=False)
+    assert cut["truncated_fraction"] == 1.0 and full["truncated_fraction"] == 0.0
+    assert full["context_length"] == 64
+    for method in ("csd", "mean"):
+        # Cut captions are all the same text: every query sees the same ranking, one hit in six.
+        assert cut["metrics"][method]["i2t"]["r1"] == pytest.approx(1 / 6)
+        assert cut["metrics"][method]["t2i"]["r1"] == pytest.approx(1 / 6)
+        # Full captions name the colour: the two same-colour captions (equal texts, ties by index) come first.
+        assert full["metrics"][method]["i2t"]["r1"] == 0.5
+        assert full["metrics"][method]["i2t"]["map_at_r"] == 0.5
+        assert full["metrics"][method]["t2i"]["r1"] >= 1 / 3
+
+
+def test_deterministic_model_runs_every_task(tmp_path):
+    """The open_clip stand-in through urban1k, rococo and eccv (zero-shot, retrieval and HierarCaps are above
+    and in test_eval_stress): mean score only, no uncertainty parts."""
+    from test_eval_fixtures import build_coco_eccv
+
+    from probclip.eval.eccv import evaluate_eccv
+    from probclip.eval.rococo import evaluate_rococo
+
+    model = open_clip_eval_model()
+    urban = evaluate_urban1k(model, build_urban1k(tmp_path / "u"), out_dir=tmp_path / "u_out", progress=False)
+    karpathy, captions_json, gt_dir = build_coco_eccv(tmp_path / "coco")
+    (tmp_path / "words.txt").write_text("zebra\nkite\n")
+    rococo = evaluate_rococo(model, karpathy, tmp_path / "words.txt", out_dir=tmp_path / "r_out", progress=False)
+    eccv = evaluate_eccv(model, karpathy, tmp_path / "e_out", coco_captions=captions_json, ground_truth=gt_dir,
+                         progress=False)
+    for res, out in ((urban, "u_out"), (rococo, "r_out"), (eccv, "e_out")):
+        assert res["probabilistic"] is False and set(res["metrics"]) == {"mean"}, res["task"]
+        saved = json.loads((tmp_path / out / "results.json").read_text())
+        assert "uncertainty" not in saved["metrics"] and saved["plots"]
+        assert all(not name.startswith("uncertainty") for name in saved["plots"])
+    assert set(rococo["metrics"]["mean"]) == {"i2t", "t2i"}
+    assert set(eccv["metrics"]["mean"]) == {"eccv", "cxc", "coco_5k", "coco_1k"}
