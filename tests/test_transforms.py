@@ -51,6 +51,19 @@ def test_any_pil_mode_becomes_rgb(mode):
     assert image_transform(cfg)(image).shape == (3, 16, 16)
 
 
+@pytest.mark.parametrize("mode", sorted(getattr(Image, "MODES", ["La", "RGBa", "PA", "YCbCr", "LAB", "HSV", "I;16B"])))
+def test_every_pil_mode_converts(mode):
+    image = Image.new(mode, (6, 4))
+    assert ToRGB()(image).mode == "RGB"
+    cfg = VisionConfig(image_size=16, patch_size=8, width=64, layers=1, head_width=32)
+    assert image_transform(cfg)(image).shape == (3, 16, 16)
+
+
+def test_premultiplied_transparent_pixels_become_white():
+    for mode in ("La", "RGBa"):
+        assert ToRGB()(Image.new(mode, (2, 2))).getpixel((0, 0)) == (255, 255, 255), mode
+
+
 def test_transparent_pixels_become_white():
     image = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
     assert ToRGB()(image).getpixel((0, 0)) == (255, 255, 255)

@@ -27,7 +27,8 @@ class ImageLoadError(OSError):
 
 
 class ToRGB(torch.nn.Module):
-    """Convert a PIL image of any mode (L, LA, P, RGBA, CMYK, I;16, ...) to RGB; transparent areas become white."""
+    """Convert a PIL image of any mode (L, LA, La, P, PA, RGBA, RGBa, CMYK, YCbCr, LAB, HSV, I;16, I, F, 1) to RGB;
+    transparent areas become white."""
 
     def forward(self, image: Image.Image) -> Image.Image:
         if not isinstance(image, Image.Image):
@@ -36,6 +37,8 @@ class ToRGB(torch.nn.Module):
             return image
         if image.mode == "P" and "transparency" in image.info:
             image = image.convert("RGBA")
+        elif image.mode in ("La", "RGBa"):  # premultiplied alpha: un-premultiply first
+            image = image.convert("LA" if image.mode == "La" else "RGBA")
         if image.mode in ("RGBA", "LA", "PA"):
             rgba = image.convert("RGBA")
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
