@@ -78,6 +78,11 @@ def test_load_image_errors_name_the_file(tmp_path):
     truncated.write_bytes((tmp_path / "full.jpg").read_bytes()[:600])
     with pytest.raises(ImageLoadError, match="truncated.jpg"):
         load_image(truncated)
+    _gradient_image(64, 64).save(tmp_path / "full.png")
+    cut_png = tmp_path / "cut.png"  # header intact, pixel data cut short
+    cut_png.write_bytes((tmp_path / "full.png").read_bytes()[: int((tmp_path / "full.png").stat().st_size * 0.8)])
+    with pytest.raises(ImageLoadError, match=r"cut\.png \(truncated or corrupt\)"):
+        load_image(cut_png)
     garbage = tmp_path / "notes.png"
     garbage.write_text("not an image")
     with pytest.raises(ImageLoadError, match="notes.png"):
