@@ -42,6 +42,29 @@ def test_retrieval_metrics_equal_dense_metrics_both_ways():
     assert len(out["uncertainty"]["csd"]["i2t"]["bin_metric"]) == 4
 
 
+def test_ranks_of_all_methods_from_one_product_equal_separate_dense_ranks():
+    from probclip.eval.metrics import positive_ranks
+    from probclip.eval.scoring import rank_positives, rank_positives_by_method
+
+    g = torch.Generator().manual_seed(3)
+    query = _random_prob(9, 5, g)
+    gallery = ProbEmbedding(torch.randn(14, 5, generator=g), torch.randn(14, 5, generator=g) - 2)  # not unit norm
+    positives = PositiveLists.from_labels(torch.arange(9) % 4, torch.arange(14) % 4)
+    both = rank_positives_by_method(query, gallery, positives, ("csd", "mean"), max_chunk_elements=30,
+                                    return_top1=True)
+    for method in ("csd", "mean"):
+        scores = ranking_scores(query, gallery, method)
+        ranks, top1 = both[method]
+        assert torch.equal(ranks, positive_ranks(scores, positives.dense(0, 9)))
+        assert torch.equal(top1, scores.argmax(1))
+        assert torch.equal(ranks, rank_positives(query, gallery, positives, method))
+    cosine = torch.nn.functional.normalize(query.mean, dim=-1) @ torch.nn.functional.normalize(gallery.mean, dim=-1).T
+    assert torch.allclose(ranking_scores(query, gallery, "mean"), cosine, atol=1e-6)
+    assert not torch.equal(both["csd"][0], both["mean"][0])
+    with pytest.raises(ValueError, match="unknown score method 'cos'"):
+        rank_positives_by_method(query, gallery, positives, ("cos",))
+
+
 def test_csd_score_is_minus_half_csd_up_to_query_constant():
     from probclip import csd
 

@@ -17,7 +17,7 @@ from .encode import EvalModel, Embeddings, embedding_uncertainty, encode_images,
 from .metrics import DEFAULT_MAX_CHUNK_ELEMENTS, metrics_from_ranks, uncertainty_bins
 from .readers import RetrievalData, read_retrieval, read_urban1k
 from .report import plot_bars, plot_uncertainty_bins, write_results
-from .scoring import PositiveLists, available_methods, rank_positives
+from .scoring import PositiveLists, available_methods, rank_positives_by_method
 
 __all__ = ["retrieval_metrics", "evaluate_retrieval", "evaluate_urban1k", "encode_retrieval_data"]
 
@@ -52,24 +52,25 @@ def retrieval_metrics(
             raise ValueError(f"score method {m!r} does not apply to these embeddings; available: {applicable}")
     i2t_pos = PositiveLists.from_labels(torch.arange(n_img), caption_image)
     t2i_pos = PositiveLists.single(caption_image, n_img)
-    results: dict = {}
+    results: dict = {method: {} for method in methods}
     u_img = embedding_uncertainty(image_embeddings)
     u_txt = embedding_uncertainty(text_embeddings)
     bins: dict = {}
-    for method in methods:
-        entry = {}
-        for direction, query, gallery, positives, u_query in (
-            ("i2t", image_embeddings, text_embeddings, i2t_pos, u_img),
-            ("t2i", text_embeddings, image_embeddings, t2i_pos, u_txt),
-        ):
-            depth = max(max(ks), int(positives.counts.max()))
-            ranks = rank_positives(query, gallery, positives, method, max_chunk_elements, depth=depth)
-            per_query = metrics_from_ranks(ranks, positives.counts, ks)
-            entry[direction] = {k: float(v.mean()) for k, v in per_query.items()}
+    for direction, query, gallery, positives, u_query in (
+        ("i2t", image_embeddings, text_embeddings, i2t_pos, u_img),
+        ("t2i", text_embeddings, image_embeddings, t2i_pos, u_txt),
+    ):
+        depth = max(max(ks), int(positives.counts.max()))
+        # one product of the means per block of queries serves every score method
+        ranks = rank_positives_by_method(query, gallery, positives, methods, max_chunk_elements, depth=depth)
+        for method in methods:
+            per_query = metrics_from_ranks(ranks[method], positives.counts, ks)
+            results[method][direction] = {k: float(v.mean()) for k, v in per_query.items()}
             if u_query is not None and u_query.numel() >= n_bins:
                 bins.setdefault(method, {})[direction] = uncertainty_bins(u_query, per_query["r1"], n_bins)
+    for method in methods:
+        entry = results[method]
         entry["rsum"] = sum(entry[d][f"r{k}"] for d in ("i2t", "t2i") for k in ks)
-        results[method] = entry
     if bins:
         results["uncertainty"] = bins
     return results

@@ -22,7 +22,8 @@ import torch
 from ..embedding import ProbEmbedding
 from .metrics import DEFAULT_MAX_CHUNK_ELEMENTS, _at_least_float32, positive_ranks
 
-__all__ = ["SCORE_METHODS", "PositiveLists", "gallery_terms", "ranking_scores", "rank_positives", "available_methods"]
+__all__ = ["SCORE_METHODS", "PositiveLists", "gallery_terms", "ranking_scores", "rank_positives",
+           "rank_positives_by_method", "available_methods"]
 
 SCORE_METHODS = ("csd", "mean")
 
@@ -102,31 +103,49 @@ def available_methods(query, gallery) -> tuple[str, ...]:
     return SCORE_METHODS if isinstance(gallery, ProbEmbedding) else ("mean",)
 
 
-def gallery_terms(gallery, method: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(G_means [G, D], per-item offset [G] or None)`` so that score = q_mean @ G_means.T + offset."""
+def _inverse_norm(x: torch.Tensor) -> torch.Tensor:
+    return 1.0 / x.norm(dim=-1).clamp_min(1e-12)
+
+
+def _score_terms(query, gallery, method: str):
+    """``(q_raw [Q, D], g_raw [G, D], q_scale [Q] | None, g_scale [G] | None, offset [G] | None)``.
+
+    score = ``(q_raw @ g_raw.T) * q_scale[:, None] * g_scale[None, :] + offset[None, :]``; ``q_raw`` and
+    ``g_raw`` are the means for both methods, so one product serves both.
+    """
     if method not in SCORE_METHODS:
         raise ValueError(f"unknown score method {method!r}; expected one of {SCORE_METHODS}")
+    q_raw = _at_least_float32(query.mean if isinstance(query, ProbEmbedding) else query)
+    g_raw = _at_least_float32(gallery.mean if isinstance(gallery, ProbEmbedding) else gallery)
     if method == "mean":
-        mean = gallery.mean if isinstance(gallery, ProbEmbedding) else gallery
-        return torch.nn.functional.normalize(_at_least_float32(mean), dim=-1), None
+        return q_raw, g_raw, _inverse_norm(q_raw), _inverse_norm(g_raw), None
     if not isinstance(gallery, ProbEmbedding):
         raise TypeError(f"score method 'csd' needs a ProbEmbedding gallery; got {type(gallery).__name__}")
-    mean = _at_least_float32(gallery.mean)
-    offset = -(_at_least_float32(gallery.uncertainty) + mean.pow(2).sum(-1) - 1.0) / 2
-    return mean, offset
+    offset = -(_at_least_float32(gallery.uncertainty) + g_raw.pow(2).sum(-1) - 1.0) / 2
+    return q_raw, g_raw, None, None, offset
 
 
-def _query_means(query, method: str) -> torch.Tensor:
-    mean = query.mean if isinstance(query, ProbEmbedding) else query
-    mean = _at_least_float32(mean)
-    return torch.nn.functional.normalize(mean, dim=-1) if method == "mean" else mean
+def _finish(dot: torch.Tensor, q_scale, g_scale, offset) -> torch.Tensor:
+    """Scores from the raw block ``dot`` (a new tensor; ``dot`` is left as it is)."""
+    if q_scale is not None:
+        return dot * q_scale[:, None] * g_scale[None, :]
+    return dot + offset[None, :]
+
+
+def gallery_terms(gallery, method: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(G_means [G, D], per-item offset [G] or None)``: for ``"csd"`` the score is
+    ``q_mean @ G_means.T + offset``; for ``"mean"`` ``G_means`` are the unit-norm means (cosine)."""
+    _, g_raw, _, g_scale, offset = _score_terms(gallery, gallery, method)
+    return (g_raw * g_scale[:, None], None) if method == "mean" else (g_raw, offset)
 
 
 def ranking_scores(query, gallery, method: str = "csd") -> torch.Tensor:
-    """Full ``[Q, G]`` score matrix (small inputs; use :func:`rank_positives` for large ones)."""
-    g_mean, offset = gallery_terms(gallery, method)
-    scores = _query_means(query, method) @ g_mean.T
-    return scores if offset is None else scores + offset[None, :]
+    """Full ``[Q, G]`` score matrix (small inputs; use :func:`rank_positives` for large ones).
+
+    ``"mean"``: the product of the means divided by both norms (cosine); ``"csd"``: see the module doc.
+    """
+    q_raw, g_raw, q_scale, g_scale, offset = _score_terms(query, gallery, method)
+    return _finish(q_raw @ g_raw.T, q_scale, g_scale, offset)
 
 
 def rank_positives(
@@ -145,27 +164,50 @@ def rank_positives(
     query's top-ranked gallery item. Memory: ``O(step * G)`` with ``step`` set by
     ``max_chunk_elements``.
     """
-    q_mean = _query_means(query, method)
-    g_mean, offset = gallery_terms(gallery, method)
-    if len(positives) != q_mean.shape[0] or positives.n_gallery != g_mean.shape[0]:
+    out = rank_positives_by_method(query, gallery, positives, (method,), max_chunk_elements, return_top1, depth)
+    return out[method]
+
+
+def rank_positives_by_method(
+    query,
+    gallery,
+    positives: PositiveLists,
+    methods: Sequence[str] = SCORE_METHODS,
+    max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS,
+    return_top1: bool = False,
+    depth: int | None = None,
+) -> dict:
+    """:func:`rank_positives` for several score methods at once, ``{method: ranks}`` (or ``(ranks, top1)``).
+
+    The product of the means, the costly part, is computed once per block of queries and shared.
+    """
+    methods = tuple(dict.fromkeys(methods))
+    if not methods:
+        raise ValueError(f"methods must name at least one of {SCORE_METHODS}; got none")
+    terms = {m: _score_terms(query, gallery, m) for m in methods}
+    q_raw, g_raw = terms[methods[0]][0], terms[methods[0]][1]
+    if len(positives) != q_raw.shape[0] or positives.n_gallery != g_raw.shape[0]:
         raise ValueError(
             f"positives describe {len(positives)} queries x {positives.n_gallery} gallery items; "
-            f"embeddings are {q_mean.shape[0]} x {g_mean.shape[0]}"
+            f"embeddings are {q_raw.shape[0]} x {g_raw.shape[0]}"
         )
-    n_query, n_gallery = q_mean.shape[0], g_mean.shape[0]
+    n_query, n_gallery = q_raw.shape[0], g_raw.shape[0]
     counts = positives.counts
     r_max = int(counts.max())
-    out = torch.full((n_query, r_max), n_gallery, dtype=torch.long)
-    top1 = torch.empty(n_query, dtype=torch.long)
+    ranks = {m: torch.full((n_query, r_max), n_gallery, dtype=torch.long) for m in methods}
+    top1 = {m: torch.empty(n_query, dtype=torch.long) for m in methods}
+    g_raw_t = g_raw.T
     step = max(1, max_chunk_elements // max(1, n_gallery))
     for start in range(0, n_query, step):
         stop = min(start + step, n_query)
-        scores = q_mean[start:stop] @ g_mean.T
-        if offset is not None:
-            scores += offset[None, :]
-        ranks = positive_ranks(scores, positives.dense(start, stop), max_chunk_elements, depth=depth,
-                               n_pos=counts[start:stop])
-        out[start:stop, : ranks.shape[1]] = ranks
-        if return_top1:
-            top1[start:stop] = scores.argmax(1)  # first maximal index: ties go to the lower index
-    return (out, top1) if return_top1 else out
+        dot = q_raw[start:stop] @ g_raw_t
+        mask = positives.dense(start, stop)
+        for m in methods:
+            _, _, q_scale, g_scale, offset = terms[m]
+            scores = _finish(dot, None if q_scale is None else q_scale[start:stop], g_scale, offset)
+            block = positive_ranks(scores, mask, max_chunk_elements, depth=depth, n_pos=counts[start:stop])
+            ranks[m][start:stop, : block.shape[1]] = block
+            if return_top1:
+                top1[m][start:stop] = scores.argmax(1)  # first maximal index: ties go to the lower index
+            del scores
+    return {m: (ranks[m], top1[m]) if return_top1 else ranks[m] for m in methods}
