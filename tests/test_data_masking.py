@@ -42,6 +42,28 @@ def test_text_masking_replaces_only_non_padding_at_the_given_rate():
         mask_text_tokens(tokens, 0.5, mask_id=None, pad_id=0)
 
 
+def test_text_masking_drop_mode_removes_tokens_and_keeps_the_order():
+    tokens = torch.zeros((300, 24), dtype=torch.long)
+    lengths = torch.randint(1, 20, (300,))
+    for row, length in zip(tokens, lengths):
+        row[:length] = torch.randint(5, 50, (int(length),))
+    dropped = mask_text_tokens(tokens, 0.5, mask_id=None, pad_id=0, generator=torch.Generator().manual_seed(2),
+                               mode="drop")
+    kept_total = 0
+    for original, view, length in zip(tokens, dropped, lengths):
+        content = view[view != 0].tolist()
+        kept_total += len(content)
+        assert view[len(content):].eq(0).all()  # padding only after the kept tokens
+        it = iter(original[:length].tolist())
+        assert all(tok in it for tok in content)  # a subsequence of the original, in order
+    rate = 1 - kept_total / lengths.sum().item()
+    assert abs(rate - 0.5) < 0.04
+    all_dropped = mask_text_tokens(tokens, 1.0, mask_id=None, pad_id=0, mode="drop")
+    assert all_dropped.eq(0).all()
+    with pytest.raises(ValueError, match="replace.*drop"):
+        mask_text_tokens(tokens, 0.5, mask_id=3, pad_id=0, mode="shuffle")
+
+
 def test_masked_selection_is_one_in_eight_and_independent_of_the_split():
     whole = masked_selection(0, 64, 0.125)
     assert whole == list(range(0, 64, 8))

@@ -4,8 +4,10 @@ Ratios are explicit and named by what they count:
 
 - ``image_keep_ratio``: fraction of image PATCHES KEPT in a masked image view (CLS and UNC tokens are always
   kept). The reference training keeps 0.75 of the patches (i.e. masks 25%).
-- ``text_mask_prob``: probability that each non-padding text token is REPLACED by the mask token
-  (reference: 0.75, i.e. masks 75% of the tokens).
+- ``text_mask_prob``: probability that each non-padding text token is masked (reference: 0.75, i.e. masks 75%
+  of the tokens). ``text_mask_mode`` says how: ``replace`` puts the mask token in its place (the reference);
+  ``drop`` removes it and closes the gap, so the view is a shorter text (a more general caption, with no token
+  that real captions never contain).
 - ``fraction``: masked views are made for the first ``num_masked(B, fraction)`` samples of a local batch
   (reference: 0.125).
 """
@@ -14,7 +16,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["num_masked", "num_kept_patches", "sample_keep_patches", "mask_text_tokens"]
+__all__ = ["TEXT_MASK_MODES", "num_masked", "num_kept_patches", "sample_keep_patches", "mask_text_tokens"]
+
+#: How a masked text token is removed: replaced by the mask token (reference), or dropped from the sequence.
+TEXT_MASK_MODES = ("replace", "drop")
 
 
 def num_masked(batch_size: int, fraction: float) -> int:
@@ -45,19 +50,33 @@ def sample_keep_patches(count: int, num_patches: int, keep_ratio: float, generat
 
 
 def mask_text_tokens(tokens: torch.Tensor, mask_prob: float, mask_id: int | None, pad_id: int,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """A copy of ``tokens [n, L]`` where each non-padding token is replaced by ``mask_id`` with probability
-    ``mask_prob`` (drawn with ``generator`` on the CPU). Raises ``ValueError`` if masking is asked for and the
-    tokenizer has no mask token."""
+                     generator: torch.Generator | None = None, mode: str = "replace") -> torch.Tensor:
+    """A masked copy of ``tokens [n, L]``: each non-padding token is masked with probability ``mask_prob``
+    (drawn with ``generator`` on the CPU).
+
+    ``mode="replace"``: a masked token is replaced by ``mask_id`` (raises ``ValueError`` if the tokenizer has no
+    mask token). ``mode="drop"``: masked tokens are removed, the kept tokens move left in their order and the
+    row is padded with ``pad_id`` at the end (a row may become all padding: the empty text).
+    """
     if not 0.0 <= mask_prob <= 1.0:
         raise ValueError(f"text_mask_prob must be in [0, 1]; got {mask_prob!r}")
+    if mode not in TEXT_MASK_MODES:
+        raise ValueError(f"text mask mode must be one of {list(TEXT_MASK_MODES)}; got {mode!r}")
     if mask_prob == 0.0:
         return tokens.clone()
-    if mask_id is None:
+    if mode == "replace" and mask_id is None:
         raise ValueError(
             "masked text views need a mask token but the tokenizer has mask_id=None; set the model's "
-            "text.mask_id or masking.text_mask_prob: 0"
+            "text.mask_id, masking.text_mask_mode: drop, or masking.text_mask_prob: 0"
         )
     draws = torch.rand(tokens.shape, generator=generator).to(tokens.device)
-    replace = (draws < mask_prob) & (tokens != pad_id)
-    return torch.where(replace, torch.full_like(tokens, mask_id), tokens)
+    masked = (draws < mask_prob) & (tokens != pad_id)
+    if mode == "replace":
+        return torch.where(masked, torch.full_like(tokens, mask_id), tokens)
+    kept = ~masked & (tokens != pad_id)
+    # Stable sort of "not kept" puts the kept tokens first, in their order.
+    order = torch.sort((~kept).to(torch.int8), dim=1, stable=True).indices
+    compact = torch.gather(tokens, 1, order)
+    count = kept.sum(dim=1, keepdim=True)
+    positions = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
+    return torch.where(positions < count, compact, torch.full_like(tokens, pad_id))

@@ -16,6 +16,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from ..data.masking import TEXT_MASK_MODES
+
 __all__ = [
     "ModelSection",
     "DataSection",
@@ -202,18 +204,22 @@ class MaskingSection:
             (at least 1 when fraction > 0); 0 turns masked views off.
         image_keep_ratio: fraction of image patches KEPT in a masked image view (CLS and UNC are always kept;
             at least one patch is kept). The reference training keeps 0.75 of the patches.
-        text_mask_prob: probability that each non-padding text token is REPLACED by the tokenizer's mask token
-            (reference: 0.75). Needs a tokenizer with a mask token; 0 builds no masked text views (image views only).
+        text_mask_prob: probability that each non-padding text token is masked (reference: 0.75); 0 builds no
+            masked text views (image views only).
+        text_mask_mode: ``replace`` (reference): a masked token is REPLACED by the tokenizer's mask token (needs
+            one); ``drop``: masked tokens are REMOVED, so the view is a shorter, more general text.
     """
 
     fraction: float = 0.125
     image_keep_ratio: float = 0.75
     text_mask_prob: float = 0.75
+    text_mask_mode: str = "replace"
 
     def validate(self) -> None:
         _check_fraction("masking", "fraction", self.fraction, low_open=False, high_open=False)
         _check_fraction("masking", "image_keep_ratio", self.image_keep_ratio, low_open=True, high_open=False)
         _check_fraction("masking", "text_mask_prob", self.text_mask_prob, low_open=False, high_open=False)
+        _check_choice("masking", "text_mask_mode", self.text_mask_mode, TEXT_MASK_MODES)
 
 
 @dataclass

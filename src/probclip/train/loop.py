@@ -197,10 +197,11 @@ def train(
         collator = PairCollator(transform, tokenizer, random_transform=config.data.train_augment)
         loss_fn = build_loss(config.loss.name, **config.loss.kwargs)
         uses_masks = getattr(loss_fn, "uses_masked_views", False) and config.masking.fraction > 0
-        if uses_masks and config.masking.text_mask_prob > 0 and tokenizer.mask_id is None:
+        if (uses_masks and config.masking.text_mask_prob > 0 and config.masking.text_mask_mode == "replace"
+                and tokenizer.mask_id is None):
             raise ValueError(
                 f"masked text views need a mask token, but the tokenizer of {model.config.name or 'this model'} has "
-                "none; set masking.text_mask_prob: 0 or give the model a text.mask_id"
+                "none; set masking.text_mask_prob: 0, masking.text_mask_mode: drop, or give the model a text.mask_id"
             )
         if config.loss.name == "clip":
             model.logit_bias.requires_grad_(False)  # CLIP's softmax loss has no bias

@@ -89,7 +89,7 @@ def build_step_inputs(batch, *, step: int, seed: int, rank: int, device: torch.d
                 keeps.append(sample_keep_patches(1, num_patches, masking.image_keep_ratio, generator))
                 if masking.text_mask_prob > 0:
                     texts.append(mask_text_tokens(tokens[i: i + 1], masking.text_mask_prob, mask_id, pad_id,
-                                                  generator))
+                                                  generator, masking.text_mask_mode))
             inputs.masked_index = torch.tensor(chosen, dtype=torch.long, device=device)
             inputs.keep_patches = torch.cat(keeps).to(device)
             inputs.masked_tokens = torch.cat(texts).to(device) if texts else None
