@@ -200,10 +200,12 @@ class MaskingSection:
     """Masked views for ProLIP's original-in-masked inclusion loss, built on the fly for each batch.
 
     Attributes:
-        fraction: masked views are built for the first ``round(fraction * B)`` samples of each local batch
-            (at least 1 when fraction > 0); 0 turns masked views off.
-        image_keep_ratio: fraction of image patches KEPT in a masked image view (CLS and UNC are always kept;
-            at least one patch is kept). The reference training keeps 0.75 of the patches.
+        fraction: share of the samples that get a masked image view and a masked text view: the sample at
+            global-batch index ``g`` does when ``ceil((g + 1) * fraction) > ceil(g * fraction)``, i.e. the first of
+            every ``1 / fraction`` samples (1 in 8 at 0.125), whatever the number of processes; 0 turns masked
+            views off.
+        image_keep_ratio: fraction of image patches KEPT in a masked image view, ``round(ratio * patches)`` of
+            them (CLS and UNC are always kept; at least one patch is kept). The reference training keeps 0.75.
         text_mask_prob: probability that each non-padding text token is masked (reference: 0.75); 0 builds no
             masked text views (image views only).
         text_mask_mode: ``replace`` (reference): a masked token is REPLACED by the tokenizer's mask token (needs
