@@ -70,3 +70,21 @@ def test_probclip_train_reports_a_missing_shard(tmp_path, capsys):
     assert code == 1
     err = capsys.readouterr().err
     assert "shard not found" in err and "0000.tar" in err
+
+
+@pytest.mark.parametrize("content, message", [
+    ("filepath,caption\n", "no data rows: the dataset is empty"),
+    ("path,text\nimg/0.png,a square\n", "no image column 'filepath'"),
+])
+def test_probclip_train_reports_an_unusable_table_in_one_line(tmp_path, capsys, content, message):
+    from probclip.cli import main
+
+    table = tmp_path / "pairs.csv"
+    table.write_text(content)
+    code = main(["train", "--data.source", "csv", "--data.paths", f"[{table}]", "--run.output_dir",
+                 str(tmp_path / "run"), "--model.name", "ProLIP-Tiny-Word", "--run.progress", "none",
+                 "--run.tensorboard", "false"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("probclip train: DatasetError:") and message in err and str(table) in err
+    assert "Traceback" not in err

@@ -8,7 +8,7 @@ from .captions import CaptionError, captions_from_payload, draw_caption, split_c
 from .csv import CsvPairs, read_pair_table
 from .masking import mask_text_tokens, num_kept_patches, num_masked, sample_keep_patches
 from .mixing import mix_images
-from .samples import PairBatch, PairCollator, SampleError, decode_image_bytes, derive_seed
+from .samples import DatasetError, PairBatch, PairCollator, SampleError, decode_image_bytes, derive_seed
 from .sources import (
     DatasetPairs,
     StreamSource,
@@ -23,6 +23,7 @@ from .webdataset import ShardError, expand_shard_urls, iter_tar_records
 __all__ = [
     "CaptionError",
     "CsvPairs",
+    "DatasetError",
     "DatasetPairs",
     "PairBatch",
     "PairCollator",

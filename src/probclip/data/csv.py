@@ -9,7 +9,7 @@ from typing import Sequence
 
 from ..transforms import ImageLoadError, load_image
 from .captions import split_captions
-from .samples import SampleError
+from .samples import DatasetError, SampleError
 
 __all__ = ["CsvPairs", "read_pair_table"]
 
@@ -27,7 +27,7 @@ def read_pair_table(path: str | os.PathLike, image_column: str, caption_column: 
 
     Relative image paths are resolved against ``image_root`` (default: the table's directory). Rows whose caption
     cell is empty are kept with no captions and skipped (counted) when read. Raises ``FileNotFoundError`` for a
-    missing table, ``ValueError`` naming the columns found when a column is absent, or when the table has no row.
+    missing table, ``DatasetError`` (a ``ValueError``) naming the columns found when a column is absent, or when the table has no row.
     """
     path = Path(path)
     if not path.is_file():
@@ -38,7 +38,7 @@ def read_pair_table(path: str | os.PathLike, image_column: str, caption_column: 
         columns = reader.fieldnames or []
         for column, role in ((image_column, "image"), (caption_column, "caption")):
             if column not in columns:
-                raise ValueError(
+                raise DatasetError(
                     f"{path} has no {role} column {column!r}; its columns are {columns} "
                     f"(set data.csv_{role}_column, and data.csv_separator if the separator is not "
                     f"{_separator_for(path, separator)!r})"
@@ -50,7 +50,7 @@ def read_pair_table(path: str | os.PathLike, image_column: str, caption_column: 
             image_path = image if os.path.isabs(image) else str(root / image)
             rows.append((image_path, captions))
     if not rows:
-        raise ValueError(f"{path} has no data rows: the dataset is empty")
+        raise DatasetError(f"{path} has no data rows: the dataset is empty")
     return rows
 
 

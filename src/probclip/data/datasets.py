@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from .samples import READ_ERRORS, PairBatch, PairCollator, SampleError, derive_seed
+from .samples import READ_ERRORS, DatasetError, PairBatch, PairCollator, SampleError, derive_seed
 
 __all__ = ["IndexedPairDataset", "StepBatchSampler", "StreamingPairDataset", "MAX_ERRORS_PER_BATCH"]
 
@@ -64,7 +64,7 @@ class IndexedPairDataset(Dataset):
 
     def __init__(self, source, seed: int, shuffle: bool = True):
         if len(source) == 0:
-            raise ValueError(f"the dataset {type(source).__name__} is empty")
+            raise DatasetError(f"the dataset {type(source).__name__} is empty")
         self.source, self.seed, self.shuffle = source, int(seed), shuffle
         self._epoch = -1
         self._perm: list[int] | None = None

@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from ..transforms import ToRGB
 from .captions import draw_caption
 
-__all__ = ["SampleError", "derive_seed", "decode_image_bytes", "as_pil", "PairBatch", "PairCollator", "READ_ERRORS"]
+__all__ = ["SampleError", "DatasetError", "derive_seed", "decode_image_bytes", "as_pil", "PairBatch", "PairCollator", "READ_ERRORS"]
 
 #: Exceptions that mean "this one sample is unreadable": it is skipped and counted, the run goes on.
 READ_ERRORS = (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError, UnicodeDecodeError)
@@ -22,6 +22,11 @@ READ_ERRORS = (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.D
 
 class SampleError(ValueError):
     """A sample is unusable (no image, no caption, undecodable payload); the message names the sample."""
+
+
+class DatasetError(ValueError):
+    """A whole dataset is unusable before training starts (empty, or a table without the configured column);
+    the message names it."""
 
 
 def derive_seed(*parts: int) -> int:

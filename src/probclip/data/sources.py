@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 
 from torch.utils.data import DataLoader
 
-from .samples import PairBatch, PairCollator, SampleError, as_pil
+from .samples import DatasetError, PairBatch, PairCollator, SampleError, as_pil
 
 __all__ = [
     "StreamSource",
@@ -133,7 +133,7 @@ def build_source(data, seed: int):
         raise ValueError(f"unknown data source {data.source!r}; registered sources: {list_sources()}")
     source = _SOURCES[data.source](data, seed)
     if not isinstance(source, StreamSource) and len(source) == 0:
-        raise ValueError(f"data source {data.source!r} ({data.paths or data.synthetic}) is empty")
+        raise DatasetError(f"data source {data.source!r} ({data.paths or data.synthetic}) is empty")
     return source
 
 

@@ -54,12 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
-    from ..data import SampleError, ShardError
+    from ..data import DatasetError, SampleError, ShardError
     from .loop import TrainingStopped, train
 
     try:
         result = train(config)
-    except (TrainingStopped, ShardError, SampleError, FileNotFoundError) as err:
+    except (TrainingStopped, ShardError, DatasetError, SampleError, FileNotFoundError) as err:
         print(f"probclip train: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
