@@ -199,9 +199,14 @@ def test_two_process_torchrun_matches_one_process(tmp_path, table):
     done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "probclip.train",
                            "--config", str(config_path)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    one, _ = read_log(single.log_path)
-    two, _ = read_log(tmp_path / "two" / "run" / "log.jsonl")
+    one, one_events = read_log(single.log_path)
+    two, two_events = read_log(tmp_path / "two" / "run" / "log.jsonl")
     assert [r["step"] for r in two] == [1, 2, 3]
+    # the corrupt image (row 5) is read once per epoch by whichever process holds it: counted and named alike
+    assert [r["skipped_samples"] for r in two] == [r["skipped_samples"] for r in one] and sum(
+        r["skipped_samples"] for r in one) >= 1
+    for events in (one_events, two_events):
+        assert any(e["event"] == "bad_samples" and "5.png" in e["errors"][0] for e in events), events
     for a, b in zip(one, two):
         for key in ("loss", "ppcl", "img_inclusion", "txt_inclusion", "vib"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), (a["step"], key)

@@ -39,6 +39,9 @@ from .step import build_step_inputs, forward_backward
 
 __all__ = ["TrainResult", "StepInfo", "TrainingStopped", "train"]
 
+#: Batches with unreadable samples that a non-main process reports per logging window (the count is always exact).
+_MAX_RANK_ERRORS = 8
+
 
 class TrainingStopped(RuntimeError):
     """The run stopped on an error condition (too many consecutive non-finite losses, too many bad samples)."""
@@ -252,6 +255,7 @@ def _run_loop(config, dist_info, model, loss_fn, optimizer, scaler, autocast, ba
     window_start, window_samples = started, 0
     consecutive_nonfinite = nonfinite_steps = 0
     skipped_samples_window = skipped_total = 0
+    window_errors: list = []  # another rank's bad-sample messages, reported by the main process at log steps
     last_checkpoint = None
     final_loss = grad_norm = float("nan")
     stop_reason = "completed"
@@ -301,7 +305,9 @@ def _run_loop(config, dist_info, model, loss_fn, optimizer, scaler, autocast, ba
         )
         skipped_samples_window += batch.skipped
         if batch.errors and dist_info.is_main:
-            logger.event("bad_samples", step=step, count=batch.skipped, errors=batch.errors)
+            logger.event("bad_samples", step=step, rank=0, count=batch.skipped, errors=batch.errors)
+        elif batch.errors and len(window_errors) < _MAX_RANK_ERRORS:
+            window_errors.append({"step": step, "count": batch.skipped, "errors": batch.errors})
         skipped_step, bad_component, terms = False, None, {}
         try:
             terms = forward_backward(model, loss_fn, inputs, optim.accum_freq, autocast, scaler.scale)
@@ -341,6 +347,11 @@ def _run_loop(config, dist_info, model, loss_fn, optimizer, scaler, autocast, ba
             )
             skipped_now = int(round(means.pop("skipped_samples") * dist_info.world_size))
             skipped_total += skipped_now
+            if skipped_now and dist_info.distributed:  # the same decision on every rank (a reduced value)
+                for rank, reports in enumerate(gather_objects(window_errors)):
+                    for report in reports if rank > 0 else ():
+                        logger.event("bad_samples", rank=rank, **report)
+                window_errors = []
             read = (step - start_step) * global_batch + skipped_total
             if read >= 1000 and skipped_total / read > config.data.max_bad_fraction:
                 raise TrainingStopped(
@@ -365,7 +376,7 @@ def _run_loop(config, dist_info, model, loss_fn, optimizer, scaler, autocast, ba
             final_loss = record.get("loss", float("nan"))
             history.append({k: record[k] for k in ("step", "loss") if k in record})
             logger.step(record, advance=run.log_every if step % run.log_every == 0 else step % run.log_every)
-            window_start, window_samples, skipped_samples_window = now, 0, 0
+            window_start, window_samples, skipped_samples_window, window_errors = now, 0, 0, []
 
         info = StepInfo(step, run.steps, step * global_batch, time.perf_counter() - started, lr,
                         terms.get("loss", float("nan")), terms, skipped_step, model)
