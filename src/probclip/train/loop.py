@@ -104,10 +104,16 @@ def _seed_everything(seed: int) -> None:
 
 
 def _autocast_factory(device: torch.device, precision: str) -> Callable:
+    """The context of the model's forward passes: bf16/fp16 autocast on CUDA; none (fp32) for fp32 or on the CPU."""
     if device.type != "cuda" or precision == "fp32":
         return contextlib.nullcontext
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return lambda: torch.autocast("cuda", dtype=dtype)
+
+
+def _uses_grad_scaler(device: torch.device, precision: str) -> bool:
+    """fp16 autocast on CUDA needs loss scaling (bf16 has fp32's exponent range and does not)."""
+    return device.type == "cuda" and precision == "fp16"
 
 
 def _build_or_resume_model(cfg: TrainConfig, resume_dir: Path | None, log: Callable):
@@ -209,7 +215,7 @@ def train(
         if config.loss.name == "clip":
             model.logit_bias.requires_grad_(False)  # CLIP's softmax loss has no bias
         optimizer = build_optimizer(model, config.optim)
-        scaler = torch.amp.GradScaler("cuda", enabled=dist_info.device.type == "cuda" and run.precision == "fp16")
+        scaler = torch.amp.GradScaler("cuda", enabled=_uses_grad_scaler(dist_info.device, run.precision))
         autocast = _autocast_factory(dist_info.device, run.precision)
         data_state = None
         if state is not None:
