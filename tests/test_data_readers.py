@@ -205,3 +205,74 @@ def test_indexed_batches_split_exactly_across_ranks_and_workers(tmp_path):
     with_workers = build_train_batches(data, plain_collator(), seed=1, start_step=2)
     assert [red_index(next(with_workers).images) for _ in range(3)] == whole[2:]
     assert sorted(whole[0] + whole[1] + whole[2][:2]) == list(range(10))  # one epoch = a permutation
+
+
+# --------------------------------------------------------------------------------------------- shuffling, captions
+def test_shuffle_buffer_permutes_within_its_reach():
+    import random
+
+    from probclip.data.webdataset import shuffled
+
+    assert list(shuffled(iter(range(50)), 0, random.Random(0))) == list(range(50))
+    out = list(shuffled(iter(range(200)), 10, random.Random(0)))
+    assert sorted(out) == list(range(200)) and out != list(range(200))
+    position = {item: index for index, item in enumerate(out)}
+    assert all(position[item] >= item - 10 for item in range(200))  # an item waits in a buffer of 10 at most
+    assert out == list(shuffled(iter(range(200)), 10, random.Random(0)))  # seeded
+
+
+def test_several_captions_one_drawn_per_step(tmp_path):
+    (tmp_path / "img").mkdir()
+    for i in range(4):
+        (tmp_path / "img" / f"{i}.png").write_bytes(image_bytes(i))
+    table = tmp_path / "pairs.csv"
+    table.write_text("filepath,caption\n" + "".join(f"img/{i}.png,x||yy||zzz\n" for i in range(4)))
+    data = DataSection(source="csv", paths=[str(table)], batch_size=4, caption_separator="||")
+    data.validate()
+    batches = build_train_batches(data, plain_collator(), seed=0)
+    drawn: dict[int, list[int]] = {i: [] for i in range(4)}
+    for _ in range(12):  # one epoch per step: every image once per step
+        batch = next(batches)
+        assert batch.tokens.shape == (4, 1) and sorted(red_index(batch.images)) == [0, 1, 2, 3]
+        for index, length in zip(red_index(batch.images), batch.tokens[:, 0].tolist()):
+            drawn[index].append(length)
+    for index, lengths in drawn.items():
+        assert set(lengths) == {1, 2, 3}, (index, lengths)  # each caption is drawn, one per image and step
+    again = build_train_batches(data, plain_collator(), seed=0)
+    assert [next(again).tokens[:, 0].tolist() for _ in range(3)] == [
+        [drawn[i][s] for i in red_index(b.images)] for s, b in enumerate(
+            next(build_train_batches(data, plain_collator(), seed=0, start_step=s)) for s in range(3))]
+
+
+def test_a_shard_cut_short_is_counted_and_the_stream_goes_on(tmp_path):
+    write_shard(tmp_path / "000.tar", [(f"a{i}", {"png": image_bytes(i), "txt": b"a square"}) for i in range(6)])
+    write_shard(tmp_path / "001.tar", [(f"b{i}", {"png": image_bytes(100 + i), "txt": b"a shape"}) for i in range(6)])
+    whole = (tmp_path / "001.tar").read_bytes()
+    (tmp_path / "001.tar").write_bytes(whole[:10240])  # ends at a member boundary: b5 and the end block are lost
+    data = DataSection(source="webdataset", paths=[str(tmp_path / "{000..001}.tar")], batch_size=4,
+                       shuffle_buffer=0, resample=False)
+    data.validate()
+    batches = build_train_batches(data, plain_collator(), seed=0)
+    seen, skipped, errors = [], 0, []
+    for _ in range(6):  # several passes over the two shards
+        batch = next(batches)
+        seen += red_index(batch.images)
+        skipped += batch.skipped
+        errors += batch.errors
+    assert skipped >= 2 and all("001.tar" in e and "unreadable" in e for e in errors)
+    assert set(range(6)) <= set(seen) and {100, 101, 102, 103, 104} <= set(seen)  # records before the cut
+    assert 105 not in seen
+
+
+def test_a_shard_cut_inside_a_member_keeps_the_records_before_it(tmp_path):
+    from probclip.data import iter_tar_records
+
+    write_shard(tmp_path / "000.tar", [(f"b{i}", {"png": image_bytes(i), "txt": b"a shape"}) for i in range(6)])
+    whole = (tmp_path / "000.tar").read_bytes()
+    (tmp_path / "cut.tar").write_bytes(whole[:10240 + 512 + 40])  # inside the data of b5.png
+    records = []
+    with pytest.raises(tarfile.ReadError):
+        for record in iter_tar_records(str(tmp_path / "cut.tar")):
+            records.append(record["__key__"])
+    assert records == ["b0", "b1", "b2", "b3", "b4"]
+    assert [r["__key__"] for r in iter_tar_records(str(tmp_path / "000.tar"))] == [f"b{i}" for i in range(6)]

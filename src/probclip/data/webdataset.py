@@ -86,18 +86,36 @@ def _split_member_name(name: str) -> tuple[str, str]:
     return os.path.join(directory, stem), extension.lower()
 
 
+class _CountingReader:
+    """A binary stream that counts the bytes read through it."""
+
+    def __init__(self, raw):
+        self.raw, self.count = raw, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.count += len(data)
+        return data
+
+    def close(self) -> None:
+        self.raw.close()
+
+
 def iter_tar_records(url: str) -> Iterator[dict]:
     """Stream the samples of one tar shard: ``{"__key__": key, "__url__": url, ext: bytes, ...}``.
 
     Consecutive members with the same key form one record. Raises ``OSError``/``tarfile.TarError`` if the
-    shard itself cannot be read (callers count and skip it).
+    shard itself cannot be read (callers count and skip it); the records read before the break are yielded
+    first. An uncompressed shard must end with tar's end-of-archive block: one cut short at a member boundary
+    (which ``tarfile`` alone takes for the end) raises ``tarfile.ReadError`` after its complete records.
     """
     import webdataset
 
-    stream = webdataset.gopen(url, "rb") if not _is_local(url) else open(_local_path(url), "rb")
+    raw = webdataset.gopen(url, "rb") if not _is_local(url) else open(_local_path(url), "rb")
+    stream = _CountingReader(raw)
+    current: dict | None = None
     try:
         with tarfile.open(fileobj=stream, mode="r|*") as archive:
-            current: dict | None = None
             for member in archive:
                 if not member.isfile():
                     continue
@@ -112,10 +130,23 @@ def iter_tar_records(url: str) -> Iterator[dict]:
                 if current is None:
                     current = {"__key__": key, "__url__": url}
                 current[extension] = payload
-            if current is not None:
-                yield current
+            end = archive.offset  # where the end-of-archive block starts (or where the data stopped)
+            uncompressed = getattr(archive.fileobj, "comptype", "tar") == "tar"
+        while stream.read(1 << 16):
+            pass
+        if uncompressed and stream.count - end < tarfile.BLOCKSIZE:
+            raise tarfile.ReadError(
+                f"{url} stops after {end} bytes without tar's end-of-archive block: the shard is cut short"
+            )
+    except (OSError, tarfile.TarError):
+        if current is not None:
+            yield current  # a partial record is rejected (and counted) by the decoder
+            current = None
+        raise
     finally:
         stream.close()
+    if current is not None:
+        yield current
 
 
 def _first_key(record: dict, keys: Sequence[str]) -> str | None:
