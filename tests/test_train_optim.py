@@ -107,3 +107,62 @@ def test_longprolip_config_reproduces_the_reference_resize(official_dir):
     assert torch.allclose(resized, fixture["new"], atol=1e-6)
     assert config.loss.kwargs["inclusion_scale"] == 10 and config.loss.kwargs["inclusion_eps"] == -100
     assert config.optim.lr == 1e-6 and config.optim.warmup_steps == 200 and config.optim.weight_decay == 0.01
+
+
+def test_open_clip_towers_with_fresh_uncertainty_through_the_loop(tmp_path, monkeypatch):
+    import open_clip
+
+    from probclip.train import TrainConfig, train
+    from probclip.train import model_init
+    from probclip.train.config import ModelSection
+
+    from test_data_readers import make_csv_dataset
+    from test_models_openclip_init import TINY_OPEN_CLIP
+
+    torch.manual_seed(3)
+    source = open_clip.CLIP(**TINY_OPEN_CLIP)
+    requested = []
+    monkeypatch.setattr(model_init, "_open_clip_source", lambda name, tag: requested.append((name, tag)) or source)
+    section = ModelSection(name="ProLIP-Tiny", init="open_clip", open_clip_model="ViT-Tiny-Test",
+                           open_clip_pretrained="weights.pt", reinit_unc=True)
+    section.validate()
+    model = model_init.build_model(section, log=lambda *_: None)
+    assert requested == [("ViT-Tiny-Test", "weights.pt")] and model.training
+    assert torch.equal(model.visual.trunk.blocks[1].attn.qkv.weight,
+                       source.visual.transformer.resblocks[1].attn.in_proj_weight)
+    assert torch.equal(model.text.token_embedding.weight, source.token_embedding.weight)
+    assert torch.all(model.visual.head.logvar.bias == model.visual.head.init_unc_bias)
+    assert model.visual.head.logvar.weight.std() < 0.02  # re-initialised: N(0, (0.02 / sqrt(width))^2)
+
+    table = make_csv_dataset(tmp_path / "data", 8)
+    config = TrainConfig.from_dict({
+        "model": {"name": "ProLIP-Tiny", "init": "open_clip", "open_clip_model": "ViT-Tiny-Test"},
+        "data": {"source": "csv", "paths": [str(table)], "batch_size": 4, "caption_separator": "||"},
+        "run": {"steps": 1, "output_dir": str(tmp_path / "run"), "tensorboard": False, "progress": "none",
+                "cpu_threads": 1, "save_every": 0},
+    })
+    result = train(config)
+    assert result.steps == 1 and math.isfinite(result.final_loss)
+
+
+def test_fine_tuning_starts_from_a_released_prolip_checkpoint(official_dir):
+    from probclip.losses import build_loss
+    from probclip.train.config import ModelSection
+    from probclip.train.model_init import build_model
+    from probclip.train.step import StepInputs, forward_backward
+
+    released, _ = probclip.create_model_from_pretrained(official_dir / "tiny-official")
+    section = ModelSection(init="pretrained", pretrained=str(official_dir / "tiny-official"), freeze_vision=True)
+    section.validate()
+    model = build_model(section, log=lambda *_: None)
+    assert model.training and model.config.released_compat
+    for (name, a), (_, b) in zip(model.state_dict().items(), released.state_dict().items()):
+        assert torch.equal(a, b), name  # loaded strictly, unchanged
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(5, 500, (4, 16), generator=generator)
+    inputs = StepInputs(torch.randn(4, 3, 32, 32, generator=generator), tokens, masked_index=torch.tensor([0]),
+                        keep_patches=torch.tensor([[0, 2, 5, 7, 9, 11, 13, 15, 1, 3, 4, 6]]).sort(dim=1).values)
+    terms = forward_backward(model, build_loss("prolip"), inputs)
+    assert all(math.isfinite(v) for v in terms.values())
+    assert model.visual.trunk.blocks[0].attn.qkv.weight.grad is None  # frozen tower
+    assert model.visual.head.logvar.weight.grad is not None and model.text.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
