@@ -141,6 +141,27 @@ def test_nonfinite_loss_skips_the_step_then_stops(tmp_path, table, monkeypatch):
         train(stopping)
 
 
+def test_a_real_nonfinite_loss_names_its_component_and_stops_the_run(tmp_path, table):
+    seen = []
+
+    def break_the_bias(info):
+        seen.append((info.step, info.skipped, info.model.text.head.mean.weight.detach().clone()))
+        if info.step == 1:
+            with torch.no_grad():
+                info.model.logit_bias.fill_(float("inf"))  # every negative pair's PPCL term becomes infinite
+
+    config = TrainConfig.from_dict(tiny_config(tmp_path, table, run={"steps": 6, "max_nonfinite_steps": 2,
+                                                                      "save_every": 0}))
+    with pytest.raises(TrainingStopped, match="2 consecutive steps.*'ppcl'.*step 3"):
+        train(config, callbacks=[break_the_bias])
+    _, events = read_log(tmp_path / "run" / "log.jsonl")
+    nonfinite = [e for e in events if e["event"] == "nonfinite"]
+    assert [(e["step"], e["component"], e["consecutive"]) for e in nonfinite] == [(2, "ppcl", 1), (3, "ppcl", 2)]
+    assert nonfinite[0]["values"]["ppcl"] == "inf" and nonfinite[0]["values"]["vib"] not in ("nan", "inf")
+    assert [(step, skipped) for step, skipped, _ in seen] == [(1, False), (2, True)]  # stops inside step 3
+    assert torch.equal(seen[1][2], seen[0][2])  # the skipped step did not update the weights
+
+
 def _final_weights(checkpoint: Path) -> dict:
     model, _ = probclip.create_model_from_pretrained(checkpoint)
     return model.state_dict()
@@ -215,18 +236,25 @@ def test_two_process_torchrun_matches_one_process(tmp_path, table):
         assert torch.allclose(weights[name], value, rtol=1e-4, atol=1e-5), name
 
 
-def test_periodic_retrieval_evaluation_is_logged(tmp_path):
+def test_periodic_zeroshot_and_retrieval_evaluation_is_logged(tmp_path):
+    from test_data_readers import image_bytes
+
     table = make_csv_dataset(tmp_path / "data", 8)
     eval_table = tmp_path / "data" / "eval.csv"
     eval_table.write_text("filepath,caption\n" + "".join(f"img/{i}.png,a square number {i}\n" for i in range(4)))
-    config = TrainConfig.from_dict(tiny_config(tmp_path, table, run={"steps": 2, "eval_every": 1, "save_every": 0},
-                                               eval={"retrieval": [str(eval_table)]}))
+    classes = tmp_path / "classes"
+    for i, name in enumerate(["red", "green", "blue"]):
+        (classes / name).mkdir(parents=True)
+        (classes / name / f"{i}.png").write_bytes(image_bytes(i))
+    config = TrainConfig.from_dict(tiny_config(tmp_path, table, run={"steps": 3, "eval_every": 2, "save_every": 0},
+                                               eval={"retrieval": [str(eval_table)], "zeroshot": [str(classes)]}))
     result = train(config)
     _, events = read_log(result.log_path)
     evals = [e for e in events if e["event"] == "eval"]
-    assert [e["step"] for e in evals] == [1, 2]
+    assert [e["step"] for e in evals] == [2, 3]  # every eval_every steps and at the end
     keys = set(evals[0]["metrics"])
     assert any(k.startswith("retrieval/eval.csv/") and k.endswith("r1") for k in keys), keys
+    assert any(k.startswith("zeroshot/classes/") and k.endswith("acc1") for k in keys), keys
 
 
 def test_synthetic_source_trains(tmp_path):
