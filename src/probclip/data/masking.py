@@ -8,8 +8,10 @@ Ratios are explicit and named by what they count:
   of the tokens). ``text_mask_mode`` says how: ``replace`` puts the mask token in its place (the reference);
   ``drop`` removes it and closes the gap, so the view is a shorter text (a more general caption, with no token
   that real captions never contain).
-- ``fraction``: masked views are made for the first ``num_masked(B, fraction)`` samples of a local batch
-  (reference: 0.125).
+- ``fraction``: masked views are made for 1 in every ``1 / fraction`` samples, chosen by global index in the
+  batch so that the choice does not depend on how the batch is split across processes
+  (``probclip.train.step.masked_selection``; reference: 0.125, the reference takes the first ``B / 8``).
+  ``num_masked(B, fraction)`` is their count in a batch of ``B``.
 """
 
 from __future__ import annotations
