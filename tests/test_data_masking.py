@@ -87,3 +87,44 @@ def test_mixing_mirrors_a_quarter_with_exact_cutmix_area():
     expected = lam_up[0] * 0 + (1 - lam_up[0]) * 7
     assert torch.allclose(mixed_up[0], torch.full((3, 8, 8), expected.item()))
     assert 0 < lam_up[0] < 1
+
+
+def test_grey_masking_paints_exactly_the_patches_not_kept():
+    from probclip.data.masking import paint_masked_patches
+
+    images = torch.randn(2, 3, 8, 12)  # a 2 x 3 grid of 4-pixel patches
+    keep = torch.tensor([[0, 4], [1, 5]])
+    fill = torch.tensor([0.1, 0.2, 0.3])
+    painted = paint_masked_patches(images, keep, 4, fill)
+    for n in range(2):
+        for patch in range(6):
+            r, c = divmod(patch, 3)
+            block = painted[n, :, 4 * r:4 * r + 4, 4 * c:4 * c + 4]
+            if patch in keep[n].tolist():
+                assert torch.equal(block, images[n, :, 4 * r:4 * r + 4, 4 * c:4 * c + 4])
+            else:
+                assert torch.equal(block, fill[:, None, None].expand_as(block))
+    assert not torch.equal(painted, images) and images.abs().sum() > 0  # the input is left as it was
+
+
+def test_step_inputs_with_grey_image_masking_keep_every_token():
+    from probclip.data import PairBatch
+    from probclip.train.config import MaskingSection
+    from probclip.train.step import build_step_inputs
+
+    images, tokens = torch.randn(16, 3, 32, 32), torch.randint(3, 20, (16, 6))
+    batch = PairBatch(images=images, tokens=tokens)
+    masking = MaskingSection(fraction=0.125, image_keep_ratio=0.75, text_mask_prob=0.5, image_mask_mode="grey")
+    grey = torch.tensor([0.0, 0.5, -0.5])
+    inputs = build_step_inputs(batch, step=0, seed=0, rank=0, device=torch.device("cpu"), masking=masking,
+                               num_patches=16, mask_id=2, pad_id=0, patch_size=8, grey=grey)
+    assert inputs.keep_patches is None and inputs.masked_images.shape == (2, 3, 32, 32)
+    for view, index in zip(inputs.masked_images, inputs.masked_index.tolist()):
+        patches = view.unfold(1, 8, 8).unfold(2, 8, 8).reshape(3, 16, 64)
+        original = images[index].unfold(1, 8, 8).unfold(2, 8, 8).reshape(3, 16, 64)
+        is_grey = torch.tensor([torch.equal(patches[:, p], grey[:, None].expand(3, 64)) for p in range(16)])
+        assert int(is_grey.sum()) == 4  # 12 of 16 patches kept
+        assert torch.equal(patches[:, ~is_grey], original[:, ~is_grey])
+    with pytest.raises(ValueError, match="grey"):
+        build_step_inputs(batch, step=0, seed=0, rank=0, device=torch.device("cpu"), masking=masking,
+                          num_patches=16, mask_id=2, pad_id=0)

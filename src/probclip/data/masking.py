@@ -4,6 +4,9 @@ Ratios are explicit and named by what they count:
 
 - ``image_keep_ratio``: fraction of image PATCHES KEPT in a masked image view (CLS and UNC tokens are always
   kept). The reference training keeps 0.75 of the patches (i.e. masks 25%).
+  ``image_mask_mode`` says what happens to the other patches: ``drop`` removes their tokens (the reference);
+  ``grey`` paints their pixels mid-grey and keeps every token (an occluded image, as the input looks when part of
+  a scene is hidden).
 - ``text_mask_prob``: probability that each non-padding text token is masked (reference: 0.75, i.e. masks 75%
   of the tokens). ``text_mask_mode`` says how: ``replace`` puts the mask token in its place (the reference);
   ``drop`` removes it and closes the gap, so the view is a shorter text (a more general caption, with no token
@@ -18,10 +21,12 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["TEXT_MASK_MODES", "num_masked", "num_kept_patches", "sample_keep_patches", "mask_text_tokens"]
+__all__ = ["TEXT_MASK_MODES", "IMAGE_MASK_MODES", "paint_masked_patches", "num_masked", "num_kept_patches", "sample_keep_patches", "mask_text_tokens"]
 
 #: How a masked text token is removed: replaced by the mask token (reference), or dropped from the sequence.
 TEXT_MASK_MODES = ("replace", "drop")
+#: What a masked image view does with the patches it does not keep: drop their tokens (reference) or paint them grey.
+IMAGE_MASK_MODES = ("drop", "grey")
 
 
 def num_masked(batch_size: int, fraction: float) -> int:
@@ -82,3 +87,19 @@ def mask_text_tokens(tokens: torch.Tensor, mask_prob: float, mask_id: int | None
     count = kept.sum(dim=1, keepdim=True)
     positions = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
     return torch.where(positions < count, compact, torch.full_like(tokens, pad_id))
+
+
+def paint_masked_patches(images: torch.Tensor, keep: torch.Tensor, patch_size: int,
+                         fill: torch.Tensor) -> torch.Tensor:
+    """A copy of ``images [n, C, H, W]`` whose patches NOT listed in ``keep [n, K]`` (row-major patch indices of a
+    ``patch_size`` grid) are set to ``fill [C]`` (per channel, in the images' normalised units)."""
+    n, channels, height, width = images.shape
+    rows, cols = height // patch_size, width // patch_size
+    kept = torch.zeros(n, rows * cols, dtype=torch.bool, device=images.device)
+    kept.scatter_(1, keep.to(images.device), True)
+    pixel_kept = kept.view(n, 1, rows, 1, cols, 1).expand(n, 1, rows, patch_size, cols, patch_size)
+    pixel_kept = pixel_kept.reshape(n, 1, rows * patch_size, cols * patch_size)
+    out = images.clone()
+    region = out[:, :, : rows * patch_size, : cols * patch_size]
+    region.copy_(torch.where(pixel_kept, region, fill.to(images)[None, :, None, None]))
+    return out

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from ..data.masking import TEXT_MASK_MODES
+from ..data.masking import IMAGE_MASK_MODES, TEXT_MASK_MODES
 
 __all__ = [
     "ModelSection",
@@ -208,6 +208,8 @@ class MaskingSection:
             them (CLS and UNC are always kept; at least one patch is kept). The reference training keeps 0.75.
         text_mask_prob: probability that each non-padding text token is masked (reference: 0.75); 0 builds no
             masked text views (image views only).
+        image_mask_mode: ``drop`` (reference): the patches not kept are removed from the token sequence;
+            ``grey``: they are painted mid-grey and every token is kept (an occluded image).
         text_mask_mode: ``replace`` (reference): a masked token is REPLACED by the tokenizer's mask token (needs
             one); ``drop``: masked tokens are REMOVED, so the view is a shorter, more general text.
     """
@@ -216,12 +218,14 @@ class MaskingSection:
     image_keep_ratio: float = 0.75
     text_mask_prob: float = 0.75
     text_mask_mode: str = "replace"
+    image_mask_mode: str = "drop"
 
     def validate(self) -> None:
         _check_fraction("masking", "fraction", self.fraction, low_open=False, high_open=False)
         _check_fraction("masking", "image_keep_ratio", self.image_keep_ratio, low_open=True, high_open=False)
         _check_fraction("masking", "text_mask_prob", self.text_mask_prob, low_open=False, high_open=False)
         _check_choice("masking", "text_mask_mode", self.text_mask_mode, TEXT_MASK_MODES)
+        _check_choice("masking", "image_mask_mode", self.image_mask_mode, IMAGE_MASK_MODES)
 
 
 @dataclass

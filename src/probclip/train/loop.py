@@ -300,6 +300,9 @@ def _run_loop(config, dist_info, model, loss_fn, optimizer, scaler, autocast, ba
             logger.scalars("eval", metrics, at_step)
         barrier()
 
+    vision_cfg = model.config.vision
+    # Mid-grey in the model's normalised pixel units: the fill of image_mask_mode 'grey'.
+    mid_grey = (0.5 - torch.tensor(vision_cfg.image_mean)) / torch.tensor(vision_cfg.image_std)
     while step < run.steps:
         batch = next(batches)
         lr = learning_rate(step, run.steps, optim)
@@ -308,6 +311,7 @@ def _run_loop(config, dist_info, model, loss_fn, optimizer, scaler, autocast, ba
             batch, step=step, seed=run.seed, rank=dist_info.rank, device=dist_info.device,
             masking=config.masking if uses_masks else None, num_patches=model.visual.num_patches,
             mask_id=tokenizer.mask_id, pad_id=tokenizer.pad_id, mixing=mixing,
+            patch_size=model.visual.patch_size, grey=mid_grey,
         )
         skipped_samples_window += batch.skipped
         if batch.errors and dist_info.is_main:

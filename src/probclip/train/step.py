@@ -21,7 +21,7 @@ from fractions import Fraction
 
 import torch
 
-from ..data.masking import mask_text_tokens, sample_keep_patches
+from ..data.masking import mask_text_tokens, paint_masked_patches, sample_keep_patches
 from ..data.mixing import mix_images
 from ..data.samples import derive_seed
 from ..embedding import ProbEmbedding
@@ -36,7 +36,8 @@ class StepInputs:
     """Tensors of one local batch on the training device.
 
     ``images [b, 3, H, W]``, ``tokens [b, L]``; masked views: ``masked_index [n]`` (local indices),
-    ``keep_patches [n, K]``, ``masked_tokens [n, L]`` (None when off); ``match_labels [b, b]`` soft labels of
+    ``keep_patches [n, K]`` (or, with ``image_mask_mode: grey``, ``masked_images [n, 3, H, W]`` with the other
+    patches painted grey), ``masked_tokens [n, L]`` (None when off); ``match_labels [b, b]`` soft labels of
     mixed samples (PCME++) or None.
     """
 
@@ -44,6 +45,7 @@ class StepInputs:
     tokens: torch.Tensor
     masked_index: torch.Tensor | None = None
     keep_patches: torch.Tensor | None = None
+    masked_images: torch.Tensor | None = None
     masked_tokens: torch.Tensor | None = None
     match_labels: torch.Tensor | None = None
 
@@ -67,9 +69,11 @@ def masked_selection(first_global_index: int, count: int, fraction: float) -> li
 
 def build_step_inputs(batch, *, step: int, seed: int, rank: int, device: torch.device, masking=None,
                       num_patches: int = 0, mask_id: int | None = None, pad_id: int = 0,
-                      mixing=None) -> StepInputs:
+                      mixing=None, patch_size: int = 0, grey: torch.Tensor | None = None) -> StepInputs:
     """Move a ``PairBatch`` to ``device`` and add masked views (``masking``: a ``MaskingSection`` or None) and mixed
-    samples (``mixing``: a ``LossSection`` with ``mix_fraction``/``mix_beta``/``cutmix_prob``, or None)."""
+    samples (``mixing``: a ``LossSection`` with ``mix_fraction``/``mix_beta``/``cutmix_prob``, or None).
+    ``patch_size`` and ``grey`` (mid-grey per channel in normalised units, ``[3]``) are needed for
+    ``image_mask_mode: grey``."""
     images, tokens = batch.images, batch.tokens  # masked text views are skipped when text_mask_prob is 0
     local = len(images)
     inputs = StepInputs(images, tokens)
@@ -92,6 +96,12 @@ def build_step_inputs(batch, *, step: int, seed: int, rank: int, device: torch.d
                                                   generator, masking.text_mask_mode))
             inputs.masked_index = torch.tensor(chosen, dtype=torch.long, device=device)
             inputs.keep_patches = torch.cat(keeps).to(device)
+            if masking.image_mask_mode == "grey":
+                if not patch_size or grey is None:
+                    raise ValueError("image_mask_mode 'grey' needs the model's patch_size and the normalised grey")
+                inputs.masked_images = paint_masked_patches(images[chosen], inputs.keep_patches.cpu(), patch_size,
+                                                            grey).to(device)
+                inputs.keep_patches = None
             inputs.masked_tokens = torch.cat(texts).to(device) if texts else None
     non_blocking = device.type == "cuda"
     inputs.images = inputs.images.to(device, non_blocking=non_blocking)
@@ -103,8 +113,14 @@ def _encode(model, images, tokens):
     return model.encode_image(images), model.encode_text(tokens)
 
 
+def _encode_masked_images(model, inputs: StepInputs):
+    if inputs.masked_images is not None:
+        return model.encode_image(inputs.masked_images)
+    return model.encode_image(inputs.images[inputs.masked_index], keep_patches=inputs.keep_patches)
+
+
 def _encode_masked(model, inputs: StepInputs):
-    masked_image = model.encode_image(inputs.images[inputs.masked_index], keep_patches=inputs.keep_patches)
+    masked_image = _encode_masked_images(model, inputs)
     masked_text = None if inputs.masked_tokens is None else model.encode_text(inputs.masked_tokens)
     return masked_image, masked_text
 
@@ -117,7 +133,7 @@ def _encode_with_masked(model, inputs: StepInputs, images, tokens):
     if inputs.masked_tokens is None:
         return _encode(model, images, tokens), _encode_masked(model, inputs)
     image = model.encode_image(images)
-    masked_image = model.encode_image(inputs.images[inputs.masked_index], keep_patches=inputs.keep_patches)
+    masked_image = _encode_masked_images(model, inputs)
     both = model.encode_text(torch.cat([tokens, inputs.masked_tokens]))
     count = len(tokens)
     return (image, both[:count]), (masked_image, both[count:])
