@@ -189,6 +189,24 @@ def test_masked_index_pairs_views_with_the_named_originals():
         loss_fn(image, text, 2.0, -5.0, masked_image=shifted, masked_index=torch.tensor([0, 6]))
 
 
+def test_text_masked_inclusion_weight_can_differ_from_the_image_one():
+    (mi, li), (mt, lt) = _random_batch(b=6)
+    image, text = ProbEmbedding(mi, li), ProbEmbedding(mt, lt)
+    views_img = ProbEmbedding(image.mean[:2] + 0.1, image.logvar[:2] - 0.3)
+    views_txt = ProbEmbedding(text.mean[:2] - 0.1, text.logvar[:2] + 0.2)
+    kwargs = dict(masked_image=views_img, masked_text=views_txt)
+    shared = ProLIPLoss(inclusion_alpha_occ=0.5, inclusion_eps=0, inclusion_scale=10)(image, text, 2.0, -5.0, **kwargs)
+    split = ProLIPLoss(inclusion_alpha_occ=0.5, inclusion_alpha_occ_text=2.0, inclusion_eps=0, inclusion_scale=10)(
+        image, text, 2.0, -5.0, **kwargs)
+    want_txt = 0.5 * (-F.logsigmoid(10 * _per_dim_margin(text[:2], views_txt, 0.0))).mean()
+    torch.testing.assert_close(shared["txt_inclusion"], want_txt)
+    torch.testing.assert_close(split["txt_inclusion"], 4 * want_txt)
+    torch.testing.assert_close(split["img_inclusion"], shared["img_inclusion"])
+    torch.testing.assert_close(split["loss"] - shared["loss"], 3 * want_txt)
+    with pytest.raises(ValueError, match="inclusion_alpha_occ_text"):
+        ProLIPLoss(inclusion_alpha_occ_text=-1.0)
+
+
 def test_siglip_and_clip_match_open_clip():
     from open_clip.loss import ClipLoss, SigLipLoss
 

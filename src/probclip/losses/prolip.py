@@ -119,7 +119,7 @@ class ProLIPLoss(PairLoss):
                         z_ij = s * (mu_i . mu_j - (u_i + u_j) / 2) + beta_b,  y = 2 I - 1
         inclusion     = inclusion_alpha     * (1/B)     sum_i incl(image_i in text_i)
         img_inclusion = inclusion_alpha_occ * (1/M_img) sum_k incl(image_{n_k} in masked_image_k)
-        txt_inclusion = inclusion_alpha_occ * (1/M_txt) sum_k incl(text_{n_k} in masked_text_k)
+        txt_inclusion = inclusion_alpha_occ_text * (1/M_txt) sum_k incl(text_{n_k} in masked_text_k)
         vib           = vib_beta * (1/B) sum_i (kl_i(image) + kl_i(text))
         loss          = ppcl + inclusion + img_inclusion + txt_inclusion + vib
 
@@ -142,6 +142,8 @@ class ProLIPLoss(PairLoss):
         inclusion_eps: log-precision offset of the inclusion test (released training: -20; LongProLIP -100).
         inclusion_scale: sharpness of the inclusion sigmoid (released training: 1000; LongProLIP 10).
         ppcl_weight: weight of the PPCL term.
+        inclusion_alpha_occ_text: weight of the text original-in-masked term when it should differ from the
+            image one (default: ``inclusion_alpha_occ``, as in the reference).
     """
 
     uses_masked_views = True
@@ -155,12 +157,17 @@ class ProLIPLoss(PairLoss):
         inclusion_eps: float = -20.0,
         inclusion_scale: float = 1000.0,
         ppcl_weight: float = 1.0,
+        inclusion_alpha_occ_text: float | None = None,
         gather_across_ranks: bool = True,
         process_group=None,
     ):
         super().__init__(gather_across_ranks, process_group)
         self.inclusion_alpha = check_weight(inclusion_alpha, "inclusion_alpha")
         self.inclusion_alpha_occ = check_weight(inclusion_alpha_occ, "inclusion_alpha_occ")
+        self.inclusion_alpha_occ_text = (
+            self.inclusion_alpha_occ if inclusion_alpha_occ_text is None
+            else check_weight(inclusion_alpha_occ_text, "inclusion_alpha_occ_text")
+        )
         self.vib_beta = check_weight(vib_beta, "vib_beta")
         self.ppcl_weight = check_weight(ppcl_weight, "ppcl_weight")
         self.inclusion_eps = float(inclusion_eps)
@@ -172,6 +179,7 @@ class ProLIPLoss(PairLoss):
     def extra_repr(self) -> str:
         return (
             f"inclusion_alpha={self.inclusion_alpha}, inclusion_alpha_occ={self.inclusion_alpha_occ}, "
+            f"inclusion_alpha_occ_text={self.inclusion_alpha_occ_text}, "
             f"vib_beta={self.vib_beta}, inclusion_eps={self.inclusion_eps}, "
             f"inclusion_scale={self.inclusion_scale}, ppcl_weight={self.ppcl_weight}"
         )
@@ -203,9 +211,9 @@ class ProLIPLoss(PairLoss):
             else zero
         )
         terms["txt_inclusion"] = (
-            self.inclusion_alpha_occ * self._inclusion(text[originals[:n_txt]], masked_text).sum()
+            self.inclusion_alpha_occ_text * self._inclusion(text[originals[:n_txt]], masked_text).sum()
             * (world / total_txt)
-            if self.inclusion_alpha_occ and total_txt
+            if self.inclusion_alpha_occ_text and total_txt
             else zero
         )
         terms["vib"] = (
