@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from probclip.quickstart import ASSUMED_STEP_SECONDS, OVERHEAD_SECONDS, main, steps_for_budget
+from probclip.quickstart import (ASSUMED_PROLIP_STEP_SECONDS, ASSUMED_SIGLIP_STEP_SECONDS, ASSUMED_STEP_SECONDS,
+                                 OVERHEAD_SECONDS, main, steps_for_budget)
 
 RETRIEVAL_KEYS = {"r1", "r5", "map_at_r", "r_precision"}
 
@@ -28,7 +29,8 @@ def test_writes_metrics_report_plots_and_model(two_runs, capsys):
     assert set(metrics["zeroshot"]) == {"acc1", "unc_acc_corr"}
     assert "acc1" in metrics["baseline"]["zeroshot"]
     assert metrics["train"]["samples"] == 3 * 128
-    assert metrics["train"]["seconds"] == pytest.approx(3 * ASSUMED_STEP_SECONDS)
+    assert metrics["train"]["seconds"] == pytest.approx(3 * ASSUMED_PROLIP_STEP_SECONDS)
+    assert metrics["baseline"]["train"]["seconds"] == pytest.approx(3 * ASSUMED_SIGLIP_STEP_SECONDS)
     html = (out / "report.html").read_text()
     for name in ("uncertainty_vs_specificity", "uncertainty_vs_degradation", "uncertainty_binned_accuracy",
                  "example_retrievals"):
@@ -58,7 +60,7 @@ def test_saved_model_loads_and_encodes(two_runs):
 
 
 def test_budget_is_a_fixed_step_count():
-    assert steps_for_budget(8) == int((8 * 60 - OVERHEAD_SECONDS) / 2 / ASSUMED_STEP_SECONDS)
+    assert steps_for_budget(8) == int((8 * 60 - OVERHEAD_SECONDS) / ASSUMED_STEP_SECONDS)
     assert steps_for_budget(16) > steps_for_budget(8)
     with pytest.raises(ValueError, match="--minutes"):
         steps_for_budget(0)

@@ -7,8 +7,9 @@ SigLIP loss for the same number of steps; (4) evaluate both on the ``test`` spli
 by ``probclip.create_model_from_pretrained``) and ``OUT/timings.json`` (measured wall-clock).
 
 The budget is step-based so that a run is reproducible: ``--minutes M`` becomes a fixed number of steps per model,
-``steps = floor((60 M - OVERHEAD_SECONDS) / 2 / ASSUMED_STEP_SECONDS)``, whatever the machine's speed. In
-``metrics.json``, ``train.seconds`` is this budgeted training time (steps x ``ASSUMED_STEP_SECONDS``), so two runs
+``steps = floor((60 M - OVERHEAD_SECONDS) / ASSUMED_STEP_SECONDS)`` (the assumed seconds of one ProLIP step plus one
+SigLIP step), whatever the machine's speed. In ``metrics.json``, ``train.seconds`` is this budgeted training time
+(steps x the model's assumed step seconds), so two runs
 with the same seed write the same file; the measured times go to ``timings.json``.
 """
 
@@ -32,23 +33,37 @@ __all__ = [
     "main",
 ]
 
-#: Seconds one training step is assumed to take (batch 128, one CPU thread, measured on a loaded 2-core machine).
-ASSUMED_STEP_SECONDS = 0.15
+#: Seconds one training step is assumed to take, per model (batch 128, one CPU thread, a 2-core machine; the ProLIP
+#: step encodes its masked views too).
+ASSUMED_PROLIP_STEP_SECONDS = 0.18
+ASSUMED_SIGLIP_STEP_SECONDS = 0.12
+#: Seconds of one step of both models together.
+ASSUMED_STEP_SECONDS = ASSUMED_PROLIP_STEP_SECONDS + ASSUMED_SIGLIP_STEP_SECONDS
 #: Seconds set aside for data, evaluation of both models and the report.
 OVERHEAD_SECONDS = 60.0
 DEFAULT_MINUTES = 8.0
 BATCH_SIZE = 128
-#: Share of the training data whose images are degraded, per level 0..4.
-TRAIN_DEGRADATION_PROBS = (0.6, 0.1, 0.1, 0.1, 0.1)
+#: Share of the training images per degradation level 0..4: all clean. Degraded test images are never seen in
+#: training; the masked image views (grey patches) are what teaches the model that hidden content is uncertain.
+TRAIN_DEGRADATION_PROBS = (1.0, 0.0, 0.0, 0.0, 0.0)
+#: Degradation of the test images whose uncertainty is measured (levels 0..4: a grey square of growing side).
+EVAL_DEGRADATION_KIND = "occlusion"
 #: Caption levels listed per training image (one is drawn per step): levels 2-5 twice as often as 0-1.
 TRAIN_CAPTION_LEVELS = (0, 1, 2, 3, 4, 5, 2, 3, 4, 5)
+#: Masked views for the inclusion losses: half of each batch gets an image view with half of its patches painted
+#: grey and a text view with each word dropped with probability 0.5 (a shorter, more general caption).
+MASKING = {"fraction": 0.5, "image_keep_ratio": 0.5, "image_mask_mode": "grey",
+           "text_mask_prob": 0.5, "text_mask_mode": "drop"}
+#: ProLIP loss: the original-in-masked inclusion terms weigh 0.1, with a smooth sigmoid (scale 10) and the test at
+#: eps 0 (as it is used in analyses).
+PROLIP_LOSS = {"inclusion_alpha_occ": 0.1, "inclusion_scale": 10.0, "inclusion_eps": 0.0}
 
 
 def steps_for_budget(minutes: float) -> int:
     """Training steps per model for a total budget of ``minutes`` (both models, evaluation and report included)."""
     if not isinstance(minutes, (int, float)) or isinstance(minutes, bool) or not minutes > 0:
         raise ValueError(f"--minutes must be a number > 0; got {minutes!r}")
-    return max(1, math.floor((60.0 * minutes - OVERHEAD_SECONDS) / 2 / ASSUMED_STEP_SECONDS))
+    return max(1, math.floor((60.0 * minutes - OVERHEAD_SECONDS) / ASSUMED_STEP_SECONDS))
 
 
 def _model_overrides() -> dict:
@@ -66,12 +81,12 @@ def quickstart_config(objective: str, steps: int, seed: int, output_dir: str | P
     return TrainConfig.from_dict({
         "model": {"name": "ProLIP-Tiny-Word", "overrides": _model_overrides()},
         "data": {
-            "source": "synthetic", "batch_size": BATCH_SIZE, "num_workers": 1,
+            "source": "synthetic", "batch_size": BATCH_SIZE, "num_workers": 2,
             "synthetic": {"size": 1_000_000, "degradation_probs": list(TRAIN_DEGRADATION_PROBS),
                           "levels": list(TRAIN_CAPTION_LEVELS)},
         },
-        "loss": {"name": objective, "kwargs": {}},
-        "masking": {"fraction": 0.125},
+        "loss": {"name": objective, "kwargs": dict(PROLIP_LOSS) if objective == "prolip" else {}},
+        "masking": dict(MASKING),
         "optim": {"lr": 1e-3, "warmup_steps": max(1, steps // 10), "weight_decay": 0.05},
         "run": {
             "steps": steps, "output_dir": str(output_dir), "device": "cpu", "precision": "fp32", "seed": seed,
@@ -112,7 +127,7 @@ def run_quickstart(out_dir: str | Path, steps: int, seed: int = 0, threads: int 
     started = time.perf_counter()
     torch.set_num_threads(threads)
     _say(f"building the held-out test set of the synthetic world (seed {seed})")
-    eval_set = build_evaluation_set(seed)
+    eval_set = build_evaluation_set(seed, degradation_kind=EVAL_DEGRADATION_KIND)
     timings, results = {}, {}
     for objective in ("prolip", "siglip"):
         _say(f"training {objective} for {steps} steps of {BATCH_SIZE} pairs")
@@ -128,13 +143,16 @@ def run_quickstart(out_dir: str | Path, steps: int, seed: int = 0, threads: int 
     prolip_model, prolip_metrics, prolip_details, prolip_result = results["prolip"]
     _, baseline_metrics, baseline_details, baseline_result = results["siglip"]
     metrics = _nest(prolip_metrics)
-    metrics["train"] = {"seconds": round(prolip_result.steps * ASSUMED_STEP_SECONDS, 6),
+    metrics["train"] = {"seconds": round(prolip_result.steps * ASSUMED_PROLIP_STEP_SECONDS, 6),
                         "samples": prolip_result.samples, "steps": prolip_result.steps}
     metrics["baseline"] = _nest(baseline_metrics)
-    metrics["baseline"]["train"] = {"seconds": round(baseline_result.steps * ASSUMED_STEP_SECONDS, 6),
+    metrics["baseline"]["train"] = {"seconds": round(baseline_result.steps * ASSUMED_SIGLIP_STEP_SECONDS, 6),
                                     "samples": baseline_result.samples, "steps": baseline_result.steps}
     metrics["config"] = {"seed": seed, "steps_per_model": steps, "batch_size": BATCH_SIZE,
-                         "model": "ProLIP-Tiny-Word", "assumed_step_seconds": ASSUMED_STEP_SECONDS}
+                         "model": "ProLIP-Tiny-Word",
+                         "assumed_step_seconds": {"prolip": ASSUMED_PROLIP_STEP_SECONDS,
+                                                  "siglip": ASSUMED_SIGLIP_STEP_SECONDS},
+                         "degradation_kind": EVAL_DEGRADATION_KIND}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
     prolip_model.save_pretrained(out / "model")
     report = write_report(out, metrics, eval_set, prolip_details, baseline_details)

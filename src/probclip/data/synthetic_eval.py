@@ -66,7 +66,8 @@ class EvaluationSet:
         captions: distinct captions true of at least one test scene (the retrieval gallery), sorted by text.
         truth: bool ``[len(scenes), len(captions)]``.
         image_captions: per scene, indices into ``captions`` of the captions drawn for it (one per level).
-        degraded_scenes: scenes re-drawn at every degradation level; ``degraded_levels`` their levels.
+        degraded_scenes: scenes re-drawn at every degradation level; ``degraded_levels`` their levels,
+            ``degradation_kind`` the kind (noise, blur or occlusion).
         zeroshot_scenes: single-object scenes; ``zeroshot_labels`` the index of their ``zeroshot_attribute`` value
             in ``ZEROSHOT_CLASSES[zeroshot_attribute]``.
     """
@@ -80,6 +81,7 @@ class EvaluationSet:
     zeroshot_scenes: list
     zeroshot_labels: np.ndarray
     zeroshot_attribute: str = "colour"
+    degradation_kind: str = "noise"
 
 
 def build_evaluation_set(seed: int, num_scenes: int = 500, num_degraded: int = 200, num_zeroshot: int = 400,
@@ -113,7 +115,7 @@ def build_evaluation_set(seed: int, num_scenes: int = 500, num_degraded: int = 2
         degraded_scenes=degraded, degraded_levels=np.array(levels),
         zeroshot_scenes=zeroshot, zeroshot_labels=np.array([ZEROSHOT_CLASSES[zeroshot_attribute].index(s.objects[0].value(zeroshot_attribute))
                                  for s in zeroshot]),
-        zeroshot_attribute=zeroshot_attribute,
+        zeroshot_attribute=zeroshot_attribute, degradation_kind=degradation_kind,
     )
 
 

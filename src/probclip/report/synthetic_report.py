@@ -45,7 +45,7 @@ def _plot_degradation(path: Path, eval_set, details: dict) -> None:
     groups = [u[levels == k] for k in range(int(levels.max()) + 1)]
     fig, ax = plt.subplots(figsize=(5, 3.4))
     ax.boxplot(groups, positions=range(len(groups)), showfliers=False)
-    ax.set_xlabel("image degradation level (0 = clean, 4 = strongest noise)")
+    ax.set_xlabel(f"image degradation level (0 = clean, 4 = strongest {eval_set.degradation_kind})")
     ax.set_ylabel("image uncertainty")
     ax.set_title("Image uncertainty vs degradation")
     fig.tight_layout()
@@ -144,7 +144,7 @@ def write_report(out_dir: str | Path, metrics: dict, eval_set, details: dict, ba
     _plot_examples(plots / "example_retrievals.png", eval_set, details)
     figures = [
         ("uncertainty_vs_specificity.png", "Text uncertainty per caption level: general captions should be more uncertain."),
-        ("uncertainty_vs_degradation.png", "Image uncertainty per degradation level: noisier images should be more uncertain."),
+        ("uncertainty_vs_degradation.png", "Image uncertainty per degradation level: more degraded images should be more uncertain."),
         ("uncertainty_binned_accuracy.png", "Accuracy per image-uncertainty bin (10 equal bins)."),
         ("example_retrievals.png", "Text-to-image retrieval (ProLIP, CSD ranking): top 5 images per query caption, "
                                    "with their uncertainty; 'true' marks images of which the caption is true."),
