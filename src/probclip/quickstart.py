@@ -35,8 +35,8 @@ __all__ = [
 
 #: Seconds one training step is assumed to take, per model (batch 128, one CPU thread, a 2-core machine; the ProLIP
 #: step encodes its masked views too).
-ASSUMED_PROLIP_STEP_SECONDS = 0.18
-ASSUMED_SIGLIP_STEP_SECONDS = 0.12
+ASSUMED_PROLIP_STEP_SECONDS = 0.22
+ASSUMED_SIGLIP_STEP_SECONDS = 0.13
 #: Seconds of one step of both models together.
 ASSUMED_STEP_SECONDS = ASSUMED_PROLIP_STEP_SECONDS + ASSUMED_SIGLIP_STEP_SECONDS
 #: Seconds set aside for data, evaluation of both models and the report.
@@ -54,9 +54,9 @@ TRAIN_CAPTION_LEVELS = (0, 1, 2, 3, 4, 5, 2, 3, 4, 5)
 #: grey and a text view with each word dropped with probability 0.5 (a shorter, more general caption).
 MASKING = {"fraction": 0.5, "image_keep_ratio": 0.5, "image_mask_mode": "grey",
            "text_mask_prob": 0.5, "text_mask_mode": "drop"}
-#: ProLIP loss: the original-in-masked inclusion terms weigh 0.1, with a smooth sigmoid (scale 10) and the test at
-#: eps 0 (as it is used in analyses).
-PROLIP_LOSS = {"inclusion_alpha_occ": 0.1, "inclusion_scale": 10.0, "inclusion_eps": 0.0}
+#: ProLIP loss: the text original-in-masked inclusion term weighs 1.0, the image one 0.01, both with a smooth sigmoid
+#: (scale 10) at the released training's eps (-20, where only the variances enter the test).
+PROLIP_LOSS = {"inclusion_alpha_occ": 0.01, "inclusion_alpha_occ_text": 1.0, "inclusion_scale": 10.0}
 
 
 def steps_for_budget(minutes: float) -> int:
