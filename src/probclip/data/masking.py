@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["TEXT_MASK_MODES", "IMAGE_MASK_MODES", "paint_masked_patches", "num_masked", "num_kept_patches", "sample_keep_patches", "mask_text_tokens"]
+__all__ = ["TEXT_MASK_MODES", "IMAGE_MASK_MODES", "num_masked", "num_kept_patches", "sample_keep_patches",
+           "mask_text_tokens", "paint_masked_patches"]
 
 #: How a masked text token is removed: replaced by the mask token (reference), or dropped from the sequence.
 TEXT_MASK_MODES = ("replace", "drop")
@@ -77,10 +78,11 @@ def mask_text_tokens(tokens: torch.Tensor, mask_prob: float, mask_id: int | None
             "text.mask_id, masking.text_mask_mode: drop, or masking.text_mask_prob: 0"
         )
     draws = torch.rand(tokens.shape, generator=generator).to(tokens.device)
-    masked = (draws < mask_prob) & (tokens != pad_id)
+    content = tokens != pad_id
+    masked = (draws < mask_prob) & content
     if mode == "replace":
         return torch.where(masked, torch.full_like(tokens, mask_id), tokens)
-    kept = ~masked & (tokens != pad_id)
+    kept = content & ~masked
     # Stable sort of "not kept" puts the kept tokens first, in their order.
     order = torch.sort((~kept).to(torch.int8), dim=1, stable=True).indices
     compact = torch.gather(tokens, 1, order)

@@ -95,13 +95,13 @@ def build_step_inputs(batch, *, step: int, seed: int, rank: int, device: torch.d
                     texts.append(mask_text_tokens(tokens[i: i + 1], masking.text_mask_prob, mask_id, pad_id,
                                                   generator, masking.text_mask_mode))
             inputs.masked_index = torch.tensor(chosen, dtype=torch.long, device=device)
-            inputs.keep_patches = torch.cat(keeps).to(device)
+            keep = torch.cat(keeps)
             if masking.image_mask_mode == "grey":
                 if not patch_size or grey is None:
                     raise ValueError("image_mask_mode 'grey' needs the model's patch_size and the normalised grey")
-                inputs.masked_images = paint_masked_patches(images[chosen], inputs.keep_patches.cpu(), patch_size,
-                                                            grey).to(device)
-                inputs.keep_patches = None
+                inputs.masked_images = paint_masked_patches(images[chosen], keep, patch_size, grey).to(device)
+            else:
+                inputs.keep_patches = keep.to(device)
             inputs.masked_tokens = torch.cat(texts).to(device) if texts else None
     non_blocking = device.type == "cuda"
     inputs.images = inputs.images.to(device, non_blocking=non_blocking)
