@@ -61,6 +61,7 @@ def test_saved_model_loads_and_encodes(two_runs):
 
 def test_budget_is_a_fixed_step_count():
     assert steps_for_budget(8) == int((8 * 60 - OVERHEAD_SECONDS) / ASSUMED_STEP_SECONDS)
+    assert steps_for_budget(8) == 2048  # the default run measured in docs/quickstart.md
     assert steps_for_budget(16) > steps_for_budget(8)
     with pytest.raises(ValueError, match="--minutes"):
         steps_for_budget(0)
@@ -69,3 +70,12 @@ def test_budget_is_a_fixed_step_count():
 def test_bad_arguments_exit_with_status_2(capsys, tmp_path):
     assert main(["--out", str(tmp_path), "--steps", "0"]) == 2
     assert "--steps must be >= 1" in capsys.readouterr().err
+
+
+def test_a_slow_machine_is_told_that_the_run_takes_longer(capsys):
+    from probclip.quickstart import _warn_if_slow
+
+    _warn_if_slow("prolip", 100 * ASSUMED_PROLIP_STEP_SECONDS, 100)
+    assert capsys.readouterr().out == ""
+    _warn_if_slow("siglip", 100 * 2 * ASSUMED_SIGLIP_STEP_SECONDS, 100)
+    assert "siglip steps took" in capsys.readouterr().out
