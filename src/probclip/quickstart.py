@@ -38,8 +38,10 @@ __all__ = [
 #: 0.068 s; the assumed values leave about 7% of margin.
 ASSUMED_PROLIP_STEP_SECONDS = 0.13
 ASSUMED_SIGLIP_STEP_SECONDS = 0.075
+#: Assumed seconds of one step, by objective.
+ASSUMED_STEP_SECONDS_BY_OBJECTIVE = {"prolip": ASSUMED_PROLIP_STEP_SECONDS, "siglip": ASSUMED_SIGLIP_STEP_SECONDS}
 #: Seconds of one step of both models together.
-ASSUMED_STEP_SECONDS = ASSUMED_PROLIP_STEP_SECONDS + ASSUMED_SIGLIP_STEP_SECONDS
+ASSUMED_STEP_SECONDS = sum(ASSUMED_STEP_SECONDS_BY_OBJECTIVE.values())
 #: Seconds set aside for data, evaluation of both models and the report.
 OVERHEAD_SECONDS = 60.0
 DEFAULT_MINUTES = 8.0
@@ -118,11 +120,18 @@ def _say(message: str) -> None:
 def _warn_if_slow(objective: str, seconds: float, steps: int) -> None:
     """Say so when this machine's steps took much longer than the budget assumes (the run then takes longer than
     ``--minutes``; its results do not change)."""
-    assumed = ASSUMED_PROLIP_STEP_SECONDS if objective == "prolip" else ASSUMED_SIGLIP_STEP_SECONDS
-    measured = seconds / max(steps, 1)
-    if steps >= 20 and measured > SLOW_MACHINE_FACTOR * assumed:
+    if steps < 20:  # too few steps to say
+        return
+    assumed, measured = ASSUMED_STEP_SECONDS_BY_OBJECTIVE[objective], seconds / steps
+    if measured > SLOW_MACHINE_FACTOR * assumed:
         _say(f"note: {objective} steps took {measured:.3f} s here, {measured / assumed:.1f}x the {assumed:.3f} s the "
              "budget assumes (a slower or busy CPU); the run takes longer than --minutes, with the same results")
+
+
+def _train_summary(objective: str, result) -> dict:
+    """``train`` of metrics.json: the budgeted seconds (steps x assumed step seconds), samples and steps."""
+    return {"seconds": round(result.steps * ASSUMED_STEP_SECONDS_BY_OBJECTIVE[objective], 6),
+            "samples": result.samples, "steps": result.steps}
 
 
 def run_quickstart(out_dir: str | Path, steps: int, seed: int = 0, threads: int = 1) -> dict:
@@ -157,15 +166,12 @@ def run_quickstart(out_dir: str | Path, steps: int, seed: int = 0, threads: int 
     prolip_model, prolip_metrics, prolip_details, prolip_result = results["prolip"]
     _, baseline_metrics, baseline_details, baseline_result = results["siglip"]
     metrics = _nest(prolip_metrics)
-    metrics["train"] = {"seconds": round(prolip_result.steps * ASSUMED_PROLIP_STEP_SECONDS, 6),
-                        "samples": prolip_result.samples, "steps": prolip_result.steps}
+    metrics["train"] = _train_summary("prolip", prolip_result)
     metrics["baseline"] = _nest(baseline_metrics)
-    metrics["baseline"]["train"] = {"seconds": round(baseline_result.steps * ASSUMED_SIGLIP_STEP_SECONDS, 6),
-                                    "samples": baseline_result.samples, "steps": baseline_result.steps}
+    metrics["baseline"]["train"] = _train_summary("siglip", baseline_result)
     metrics["config"] = {"seed": seed, "steps_per_model": steps, "batch_size": BATCH_SIZE,
                          "model": "ProLIP-Tiny-Word",
-                         "assumed_step_seconds": {"prolip": ASSUMED_PROLIP_STEP_SECONDS,
-                                                  "siglip": ASSUMED_SIGLIP_STEP_SECONDS},
+                         "assumed_step_seconds": dict(ASSUMED_STEP_SECONDS_BY_OBJECTIVE),
                          "degradation_kind": EVAL_DEGRADATION_KIND}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
     prolip_model.save_pretrained(out / "model")
