@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import re
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from PIL import Image
 from torch import nn
@@ -36,28 +33,23 @@ from ..train.distributed import barrier, init_distributed
 from ..transforms import ToRGB, image_transform
 from .inputs import CollectionInputs, image_source, list_inputs
 from .layout import (
-    FORMAT,
-    FORMAT_VERSION,
     MANIFEST_NAME,
-    PREFIXES,
-    emb_path,
-    logvar_path,
-    metadata_path,
     write_json_atomic,
-    write_manifest,
 )
 from .model_id import model_record
+from .writer import (
+    PROGRESS_DIR,
+    merge_manifest,
+    shard_done,
+    shard_ranges,
+    write_shard,
+)
 
-__all__ = ["DEFAULT_SHARD_ROWS", "MAX_NAMED_SKIPS", "default_num_workers", "embed_collection", "load_model"]
+__all__ = ["DEFAULT_SHARD_ROWS", "default_num_workers", "embed_collection", "load_model"]
 
 DEFAULT_SHARD_ROWS = 50_000
-#: Skipped inputs named in the manifest per modality (all of them are counted).
-MAX_NAMED_SKIPS = 1000
-PROGRESS_DIR = ".progress"
 DTYPES = ("float16", "float32")
 MODALITY_CHOICES = ("both", "image", "text")
-METADATA_SCHEMA = pa.schema([("row_id", pa.int64()), ("source", pa.string()), ("caption", pa.string()),
-                             ("u", pa.float32()), ("offset", pa.int64()), ("size", pa.int64())])
 
 
 def default_num_workers() -> int:
@@ -102,56 +94,6 @@ class _ImageRows(torch.utils.data.Dataset):
             return torch.zeros(3, self.size, self.size), message
 
 
-def _shard_ranges(n: int, shard_rows: int) -> list[tuple[int, int]]:
-    return [(s * shard_rows, min(n, (s + 1) * shard_rows)) for s in range(math.ceil(n / shard_rows))]
-
-
-def _done_path(out: Path, modality: str, shard: int) -> Path:
-    return out / PROGRESS_DIR / f"{modality}_{shard}.json"
-
-
-def _shard_done(out: Path, modality: str, shard: int) -> bool:
-    return (_done_path(out, modality, shard).is_file() and emb_path(out, modality, shard).is_file()
-            and logvar_path(out, modality, shard).is_file() and metadata_path(out, modality, shard).is_file())
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        np.save(handle, array)
-    os.replace(tmp, path)
-
-
-def _save_parquet(path: Path, table: pa.Table) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
-def _write_shard(out: Path, modality: str, shard: int, first_row: int, mean: np.ndarray, logvar: np.ndarray,
-                 ok: np.ndarray, sources: list[str], captions: list[str | None], offsets: list[int],
-                 sizes: list[int], errors: list[str], dtype: str) -> None:
-    """Write one shard's kept rows (``ok``), then its done-record naming the skipped ones."""
-    keep = np.nonzero(ok)[0]
-    mean, logvar = mean[keep], logvar[keep]
-    u = np.exp(logvar.astype(np.float64)).sum(-1).astype(np.float32)
-    _save_npy(emb_path(out, modality, shard), mean.astype(dtype))
-    _save_npy(logvar_path(out, modality, shard), logvar.astype(dtype))
-    table = pa.table({
-        "row_id": pa.array(first_row + np.arange(keep.size, dtype=np.int64)),
-        "source": pa.array([sources[i] for i in keep], pa.string()),
-        "caption": pa.array([captions[i] for i in keep], pa.string()),
-        "u": pa.array(u),
-        "offset": pa.array([offsets[i] for i in keep], pa.int64()),
-        "size": pa.array([sizes[i] for i in keep], pa.int64()),
-    }, schema=METADATA_SCHEMA)
-    _save_parquet(metadata_path(out, modality, shard), table)
-    skipped = [{"source": sources[i], "error": errors[i]} for i in np.nonzero(~ok)[0]]
-    write_json_atomic(_done_path(out, modality, shard), {"rows": int(keep.size), "skipped": skipped})
-
-
 def _item_fields(item: ImageItem) -> tuple[int, int]:
     return (-1, -1) if item.offset is None else (int(item.offset), int(item.size))
 
@@ -183,7 +125,7 @@ def _embed_images(model, inputs: CollectionInputs, out: Path, shards: list[int],
             items = inputs.images[start:stop]
             fields = [_item_fields(i) for i in items]
             ok = np.array([not e for e in errs])
-            _write_shard(out, "image", s, start, np.concatenate(means), np.concatenate(logvars), ok,
+            write_shard(out, "image", s, start, np.concatenate(means), np.concatenate(logvars), ok,
                          [image_source(i) for i in items], inputs.image_captions[start:stop],
                          [f[0] for f in fields], [f[1] for f in fields], errs, dtype)
             del pending[s]
@@ -204,37 +146,8 @@ def _embed_texts(model, inputs: CollectionInputs, out: Path, shards: list[int], 
             logvars.append(emb.logvar.float().cpu().numpy())
             bar.update(len(texts[b:b + batch_size]))
         n = len(texts)
-        _write_shard(out, "text", s, start, np.concatenate(means), np.concatenate(logvars), np.ones(n, bool),
+        write_shard(out, "text", s, start, np.concatenate(means), np.concatenate(logvars), np.ones(n, bool),
                      [t.source for t in texts], [t.text for t in texts], [-1] * n, [-1] * n, [""] * n, dtype)
-
-
-def _merge_manifest(out: Path, job: dict, record: dict, counts: dict[str, int], shard_rows: int) -> dict:
-    """Rank 0: read every shard's done-record, fix row ids after skipped rows, write ``manifest.json``."""
-    modalities = {}
-    for modality, n in counts.items():
-        shards, skipped, first_row = [], [], 0
-        for s, _ in enumerate(_shard_ranges(n, shard_rows)):
-            path = _done_path(out, modality, s)
-            if not _shard_done(out, modality, s):
-                raise InputError(f"{modality} shard {s} of {out} is not finished ({path} missing); "
-                                 "rerun the same command to finish it")
-            done = json.loads(path.read_text(encoding="utf-8"))
-            meta = metadata_path(out, modality, s)
-            table = pq.read_table(meta)
-            if table.num_rows and table.column("row_id")[0].as_py() != first_row:
-                ids = pa.array(first_row + np.arange(table.num_rows, dtype=np.int64))
-                _save_parquet(meta, table.set_column(0, "row_id", ids))
-            shards.append({"index": s, "first_row": first_row, "rows": int(done["rows"])})
-            skipped.extend(done["skipped"])
-            first_row += int(done["rows"])
-        modalities[modality] = {"rows": first_row, "inputs": n, "shards": shards, "skipped": len(skipped),
-                                "skipped_inputs": skipped[:MAX_NAMED_SKIPS]}
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": record, "dtype": job["dtype"],
-                "shard_rows": shard_rows, "job": job, "modalities": modalities, "indexes": {},
-                "layout": {m: {"emb": f"{PREFIXES[m]}_emb", "logvar": f"{PREFIXES[m]}_logvar",
-                               "metadata": "metadata"} for m in counts}}
-    write_manifest(out, manifest)
-    return manifest
 
 
 def _check_job(out: Path, job: dict) -> None:
@@ -302,8 +215,8 @@ def embed_collection(model: nn.Module | str, data: str | Path, out_dir: str | Pa
     barrier()
     if not dist.is_main:
         _check_job(out, job)
-    ranges = {m: _shard_ranges(n, shard_rows) for m, n in counts.items()}
-    mine = {m: [s for s in range(len(r)) if s % dist.world_size == dist.rank and not _shard_done(out, m, s)]
+    ranges = {m: shard_ranges(n, shard_rows) for m, n in counts.items()}
+    mine = {m: [s for s in range(len(r)) if s % dist.world_size == dist.rank and not shard_done(out, m, s)]
             for m, r in ranges.items()}
     total = sum(ranges[m][s][1] - ranges[m][s][0] for m in mine for s in mine[m])
     with tqdm(total=total, desc="embedding", unit="row", disable=not (progress and dist.is_main)) as bar:
@@ -313,6 +226,6 @@ def embed_collection(model: nn.Module | str, data: str | Path, out_dir: str | Pa
             _embed_texts(model, inputs, out, mine["text"], ranges["text"], batch_size, dtype, bar)
     barrier()
     if dist.is_main:
-        _merge_manifest(out, job, record, counts, shard_rows)
+        merge_manifest(out, job, record, counts, shard_rows)
     barrier()
     return out
