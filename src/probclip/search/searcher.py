@@ -26,6 +26,7 @@ from ..tokenizers import get_tokenizer
 from ..transforms import ToRGB, image_transform
 from .embed import load_model
 from .layout import StoredRows, check_modality, read_manifest
+from .milvus import MilvusSearcher
 from .model_id import model_fingerprint
 from .results import HIGHER_IS_BETTER, SCORES, SearchResults
 from .vectors import augment_query, inclusion_query_weights
@@ -207,8 +208,6 @@ class SearchIndex:
 
     def _milvus_searcher(self):
         if self._milvus is None:
-            from .milvus import MilvusSearcher  # optional dependency (pymilvus)
-
             self._milvus = MilvusSearcher(self.entry["uri"], self.entry["collection"])
         return self._milvus
 
