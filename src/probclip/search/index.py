@@ -147,10 +147,10 @@ def _build_csd(stored: StoredRows, kind: str, path: Path, code_size: int, bar) -
         index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         params.update(m=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION, ef_search=HNSW_EF_SEARCH)
     else:
-        code = code_size or PQ_CODE_SIZES[0]
+        code = max(1, min(code_size or PQ_CODE_SIZES[0], dim // 4))  # at least 4 dimensions per sub-quantizer
         padded = math.ceil(dim / code) * code
         nlist = max(1, min(int(4 * math.sqrt(stored.rows)), stored.rows // 39))
-        bits = 8 if stored.rows >= 256 * 39 else max(4, int(math.log2(max(16, stored.rows // 39))))
+        bits = 8 if stored.rows >= 256 * 39 else 4  # 8-bit codebooks need about 10k training rows
         index = faiss.index_factory(padded, f"IVF{nlist},PQ{code}x{bits}")
         train = _sample_rows(stored, max(256 * 64, 64 * nlist))
         index.train(np.pad(train, ((0, 0), (0, padded - dim))))

@@ -58,10 +58,10 @@ class SearchIndex:
 
     def __init__(self, root: Path, manifest: dict, modality: str, model=None):
         self.root, self.manifest, self.modality = root, manifest, modality
+        self.stored = StoredRows(root, manifest, modality)
         entry = manifest.get("indexes", {}).get(modality)
         if not entry:
             raise InputError(f"collection {str(root)!r} has no {modality} index; run `probclip index {root}` first")
-        self.stored = StoredRows(root, manifest, modality)
         if int(entry.get("rows", -1)) != self.stored.rows:
             raise InputError(f"the {modality} index of {str(root)!r} covers {entry.get('rows')} rows, the collection "
                              f"{self.stored.rows}; rebuild it with `probclip index {root}`")
