@@ -106,8 +106,7 @@ def test_uncertainty_filter_keeps_only_low_u_items(tmp_path):
         ref[g_u > np.float32(bound)] = np.inf
         np.testing.assert_array_equal(res.ids, brute_topk(ref, 8, higher=False))
     res = index.search(query[0], k=5, max_uncertainty=float(np.sort(g_u)[2]))[0]
-    assert res.ids.tolist() == sorted(np.argsort(g_u, kind="stable")[:3].tolist(), key=lambda i: res.ids.tolist().index(i))
-    assert len(res) == 3
+    assert len(res) == 3 and set(res.ids.tolist()) == set(np.argsort(g_u)[:3].tolist())
 
 
 def test_bad_queries_and_options_are_user_errors(tmp_path):
