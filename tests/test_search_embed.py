@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 import probclip
+from probclip.cli import main as cli_main
 from probclip.errors import InputError, UsageError
 from probclip.search import SearchIndex, build_index, embed_collection
 
@@ -153,10 +154,18 @@ def _embed_cmd(model_dir, data, out, *extra) -> list[str]:
             "--shard-rows", "3", "--batch-size", "3", "--num-workers", "0", "--no-progress", *extra]
 
 
+def _reference_run(model_dir, data, out) -> None:
+    """The same job in this process, on one thread like the subprocesses (OMP_NUM_THREADS=1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        embed_collection(str(model_dir), data, out, shard_rows=3, batch_size=3, num_workers=0, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_sigkill_and_restart_equals_uninterrupted_run(tmp_path, model_dir, folder):
-    reference = subprocess.run([PYTHON, *_embed_cmd(model_dir, folder, tmp_path / "ref")], env=ENV,
-                               capture_output=True, text=True, timeout=300)
-    assert reference.returncode == 0, reference.stderr[-2000:]
+    _reference_run(model_dir, folder, tmp_path / "ref")
     killed_out = tmp_path / "killed"
     process = subprocess.Popen([PYTHON, *_embed_cmd(model_dir, folder, killed_out)], env=ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -174,15 +183,13 @@ def test_sigkill_and_restart_equals_uninterrupted_run(tmp_path, model_dir, folde
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "image: 23 rows in 8 shards, 1 skipped" in resumed.stdout
     assert _arrays(killed_out) == _arrays(tmp_path / "ref")
-    again = subprocess.run([PYTHON, *_embed_cmd(model_dir, folder, killed_out, "--dtype", "float32")], env=ENV,
-                           capture_output=True, text=True, timeout=300)
-    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "differs in ['dtype']" in again.stderr
+    with pytest.raises(UsageError, match=r"holds a different embedding job \(differs in \['dtype'\]\)"):
+        embed_collection(str(model_dir), folder, tmp_path / "ref", shard_rows=3, batch_size=3, num_workers=0,
+                         dtype="float32", progress=False)
 
 
 def test_torchrun_two_gloo_processes_equal_one(tmp_path, model_dir, folder):
-    one = subprocess.run([PYTHON, *_embed_cmd(model_dir, folder, tmp_path / "one")], env=ENV,
-                         capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-2000:]
+    _reference_run(model_dir, folder, tmp_path / "one")
     torchrun = Path(PYTHON).with_name("torchrun")
     two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2",
                           *_embed_cmd(model_dir, folder, tmp_path / "two")], env=ENV, capture_output=True, text=True,
@@ -193,36 +200,40 @@ def test_torchrun_two_gloo_processes_equal_one(tmp_path, model_dir, folder):
     assert manifest["modalities"]["image"]["skipped"] == 1 and manifest["modalities"]["image"]["rows"] == 23
 
 
-def test_index_and_search_commands(tmp_path, model_dir, folder):
+def _cli(capsys, *argv) -> tuple[int, str, str]:
+    code = cli_main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_index_and_search_commands(tmp_path, model_dir, folder, capsys):
     out = tmp_path / "c"
-    embed = subprocess.run([PYTHON, *_embed_cmd(model_dir, folder, out)], env=ENV, capture_output=True, text=True,
-                           timeout=300)
-    assert embed.returncode == 0, embed.stderr[-2000:]
-    cli = [PYTHON, "-m", "probclip.cli"]
-    index = subprocess.run([*cli, "index", str(out), "--kind", "flat", "--no-progress"], env=ENV,
-                           capture_output=True, text=True, timeout=300)
-    assert index.returncode == 0 and "image: flat index of 23 rows" in index.stdout, index.stderr[-2000:]
-    table = subprocess.run([*cli, "search", str(out), "--text", "picture number 3", "--k", "4"], env=ENV,
-                           capture_output=True, text=True, timeout=300)
-    assert table.returncode == 0, table.stderr[-2000:]
-    lines = table.stdout.splitlines()
-    assert lines[0].startswith("c/image: 23 rows, flat index") and "rank" in lines[3]
+    code, stdout, _ = _cli(capsys, "embed", "--model", str(model_dir), "--data", str(folder), "--out", str(out),
+                           "--shard-rows", "3", "--num-workers", "0", "--no-progress")
+    assert code == 0 and "image: 23 rows in 8 shards, 1 skipped" in stdout and "im10.png" in stdout
+    code, stdout, _ = _cli(capsys, "index", str(out), "--kind", "flat", "--no-progress")
+    assert code == 0 and "image: flat index of 23 rows" in stdout
+    code, stdout, _ = _cli(capsys, "search", str(out), "--text", "picture number 3", "--k", "4")
+    lines = stdout.splitlines()
+    assert code == 0 and lines[0].startswith("c/image: 23 rows, flat index") and "rank" in lines[3]
     assert len(lines) == 8 and lines[4].split()[0] == "1"
-    as_json = subprocess.run([*cli, "search", str(out), "--image", str(folder / "im03.png"), "--k", "3",
-                              "--score", "included", "--json"], env=ENV, capture_output=True, text=True, timeout=300)
-    result = json.loads(as_json.stdout)
+    code, stdout, _ = _cli(capsys, "search", str(out), "--image", str(folder / "im03.png"), "--k", "3",
+                           "--score", "included", "--json")
+    result = json.loads(stdout)
     assert result["index"] == "c/text" and result["score"] == "included" and len(result["results"]) == 3
     api = SearchIndex.load(out, "text")
-    expected = api.search(api.encode(_image(3)), k=3, score="included")[0]
+    expected = api.search(api.encode(probclip.load_image(folder / "im03.png")), k=3, score="included")[0]
     assert [r["row_id"] for r in result["results"]] == expected.ids.tolist()
     # bad inputs: one line on stderr, the right exit status
     (out / "img_emb" / "img_emb_2.npy").write_bytes(b"\x93NUMPY")
-    bad = subprocess.run([*cli, "search", str(out), "--image", str(folder / "im03.png"), "--modality", "image"],
-                         env=ENV, capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "img_emb_2.npy is truncated" in bad.stderr
-    missing = subprocess.run([*cli, "search", str(out), "--image", str(tmp_path / "nope.png")], env=ENV,
-                             capture_output=True, text=True, timeout=300)
-    assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "nope.png" in missing.stderr
+    code, _, err = _cli(capsys, "search", str(out), "--image", str(folder / "im03.png"), "--modality", "image")
+    assert code == 1 and err.count("\n") == 1 and "img_emb_2.npy is truncated" in err
+    code, _, err = _cli(capsys, "search", str(out), "--image", str(tmp_path / "nope.png"))
+    assert code == 1 and err.count("\n") == 1 and "nope.png" in err
+    code, _, err = _cli(capsys, "index", str(tmp_path / "nowhere"))
+    assert code == 1 and err.count("\n") == 1 and "does not exist" in err
+    code, _, err = _cli(capsys, "index", str(out), "--memory-budget", "lots")
+    assert code == 2 and err.count("\n") == 1 and "'lots'" in err
     torch.manual_seed(1)
     other = probclip.create_model("ProLIP-Tiny")
     with pytest.raises(UsageError, match="fingerprint .* differs from the collection's"):
