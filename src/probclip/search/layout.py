@@ -143,6 +143,7 @@ class StoredRows:
         self._means: dict[int, np.ndarray] = {}
         self._logvars: dict[int, np.ndarray] = {}
         self._u: np.ndarray | None = None
+        self._tables: dict = {}
 
     # ------------------------------------------------------------------ shard files
     def _open(self, path: Path, rows: int) -> np.ndarray:
@@ -230,6 +231,8 @@ class StoredRows:
 
     def read_metadata(self, k: int, columns: list[str] | None = None):
         """The k-th non-empty shard's metadata as a ``pyarrow.Table``."""
+        if columns is None and k in self._tables:
+            return self._tables[k]
         path = metadata_path(self.root, self.modality, self.shards[k].index)
         if not path.is_file():
             raise InputError(f"metadata shard {path} is missing from collection {str(self.root)!r}")
@@ -240,6 +243,8 @@ class StoredRows:
         if table.num_rows != self.shards[k].rows:
             raise InputError(f"metadata shard {path} holds {table.num_rows} rows, the manifest "
                              f"{self.shards[k].rows}; rerun `probclip embed`")
+        if columns is None:
+            self._tables[k] = table  # memory-mapped: kept open so that result metadata costs no re-read
         return table
 
     def metadata(self, ids) -> list[dict]:
