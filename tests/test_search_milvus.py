@@ -11,7 +11,6 @@ from probclip.search import SearchIndex, build_index
 
 pytest.importorskip("pymilvus", reason="the Milvus backend is the optional extra probclip[milvus]")
 
-
 def test_milvus_lite_returns_the_flat_index_top_k(tmp_path):
     path, _, _ = make_collection(tmp_path / "c", n=700, shard_rows=256, duplicates=20)
     build_index(path, kind="flat", progress=False)
