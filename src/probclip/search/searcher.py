@@ -313,9 +313,12 @@ class SearchIndex:
                                     or [np.zeros(0)])
             top_ids, top_scores = _top(scores, ids, k, higher)
             out.append(SearchResults(ids=top_ids.astype(np.int64), scores=top_scores.astype(np.float32),
-                                     uncertainty=self.stored.u[top_ids].astype(np.float32),
-                                     metadata=self.metadata(top_ids), score=score, higher_is_better=higher,
-                                     exact=exact))
+                                     uncertainty=self.stored.u[top_ids].astype(np.float32), metadata=[],
+                                     score=score, higher_is_better=higher, exact=exact))
+        metadata = self.metadata(np.concatenate([r.ids for r in out]))  # one read for every query's results
+        start = 0
+        for r in out:
+            r.metadata, start = metadata[start: start + len(r)], start + len(r)
         return out
 
     # ------------------------------------------------------------------------------------------------ rows
