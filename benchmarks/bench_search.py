@@ -79,7 +79,7 @@ def timed(fn, repeats: int = 3) -> float:
 
 
 def recall(found: list, truth: list) -> float:
-    return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / len(b) for a, b in zip(found, truth)]))
+    return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / len(b) for a, b in zip(found, truth, strict=False)]))
 
 
 def part_flat(work: Path, n: int, dim: int, q: int) -> dict:
@@ -128,7 +128,7 @@ def _inclusion_compare(label: str, index: SearchIndex, query: probclip.ProbEmbed
     gallery = index.stored.embedding(np.arange(index.rows))
     results = {}
     for direction in ("includes", "included"):
-        def brute():
+        def brute(direction=direction):
             if direction == "includes":
                 return probclip.inclusion_score(gallery, query).T  # [Q, N]: item in query
             return probclip.inclusion_score(query, gallery)
