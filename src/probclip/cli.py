@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "eval": ("probclip.eval.cli", "evaluate a model on a task (zero-shot, retrieval, ...)"),
     "synth": ("probclip.data.synthetic_cli", "generate the synthetic world or write it as webdataset shards"),
     "models": ("probclip.models.cli", "list the registered model configurations"),
+    "serve": ("probclip.serve.cli", "serve indexed collections over HTTP: search API, metrics and a web page"),
 }
 
 
