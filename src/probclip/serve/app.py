@@ -359,7 +359,10 @@ def create_app(indexes: Mapping[str, Any] | Iterable[Any], api_key: str | None =
         kind, query, described = await service.query_of(req, index, image)
         params = SearchParams(k=req.k, score=req.score, max_uncertainty=req.max_uncertainty,
                               uncertainty_quantile=req.uncertainty_quantile)
-        results = await batcher.search(index, kind, query, params)
+        batcher.start()  # idempotent: also serves apps driven without their lifespan (ASGI test transports)
+        answer = await batcher.search(index, kind, query, params)
+        results = answer.results
+        described.setdefault("uncertainty", answer.query_uncertainty)
         metrics.search_queries.inc(index.name, kind)
         return SearchResponse(index=index.name, modality=index.modality, query=described, score=results.score,
                               higher_is_better=bool(results.higher_is_better), exact=bool(results.exact),
@@ -390,8 +393,7 @@ def create_app(indexes: Mapping[str, Any] | Iterable[Any], api_key: str | None =
         idx = service.index(index)
         row = service.row_id(idx, row_id)
         meta = (await run_in_threadpool(idx.metadata, [row]))[0]
-        emb = await run_in_threadpool(idx.embedding, [row])
-        u = float(emb.uncertainty.reshape(-1)[0])
+        u = float(meta["u"])
         scale = service.scales[idx.name]
         await scale.ready()
         return ItemInfo(index=idx.name, row_id=row, uncertainty=u, uncertainty_percentile=scale.percentile(u),

@@ -22,7 +22,7 @@ import torch
 
 from ..embedding import ProbEmbedding
 
-__all__ = ["SearchParams", "SearchBatcher", "QUERY_KINDS"]
+__all__ = ["SearchParams", "SearchBatcher", "BatchAnswer", "QUERY_KINDS"]
 
 #: The kinds of query the batcher groups: texts are encoded together, images together, embeddings stacked.
 QUERY_KINDS = ("text", "image", "embedding")
@@ -40,6 +40,14 @@ class SearchParams:
     def as_kwargs(self) -> dict:
         return {"k": self.k, "score": self.score, "max_uncertainty": self.max_uncertainty,
                 "uncertainty_quantile": self.uncertainty_quantile}
+
+
+@dataclass(frozen=True)
+class BatchAnswer:
+    """What a request gets back: its ``SearchResults`` and its query's uncertainty ``u`` (sum of variances)."""
+
+    results: Any
+    query_uncertainty: float
 
 
 @dataclass
@@ -83,6 +91,9 @@ class SearchBatcher:
         max_batch: the most queries taken from the queue for one round (all groups together).
         max_wait_s: seconds the worker waits after the first query of a round for others to arrive.
         on_batch: optional callback ``(index_name, batch_size, seconds)`` after each grouped call (metrics).
+
+    The index must offer ``encode(query) -> ProbEmbedding [Q, D]`` and ``search(embedding, **params)``
+    (``probclip.search.SearchIndex``).
     """
 
     def __init__(self, max_batch: int = 64, max_wait_s: float = 0.002,
@@ -120,7 +131,7 @@ class SearchBatcher:
 
     # ------------------------------------------------------------------ requests
     async def search(self, index: Any, kind: str, query: Any, params: SearchParams) -> Any:
-        """Queue one query and wait for its ``SearchResults`` (the worker does the work, never the event loop).
+        """Queue one query and wait for its :class:`BatchAnswer` (the worker does the work, never the event loop).
 
         ``kind`` is ``"text"`` (a str), ``"image"`` (a PIL image) or ``"embedding"`` (a ``ProbEmbedding`` of
         shape ``[D]`` or ``[1, D]``). Errors raised by the search are raised here.
@@ -167,9 +178,13 @@ class SearchBatcher:
         index, kind, params = items[0].index, items[0].kind, items[0].params
         start = time.perf_counter()
         try:
-            results = index.search(_stack(kind, [it.query for it in items]), **params.as_kwargs())
+            # Encode the group once (one model call), then search with the embeddings: the requests also learn
+            # their query's own uncertainty.
+            queries = index.encode(_stack(kind, [it.query for it in items]))
+            results = index.search(queries, **params.as_kwargs())
             if len(results) != len(items):
                 raise RuntimeError(f"index.search returned {len(results)} results for {len(items)} queries")
+            query_u = queries.uncertainty.reshape(-1).tolist()
         except Exception as err:  # noqa: BLE001 - handed to the waiting requests, never swallowed
             if len(items) > 1:  # find the query at fault: run each one alone so the others still get answers
                 for item in items:
@@ -179,5 +194,5 @@ class SearchBatcher:
             return
         if self.on_batch is not None:
             self.on_batch(getattr(index, "name", "?"), len(items), time.perf_counter() - start)
-        for item, result in zip(items, results, strict=True):
-            _deliver(item, result, None)
+        for item, result, u in zip(items, results, query_u, strict=True):
+            _deliver(item, BatchAnswer(result, float(u)), None)

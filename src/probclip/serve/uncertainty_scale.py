@@ -31,8 +31,8 @@ class UncertaintyScale:
     def _read(self) -> np.ndarray:
         rows = self.index.rows
         ids = np.unique(np.linspace(0, rows - 1, num=min(rows, self.sample_rows)).round().astype(np.int64))
-        emb = self.index.embedding(ids.tolist())
-        return np.sort(emb.uncertainty.reshape(-1).double().numpy())
+        # The stored u (computed from float32 log-variances before storage), as search results report it.
+        return np.sort(np.array([float(m["u"]) for m in self.index.metadata(ids.tolist())], dtype=np.float64))
 
     async def ready(self) -> None:
         """Read the sample if not done yet (off the event loop)."""
