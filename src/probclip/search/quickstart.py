@@ -9,8 +9,8 @@ import csv
 import json
 from pathlib import Path
 
-from ..data.synthetic import render_scene
-from ..data.synthetic_eval import build_evaluation_set
+from ..synthetic.world import render_scene
+from ..synthetic.evaluation import build_evaluation_set
 from ..errors import InputError
 from .embed import embed_collection
 from .index import build_index
