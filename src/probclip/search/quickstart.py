@@ -9,9 +9,9 @@ import csv
 import json
 from pathlib import Path
 
-from ..synthetic.world import render_scene
-from ..synthetic.evaluation import build_evaluation_set
 from ..errors import InputError
+from ..synthetic.evaluation import build_evaluation_set
+from ..synthetic.world import render_scene
 from .embed import embed_collection
 from .index import build_index
 from .layout import MANIFEST_NAME, read_manifest
