@@ -9,7 +9,7 @@ let requestSeq = 0;
 function fmt(x, digits = 4) {
   if (x === null || x === undefined || Number.isNaN(x)) return "–";
   const a = Math.abs(x);
-  return a !== 0 && (a < 1e-3 || a >= 1e5) ? x.toExponential(2) : x.toFixed(digits);
+  return a !== 0 && (a < 1e-4 || a >= 1e6) ? x.toExponential(digits - 1) : String(Number(x.toPrecision(digits)));
 }
 
 function showError(message) {
@@ -144,7 +144,7 @@ function render(data) {
     if (pct !== null && pct >= 66) fill.classList.add("high"); else if (pct !== null && pct >= 33) fill.classList.add("mid");
     bar.setAttribute("aria-valuenow", String(pct ?? 0));
     bar.title = pct === null ? `u = ${fmt(hit.uncertainty)}` : `u = ${fmt(hit.uncertainty)}: more uncertain than ${pct}% of the index`;
-    card.querySelector(".ulabel").textContent = `uncertainty ${fmt(hit.uncertainty)}${pct === null ? "" : ` · p${pct}`}`;
+    card.querySelector(".ulabel").textContent = `u ${fmt(hit.uncertainty)}${pct === null ? "" : ` · p${pct} of index`}`;
     const open = () => {
       state.item = { index: data.index, row_id: hit.row_id };
       state.text = null; state.file = null; state.score = "csd";
