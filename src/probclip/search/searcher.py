@@ -79,6 +79,7 @@ class SearchIndex:
         self._inclusion_index = None
         self._milvus = None
         self._tables: dict[int, object] = {}
+        self._tokenizer = None
 
     # ------------------------------------------------------------------------------------------------ loading
     @classmethod
@@ -144,7 +145,9 @@ class SearchIndex:
             texts = [query] if isinstance(query, str) else list(query)
             model = self.model
             with torch.inference_mode():
-                emb = model.encode_text(get_tokenizer(model)(texts).to(next(model.parameters()).device))
+                if self._tokenizer is None:  # built once: a BPE tokenizer takes ~0.3 s to build
+                    self._tokenizer = get_tokenizer(model)
+                emb = model.encode_text(self._tokenizer(texts).to(next(model.parameters()).device))
         elif isinstance(query, Image.Image) or (isinstance(query, (list, tuple)) and query
                                                 and all(isinstance(q, Image.Image) for q in query)):
             images = [query] if isinstance(query, Image.Image) else list(query)

@@ -15,6 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import faiss
+import torch
 import uvicorn
 
 from ..errors import ProbclipError, UsageError
@@ -131,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-image-megapixels", type=float, default=40.0,
                         help="largest decoded query image, megapixels, checked before decoding (default 40)")
     parser.add_argument("--max-k", type=int, default=1000, help="largest k a search may ask for (default 1000)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads of the model and the index (torch and FAISS); default 0: their own default. "
+                             "1 is fastest on a machine whose cores are busy with other work")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                         help="uvicorn log level (default info)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars while preparing a collection")
@@ -155,6 +160,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--port must be from 0 to 65535; got {args.port}")
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
     limits = limits_from_args(args)
+    if args.threads < 0:
+        raise UsageError(f"--threads must be >= 0 (0: the libraries' default); got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)
     sock = _bind(args.host, args.port)  # before the slow part, so a busy port fails at once
     try:
         indexes = load_indexes(args.dirs, model=args.model, modality=args.modality, progress=not args.no_progress)

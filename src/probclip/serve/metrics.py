@@ -16,8 +16,8 @@ PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 #: Latency buckets in seconds (upper bounds).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-#: Batch-size buckets (queries per model/index call).
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+#: Batch-size buckets (queries per model/index call): exact up to 8, the usual number of concurrent clients.
+BATCH_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64, 128)
 
 
 def _escape(value: str) -> str:
