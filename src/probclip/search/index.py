@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError, UsageError
 from .layout import MODALITIES, StoredRows, read_manifest, write_manifest
+from .milvus import build_milvus
 from .vectors import augment_gallery, inclusion_item_features
 
 __all__ = [
@@ -126,15 +127,6 @@ class FlatFileWriter:
         return self.path
 
 
-def _chunks(stored: StoredRows):
-    """Yield ``(first_row, means float32 [n, D], logvars float32 [n, D], u float32 [n])`` shard by shard."""
-    u = stored.u
-    for k, shard in enumerate(stored.shards):
-        yield (shard.first_row, np.asarray(stored.means_of_shard(k), dtype=np.float32),
-               np.asarray(stored.logvars_of_shard(k), dtype=np.float32),
-               u[shard.first_row: shard.first_row + shard.rows])
-
-
 def _sample_rows(stored: StoredRows, count: int) -> np.ndarray:
     ids = np.unique(np.linspace(0, stored.rows - 1, num=min(count, stored.rows)).astype(np.int64))
     return augment_gallery(stored.means(ids), stored.u[ids])
@@ -145,7 +137,7 @@ def _build_csd(stored: StoredRows, kind: str, path: Path, code_size: int, bar) -
     params: dict = {"dim": dim}
     if kind == "flat":
         writer = FlatFileWriter(path, dim, "l2")
-        for _, mean, _, u in _chunks(stored):
+        for _, mean, _, u in stored.chunks():
             writer.add(augment_gallery(mean, u))
             bar.update(mean.shape[0])
         writer.close()
@@ -155,16 +147,16 @@ def _build_csd(stored: StoredRows, kind: str, path: Path, code_size: int, bar) -
         index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         params.update(m=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION, ef_search=HNSW_EF_SEARCH)
     else:
-        code = code_size or PQ_CODE_SIZES[0]
+        code = max(1, min(code_size or PQ_CODE_SIZES[0], dim // 4))  # at least 4 dimensions per sub-quantizer
         padded = math.ceil(dim / code) * code
         nlist = max(1, min(int(4 * math.sqrt(stored.rows)), stored.rows // 39))
-        bits = 8 if stored.rows >= 256 * 39 else max(4, int(math.log2(max(16, stored.rows // 39))))
+        bits = 8 if stored.rows >= 256 * 39 else 4  # 8-bit codebooks need about 10k training rows
         index = faiss.index_factory(padded, f"IVF{nlist},PQ{code}x{bits}")
         train = _sample_rows(stored, max(256 * 64, 64 * nlist))
         index.train(np.pad(train, ((0, 0), (0, padded - dim))))
         params.update(pad_to=padded, nlist=nlist, code_size=code, bits=bits,
                       nprobe=max(1, min(nlist, int(math.sqrt(nlist)) * 2)))
-    for _, mean, _, u in _chunks(stored):
+    for _, mean, _, u in stored.chunks():
         vectors = augment_gallery(mean, u)
         if kind == "ivfpq":
             vectors = np.pad(vectors, ((0, 0), (0, params["pad_to"] - dim)))
@@ -178,11 +170,11 @@ def _build_csd(stored: StoredRows, kind: str, path: Path, code_size: int, bar) -
 
 def _build_inclusion(stored: StoredRows, path: Path, variance_path: Path) -> None:
     total = np.zeros(stored.dim, dtype=np.float64)
-    for _, _, logvar, _ in _chunks(stored):
+    for _, _, logvar, _ in stored.chunks():
         total += np.exp(logvar.astype(np.float64)).sum(0)
     np.save(variance_path, (total / stored.rows).astype(np.float32))
     writer = FlatFileWriter(path, 3 * stored.dim + 1, "ip")
-    for _, mean, logvar, _ in _chunks(stored):
+    for _, mean, logvar, _ in stored.chunks():
         writer.add(inclusion_item_features(mean, logvar))
     writer.close()
 
@@ -219,8 +211,6 @@ def build_index(collection_dir: str | Path, *, kind: str = "auto", memory_budget
         entry: dict = {"backend": backend}
         with tqdm(total=stored.rows, desc=f"indexing {modality}", unit="row", disable=not progress) as bar:
             if backend == "milvus":
-                from .milvus import build_milvus  # optional dependency (pymilvus)
-
                 entry.update(build_milvus(stored, uri, root.name, modality))
                 entry["kind"] = "milvus"
             else:

@@ -209,6 +209,14 @@ class StoredRows:
         """The stored rows as a float32 ``ProbEmbedding [len(ids), D]``."""
         return ProbEmbedding(torch.from_numpy(self.means(ids)), torch.from_numpy(self.logvars(ids)))
 
+    def chunks(self):
+        """Yield ``(first_row, means float32 [n, D], logvars float32 [n, D], u float32 [n])`` shard by shard."""
+        u = self.u
+        for k, shard in enumerate(self.shards):
+            yield (shard.first_row, np.asarray(self.means_of_shard(k), dtype=np.float32),
+                   np.asarray(self.logvars_of_shard(k), dtype=np.float32),
+                   u[shard.first_row: shard.first_row + shard.rows])
+
     @property
     def u(self) -> np.ndarray:
         """float32 ``[rows]``: each row's uncertainty ``sum exp(logvar)`` as stored in the metadata."""

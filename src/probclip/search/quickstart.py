@@ -9,9 +9,9 @@ import csv
 import json
 from pathlib import Path
 
-from ..errors import InputError
-from ..synthetic.evaluation import build_evaluation_set
 from ..synthetic.world import render_scene
+from ..synthetic.evaluation import build_evaluation_set
+from ..errors import InputError
 from .embed import embed_collection
 from .index import build_index
 from .layout import MANIFEST_NAME, read_manifest
@@ -25,7 +25,7 @@ QUICKSTART_SCENES = 500
 def write_synthetic_test_split(out_dir: str | Path, seed: int = 0, num_scenes: int = QUICKSTART_SCENES) -> Path:
     """Write the synthetic world's held-out test scenes as PNG files and ``captions.csv`` (image, caption, level).
 
-    Every scene is listed with the captions drawn for it, one per level from general (0) to full scene (5).
+    Every scene is listed with the captions drawn for it, one per level from full scene (5) to general (0).
     Returns the CSV path. Idempotent: an existing ``captions.csv`` is kept.
     """
     out = Path(out_dir)
@@ -38,7 +38,7 @@ def write_synthetic_test_split(out_dir: str | Path, seed: int = 0, num_scenes: i
     for i, (scene, caption_ids) in enumerate(zip(eval_set.scenes, eval_set.image_captions, strict=True)):
         name = f"images/test_{i:05d}.png"
         render_scene(scene).save(out / name)
-        for j in caption_ids:
+        for j in sorted(caption_ids, key=lambda c: -eval_set.captions[c].level):  # full scene first: the image's caption
             rows.append((name, eval_set.captions[j].text, eval_set.captions[j].level))
     tmp = table.with_name(table.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as handle:

@@ -26,6 +26,7 @@ from ..tokenizers import get_tokenizer
 from ..transforms import ToRGB, image_transform
 from .embed import load_model
 from .layout import StoredRows, check_modality, read_manifest
+from .milvus import MilvusSearcher
 from .model_id import model_fingerprint
 from .results import HIGHER_IS_BETTER, SCORES, SearchResults
 from .vectors import augment_query, inclusion_query_weights
@@ -57,10 +58,10 @@ class SearchIndex:
 
     def __init__(self, root: Path, manifest: dict, modality: str, model=None):
         self.root, self.manifest, self.modality = root, manifest, modality
+        self.stored = StoredRows(root, manifest, modality)
         entry = manifest.get("indexes", {}).get(modality)
         if not entry:
             raise InputError(f"collection {str(root)!r} has no {modality} index; run `probclip index {root}` first")
-        self.stored = StoredRows(root, manifest, modality)
         if int(entry.get("rows", -1)) != self.stored.rows:
             raise InputError(f"the {modality} index of {str(root)!r} covers {entry.get('rows')} rows, the collection "
                              f"{self.stored.rows}; rebuild it with `probclip index {root}`")
@@ -210,8 +211,6 @@ class SearchIndex:
 
     def _milvus_searcher(self):
         if self._milvus is None:
-            from .milvus import MilvusSearcher  # optional dependency (pymilvus)
-
             self._milvus = MilvusSearcher(self.entry["uri"], self.entry["collection"])
         return self._milvus
 
