@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +51,8 @@ FORMAT = "probclip-collection"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 MODALITIES = ("image", "text")
+#: Decoded metadata shards kept in memory per modality (50,000 rows each by default).
+METADATA_CACHE_SHARDS = 8
 PREFIXES = {"image": "img", "text": "text"}
 
 
@@ -143,6 +147,8 @@ class StoredRows:
         self._means: dict[int, np.ndarray] = {}
         self._logvars: dict[int, np.ndarray] = {}
         self._u: np.ndarray | None = None
+        self._tables: OrderedDict[int, object] = OrderedDict()  # recently used metadata shards, decoded
+        self._tables_lock = threading.Lock()
 
     # ------------------------------------------------------------------ shard files
     def _open(self, path: Path, rows: int) -> np.ndarray:
@@ -242,13 +248,28 @@ class StoredRows:
                              f"{self.shards[k].rows}; rerun `probclip embed`")
         return table
 
+    def _cached_metadata(self, k: int):
+        """``read_metadata(k)``, kept for the next calls (the ``METADATA_CACHE_SHARDS`` most recently used shards):
+        reading and decoding a Parquet shard costs far more than one query's search."""
+        with self._tables_lock:
+            table = self._tables.get(k)
+            if table is not None:
+                self._tables.move_to_end(k)
+                return table
+        table = self.read_metadata(k)
+        with self._tables_lock:
+            self._tables[k] = table
+            while len(self._tables) > METADATA_CACHE_SHARDS:
+                self._tables.popitem(last=False)
+        return table
+
     def metadata(self, ids) -> list[dict]:
         """One dict per row id (``row_id``, ``source``, ``caption``, ``u``, ``offset``, ``size``), in order."""
         shard, local = self._locate(ids)
         out: list[dict | None] = [None] * shard.size
         for k in np.unique(shard):
             positions = np.nonzero(shard == k)[0]
-            table = self.read_metadata(int(k)).take(local[positions])
+            table = self._cached_metadata(int(k)).take(local[positions])
             for pos, row in zip(positions, table.to_pylist(), strict=False):
                 row["u"] = float(row["u"])
                 out[pos] = row
