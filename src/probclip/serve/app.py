@@ -40,7 +40,7 @@ from .batching import SearchBatcher, SearchParams
 from .limits import ImageTooLargeError, ServiceLimits, decode_image_bytes
 from .metrics import PROMETHEUS_CONTENT_TYPE, ServiceMetrics
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware, RequestTooLargeError
-from .schemas import ErrorBody, IndexInfo, ItemInfo, SearchHit, SearchRequest, SearchResponse
+from .schemas import ErrorBody, IndexInfo, ItemInfo, SearchRequest, SearchResponse
 from .uncertainty_scale import UncertaintyScale
 
 __all__ = ["create_app", "ServiceError"]
@@ -61,8 +61,15 @@ class ServiceError(Exception):
         self.status, self.detail = status, detail
 
 
+def _finite(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 def _json_safe(value: Any) -> Any:
     """Metadata values as JSON: numpy scalars and arrays to Python, non-finite floats to None, bytes to text."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
     if isinstance(value, dict):
         return {str(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -210,16 +217,16 @@ class _Service:
         return "embedding", emb, {"kind": "item", "index": source.name, "row_id": row,
                                   "uncertainty": float(emb.uncertainty[0])}
 
-    async def hits(self, index: Any, results: Any) -> list[SearchHit]:
+    async def hits(self, index: Any, results: Any) -> list[dict]:
+        """The results as ``SearchHit``-shaped dicts (built directly: validating them again would cost more than
+        the search of a small index)."""
         scale = self.scales[index.name]
         await scale.ready()
-        hits = []
-        for row_id, score, u, meta in zip(results.ids.tolist(), results.scores.tolist(),
-                                          results.uncertainty.tolist(), results.metadata, strict=True):
-            hits.append(SearchHit(row_id=int(row_id), score=float(score), uncertainty=float(u),
-                                  uncertainty_percentile=scale.percentile(float(u)),
-                                  metadata=_json_safe(dict(meta)), image_url=self.image_url(index, int(row_id))))
-        return hits
+        return [{"row_id": row_id, "score": _finite(score), "uncertainty": _finite(u),
+                 "uncertainty_percentile": scale.percentile(u), "metadata": _json_safe(meta),
+                 "image_url": self.image_url(index, row_id)}
+                for row_id, score, u, meta in zip(results.ids.tolist(), results.scores.tolist(),
+                                                  results.uncertainty.tolist(), results.metadata, strict=True)]
 
 
 def _thumbnail_bytes(index: Any, row_id: int, size: int) -> bytes | None:
@@ -247,7 +254,7 @@ def _named(indexes: Mapping[str, Any] | Iterable[Any]) -> dict[str, Any]:
 
 
 def create_app(indexes: Mapping[str, Any] | Iterable[Any], api_key: str | None = None,
-               limits: ServiceLimits | None = None, *, max_batch: int = 64, max_wait_s: float = 0.002) -> FastAPI:
+               limits: ServiceLimits | None = None, *, max_batch: int = 64, max_wait_s: float = 0.0) -> FastAPI:
     """The ASGI app serving ``indexes`` (``SearchIndex`` objects; their ``name`` is their address).
 
     Args:
@@ -350,7 +357,7 @@ def create_app(indexes: Mapping[str, Any] | Iterable[Any], api_key: str | None =
 
     @app.post("/search", response_model=SearchResponse, openapi_extra=search_body, responses=ERROR_RESPONSES,
               summary="Search an index with a text, an image, an embedding or an indexed item")
-    async def search(request: Request) -> SearchResponse:
+    async def search(request: Request) -> JSONResponse:
         start = time.perf_counter()
         req, image = await service.parse_search(request)
         index = service.index(req.index)
@@ -364,10 +371,11 @@ def create_app(indexes: Mapping[str, Any] | Iterable[Any], api_key: str | None =
         results = answer.results
         described.setdefault("uncertainty", answer.query_uncertainty)
         metrics.search_queries.inc(index.name, kind)
-        return SearchResponse(index=index.name, modality=index.modality, query=described, score=results.score,
-                              higher_is_better=bool(results.higher_is_better), exact=bool(results.exact),
-                              k=req.k, results=await service.hits(index, results),
-                              took_ms=round((time.perf_counter() - start) * 1000, 3))
+        body = {"index": index.name, "modality": index.modality, "query": _json_safe(described),
+                "score": results.score, "higher_is_better": bool(results.higher_is_better),
+                "exact": bool(results.exact), "k": req.k, "results": await service.hits(index, results)}
+        body["took_ms"] = round((time.perf_counter() - start) * 1000, 3)
+        return JSONResponse(body)
 
     @app.get("/items/{index:path}/{row_id}/image", responses={200: {"content": {"image/jpeg": {}}}, **ERROR_RESPONSES},
              response_class=Response, summary="A JPEG thumbnail of an indexed image")

@@ -1,7 +1,7 @@
 """Groups search queries that arrive together and runs them, off the event loop, in one worker thread.
 
 A request hands its query to :meth:`SearchBatcher.search` and awaits a future. The worker thread takes every
-query waiting in the queue (after a short grace period, ``max_wait_s``, that lets simultaneous requests
+query waiting in the queue (optionally after a grace period, ``max_wait_s``, that lets simultaneous requests
 meet), groups the ones that can share one call (same index, same kind of query, same ``k``, score and
 uncertainty filter), encodes and searches each group with one ``index.search`` call, and hands each request
 its own result. While the worker runs the model or the index, the event loop keeps answering other requests.
@@ -89,14 +89,16 @@ class SearchBatcher:
 
     Args:
         max_batch: the most queries taken from the queue for one round (all groups together).
-        max_wait_s: seconds the worker waits after the first query of a round for others to arrive.
+        max_wait_s: seconds the worker waits after the first query of a round for others to arrive. The default,
+            0, adds no latency: under load, queries that arrive while the worker is busy wait in the queue and
+            are grouped in its next round anyway.
         on_batch: optional callback ``(index_name, batch_size, seconds)`` after each grouped call (metrics).
 
     The index must offer ``encode(query) -> ProbEmbedding [Q, D]`` and ``search(embedding, **params)``
     (``probclip.search.SearchIndex``).
     """
 
-    def __init__(self, max_batch: int = 64, max_wait_s: float = 0.002,
+    def __init__(self, max_batch: int = 64, max_wait_s: float = 0.0,
                  on_batch: Callable[[str, int, float], None] | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1; got {max_batch}")
