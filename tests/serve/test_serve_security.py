@@ -87,12 +87,16 @@ def test_non_finite_embedding_and_wrong_content_type(client):
     body = '{"embedding": {"mean": [' + mean + '], "logvar": [' + logvar + ']}}'
     answer = client.post("/search", content=body.encode(), headers={"content-type": "application/json"})
     assert answer.status_code == 422 and "finite" in _detail(answer)
+    huge = '{"embedding": {"mean": [' + mean + '], "logvar": [' + ", ".join(["1e30"] + ["0.0"] * 63) + ']}}'
+    answer = client.post("/search", content=huge.encode(), headers={"content-type": "application/json"})
+    assert answer.status_code == 422 and "logvar values must lie in [-30.0, 30.0]" in _detail(answer)
     xml = client.post("/search", content=b"<q/>", headers={"content-type": "application/xml"})
     assert xml.status_code == 415 and "application/json" in _detail(xml)
 
 
 @pytest.mark.parametrize("path", ["/items/collection/image/24", "/items/collection/image/-1",
                                   "/items/collection/image/1e3", "/items/collection/image/99999999999999999999",
+                                  "/items/collection/image/%C2%B2", "/items/collection/image/%EF%BC%91",
                                   "/items/nothing/1", "/items/collection/image/24/image",
                                   "/items/collection/text/1/image"])
 def test_unknown_indexes_and_out_of_range_ids(client, path):

@@ -50,6 +50,8 @@ log = logging.getLogger("probclip.serve")
 STATIC_DIR = resources.files("probclip.serve") / "static"
 #: Fields a multipart search form may carry besides the ``image`` file.
 FORM_FIELDS = ("index", "text", "k", "score", "max_uncertainty", "uncertainty_quantile")
+#: Largest |logvar| accepted in an embedding query (exp(30) ~ 1e13: far beyond any trained model's variances).
+MAX_ABS_LOGVAR = 30.0
 ERROR_RESPONSES = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422)}
 
 
@@ -117,7 +119,7 @@ class _Service:
 
     def row_id(self, index: Any, raw: str | int) -> int:
         text = str(raw)
-        if not text.isdigit() or int(text) >= index.rows:
+        if not (text.isascii() and text.isdigit()) or int(text) >= index.rows:
             raise ServiceError(404, f"row id {text!r} not in index {index.name!r}: expected an integer from 0 to "
                                     f"{index.rows - 1}")
         return int(text)
@@ -202,6 +204,9 @@ class _Service:
             lv = torch.tensor(logvar, dtype=torch.float32)
             if not (torch.isfinite(m).all() and torch.isfinite(lv).all()):
                 raise ServiceError(422, "embedding values must be finite numbers (no NaN or infinity)")
+            if lv.abs().max() > MAX_ABS_LOGVAR:
+                raise ServiceError(422, f"embedding logvar values must lie in [-{MAX_ABS_LOGVAR}, {MAX_ABS_LOGVAR}] "
+                                        f"(log sigma^2); got {float(lv.abs().max()):.4g} in absolute value")
             norm = m.norm()
             if norm == 0:
                 raise ServiceError(422, "embedding mean must not be all zeros")
