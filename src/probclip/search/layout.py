@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,8 +49,6 @@ FORMAT = "probclip-collection"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 MODALITIES = ("image", "text")
-#: Decoded metadata shards kept in memory per modality (50,000 rows each by default).
-METADATA_CACHE_SHARDS = 8
 PREFIXES = {"image": "img", "text": "text"}
 
 
@@ -147,8 +143,7 @@ class StoredRows:
         self._means: dict[int, np.ndarray] = {}
         self._logvars: dict[int, np.ndarray] = {}
         self._u: np.ndarray | None = None
-        self._tables: OrderedDict[int, object] = OrderedDict()  # recently used metadata shards, decoded
-        self._tables_lock = threading.Lock()
+        self._tables: dict = {}
 
     # ------------------------------------------------------------------ shard files
     def _open(self, path: Path, rows: int) -> np.ndarray:
@@ -236,6 +231,8 @@ class StoredRows:
 
     def read_metadata(self, k: int, columns: list[str] | None = None):
         """The k-th non-empty shard's metadata as a ``pyarrow.Table``."""
+        if columns is None and k in self._tables:
+            return self._tables[k]
         path = metadata_path(self.root, self.modality, self.shards[k].index)
         if not path.is_file():
             raise InputError(f"metadata shard {path} is missing from collection {str(self.root)!r}")
@@ -246,21 +243,8 @@ class StoredRows:
         if table.num_rows != self.shards[k].rows:
             raise InputError(f"metadata shard {path} holds {table.num_rows} rows, the manifest "
                              f"{self.shards[k].rows}; rerun `probclip embed`")
-        return table
-
-    def _cached_metadata(self, k: int):
-        """``read_metadata(k)``, kept for the next calls (the ``METADATA_CACHE_SHARDS`` most recently used shards):
-        reading and decoding a Parquet shard costs far more than one query's search."""
-        with self._tables_lock:
-            table = self._tables.get(k)
-            if table is not None:
-                self._tables.move_to_end(k)
-                return table
-        table = self.read_metadata(k)
-        with self._tables_lock:
-            self._tables[k] = table
-            while len(self._tables) > METADATA_CACHE_SHARDS:
-                self._tables.popitem(last=False)
+        if columns is None:
+            self._tables[k] = table  # memory-mapped: kept open so that result metadata costs no re-read
         return table
 
     def metadata(self, ids) -> list[dict]:
@@ -269,7 +253,7 @@ class StoredRows:
         out: list[dict | None] = [None] * shard.size
         for k in np.unique(shard):
             positions = np.nonzero(shard == k)[0]
-            table = self._cached_metadata(int(k)).take(local[positions])
+            table = self.read_metadata(int(k)).take(local[positions])
             for pos, row in zip(positions, table.to_pylist(), strict=False):
                 row["u"] = float(row["u"])
                 out[pos] = row

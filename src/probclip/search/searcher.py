@@ -79,7 +79,6 @@ class SearchIndex:
         self._csd_index = None
         self._inclusion_index = None
         self._milvus = None
-        self._tables: dict[int, object] = {}
         self._tokenizer = None
 
     # ------------------------------------------------------------------------------------------------ loading
