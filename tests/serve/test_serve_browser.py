@@ -5,6 +5,8 @@ Set ``PROBCLIP_WRITE_SCREENSHOT=1`` to refresh ``docs/serve-page.png`` from this
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import re
 from pathlib import Path
@@ -113,5 +115,17 @@ def test_shared_url_slider_and_phone_width(browser, server, tiny_indexes):
     page.wait_for_function(
         "wanted => JSON.stringify([...document.querySelectorAll('#results .card')].map(c => c.dataset.rowId).sort())"
         " === JSON.stringify(wanted)", arg=wanted, timeout=10_000)
+
+    buffer = io.BytesIO()
+    draw_scene("yellow", "circle", "large").save(buffer, format="PNG")
+    dropped = page.evaluate_handle(
+        """b64 => {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], "dropped.png", {type: "image/png"}));
+            return transfer;
+        }""", base64.b64encode(buffer.getvalue()).decode())
+    page.dispatch_event("#drop", "drop", {"dataTransfer": dropped})
+    expect(page.locator("#status")).to_contain_text("uploaded image (64×64)")
     assert errors == []
     page.close()
