@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import re
+import shutil
 import threading
 import time
 
@@ -16,6 +17,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from serve_support import draw_scene
 
+from probclip.search import SearchIndex, build_index
 from probclip.serve import create_app
 
 
@@ -205,3 +207,15 @@ def test_search_work_never_blocks_the_event_loop(tiny_indexes):
     app.state.service.batcher.stop()
     assert health.status_code == 200 and item.status_code == 200 and waited < 5
     assert searched.status_code == 200 and len(searched.json()["results"]) == 2
+
+
+def test_an_approximate_index_says_so(tiny_collection, tiny_model, tmp_path):
+    copy = tmp_path / "approx"
+    shutil.copytree(tiny_collection, copy, ignore=shutil.ignore_patterns("index"))
+    build_index(copy, kind="hnsw", progress=False)
+    index = SearchIndex.load(copy, modality="image", model=tiny_model)
+    with TestClient(create_app([index])) as c:
+        info = c.get("/indices").json()[0]
+        answer = c.post("/search", json={"text": "a red circle", "k": 3}).json()
+    assert info["kind"] == "hnsw" and info["exact"] is False
+    assert answer["exact"] is False and len(answer["results"]) == 3
