@@ -18,7 +18,8 @@ import torch
 
 import probclip
 from probclip.cli import main as probclip_main
-from probclip.serve.cli import API_KEY_ENV, is_quickstart_dir
+from probclip.errors import UsageError
+from probclip.serve.cli import API_KEY_ENV, is_quickstart_dir, load_indexes
 
 
 def _lines(stream, sink: queue.Queue) -> None:
@@ -91,3 +92,16 @@ def test_serve_errors_are_one_line_with_exit_status_2(tmp_path, capsys, tiny_col
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
     assert probclip_main(["serve", str(tiny_collection), "--port", "70000"]) == 2
     assert "--port must be from 0 to 65535" in capsys.readouterr().err
+
+
+def test_load_indexes_shares_one_model(tiny_collection):
+    model_dir = tiny_collection.parent / "model"
+    given = load_indexes([tiny_collection], model=str(model_dir))
+    assert [i.name for i in given] == ["collection/image", "collection/text"]
+    assert given[0].model is given[1].model
+    texts = load_indexes([tiny_collection], model=str(model_dir), modality="text")
+    assert [i.modality for i in texts] == ["text"]
+    with pytest.raises(UsageError, match="names no loadable model.*--model DIR"):
+        load_indexes([tiny_collection])  # embedded with an in-memory model: the manifest names no folder
+    with pytest.raises(UsageError, match="cannot be loaded"):
+        load_indexes([tiny_collection], model=str(tiny_collection / "nothing-here"))

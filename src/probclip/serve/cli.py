@@ -20,8 +20,8 @@ import torch
 import uvicorn
 
 from ..errors import ProbclipError, UsageError
-from ..models import create_model_from_pretrained
 from ..search import SearchIndex, prepare_quickstart_collection
+from ..search.embed import load_model
 from ..search.layout import MANIFEST_NAME, MODALITIES, read_manifest
 from .app import create_app
 from .limits import ServiceLimits
@@ -65,7 +65,7 @@ def load_indexes(dirs: Sequence[str | os.PathLike], *, model: str | None = None,
     """
     if modality not in ("both",) + MODALITIES:
         raise UsageError(f"--modality must be one of both, image, text; got {modality!r}")
-    shared = create_model_from_pretrained(model).eval() if model is not None else None
+    shared = load_model(model)[0] if model is not None else None
     models_by_fingerprint: dict[str, object] = {}
     indexes: list[SearchIndex] = []
     for raw in dirs:
@@ -79,7 +79,10 @@ def load_indexes(dirs: Sequence[str | os.PathLike], *, model: str | None = None,
             if shared is None:
                 cached = models_by_fingerprint.get(index.model_fingerprint)
                 if cached is None:
-                    models_by_fingerprint[index.model_fingerprint] = index.model
+                    try:
+                        models_by_fingerprint[index.model_fingerprint] = index.model
+                    except UsageError as err:
+                        raise UsageError(f"{err} (with probclip serve: --model DIR)") from err
                 else:
                     index = SearchIndex.load(collection, modality=m, model=cached)
             indexes.append(index)
