@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from serve_support import write_tiny_data
 
 import probclip
@@ -12,8 +13,6 @@ from probclip.search import SearchIndex, build_index, embed_collection
 @pytest.fixture(scope="session")
 def tiny_model():
     """An untrained ProLIP-Tiny (eval mode), fixed by the seed."""
-    import torch
-
     torch.manual_seed(0)
     return probclip.create_model("ProLIP-Tiny").eval()
 
