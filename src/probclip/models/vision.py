@@ -11,11 +11,12 @@ from torch.utils.checkpoint import checkpoint
 
 from .config import VisionConfig
 from .heads import GaussianHead
+from .parameter_rules import TowerParameterRules
 
 __all__ = ["VisionTower"]
 
 
-class VisionTower(nn.Module):
+class VisionTower(TowerParameterRules, nn.Module):
     """Pre-LN ViT over ``[CLS, UNC, patch_1..patch_N]`` with a Gaussian head.
 
     ``trunk`` is a timm ``VisionTransformer`` (bias-free patch embedding, ``norm_pre`` = ln_pre, ``reg_token`` =
@@ -28,6 +29,9 @@ class VisionTower(nn.Module):
         double_norm_cls: apply ln_post a second time to the CLS token before the mean projection (the released
             checkpoints' forward pass).
     """
+
+    UNCERTAINTY_PARAMETERS = ("trunk.reg_token", "head.logvar.weight", "head.logvar.bias")
+    NO_WEIGHT_DECAY = ("trunk.pos_embed", "trunk.cls_token", "trunk.reg_token")
 
     def __init__(self, cfg: VisionConfig, embed_dim: int, double_norm_cls: bool = False):
         super().__init__()
@@ -56,6 +60,11 @@ class VisionTower(nn.Module):
             act_layer=cfg.act,
         )
         self.head = GaussianHead(cfg.width, embed_dim, mean_bias=False, init_unc_bias=cfg.init_unc_bias)
+
+    @torch.no_grad()
+    def reset_unc_token(self) -> None:
+        """UNC token ~ N(0, 0.02^2)."""
+        nn.init.normal_(self.trunk.reg_token, std=0.02)
 
     def _check_images(self, images: torch.Tensor) -> None:
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
