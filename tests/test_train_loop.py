@@ -312,3 +312,20 @@ def test_frozen_vision_tower_does_not_move(tmp_path, table):
     assert torch.equal(trained["visual.head.mean.weight"], initial["visual.head.mean.weight"])
     assert not torch.equal(trained["visual.head.logvar.weight"], initial["visual.head.logvar.weight"])
     assert not torch.equal(trained["text.blocks.0.attn.qkv.weight"], initial["text.blocks.0.attn.qkv.weight"])
+
+
+def test_compiled_towers_train_like_plain_ones(tmp_path, table):
+    """``run.compile`` compiles both towers with torch.compile (here its ``aot_eager`` backend: the same graph
+    capture and autograd tracing as inductor, without the C++ compilation that takes minutes on a small CPU)."""
+    settings = dict(run={"steps": 2, "save_every": 0, "seed": 5})
+    plain = train(TrainConfig.from_dict(tiny_config(tmp_path / "plain", table, **settings)))
+    compiled_config = tiny_config(tmp_path / "compiled", table, **settings)
+    compiled_config["run"]["compile"] = "aot_eager"
+    compiled = train(TrainConfig.from_dict(compiled_config))
+    for tower in (compiled.model.visual, compiled.model.text):
+        assert tower._compiled_call_impl is not None  # nn.Module.compile() swaps the call in place
+    assert list(compiled.model.state_dict()) == list(plain.model.state_dict())  # names unchanged
+    for name, value in plain.model.state_dict().items():
+        assert torch.allclose(compiled.model.state_dict()[name], value, rtol=1e-4, atol=1e-6), name
+    with pytest.raises(ValueError, match="run.compile"):
+        TrainConfig.from_dict(tiny_config(tmp_path, table, run={"compile": 1})).validate()

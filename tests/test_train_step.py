@@ -11,7 +11,7 @@ import torch
 
 from probclip.data.samples import PairBatch
 from probclip.train.config import LossSection, MaskingSection
-from probclip.train.loop import _autocast_factory, _uses_grad_scaler
+from probclip.train.precision import autocast_factory, uses_grad_scaler
 from probclip.train.step import build_step_inputs
 
 CPU = torch.device("cpu")
@@ -83,12 +83,12 @@ def test_pcmepp_mixes_a_quarter_of_the_batch_with_soft_labels():
 
 def test_precision_autocast_on_cuda_only_and_a_scaler_for_fp16():
     for precision in ("fp32", "bf16", "fp16"):
-        assert _autocast_factory(CPU, precision) is contextlib.nullcontext  # CPU runs compute in fp32
-        assert not _uses_grad_scaler(CPU, precision)
+        assert autocast_factory(CPU, precision) is contextlib.nullcontext  # CPU runs compute in fp32
+        assert not uses_grad_scaler(CPU, precision)
     cuda = torch.device("cuda", 0)
-    assert _autocast_factory(cuda, "fp32") is contextlib.nullcontext
+    assert autocast_factory(cuda, "fp32") is contextlib.nullcontext
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # building a CUDA autocast context warns on a machine without CUDA
-        assert _autocast_factory(cuda, "bf16")().fast_dtype == torch.bfloat16
-        assert _autocast_factory(cuda, "fp16")().fast_dtype == torch.float16
-    assert _uses_grad_scaler(cuda, "fp16") and not _uses_grad_scaler(cuda, "bf16")
+        assert autocast_factory(cuda, "bf16")().fast_dtype == torch.bfloat16
+        assert autocast_factory(cuda, "fp16")().fast_dtype == torch.float16
+    assert uses_grad_scaler(cuda, "fp16") and not uses_grad_scaler(cuda, "bf16")

@@ -52,6 +52,10 @@ class PairLoss(nn.Module):
 
     uses_masked_views = False
     extra_arguments: tuple[str, ...] = ()
+    #: Whether the loss reads the log-variances (a loss on the means alone gives the log-variance heads no gradient).
+    uses_uncertainty = True
+    #: Whether the loss depends on ``logit_bias`` (a softmax loss does not).
+    uses_logit_bias = True
 
     def __init__(self, gather_across_ranks: bool = True, process_group=None):
         super().__init__()

@@ -140,6 +140,16 @@ class ProbCLIP(
         ``keep_uncertainty``; returns the frozen parameters' names."""
         return ["visual." + name for name in self.visual.lock(keep_uncertainty)]
 
+    def lock_logvar_heads(self) -> list[str]:
+        """Freeze both log-variance heads (for objectives on the means alone, which give them no gradient);
+        returns the frozen parameters' names."""
+        frozen = []
+        for prefix, tower in self._towers():
+            for name, param in tower.head.logvar.named_parameters():
+                param.requires_grad_(False)
+                frozen.append(f"{prefix}head.logvar.{name}")
+        return frozen
+
     def lock_text_tower(self, keep_uncertainty: bool = True) -> list[str]:
         """Freeze the text tower, keeping its uncertainty parameters trainable when ``keep_uncertainty``; returns
         the frozen parameters' names."""

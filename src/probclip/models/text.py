@@ -76,6 +76,7 @@ class TextTower(TowerParameterRules, nn.Module):
         """UNC token ~ N(0, 0.01^2)."""
         nn.init.normal_(self.unc_token, std=0.01)
 
+    @torch.compiler.disable  # reads token values (data-dependent): runs eagerly inside a compiled tower
     def _check_tokens(self, tokens: torch.Tensor) -> None:
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
             shape = f"{tuple(tokens.shape)} {tokens.dtype}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__

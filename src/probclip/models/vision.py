@@ -77,9 +77,8 @@ class VisionTower(TowerParameterRules, nn.Module):
                 "resize them with the model's preprocess transform"
             )
 
-    def _keep_patch_tokens(self, tokens: torch.Tensor, keep_patches: torch.Tensor) -> torch.Tensor:
-        """``[B, 2 + N, W]`` -> ``[B, 2 + K, W]``: CLS and UNC plus the kept patches (positional rows already added)."""
-        batch = tokens.shape[0]
+    @torch.compiler.disable  # reads index values (data-dependent): runs eagerly inside a compiled tower
+    def _check_keep_patches(self, keep_patches: torch.Tensor, batch: int) -> None:
         if keep_patches.dim() != 2 or keep_patches.shape[0] != batch or keep_patches.dtype not in (torch.int64, torch.int32):
             raise ValueError(
                 f"keep_patches must be an integer tensor [B={batch}, K] of patch indices; got "
@@ -90,6 +89,10 @@ class VisionTower(TowerParameterRules, nn.Module):
                 f"keep_patches holds indices in [{int(keep_patches.min())}, {int(keep_patches.max())}]; "
                 f"valid patch indices are 0..{self.num_patches - 1}"
             )
+
+    def _keep_patch_tokens(self, tokens: torch.Tensor, keep_patches: torch.Tensor) -> torch.Tensor:
+        """``[B, 2 + N, W]`` -> ``[B, 2 + K, W]``: CLS and UNC plus the kept patches (positional rows already added)."""
+        self._check_keep_patches(keep_patches, tokens.shape[0])
         index = (keep_patches.long() + 2).unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
         return torch.cat([tokens[:, :2], torch.gather(tokens, 1, index)], dim=1)
 

@@ -282,6 +282,9 @@ class RunSection:
         dist_backend: ``auto`` (nccl on CUDA, gloo on CPU), ``gloo`` or ``nccl``.
         cpu_threads: torch intra-op threads per process (null: torch's default). On a small shared CPU, 1 thread
             per process is often much faster than oversubscribed cores.
+        compile: ``true`` compiles both towers with ``torch.compile`` (its default backend, inductor: the first
+            steps are slower while it compiles, and the CPU needs a C++ compiler); a string names another
+            ``torch.compile`` backend (e.g. ``aot_eager``). Weights and checkpoints are those of the plain model.
     """
 
     steps: int = 1000
@@ -300,6 +303,7 @@ class RunSection:
     tensorboard: bool = True
     dist_backend: str = "auto"
     cpu_threads: int | None = None
+    compile: bool | str = False
 
     def validate(self) -> None:
         _check_int("run", "steps", self.steps, 1)
@@ -317,6 +321,8 @@ class RunSection:
         _check_int("run", "max_nonfinite_steps", self.max_nonfinite_steps, 1)
         _check_int("run", "eval_every", self.eval_every, 0)
         _check_choice("run", "dist_backend", self.dist_backend, ("auto", "gloo", "nccl"))
+        if not isinstance(self.compile, bool) and not (isinstance(self.compile, str) and self.compile):
+            _fail("run", "compile", self.compile, "true, false or the name of a torch.compile backend")
 
 
 @dataclass
