@@ -17,7 +17,12 @@ from typing import Any, Callable, Sequence
 import ftfy
 import torch
 
-from .models.config import WORD_SPECIAL_TOKENS, ProbCLIPConfig, TextConfig, word_tokenizer_config
+from .models.config import (
+    WORD_SPECIAL_TOKENS,
+    ProbCLIPConfig,
+    TextConfig,
+    word_tokenizer_config,
+)
 from .models.hub import resolve_model_config
 
 __all__ = [

@@ -23,7 +23,14 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from .samples import READ_ERRORS, DatasetError, PairBatch, PairCollator, SampleError, derive_seed
+from .samples import (
+    READ_ERRORS,
+    DatasetError,
+    PairBatch,
+    PairCollator,
+    SampleError,
+    derive_seed,
+)
 from .webdataset import iter_tar_records, shard_stream, shuffled
 
 __all__ = ["IndexedPairDataset", "StepBatchSampler", "StreamingPairDataset", "MAX_ERRORS_PER_BATCH"]

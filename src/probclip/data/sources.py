@@ -14,8 +14,15 @@ from typing import Any, Callable, Iterator
 
 from torch.utils.data import DataLoader
 
+from ..errors import UsageError
 from .csv import CsvPairs
-from .datasets import IndexedPairDataset, StepBatchSampler, StreamingPairDataset, collate_indexed, shard_records
+from .datasets import (
+    IndexedPairDataset,
+    StepBatchSampler,
+    StreamingPairDataset,
+    collate_indexed,
+    shard_records,
+)
 from .samples import DatasetError, PairBatch, PairCollator, SampleError, as_pil
 from .webdataset import check_local_shards, expand_shard_urls, record_to_sample
 
@@ -98,9 +105,14 @@ _SOURCES: dict[str, Callable] = {"csv": _csv_source, "webdataset": _webdataset_s
 
 
 def register_source(name: str, builder: Callable) -> None:
-    """Make ``data.source: name`` use ``builder(data_section, seed)`` (an indexed source or a ``StreamSource``)."""
+    """Make ``data.source: name`` use ``builder(data_section, seed)`` (an indexed source or a ``StreamSource``).
+
+    Registered names are accepted by training configs (``list_sources()``) from then on.
+    """
     if not isinstance(name, str) or not name:
-        raise ValueError(f"a source name must be a non-empty string; got {name!r}")
+        raise UsageError(f"a source name must be a non-empty string; got {name!r}")
+    if not callable(builder):
+        raise UsageError(f"the builder of data source {name!r} must be callable; got {builder!r}")
     _SOURCES[name] = builder
 
 
@@ -112,7 +124,7 @@ def list_sources() -> list[str]:
 def build_source(data, seed: int):
     """The source named by ``data.source`` (a ``DataSection``); errors name missing shards/files or emptiness."""
     if data.source not in _SOURCES:
-        raise ValueError(f"unknown data source {data.source!r}; registered sources: {list_sources()}")
+        raise UsageError(f"unknown data source {data.source!r}; registered sources: {list_sources()}")
     source = _SOURCES[data.source](data, seed)
     if not isinstance(source, StreamSource) and len(source) == 0:
         raise DatasetError(f"data source {data.source!r} ({data.paths or data.synthetic}) is empty")

@@ -24,7 +24,13 @@ import torch
 
 from ..distances import inclusion_score
 from ..embedding import ProbEmbedding
-from .encode import EvalModel, embedding_means, embedding_uncertainty, encode_images, encode_texts
+from .encode import (
+    EvalModel,
+    embedding_means,
+    embedding_uncertainty,
+    encode_images,
+    encode_texts,
+)
 from .metrics import uncertainty_bins
 from .readers import HierarCapsData, read_hierarcaps
 from .report import plot_bars, plot_uncertainty_bins, write_results

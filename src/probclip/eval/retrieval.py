@@ -13,7 +13,13 @@ from typing import Sequence
 
 import torch
 
-from .encode import Embeddings, EvalModel, embedding_uncertainty, encode_images, encode_texts
+from .encode import (
+    Embeddings,
+    EvalModel,
+    embedding_uncertainty,
+    encode_images,
+    encode_texts,
+)
 from .metrics import DEFAULT_MAX_CHUNK_ELEMENTS, metrics_from_ranks, uncertainty_bins
 from .readers import RetrievalData, read_retrieval, read_urban1k
 from .report import plot_bars, plot_uncertainty_bins, write_results

@@ -10,7 +10,11 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .config import CONFIG_FORMAT, ProbCLIPConfig
-from .released import config_from_released, is_released_config, released_to_probclip_state_dict
+from .released import (
+    config_from_released,
+    is_released_config,
+    released_to_probclip_state_dict,
+)
 
 __all__ = ["CheckpointMismatchError", "load_state_dict_strict", "read_checkpoint_dir", "read_config_file"]
 

@@ -17,7 +17,11 @@ from typing import Any, Sequence
 import yaml
 
 from .. import synthetic  # noqa: F401  (importing it registers the built-in data.source "synthetic")
+from ..config_fields import check_known_keys
 from ..data.masking import IMAGE_MASK_MODES, TEXT_MASK_MODES
+from ..data.sources import list_sources
+from ..errors import UsageError
+from ..losses import list_losses
 
 __all__ = [
     "ModelSection",
@@ -33,14 +37,12 @@ __all__ = [
     "parse_override_args",
 ]
 
-OBJECTIVES = ("prolip", "pcmepp", "siglip", "clip")
-DATA_SOURCES = ("webdataset", "csv", "synthetic")
 INIT_KINDS = ("scratch", "pretrained", "open_clip")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def _fail(section: str, key: str, value: Any, accepted: str) -> None:
-    raise ValueError(f"{section}.{key} = {value!r} is not valid; expected {accepted}")
+    raise UsageError(f"{section}.{key} = {value!r} is not valid; expected {accepted}")
 
 
 def _check_choice(section: str, key: str, value: Any, choices: Sequence[str]) -> None:
@@ -158,7 +160,7 @@ class DataSection:
     max_bad_fraction: float = 1.0
 
     def validate(self) -> None:
-        _check_choice("data", "source", self.source, DATA_SOURCES)
+        _check_choice("data", "source", self.source, list_sources())  # built-in and registered sources
         if isinstance(self.paths, str):
             self.paths = [self.paths]
         if self.source in ("webdataset", "csv") and not self.paths:
@@ -188,7 +190,7 @@ class LossSection:
     cutmix_prob: float = 0.5
 
     def validate(self) -> None:
-        _check_choice("loss", "name", self.name, OBJECTIVES)
+        _check_choice("loss", "name", self.name, list_losses())  # built-in and registered losses
         if not isinstance(self.kwargs, dict):
             _fail("loss", "kwargs", self.kwargs, "a mapping of loss keyword arguments")
         _check_fraction("loss", "mix_fraction", self.mix_fraction, low_open=False, high_open=False)
@@ -387,16 +389,13 @@ class TrainConfig:
             raise ValueError(f"a training config must be a mapping of sections; got {type(data).__name__}")
         unknown = sorted(set(data) - set(_SECTIONS))
         if unknown:
-            raise ValueError(f"unknown config sections {unknown}; known sections are {list(_SECTIONS)}")
+            raise UsageError(f"unknown config sections {unknown}; known sections are {list(_SECTIONS)}")
         sections = {}
         for name, section_cls in _SECTIONS.items():
             values = data.get(name) or {}
             if not isinstance(values, dict):
                 raise ValueError(f"config section {name!r} must be a mapping; got {values!r}")
-            known = {f.name for f in dataclasses.fields(section_cls)}
-            bad = sorted(set(values) - known)
-            if bad:
-                raise ValueError(f"unknown keys {bad} in section {name!r}; known keys are {sorted(known)}")
+            check_known_keys(section_cls, values, f"section {name!r}")
             sections[name] = section_cls(**_coerce_floats(section_cls, values))
         return cls(**sections).validate()
 

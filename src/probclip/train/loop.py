@@ -46,8 +46,8 @@ from .distributed import (
 from .evaluation import build_eval_fn
 from .model_init import build_model, freeze_towers
 from .optim import build_optimizer, clamp_logit_scale, learning_rate, set_learning_rate
-from .run_log import RunLogger
 from .precision import autocast_factory, uses_grad_scaler
+from .run_log import RunLogger
 from .step import TrainingForward, build_step_inputs, forward_backward
 
 __all__ = ["Run", "StepInfo", "TrainResult", "TrainingStopped", "build_run", "run_loop", "train"]

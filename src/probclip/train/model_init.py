@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..models import create_model, extend_context_length, init_from_open_clip, load_pretrained_model
+from ..models import (
+    create_model,
+    extend_context_length,
+    init_from_open_clip,
+    load_pretrained_model,
+)
 
 __all__ = ["build_model", "reinit_uncertainty", "uncertainty_parameter_names", "freeze_towers"]
 
