@@ -36,7 +36,7 @@ class ProbEmbedding:
                 f"{type(mean).__name__} and {type(logvar).__name__}"
             )
         if mean.dim() < 1:
-            raise ValueError(f"ProbEmbedding.mean must have shape [..., D] with at least 1 dimension; got a scalar")
+            raise ValueError("ProbEmbedding.mean must have shape [..., D] with at least 1 dimension; got a scalar")
         if mean.shape != logvar.shape:
             raise ValueError(
                 f"ProbEmbedding.mean and .logvar must have the same shape [..., D]; got mean "

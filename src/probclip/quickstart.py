@@ -25,6 +25,7 @@ from typing import Sequence
 
 import torch
 
+from .jsonsafe import json_safe
 from .synthetic import build_evaluation_set, evaluate_synthetic, world_vocabulary
 from .synthetic.report import write_report
 from .tokenizers import get_tokenizer, word_tokenizer_config
@@ -106,6 +107,7 @@ def quickstart_config(objective: str, steps: int, seed: int, output_dir: str | P
 
 
 def _nest(flat: dict) -> dict:
+    """``{"a.b": x}`` -> ``{"a": {"b": x}}``, numbers rounded to 6 decimals, undefined ones (NaN) as None."""
     out: dict = {}
     for key, value in flat.items():
         node = out
@@ -113,8 +115,8 @@ def _nest(flat: dict) -> dict:
         for part in parents:
             node = node.setdefault(part, {})
         value = float(value)
-        node[leaf] = round(value, 6) if math.isfinite(value) else None  # undefined (e.g. constant accuracy): null
-    return out
+        node[leaf] = round(value, 6) if math.isfinite(value) else value
+    return json_safe(out)  # undefined values (e.g. the correlation of a constant accuracy): null
 
 
 def _say(message: str) -> None:

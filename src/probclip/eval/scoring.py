@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 
 from ..embedding import ProbEmbedding
-from .metrics import DEFAULT_MAX_CHUNK_ELEMENTS, _at_least_float32, positive_ranks
+from .metrics import DEFAULT_MAX_CHUNK_ELEMENTS, at_least_float32, positive_ranks
 
 __all__ = ["SCORE_METHODS", "PositiveLists", "gallery_terms", "ranking_scores", "rank_positives",
            "rank_positives_by_method", "available_methods"]
@@ -115,13 +115,13 @@ def _score_terms(query, gallery, method: str):
     """
     if method not in SCORE_METHODS:
         raise ValueError(f"unknown score method {method!r}; expected one of {SCORE_METHODS}")
-    q_raw = _at_least_float32(query.mean if isinstance(query, ProbEmbedding) else query)
-    g_raw = _at_least_float32(gallery.mean if isinstance(gallery, ProbEmbedding) else gallery)
+    q_raw = at_least_float32(query.mean if isinstance(query, ProbEmbedding) else query)
+    g_raw = at_least_float32(gallery.mean if isinstance(gallery, ProbEmbedding) else gallery)
     if method == "mean":
         return q_raw, g_raw, _inverse_norm(q_raw), _inverse_norm(g_raw), None
     if not isinstance(gallery, ProbEmbedding):
         raise TypeError(f"score method 'csd' needs a ProbEmbedding gallery; got {type(gallery).__name__}")
-    offset = -(_at_least_float32(gallery.uncertainty) + g_raw.pow(2).sum(-1) - 1.0) / 2
+    offset = -(at_least_float32(gallery.uncertainty) + g_raw.pow(2).sum(-1) - 1.0) / 2
     return q_raw, g_raw, None, None, offset
 
 

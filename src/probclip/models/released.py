@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from .config import ProbCLIPConfig, TextConfig, VisionConfig
+from .keymap import OPEN_CLIP_TO_TIMM_BLOCK_KEYS
 
 __all__ = [
     "is_released_config",
@@ -141,14 +142,6 @@ def config_to_released(config: ProbCLIPConfig) -> dict:
 
 # ------------------------------------------------------------------------------------------------ key mapping
 # Each rule: (released regex, probclip template, released->probclip tensor fn, probclip->released tensor fn).
-_BLOCK = [
-    ("ln_1.weight", "norm1.weight"), ("ln_1.bias", "norm1.bias"),
-    ("attn.in_proj_weight", "attn.qkv.weight"), ("attn.in_proj_bias", "attn.qkv.bias"),
-    ("attn.out_proj.weight", "attn.proj.weight"), ("attn.out_proj.bias", "attn.proj.bias"),
-    ("ln_2.weight", "norm2.weight"), ("ln_2.bias", "norm2.bias"),
-    ("mlp.c_fc.weight", "mlp.fc1.weight"), ("mlp.c_fc.bias", "mlp.fc1.bias"),
-    ("mlp.c_proj.weight", "mlp.fc2.weight"), ("mlp.c_proj.bias", "mlp.fc2.bias"),
-]
 
 
 def _same(t: torch.Tensor) -> torch.Tensor:
@@ -197,7 +190,7 @@ _RULES: list[tuple[str, str, _Fn, _Fn]] = [
     ("text.text_projection.{wb}", "text.head.mean.{wb}", _same, _same),
     ("text.text_uncertainty_projection.{wb}", "text.head.logvar.{wb}", _same, _same),
 ]
-for _released, _ours in _BLOCK:
+for _released, _ours in OPEN_CLIP_TO_TIMM_BLOCK_KEYS:
     _RULES.append((f"visual.transformer.resblocks.{{n}}.{_released}", f"visual.trunk.blocks.{{n}}.{_ours}", _same, _same))
     _RULES.append((f"text.transformer.resblocks.{{n}}.{_released}", f"text.blocks.{{n}}.{_ours}", _same, _same))
 
