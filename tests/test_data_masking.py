@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probclip.data import mask_text_tokens, mix_images, num_kept_patches, num_masked, sample_keep_patches
+from probclip.data import (
+    mask_text_tokens,
+    mix_images,
+    num_kept_patches,
+    num_masked,
+    sample_keep_patches,
+)
 from probclip.train.step import masked_selection
 
 

@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from probclip.embedding import ProbEmbedding
-from probclip.eval.eccv import attach_coco_caption_ids, coco_eccv_metrics, load_coco_ground_truth
+from probclip.eval.eccv import (
+    attach_coco_caption_ids,
+    coco_eccv_metrics,
+    load_coco_ground_truth,
+)
+from probclip.eval.options import EvalOptions
 from probclip.eval.readers import ImageItem, RetrievalData
 from probclip.eval.scoring import ranking_scores
 
@@ -193,8 +198,8 @@ def test_evaluate_eccv_on_karpathy_with_coco_captions_and_on_csv_with_ids(tmp_pa
 
     karpathy, captions_json, gt_dir = build_coco_eccv(tmp_path / "coco")
     model = colour_eval_model()
-    res = evaluate_eccv(model, karpathy, tmp_path / "out", coco_captions=captions_json, ground_truth=gt_dir,
-                        progress=False)
+    res = evaluate_eccv(model, karpathy, EvalOptions(out_dir=tmp_path / "out", progress=False),
+                        coco_captions=captions_json, ground_truth=gt_dir)
     _colour_gt_expectations(res["metrics"], ("csd", "mean"))
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["n_captions"] == 18 and "eccv_csd.png" in saved["plots"]
@@ -209,7 +214,7 @@ def test_evaluate_eccv_on_karpathy_with_coco_captions_and_on_csv_with_ids(tmp_pa
     lines += [f"val2014/img{int(data.caption_image[k])}.jpg,{cap},{data.image_ids[int(data.caption_image[k])]},{5000 + k}"
               for k, cap in enumerate(data.captions)]
     (tmp_path / "coco" / "ids.csv").write_text("\n".join(lines) + "\n")
-    from_csv = evaluate_eccv(model, tmp_path / "coco" / "ids.csv", ground_truth=gt_dir, progress=False)
+    from_csv = evaluate_eccv(model, tmp_path / "coco" / "ids.csv", EvalOptions(progress=False), ground_truth=gt_dir)
     assert from_csv["metrics"]["csd"] == direct["csd"]
     with pytest.raises(ValueError, match="COCO caption ids"):
-        evaluate_eccv(model, karpathy, ground_truth=gt_dir, progress=False)
+        evaluate_eccv(model, karpathy, EvalOptions(progress=False), ground_truth=gt_dir)

@@ -41,7 +41,8 @@ def test_wds_classification_reader(tmp_path):
 
 
 def test_wds_classification_rejects_bad_label(tmp_path):
-    import tarfile, io
+    import io
+    import tarfile
 
     root = build_wds_classification(tmp_path / "wds", per_class=1, n_shards=1)
     with tarfile.open(root / "test" / "0.tar", "a") as tar:

@@ -16,7 +16,12 @@ from test_eval_fixtures import (
 
 from probclip.embedding import ProbEmbedding
 from probclip.eval.metrics import ranking_metrics
-from probclip.eval.retrieval import evaluate_retrieval, evaluate_urban1k, retrieval_metrics
+from probclip.eval.options import EvalOptions
+from probclip.eval.retrieval import (
+    evaluate_retrieval,
+    evaluate_urban1k,
+    retrieval_metrics,
+)
 from probclip.eval.scoring import PositiveLists, ranking_scores
 from probclip.eval.zeroshot import combine_templates, evaluate_zeroshot
 
@@ -81,7 +86,7 @@ def test_positive_lists_from_labels():
 
 def test_evaluate_retrieval_writes_results_and_plots(tmp_path):
     model = colour_eval_model()
-    res = evaluate_retrieval(model, build_karpathy(tmp_path / "coco"), out_dir=tmp_path / "out", progress=False)
+    res = evaluate_retrieval(model, build_karpathy(tmp_path / "coco"), EvalOptions(out_dir=tmp_path / "out", progress=False))
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["n_images"] == 6 and saved["n_captions"] == 18
     # Colour is the main signal and 2 images share each colour: the 6 captions of that colour come
@@ -94,10 +99,10 @@ def test_evaluate_retrieval_writes_results_and_plots(tmp_path):
 
 
 def test_deterministic_model_runs_without_uncertainty(tmp_path):
-    res = evaluate_retrieval(open_clip_eval_model(), build_karpathy(tmp_path / "coco"), progress=False)
+    res = evaluate_retrieval(open_clip_eval_model(), build_karpathy(tmp_path / "coco"), EvalOptions(progress=False))
     assert set(res["metrics"]) == {"mean"}
     assert res["probabilistic"] is False
-    zs = evaluate_zeroshot(open_clip_eval_model(), build_image_folder(tmp_path / "f", per_class=4), progress=False)
+    zs = evaluate_zeroshot(open_clip_eval_model(), build_image_folder(tmp_path / "f", per_class=4), EvalOptions(progress=False))
     assert set(zs["metrics"]) == {"mean"} and "uncertainty" not in zs
 
 
@@ -117,7 +122,7 @@ def test_combine_templates_probabilistic_weights_certain_templates():
 def test_zeroshot_on_both_layouts(tmp_path, layout):
     root = (build_image_folder(tmp_path / "d", per_class=4) if layout == "folder"
             else build_wds_classification(tmp_path / "d", per_class=4))
-    res = evaluate_zeroshot(colour_eval_model(), root, out_dir=tmp_path / "out", progress=False, n_bins=4)
+    res = evaluate_zeroshot(colour_eval_model(), root, EvalOptions(out_dir=tmp_path / "out", progress=False), n_bins=4)
     for combo in ("mean", "probabilistic"):
         for method in ("csd", "mean"):
             assert res["metrics"][combo][method]["acc1"] == 1.0
@@ -138,7 +143,7 @@ def test_zeroshot_on_both_layouts(tmp_path, layout):
 def test_bprw_reports_gain_and_refuses_evaluated_images_as_support(tmp_path):
     evaluated = build_image_folder(tmp_path / "test", per_class=3, seed=0)
     support = build_image_folder(tmp_path / "train", per_class=3, seed=1)
-    res = evaluate_zeroshot(colour_eval_model(), evaluated, support=support, progress=False, n_bins=3)
+    res = evaluate_zeroshot(colour_eval_model(), evaluated, EvalOptions(progress=False), support=support, n_bins=3)
     info = res["bprw"]
     assert info["n_support_images"] == 9
     assert set(info["gain_acc1"]) == {"csd", "mean"}
@@ -146,17 +151,17 @@ def test_bprw_reports_gain_and_refuses_evaluated_images_as_support(tmp_path):
     for weights in info["template_weights"]:
         assert sum(weights) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="separate split"):
-        evaluate_zeroshot(colour_eval_model(), evaluated, support=evaluated, progress=False)
+        evaluate_zeroshot(colour_eval_model(), evaluated, EvalOptions(progress=False), support=evaluated)
     # A copy of the evaluated images under another folder is caught by content.
     import shutil
 
     shutil.copytree(evaluated, tmp_path / "copy")
     with pytest.raises(ValueError, match="same content"):
-        evaluate_zeroshot(colour_eval_model(), evaluated, support=tmp_path / "copy", progress=False)
+        evaluate_zeroshot(colour_eval_model(), evaluated, EvalOptions(progress=False), support=tmp_path / "copy")
 
 
 def test_urban1k(tmp_path):
-    res = evaluate_urban1k(colour_eval_model(), build_urban1k(tmp_path / "u"), out_dir=tmp_path / "o", progress=False)
+    res = evaluate_urban1k(colour_eval_model(), build_urban1k(tmp_path / "u"), EvalOptions(out_dir=tmp_path / "o", progress=False))
     assert res["task"] == "urban1k" and res["n_images"] == 6
     assert res["context_length"] == 16 and res["truncated_fraction"] == 1.0
     assert (tmp_path / "o" / "results.json").exists()
@@ -175,8 +180,8 @@ def test_urban1k_long_context_sees_words_a_short_context_cuts(tmp_path):
         (root / "caption" / f"{i}.txt").write_text(" ".join(f"detail{j}" for j in range(30)) + f" and it is {colour}\n")
     short = colour_eval_model()
     long = EvalModel(short.model, short.preprocess, WordTokenizer(context_length=64), name="long")
-    cut = evaluate_urban1k(short, root, progress=False)
-    full = evaluate_urban1k(long, root, progress=False)
+    cut = evaluate_urban1k(short, root, EvalOptions(progress=False))
+    full = evaluate_urban1k(long, root, EvalOptions(progress=False))
     assert cut["truncated_fraction"] == 1.0 and full["truncated_fraction"] == 0.0
     assert full["context_length"] == 64
     for method in ("csd", "mean"):
@@ -198,12 +203,12 @@ def test_deterministic_model_runs_every_task(tmp_path):
     from probclip.eval.rococo import evaluate_rococo
 
     model = open_clip_eval_model()
-    urban = evaluate_urban1k(model, build_urban1k(tmp_path / "u"), out_dir=tmp_path / "u_out", progress=False)
+    urban = evaluate_urban1k(model, build_urban1k(tmp_path / "u"), EvalOptions(out_dir=tmp_path / "u_out", progress=False))
     karpathy, captions_json, gt_dir = build_coco_eccv(tmp_path / "coco")
     (tmp_path / "words.txt").write_text("zebra\nkite\n")
-    rococo = evaluate_rococo(model, karpathy, tmp_path / "words.txt", out_dir=tmp_path / "r_out", progress=False)
-    eccv = evaluate_eccv(model, karpathy, tmp_path / "e_out", coco_captions=captions_json, ground_truth=gt_dir,
-                         progress=False)
+    rococo = evaluate_rococo(model, karpathy, tmp_path / "words.txt", EvalOptions(out_dir=tmp_path / "r_out", progress=False))
+    eccv = evaluate_eccv(model, karpathy, EvalOptions(out_dir=tmp_path / "e_out", progress=False),
+                         coco_captions=captions_json, ground_truth=gt_dir)
     for res, out in ((urban, "u_out"), (rococo, "r_out"), (eccv, "e_out")):
         assert res["probabilistic"] is False and set(res["metrics"]) == {"mean"}, res["task"]
         saved = json.loads((tmp_path / out / "results.json").read_text())

@@ -8,7 +8,6 @@ import pytest
 from PIL import Image
 
 import probclip
-
 from probclip.data import DatasetPairs, list_sources, register_source
 from probclip.errors import UsageError
 from probclip.losses import SigLIPLoss, list_losses, register_loss

@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_data_readers import make_csv_dataset
 
 import probclip
 from probclip import losses as losses_module
 from probclip.train import TrainConfig, TrainingStopped, train
 from probclip.train.step import StepInputs, forward_backward
-
-from test_data_readers import make_csv_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable

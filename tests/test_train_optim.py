@@ -10,8 +10,17 @@ import torch
 
 import probclip
 from probclip.train.config import OptimSection
-from probclip.train.model_init import freeze_towers, reinit_uncertainty, uncertainty_parameter_names
-from probclip.train.optim import build_optimizer, clamp_logit_scale, learning_rate, param_groups
+from probclip.train.model_init import (
+    freeze_towers,
+    reinit_uncertainty,
+    uncertainty_parameter_names,
+)
+from probclip.train.optim import (
+    build_optimizer,
+    clamp_logit_scale,
+    learning_rate,
+    param_groups,
+)
 
 
 @pytest.fixture(scope="module")
@@ -111,13 +120,11 @@ def test_longprolip_config_reproduces_the_reference_resize(official_dir):
 
 def test_open_clip_towers_with_fresh_uncertainty_through_the_loop(tmp_path, monkeypatch):
     import open_clip
-
-    from probclip.train import TrainConfig, train
-    from probclip.train import model_init
-    from probclip.train.config import ModelSection
-
     from test_data_readers import make_csv_dataset
     from test_models_openclip_init import TINY_OPEN_CLIP
+
+    from probclip.train import TrainConfig, model_init, train
+    from probclip.train.config import ModelSection
 
     torch.manual_seed(3)
     source = open_clip.CLIP(**TINY_OPEN_CLIP)

@@ -29,6 +29,7 @@ import torch
 
 from .encode import Embeddings, EvalModel, embedding_uncertainty
 from .metrics import DEFAULT_MAX_CHUNK_ELEMENTS, metrics_from_ranks, uncertainty_bins
+from .options import EvalOptions
 from .readers import RetrievalData, read_retrieval
 from .report import plot_bars, plot_uncertainty_bins, write_results
 from .retrieval import encode_retrieval_data
@@ -299,13 +300,9 @@ def attach_coco_caption_ids(data: RetrievalData, coco_captions_json: str | Path)
 def evaluate_eccv(
     model: EvalModel,
     data: RetrievalData | str | Path,
-    out_dir: str | Path | None = None,
-    image_root: str | Path | None = None,
+    options: EvalOptions | None = None,
+    *,
     coco_captions: str | Path | None = None,
-    split: str = "test",
-    batch_size: int = 64,
-    num_workers: int = 0,
-    progress: bool = True,
     ground_truth: CocoGroundTruth | str | Path | None = None,
 ) -> dict:
     """Encode the COCO 5k test split and compute :func:`coco_eccv_metrics`.
@@ -315,12 +312,13 @@ def evaluate_eccv(
     a folder of ground-truth files (see :func:`load_coco_ground_truth`), or None for the one shipped in
     the ``eccv-caption`` package.
     """
+    options = EvalOptions.of(options)
 
     if ground_truth is not None and not isinstance(ground_truth, CocoGroundTruth):
         ground_truth = load_coco_ground_truth(ground_truth)
 
     if not isinstance(data, RetrievalData):
-        data = read_retrieval(data, image_root=image_root, split=split)
+        data = read_retrieval(data, image_root=options.image_root, split=options.split)
     if data.caption_ids is None:
         if coco_captions is None:
             raise ValueError(
@@ -330,12 +328,12 @@ def evaluate_eccv(
         attach_coco_caption_ids(data, coco_captions)
     if data.image_ids is None:
         raise ValueError("ECCV Caption metrics need COCO image ids (Karpathy 'cocoid' or CSV image_id column)")
-    images, texts = encode_retrieval_data(model, data, batch_size, num_workers, progress)
+    images, texts = encode_retrieval_data(model, data, options.batch_size, options.num_workers, options.progress)
     metrics = coco_eccv_metrics(images, texts, data.image_ids, data.caption_ids, ground_truth=ground_truth)
     results = {"task": "eccv", "model": model.name, "probabilistic": model.probabilistic,
                "n_images": len(data.items), "n_captions": len(data.captions), "metrics": metrics}
-    if out_dir is not None:
-        out_dir = Path(out_dir)
+    if options.out_dir is not None:
+        out_dir = Path(options.out_dir)
         plots = []
         for method, entry in metrics.items():
             if method == "uncertainty":
@@ -349,5 +347,5 @@ def evaluate_eccv(
             plots.append(plot_uncertainty_bins(series, out_dir / f"uncertainty_{method}.png",
                                                "metric per query-uncertainty bin", "metric").name)
         results["plots"] = plots
-        write_results(out_dir, results)
+        write_results(options.out_dir, results)
     return results

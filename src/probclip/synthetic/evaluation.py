@@ -34,6 +34,7 @@ from ..distances import inclusion_score_paired
 from ..embedding import ProbEmbedding
 from ..eval.metrics import per_query_ranking_metrics, ranking_metrics, uncertainty_bins
 from ..eval.scoring import ranking_scores
+from ..eval.zeroshot import combine_templates
 from .world import (
     COLOURS,
     DEGRADATION_LEVELS,
@@ -166,10 +167,12 @@ def _spearman(x, y) -> float:
 
 
 def class_embeddings(class_texts: ProbEmbedding, num_templates: int) -> ProbEmbedding:
-    """Prompt ensemble: per class, the normalised mean of its template means and the mean of their variances."""
-    mean = class_texts.mean.reshape(-1, num_templates, class_texts.mean.shape[-1])
-    var = class_texts.variance.reshape(mean.shape)
-    return ProbEmbedding(torch.nn.functional.normalize(mean.mean(1), dim=-1), var.mean(1).log())
+    """Prompt ensemble of ``[C * T, D]`` template embeddings (class-major): the rule of ``probclip eval``,
+    ``combine_templates(..., "mean")`` (normalised mean of the template means, variance ``sum_t V_t / T^2``)."""
+    dim = class_texts.mean.shape[-1]
+    per_class = ProbEmbedding(class_texts.mean.reshape(-1, num_templates, dim),
+                              class_texts.logvar.reshape(-1, num_templates, dim))
+    return combine_templates(per_class, "mean")
 
 
 def evaluate_synthetic(model, eval_set: EvaluationSet, tokenizer, transform, probabilistic: bool = True,
