@@ -12,7 +12,7 @@ import torch
 from probclip.data.samples import PairBatch
 from probclip.train.config import LossSection, MaskingSection
 from probclip.train.precision import autocast_factory, uses_grad_scaler
-from probclip.train.step import build_step_inputs
+from probclip.train.step import ViewGeometry, build_step_inputs
 
 CPU = torch.device("cpu")
 PATCHES, MASK_ID, PAD_ID, TEXT_LENGTH = 16, 2, 0, 30
@@ -26,8 +26,8 @@ def _batch(size: int = 16) -> PairBatch:
 
 
 def _inputs(batch: PairBatch, rank: int = 0, step: int = 3, masking=None, mixing=None):
-    return build_step_inputs(batch, step=step, seed=11, rank=rank, device=CPU, masking=masking,
-                             num_patches=PATCHES, mask_id=MASK_ID, pad_id=PAD_ID, mixing=mixing)
+    return build_step_inputs(batch, step=step, seed=11, rank=rank, device=CPU, masking=masking, mixing=mixing,
+                             geometry=ViewGeometry(num_patches=PATCHES, mask_id=MASK_ID, pad_id=PAD_ID))
 
 
 def test_masked_views_follow_the_configured_ratios():

@@ -123,9 +123,9 @@ class StreamingPairDataset(IterableDataset):
     """Iterable dataset yielding whole local batches (``PairBatch``) from per-slot record streams.
 
     Args:
-        open_stream: ``open_stream(slot, num_slots) -> iterator of records`` (a slot is one rank x worker pair;
-            the iterator is endless or ends the pass).
-        decode: ``decode(record) -> (PIL image, captions)``, raising ``SampleError`` for an unusable record.
+        source: a ``StreamSource``: ``source.open_stream(slot, num_slots) -> iterator of records`` (a slot is one
+            rank x worker pair; the iterator is endless or ends the pass) and ``source.decode(record) -> (PIL image,
+            captions)``, raising ``SampleError`` for an unusable record.
         collator: turns samples into a ``PairBatch``.
         local_batch: samples per yielded batch.
         seed, rank, world_size: identify the slot streams.
@@ -137,10 +137,9 @@ class StreamingPairDataset(IterableDataset):
             sample (an empty or entirely unreadable dataset).
     """
 
-    def __init__(self, open_stream: Callable[[int, int], Iterator], decode: Callable, collator: PairCollator,
-                 local_batch: int, seed: int, rank: int = 0, world_size: int = 1, skip: dict | None = None,
-                 max_empty_passes: int = 3, worker_offset: int = 0):
-        self.open_stream, self.decode, self.collator = open_stream, decode, collator
+    def __init__(self, source, collator: PairCollator, local_batch: int, seed: int, rank: int = 0,
+                 world_size: int = 1, skip: dict | None = None, max_empty_passes: int = 3, worker_offset: int = 0):
+        self.open_stream, self.decode, self.collator = source.open_stream, source.decode, collator
         self.local_batch, self.seed, self.rank, self.world_size = local_batch, int(seed), rank, world_size
         self.skip = {int(k): int(v) for k, v in (skip or {}).items()}
         self.max_empty_passes = max_empty_passes

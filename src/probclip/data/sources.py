@@ -196,7 +196,7 @@ def build_train_batches(data, collator: PairCollator, *, seed: int, rank: int = 
                 )
             skip = {int(k): int(v) for k, v in resume_state.get("consumed", {}).items()}
             batches_done = int(resume_state.get("batches", 0))
-        dataset = StreamingPairDataset(source.open_stream, source.decode, collator, local_batch, seed, rank,
+        dataset = StreamingPairDataset(source, collator, local_batch, seed, rank,
                                        world_size, skip, worker_offset=batches_done % max(workers, 1))
         loader = DataLoader(dataset, batch_size=None, **common)
         return TrainBatches(loader, "stream",

@@ -156,7 +156,6 @@ def coco_eccv_metrics(
     methods: Sequence[str] | None = None,
     ks: Sequence[int] = (1, 5, 10),
     n_bins: int = 10,
-    max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS,
     benchmarks: Sequence[str] = BENCHMARKS,
 ) -> dict:
     """ECCV Caption, CxC, COCO 5k and COCO 1k metrics of embeddings with COCO ids.
@@ -211,7 +210,7 @@ def coco_eccv_metrics(
                 rows, positives, n_relevant = _positive_lists(gt.positives[name][direction], q_index, g_index,
                                                               n_gallery)
                 per_query = _ranked_metrics(query, gallery, rows, positives, n_relevant, method,
-                                            ks if keep else (1,), max_chunk_elements)
+                                            ks if keep else (1,), DEFAULT_MAX_CHUNK_ELEMENTS)
                 if keep is None:
                     summary = {k: float(per_query[k].mean()) for k in ("map_at_r", "r_precision", "r1")}
                     bin_key = "map_at_r"
@@ -224,7 +223,7 @@ def coco_eccv_metrics(
                         u[direction][rows], per_query[bin_key], n_bins
                     )
         if "coco_1k" in benchmarks:
-            entry["coco_1k"] = _coco_1k(gt, emb, method, ks, max_chunk_elements)
+            entry["coco_1k"] = _coco_1k(gt, emb, method, ks, DEFAULT_MAX_CHUNK_ELEMENTS)
         results[method] = entry
     if bins:
         results["uncertainty"] = bins

@@ -48,7 +48,7 @@ from .model_init import build_model, freeze_towers
 from .optim import build_optimizer, clamp_logit_scale, learning_rate, set_learning_rate
 from .precision import autocast_factory, uses_grad_scaler
 from .run_log import RunLogger
-from .step import TrainingForward, build_step_inputs, forward_backward
+from .step import TrainingForward, ViewGeometry, build_step_inputs, forward_backward
 
 __all__ = ["Run", "StepInfo", "TrainResult", "TrainingStopped", "build_run", "run_loop", "train"]
 
@@ -132,6 +132,7 @@ class Run:
     logger: RunLogger
     output_dir: Path
     config_yaml: str
+    geometry: ViewGeometry
     start_step: int = 0
     eval_fn: Callable[[Any, int], dict] | None = None
 
@@ -282,7 +283,7 @@ def build_run(config: TrainConfig, dist_info: DistInfo, *, eval_fn: Callable | N
         )
         return Run(config, dist_info, model, wrap_model(model, dist_info, run.compile), loss_fn, optimizer, scaler,
                    autocast_factory(dist_info.device, run.precision), batches, tokenizer, uses_masks, logger,
-                   output_dir, config_yaml, start_step, eval_fn)
+                   output_dir, config_yaml, ViewGeometry.of(model, tokenizer), start_step, eval_fn)
     except BaseException:
         logger.close()
         raise
@@ -370,16 +371,11 @@ def run_loop(run: Run, callbacks: Sequence[Callable[[StepInfo], bool | None]] = 
 
 def _step_inputs(run: Run, batch, step: int):
     """The step's tensors on the device, with masked views (ProLIP) and mixed samples (PCME++)."""
-    model, config = run.model, run.config
-    vision_cfg = model.config.vision
-    # Mid-grey in the model's normalised pixel units: the fill of image_mask_mode 'grey'.
-    mid_grey = (0.5 - torch.tensor(vision_cfg.image_mean)) / torch.tensor(vision_cfg.image_std)
+    config = run.config
     return build_step_inputs(
         batch, step=step, seed=config.run.seed, rank=run.dist.rank, device=run.dist.device,
-        masking=config.masking if run.uses_masks else None, num_patches=model.visual.num_patches,
-        mask_id=run.tokenizer.mask_id, pad_id=run.tokenizer.pad_id,
-        mixing=config.loss if config.loss.name == "pcmepp" else None,
-        patch_size=model.visual.patch_size, grey=mid_grey,
+        masking=config.masking if run.uses_masks else None,
+        mixing=config.loss if config.loss.name == "pcmepp" else None, geometry=run.geometry,
     )
 
 

@@ -29,7 +29,7 @@ from ..data.samples import derive_seed
 from ..embedding import ProbEmbedding
 from ..losses import soft_match_labels
 
-__all__ = ["StepInputs", "TrainingForward", "as_training_forward", "masked_selection", "build_step_inputs",
+__all__ = ["StepInputs", "TrainingForward", "ViewGeometry", "as_training_forward", "masked_selection", "build_step_inputs",
            "forward_backward"]
 
 _MASK_TAG, _MIX_TAG = 1, 2
@@ -71,13 +71,37 @@ def masked_selection(first_global_index: int, count: int, fraction: float) -> li
     return chosen
 
 
-def build_step_inputs(batch, *, step: int, seed: int, rank: int, device: torch.device, masking=None,
-                      num_patches: int = 0, mask_id: int | None = None, pad_id: int = 0,
-                      mixing=None, patch_size: int = 0, grey: torch.Tensor | None = None) -> StepInputs:
-    """Move a ``PairBatch`` to ``device`` and add masked views (``masking``: a ``MaskingSection`` or None) and mixed
-    samples (``mixing``: a ``LossSection`` with ``mix_fraction``/``mix_beta``/``cutmix_prob``, or None).
-    ``patch_size`` and ``grey`` (mid-grey per channel in normalised units, ``[3]``) are needed for
-    ``image_mask_mode: grey``."""
+@dataclass(frozen=True)
+class ViewGeometry:
+    """What building masked views needs to know of the model and its tokenizer.
+
+    ``num_patches`` and ``patch_size`` (pixels) of the vision tower; ``grey``: mid-grey per channel in the model's
+    normalised pixel units ``[3]`` (the fill of ``image_mask_mode: grey``); the tokenizer's ``mask_id`` and
+    ``pad_id``.
+    """
+
+    num_patches: int = 0
+    patch_size: int = 0
+    grey: torch.Tensor | None = None
+    mask_id: int | None = None
+    pad_id: int = 0
+
+    @classmethod
+    def of(cls, model, tokenizer) -> ViewGeometry:
+        """The geometry of a ``ProbCLIP`` and its tokenizer."""
+        vision = model.config.vision
+        grey = (0.5 - torch.tensor(vision.image_mean)) / torch.tensor(vision.image_std)
+        return cls(model.visual.num_patches, model.visual.patch_size, grey, tokenizer.mask_id, tokenizer.pad_id)
+
+
+def build_step_inputs(batch, *, step: int, seed: int, rank: int, device: torch.device, masking=None, mixing=None,
+                      geometry: ViewGeometry | None = None) -> StepInputs:
+    """Move a ``PairBatch`` to ``device`` and add masked views (``masking``: a ``MaskingSection`` or None; they need
+    the ``geometry`` of the model) and mixed samples (``mixing``: a ``LossSection`` with
+    ``mix_fraction``/``mix_beta``/``cutmix_prob``, or None)."""
+    geometry = geometry or ViewGeometry()
+    num_patches, patch_size, grey = geometry.num_patches, geometry.patch_size, geometry.grey
+    mask_id, pad_id = geometry.mask_id, geometry.pad_id
     images, tokens = batch.images, batch.tokens  # masked text views are skipped when text_mask_prob is 0
     local = len(images)
     inputs = StepInputs(images, tokens)
