@@ -5,12 +5,6 @@ import random
 
 import pytest
 import torch
-from test_eval_fixtures import (
-    build_hierarcaps,
-    build_retrieval_csv,
-    colour_eval_model,
-    open_clip_eval_model,
-)
 
 from probclip.embedding import ProbEmbedding
 from probclip.eval.hierarcaps import evaluate_hierarcaps, hierarchical_walk
@@ -20,6 +14,12 @@ from probclip.eval.rococo import (
     evaluate_rococo,
     replace_one_word,
     rococo_metrics,
+)
+from test_eval_fixtures import (
+    build_hierarcaps,
+    build_retrieval_csv,
+    colour_eval_model,
+    open_clip_eval_model,
 )
 
 
@@ -44,7 +44,9 @@ def test_hierarcaps_end_to_end(tmp_path):
         2 * m["empty"]["precision"] * m["empty"]["recall"] / (m["empty"]["precision"] + m["empty"]["recall"]))
     assert json.loads((tmp_path / "out" / "results.json").read_text())["n_images"] == 12
     assert (tmp_path / "out" / "hierarcaps.png").exists()
-    det = evaluate_hierarcaps(open_clip_eval_model(), csv_path, EvalOptions(image_root=tmp_path / "imgs", progress=False))
+    det = evaluate_hierarcaps(
+        open_clip_eval_model(), csv_path, EvalOptions(image_root=tmp_path / "imgs", progress=False)
+    )
     assert set(det["metrics"]) == {"empty"}
 
 

@@ -5,14 +5,6 @@ import math
 
 import pytest
 import torch
-from test_eval_fixtures import (
-    build_image_folder,
-    build_karpathy,
-    build_urban1k,
-    build_wds_classification,
-    colour_eval_model,
-    open_clip_eval_model,
-)
 
 from probclip.embedding import ProbEmbedding
 from probclip.eval.metrics import ranking_metrics
@@ -24,6 +16,14 @@ from probclip.eval.retrieval import (
 )
 from probclip.eval.scoring import PositiveLists, ranking_scores
 from probclip.eval.zeroshot import combine_templates, evaluate_zeroshot
+from test_eval_fixtures import (
+    build_image_folder,
+    build_karpathy,
+    build_urban1k,
+    build_wds_classification,
+    colour_eval_model,
+    open_clip_eval_model,
+)
 
 
 def _random_prob(n, d, g):
@@ -43,7 +43,9 @@ def test_retrieval_metrics_equal_dense_metrics_both_ways():
         s = ranking_scores(texts, images, method)
         assert out[method]["t2i"] == pytest.approx(ranking_metrics(s, pos.T.contiguous()))
     # CSD ranking must differ from mean ranking when uncertainties differ.
-    assert not torch.equal(ranking_scores(images, texts, "csd").argsort(1), ranking_scores(images, texts, "mean").argsort(1))
+    assert not torch.equal(
+        ranking_scores(images, texts, "csd").argsort(1), ranking_scores(images, texts, "mean").argsort(1)
+    )
     assert len(out["uncertainty"]["csd"]["i2t"]["bin_metric"]) == 4
 
 
@@ -86,7 +88,9 @@ def test_positive_lists_from_labels():
 
 def test_evaluate_retrieval_writes_results_and_plots(tmp_path):
     model = colour_eval_model()
-    res = evaluate_retrieval(model, build_karpathy(tmp_path / "coco"), EvalOptions(out_dir=tmp_path / "out", progress=False))
+    res = evaluate_retrieval(
+        model, build_karpathy(tmp_path / "coco"), EvalOptions(out_dir=tmp_path / "out", progress=False)
+    )
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["n_images"] == 6 and saved["n_captions"] == 18
     # Colour is the main signal and 2 images share each colour: the 6 captions of that colour come
@@ -102,7 +106,9 @@ def test_deterministic_model_runs_without_uncertainty(tmp_path):
     res = evaluate_retrieval(open_clip_eval_model(), build_karpathy(tmp_path / "coco"), EvalOptions(progress=False))
     assert set(res["metrics"]) == {"mean"}
     assert res["probabilistic"] is False
-    zs = evaluate_zeroshot(open_clip_eval_model(), build_image_folder(tmp_path / "f", per_class=4), EvalOptions(progress=False))
+    zs = evaluate_zeroshot(
+        open_clip_eval_model(), build_image_folder(tmp_path / "f", per_class=4), EvalOptions(progress=False)
+    )
     assert set(zs["metrics"]) == {"mean"} and "uncertainty" not in zs
 
 
@@ -161,16 +167,17 @@ def test_bprw_reports_gain_and_refuses_evaluated_images_as_support(tmp_path):
 
 
 def test_urban1k(tmp_path):
-    res = evaluate_urban1k(colour_eval_model(), build_urban1k(tmp_path / "u"), EvalOptions(out_dir=tmp_path / "o", progress=False))
+    res = evaluate_urban1k(
+        colour_eval_model(), build_urban1k(tmp_path / "u"), EvalOptions(out_dir=tmp_path / "o", progress=False)
+    )
     assert res["task"] == "urban1k" and res["n_images"] == 6
     assert res["context_length"] == 16 and res["truncated_fraction"] == 1.0
     assert (tmp_path / "o" / "results.json").exists()
 
 
 def test_urban1k_long_context_sees_words_a_short_context_cuts(tmp_path):
-    from test_eval_fixtures import RETRIEVAL_IMAGES, WordTokenizer, write_image
-
     from probclip.eval.encode import EvalModel
+    from test_eval_fixtures import RETRIEVAL_IMAGES, WordTokenizer, write_image
 
     root = tmp_path / "urban"
     (root / "caption").mkdir(parents=True)
@@ -197,16 +204,19 @@ def test_urban1k_long_context_sees_words_a_short_context_cuts(tmp_path):
 def test_deterministic_model_runs_every_task(tmp_path):
     """The open_clip stand-in through urban1k, rococo and eccv (zero-shot, retrieval and HierarCaps are above
     and in test_eval_stress): mean score only, no uncertainty parts."""
-    from test_eval_fixtures import build_coco_eccv
-
     from probclip.eval.eccv import evaluate_eccv
     from probclip.eval.rococo import evaluate_rococo
+    from test_eval_fixtures import build_coco_eccv
 
     model = open_clip_eval_model()
-    urban = evaluate_urban1k(model, build_urban1k(tmp_path / "u"), EvalOptions(out_dir=tmp_path / "u_out", progress=False))
+    urban = evaluate_urban1k(
+        model, build_urban1k(tmp_path / "u"), EvalOptions(out_dir=tmp_path / "u_out", progress=False)
+    )
     karpathy, captions_json, gt_dir = build_coco_eccv(tmp_path / "coco")
     (tmp_path / "words.txt").write_text("zebra\nkite\n")
-    rococo = evaluate_rococo(model, karpathy, tmp_path / "words.txt", EvalOptions(out_dir=tmp_path / "r_out", progress=False))
+    rococo = evaluate_rococo(
+        model, karpathy, tmp_path / "words.txt", EvalOptions(out_dir=tmp_path / "r_out", progress=False)
+    )
     eccv = evaluate_eccv(model, karpathy, EvalOptions(out_dir=tmp_path / "e_out", progress=False),
                          coco_captions=captions_json, ground_truth=gt_dir)
     for res, out in ((urban, "u_out"), (rococo, "r_out"), (eccv, "e_out")):

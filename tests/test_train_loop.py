@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_data_readers import make_csv_dataset
 
 import probclip
 from probclip import losses as losses_module
 from probclip.train import TrainConfig, TrainingStopped, train
 from probclip.train.step import StepInputs, forward_backward
+from test_data_readers import make_csv_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -63,7 +63,9 @@ def test_run_writes_loadable_checkpoint_resolved_config_and_log(tmp_path, table)
         assert torch.equal(a.cpu(), b), name
     steps, events = read_log(result.log_path)
     assert [r["step"] for r in steps] == [1, 2, 3, 4]
-    assert {"loss", "ppcl", "inclusion", "img_inclusion", "txt_inclusion", "vib", "lr", "samples_per_s"} <= set(steps[0])
+    assert {"loss", "ppcl", "inclusion", "img_inclusion", "txt_inclusion", "vib", "lr", "samples_per_s"} <= set(
+        steps[0]
+    )
     assert steps[-1]["loss"] < steps[0]["loss"]
     # the corrupt image (row 5) is met within 32 samples of a 24-row table: counted and reported by name
     assert sum(r["skipped_samples"] for r in steps) == result.skipped_samples >= 1
@@ -307,7 +309,9 @@ def test_frozen_vision_tower_does_not_move(tmp_path, table):
     torch.manual_seed(7)
     initial = probclip.create_model("ProLIP-Tiny-Word", vision={"layers": 1}, text={"layers": 1}).state_dict()
     trained = train(config).model.state_dict()
-    assert torch.equal(trained["visual.trunk.blocks.0.attn.qkv.weight"], initial["visual.trunk.blocks.0.attn.qkv.weight"])
+    assert torch.equal(
+        trained["visual.trunk.blocks.0.attn.qkv.weight"], initial["visual.trunk.blocks.0.attn.qkv.weight"]
+    )
     assert torch.equal(trained["visual.head.mean.weight"], initial["visual.head.mean.weight"])
     assert not torch.equal(trained["visual.head.logvar.weight"], initial["visual.head.logvar.weight"])
     assert not torch.equal(trained["text.blocks.0.attn.qkv.weight"], initial["text.blocks.0.attn.qkv.weight"])

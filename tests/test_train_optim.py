@@ -120,11 +120,11 @@ def test_longprolip_config_reproduces_the_reference_resize(official_dir):
 
 def test_open_clip_towers_with_fresh_uncertainty_through_the_loop(tmp_path, monkeypatch):
     import open_clip
-    from test_data_readers import make_csv_dataset
-    from test_models_openclip_init import TINY_OPEN_CLIP
 
     from probclip.train import TrainConfig, model_init, train
     from probclip.train.config import ModelSection
+    from test_data_readers import make_csv_dataset
+    from test_models_openclip_init import TINY_OPEN_CLIP
 
     torch.manual_seed(3)
     source = open_clip.CLIP(**TINY_OPEN_CLIP)
@@ -172,4 +172,6 @@ def test_fine_tuning_starts_from_a_released_prolip_checkpoint(official_dir):
     terms = forward_backward(model, build_loss("prolip"), inputs)
     assert all(math.isfinite(v) for v in terms.values())
     assert model.visual.trunk.blocks[0].attn.qkv.weight.grad is None  # frozen tower
-    assert model.visual.head.logvar.weight.grad is not None and model.text.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert (
+        model.visual.head.logvar.weight.grad is not None and model.text.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    )

@@ -12,7 +12,8 @@ import html
 import re
 import string
 import warnings
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import ftfy
 import torch

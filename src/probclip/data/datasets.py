@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import random
 import tarfile
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
@@ -176,7 +176,9 @@ class StreamingPairDataset(IterableDataset):
                 if len(errors) < MAX_ERRORS_PER_BATCH:
                     errors.append(str(err))
                 if usable_seen == 0 and skipped >= 10_000:
-                    raise SampleError(f"the first {skipped} records are all unreadable; first error: {errors[0]}")
+                    raise SampleError(
+                        f"the first {skipped} records are all unreadable; first error: {errors[0]}"
+                    ) from err
                 continue
             usable_seen += 1
             samples.append((image, captions, derive_seed(self.seed, slot, consumed)))
@@ -190,7 +192,9 @@ class StreamingPairDataset(IterableDataset):
 BAD_SHARD_KEY = "__bad_shard__"
 
 
-def shard_records(urls: Sequence[str], resample: bool, shuffle_buffer: int, seed: int) -> Callable[[int, int], Iterator]:
+def shard_records(
+    urls: Sequence[str], resample: bool, shuffle_buffer: int, seed: int
+) -> Callable[[int, int], Iterator]:
     """``open_stream`` for webdataset shards: shards chosen per slot (``shard_stream``), records through a shuffle
     buffer seeded per slot. A shard that cannot be read (or breaks off) becomes one marker record
     ``{BAD_SHARD_KEY: message}``, which the decoder counts as an unreadable sample.

@@ -1,16 +1,18 @@
 """Data sources by name (``data.source`` in a training config) and the training batch stream built from them.
 
 Built-in sources: ``webdataset`` (tar shards) and ``csv`` (CSV/TSV tables); the synthetic world registers
-``synthetic`` itself (``probclip.synthetic``). Register more with ``register_source(name, builder)`` where ``builder(data_section, seed)`` returns an indexed source (``len`` and
-``load(index) -> (PIL image, captions, name)``) or a ``StreamSource``.
+``synthetic`` itself (``probclip.synthetic``). Register more with ``register_source(name, builder)`` where
+``builder(data_section, seed)`` returns an indexed source (``len`` and ``load(index) -> (PIL image, captions,
+name)``) or a ``StreamSource``.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from torch.utils.data import DataLoader
 
@@ -136,7 +138,8 @@ class TrainBatches:
     """Endless iterator of this rank's ``PairBatch`` es, tracking the data position for checkpoints.
 
     ``state()`` -> ``{"kind": "indexed", "step": s}`` or ``{"kind": "stream", "num_workers": W, "batches": k,
-    "consumed": {worker: records}}``; pass it back to ``build_train_batches(resume_state=...)`` to continue where it stopped.
+    "consumed": {worker: records}}``; pass it back to ``build_train_batches(resume_state=...)`` to continue where
+    it stopped.
     """
 
     def __init__(self, loader: DataLoader, kind: str, state: dict):
@@ -190,9 +193,10 @@ def build_train_batches(data, collator: PairCollator, *, seed: int, rank: int = 
         batches_done = 0
         if resume_state and resume_state.get("kind") == "stream":
             if int(resume_state.get("num_workers", -1)) != max(workers, 1):
+                recorded = resume_state.get("num_workers")
                 raise ValueError(
-                    f"the checkpoint's data position was recorded with {resume_state.get('num_workers')} worker(s) "
-                    f"per process; resume with data.num_workers: {resume_state.get('num_workers') if resume_state.get('num_workers') != 1 else 0}"
+                    f"the checkpoint's data position was recorded with {recorded} worker(s) per process; resume "
+                    f"with data.num_workers: {recorded if recorded != 1 else 0}"
                 )
             skip = {int(k): int(v) for k, v in resume_state.get("consumed", {}).items()}
             batches_done = int(resume_state.get("batches", 0))

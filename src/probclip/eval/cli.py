@@ -38,14 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
                              "(retrieval, eccv, rococo), Urban-1k folder, HierarCaps CSV")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: ./eval-<task>)")
     parser.add_argument("--split", default="test", help="split of a Karpathy JSON or webdataset (default: test)")
-    parser.add_argument("--image-root", type=Path, default=None, help="folder the image paths of --data are relative to")
+    parser.add_argument(
+        "--image-root", type=Path, default=None, help="folder the image paths of --data are relative to"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     zs = parser.add_argument_group("zeroshot")
-    zs.add_argument("--templates", type=Path, default=None,
-                    help="text file of prompt templates with {c} (default: the data set's own, else 'a photo of a {c}.')")
+    zs.add_argument(
+        "--templates",
+        type=Path,
+        default=None,
+        help="text file of prompt templates with {c} (default: the data set's own, else 'a photo of a {c}.')",
+    )
     zs.add_argument("--support", type=Path, default=None,
                     help="labelled support images from another split: enables BPRW prompt re-weighting")
     zs.add_argument("--support-split", default="train", help="webdataset split of --support (default: train)")

@@ -20,9 +20,9 @@ R and can never be retrieved, so ECCV numbers stay comparable with published one
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -337,11 +337,19 @@ def evaluate_eccv(
         for method, entry in metrics.items():
             if method == "uncertainty":
                 continue
-            bars = {"ECCV mAP@R i2t": entry["eccv"]["i2t"]["map_at_r"], "ECCV mAP@R t2i": entry["eccv"]["t2i"]["map_at_r"],
-                    "CxC R@1 i2t": entry["cxc"]["i2t"]["r1"], "CxC R@1 t2i": entry["cxc"]["t2i"]["r1"],
-                    "COCO5k R@1 i2t": entry["coco_5k"]["i2t"]["r1"], "COCO5k R@1 t2i": entry["coco_5k"]["t2i"]["r1"],
-                    "COCO1k R@1 i2t": entry["coco_1k"]["i2t"]["r1"], "COCO1k R@1 t2i": entry["coco_1k"]["t2i"]["r1"]}
-            plots.append(plot_bars(bars, out_dir / f"eccv_{method}.png", f"ECCV / CxC / COCO ({method} score)", "").name)
+            bars = {
+                "ECCV mAP@R i2t": entry["eccv"]["i2t"]["map_at_r"],
+                "ECCV mAP@R t2i": entry["eccv"]["t2i"]["map_at_r"],
+                "CxC R@1 i2t": entry["cxc"]["i2t"]["r1"],
+                "CxC R@1 t2i": entry["cxc"]["t2i"]["r1"],
+                "COCO5k R@1 i2t": entry["coco_5k"]["i2t"]["r1"],
+                "COCO5k R@1 t2i": entry["coco_5k"]["t2i"]["r1"],
+                "COCO1k R@1 i2t": entry["coco_1k"]["i2t"]["r1"],
+                "COCO1k R@1 t2i": entry["coco_1k"]["t2i"]["r1"],
+            }
+            plots.append(
+                plot_bars(bars, out_dir / f"eccv_{method}.png", f"ECCV / CxC / COCO ({method} score)", "").name
+            )
         for method, series in metrics.get("uncertainty", {}).items():
             plots.append(plot_uncertainty_bins(series, out_dir / f"uncertainty_{method}.png",
                                                "metric per query-uncertainty bin", "metric").name)

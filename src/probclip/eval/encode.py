@@ -8,8 +8,8 @@ leave the uncertainty analyses out for plain tensors.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import nn

@@ -40,7 +40,9 @@ from .scoring import ranking_scores
 __all__ = ["hierarchical_walk", "hierarcaps_metrics", "evaluate_hierarcaps"]
 
 
-def hierarchical_walk(start: torch.Tensor, root: torch.Tensor, gallery_means: torch.Tensor, n_steps: int = 50) -> torch.Tensor:
+def hierarchical_walk(
+    start: torch.Tensor, root: torch.Tensor, gallery_means: torch.Tensor, n_steps: int = 50
+) -> torch.Tensor:
     """Indices of the gallery items nearest to each point of the walk, ``[N, n_steps]``.
 
     Args:
@@ -57,7 +59,9 @@ def hierarchical_walk(start: torch.Tensor, root: torch.Tensor, gallery_means: to
     return (points @ gallery.T).argmax(-1)
 
 
-def _precision_recall(walk: torch.Tensor, gallery_texts: list[str], chains: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+def _precision_recall(
+    walk: torch.Tensor, gallery_texts: list[str], chains: list[list[str]]
+) -> tuple[torch.Tensor, torch.Tensor]:
     precision, recall = [], []
     for row, chain in zip(walk.tolist(), chains):
         pred = {gallery_texts[j] for j in row}
@@ -114,7 +118,9 @@ def evaluate_hierarcaps(
     if not isinstance(data, HierarCapsData):
         data = read_hierarcaps(data, image_root=options.image_root)
     gallery_texts = sorted({c for chain in data.chains for c in chain})
-    images = encode_images(model.model, data.items, model.preprocess, options.batch_size, options.num_workers, progress=options.progress)
+    images = encode_images(
+        model.model, data.items, model.preprocess, options.batch_size, options.num_workers, progress=options.progress
+    )
     captions = encode_texts(model.model, gallery_texts, model.tokenizer, progress=options.progress)
     empty = encode_texts(model.model, [""], model.tokenizer, progress=False)
     n_bins = 10 if len(data.items) >= 10 else max(2, len(data.items))
@@ -123,7 +129,9 @@ def evaluate_hierarcaps(
                "n_images": len(data.items), "n_captions": len(gallery_texts), "n_steps": n_steps, "metrics": metrics}
     if options.out_dir is not None:
         out_dir = Path(options.out_dir)
-        bars = {f"{root} {k}": v[k] for root, v in metrics.items() if root != "uncertainty" for k in ("precision", "recall")}
+        bars = {
+            f"{root} {k}": v[k] for root, v in metrics.items() if root != "uncertainty" for k in ("precision", "recall")
+        }
         plots = [plot_bars(bars, out_dir / "hierarcaps.png", "HierarCaps precision / recall", "").name]
         if "uncertainty" in metrics:
             plots.append(plot_uncertainty_bins(metrics["uncertainty"], out_dir / "uncertainty_recall.png",

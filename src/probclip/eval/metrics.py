@@ -15,7 +15,7 @@ Definitions for a query with ranked list ``L`` and positive set ``G`` of size ``
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -294,7 +294,9 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] 
 def mean_per_class_recall(predictions: torch.Tensor, labels: torch.Tensor, n_classes: int) -> float:
     """Mean over the classes present in ``labels`` of the fraction of their samples predicted right."""
     if predictions.shape != labels.shape:
-        raise ValueError(f"predictions and labels must match in shape; got {tuple(predictions.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            f"predictions and labels must match in shape; got {tuple(predictions.shape)} and {tuple(labels.shape)}"
+        )
     correct = (predictions == labels).double()
     per_class_total = torch.bincount(labels, minlength=n_classes).double()
     per_class_correct = torch.bincount(labels, weights=correct, minlength=n_classes)

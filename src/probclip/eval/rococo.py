@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -162,7 +162,9 @@ def evaluate_rococo(
     images, texts = encode_retrieval_data(model, data, options.batch_size, options.num_workers, options.progress)
     adv_emb = encode_texts_or_none(model, adversarial, options.progress)
     perm = derangement(len(data.items), seed)
-    mixed = encode_mixed_images(model, data.items, perm, mix_weight, options.batch_size, options.num_workers, options.progress)
+    mixed = encode_mixed_images(
+        model, data.items, perm, mix_weight, options.batch_size, options.num_workers, options.progress
+    )
     metrics = rococo_metrics(images, texts, data.caption_image, adv_emb, mixed)
     results = {"task": "rococo", "model": model.name, "probabilistic": model.probabilistic,
                "n_images": len(data.items), "n_captions": len(data.captions),

@@ -15,8 +15,8 @@ Each combination is scored by CSD ranking and by cosine of the means (only cosin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -118,14 +118,18 @@ def evaluate_zeroshot(
     if support is not None:
         if not model.probabilistic:
             raise ValueError("BPRW needs a probabilistic model; the given model is deterministic")
-        support_data = support if isinstance(support, ClassificationData) else read_classification(support, split=support_split)
+        support_data = (
+            support if isinstance(support, ClassificationData) else read_classification(support, split=support_split)
+        )
         if support_data.classnames != data.classnames:
             raise ValueError(
                 f"support and evaluation data must list the same classes in the same order; got "
                 f"{len(support_data.classnames)} vs {len(data.classnames)} class names"
             )
     text = class_text_embeddings(model, data.classnames, data.templates, progress=options.progress)
-    images = encode_images(model.model, data.items, model.preprocess, options.batch_size, options.num_workers, progress=options.progress)
+    images = encode_images(
+        model.model, data.items, model.preprocess, options.batch_size, options.num_workers, progress=options.progress
+    )
 
     classes = {"mean": combine_templates(text, "mean")}
     if model.probabilistic:
@@ -135,8 +139,15 @@ def evaluate_zeroshot(
         settings = bprw or BPRWSettings()
         support_items, support_labels = select_support(support_data, settings.shots, n_classes, settings.seed)
         check_disjoint(data.items, support_items)
-        support_emb = encode_images(model.model, support_items, model.preprocess, options.batch_size, options.num_workers,
-                                    desc="support images", progress=options.progress)
+        support_emb = encode_images(
+            model.model,
+            support_items,
+            model.preprocess,
+            options.batch_size,
+            options.num_workers,
+            desc="support images",
+            progress=options.progress,
+        )
         classes["bprw"], weights = bprw_class_embeddings(text, support_emb, support_labels, settings)
         bprw_info = {"settings": settings.to_dict(), "n_support_images": len(support_items),
                      "template_weights": weights.tolist()}

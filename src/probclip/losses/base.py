@@ -18,7 +18,9 @@ def _as_scalar(value, name: str, like: torch.Tensor) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         value = torch.tensor(float(value))
     if value.numel() != 1:
-        raise ValueError(f"{name} must be a scalar (0-dim or one-element tensor, or a float); got shape {tuple(value.shape)}")
+        raise ValueError(
+            f"{name} must be a scalar (0-dim or one-element tensor, or a float); got shape {tuple(value.shape)}"
+        )
     return value.reshape(()).to(device=like.device, dtype=like.dtype)
 
 

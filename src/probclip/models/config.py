@@ -10,8 +10,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from ..config_fields import from_known_fields
 
@@ -128,7 +129,9 @@ class TextConfig:
     init_unc_bias: float = -10.0
     pad_id: int = 1
     mask_id: int | None = 32000
-    tokenizer: dict = field(default_factory=lambda: {"type": "hf", "name": "timm/ViT-B-16-SigLIP", "clean": "canonicalize"})
+    tokenizer: dict = field(
+        default_factory=lambda: {"type": "hf", "name": "timm/ViT-B-16-SigLIP", "clean": "canonicalize"}
+    )
 
     def __post_init__(self) -> None:
         for name in ("context_length", "vocab_size", "width", "heads", "layers"):
@@ -196,11 +199,11 @@ class ProbCLIPConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ProbCLIPConfig":
+    def from_dict(cls, data: dict) -> ProbCLIPConfig:
         """Inverse of ``to_dict``; unknown keys raise ``ValueError`` naming them."""
         return from_known_fields(cls, copy.deepcopy(data), "ProbCLIPConfig")
 
-    def replace(self, **changes: Any) -> "ProbCLIPConfig":
+    def replace(self, **changes: Any) -> ProbCLIPConfig:
         """A copy with top-level fields replaced; ``vision``/``text`` may be partial dicts merged into the towers."""
         data = self.to_dict()
         for key, value in changes.items():

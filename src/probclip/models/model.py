@@ -172,7 +172,7 @@ class ProbCLIP(
         dtype: torch.dtype | None = None,
         revision: str | None = None,
         cache_dir: str | None = None,
-    ) -> "ProbCLIP":
+    ) -> ProbCLIP:
         """The model stored in a directory or ``hf-hub:owner/repo`` (probclip or released layout), loaded strictly,
         in eval mode, moved to ``device`` / ``dtype`` when given."""
         directory = resolve_checkpoint_dir(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir)

@@ -9,7 +9,7 @@ vision CLS/UNC/positional parameters to timm's leading singleton dimensions. Bot
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -133,8 +133,15 @@ def config_to_released(config: ProbCLIPConfig) -> dict:
         if t.tokenizer.get("clean"):
             text_cfg["tokenizer_kwargs"] = {"clean": t.tokenizer["clean"]}
     elif t.tokenizer["type"] != "clip":
-        raise ValueError(f"the released format supports CLIP BPE or Hugging Face tokenizers; got {t.tokenizer['type']!r}")
-    out = {"embed_dim": config.embed_dim, "init_logit_bias": config.init_logit_bias, "vision_cfg": vision_cfg, "text_cfg": text_cfg}
+        raise ValueError(
+            f"the released format supports CLIP BPE or Hugging Face tokenizers; got {t.tokenizer['type']!r}"
+        )
+    out = {
+        "embed_dim": config.embed_dim,
+        "init_logit_bias": config.init_logit_bias,
+        "vision_cfg": vision_cfg,
+        "text_cfg": text_cfg,
+    }
     if v.act == "quick_gelu":
         out["quick_gelu"] = True
     return out
@@ -191,7 +198,9 @@ _RULES: list[tuple[str, str, _Fn, _Fn]] = [
     ("text.text_uncertainty_projection.{wb}", "text.head.logvar.{wb}", _same, _same),
 ]
 for _released, _ours in OPEN_CLIP_TO_TIMM_BLOCK_KEYS:
-    _RULES.append((f"visual.transformer.resblocks.{{n}}.{_released}", f"visual.trunk.blocks.{{n}}.{_ours}", _same, _same))
+    _RULES.append(
+        (f"visual.transformer.resblocks.{{n}}.{_released}", f"visual.trunk.blocks.{{n}}.{_ours}", _same, _same)
+    )
     _RULES.append((f"text.transformer.resblocks.{{n}}.{_released}", f"text.blocks.{{n}}.{_ours}", _same, _same))
 
 
@@ -245,5 +254,7 @@ def save_released(model, directory) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = probclip_to_released_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
-    save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in state.items()}, str(directory / "model.safetensors"), metadata={"format": "pt"}
+    )
     (directory / "config.json").write_text(json.dumps(config_to_released(model.config), indent=2, sort_keys=True))

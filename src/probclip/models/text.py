@@ -79,7 +79,9 @@ class TextTower(TowerParameterRules, nn.Module):
     @torch.compiler.disable  # reads token values (data-dependent): runs eagerly inside a compiled tower
     def _check_tokens(self, tokens: torch.Tensor) -> None:
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
-            shape = f"{tuple(tokens.shape)} {tokens.dtype}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            shape = (
+                f"{tuple(tokens.shape)} {tokens.dtype}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            )
             raise ValueError(f"tokens must be an integer tensor [B, L]; got {shape}")
         if tokens.shape[1] > self.context_length:
             raise ValueError(

@@ -79,7 +79,11 @@ class VisionTower(TowerParameterRules, nn.Module):
 
     @torch.compiler.disable  # reads index values (data-dependent): runs eagerly inside a compiled tower
     def _check_keep_patches(self, keep_patches: torch.Tensor, batch: int) -> None:
-        if keep_patches.dim() != 2 or keep_patches.shape[0] != batch or keep_patches.dtype not in (torch.int64, torch.int32):
+        if (
+            keep_patches.dim() != 2
+            or keep_patches.shape[0] != batch
+            or keep_patches.dtype not in (torch.int64, torch.int32)
+        ):
             raise ValueError(
                 f"keep_patches must be an integer tensor [B={batch}, K] of patch indices; got "
                 f"{tuple(keep_patches.shape)} {keep_patches.dtype}"
@@ -113,7 +117,9 @@ class VisionTower(TowerParameterRules, nn.Module):
             x = trunk.blocks(x)
         return trunk.norm(x)
 
-    def forward(self, images: torch.Tensor, keep_patches: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, keep_patches: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``(mean [B, D] unnormalised, logvar [B, D])``."""
         tokens = self.forward_tokens(images, keep_patches)
         cls_token = tokens[:, 0]

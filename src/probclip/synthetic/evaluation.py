@@ -23,8 +23,8 @@ means, and their uncertainty keys are left out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -114,11 +114,18 @@ def build_evaluation_set(seed: int, num_scenes: int = 500, num_degraded: int = 2
     single = SyntheticDataset(seed=seed + 1, split=split, size=num_zeroshot, max_objects=1)
     zeroshot = [single.scene(i) for i in range(num_zeroshot)]
     return EvaluationSet(
-        scenes=scenes, captions=captions, truth=truth_matrix(scenes, captions), image_captions=image_captions,
-        degraded_scenes=degraded, degraded_levels=np.array(levels),
-        zeroshot_scenes=zeroshot, zeroshot_labels=np.array([ZEROSHOT_CLASSES[zeroshot_attribute].index(s.objects[0].value(zeroshot_attribute))
-                                 for s in zeroshot]),
-        zeroshot_attribute=zeroshot_attribute, degradation_kind=degradation_kind,
+        scenes=scenes,
+        captions=captions,
+        truth=truth_matrix(scenes, captions),
+        image_captions=image_captions,
+        degraded_scenes=degraded,
+        degraded_levels=np.array(levels),
+        zeroshot_scenes=zeroshot,
+        zeroshot_labels=np.array(
+            [ZEROSHOT_CLASSES[zeroshot_attribute].index(s.objects[0].value(zeroshot_attribute)) for s in zeroshot]
+        ),
+        zeroshot_attribute=zeroshot_attribute,
+        degradation_kind=degradation_kind,
     )
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .world import SyntheticDataset
 

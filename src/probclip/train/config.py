@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -108,7 +109,12 @@ class ModelSection:
     def validate(self) -> None:
         _check_choice("model", "init", self.init, INIT_KINDS)
         if self.init == "pretrained" and not self.pretrained:
-            _fail("model", "pretrained", self.pretrained, "a checkpoint directory or 'hf-hub:owner/repo' with init: pretrained")
+            _fail(
+                "model",
+                "pretrained",
+                self.pretrained,
+                "a checkpoint directory or 'hf-hub:owner/repo' with init: pretrained",
+            )
         if self.init == "open_clip" and not self.open_clip_model:
             _fail("model", "open_clip_model", self.open_clip_model, "an open_clip model name with init: open_clip")
         if self.context_length is not None:
@@ -371,7 +377,7 @@ class TrainConfig:
     run: RunSection = field(default_factory=RunSection)
     eval: EvalSection = field(default_factory=EvalSection)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Check every section; raises ``ValueError`` naming the bad key, its value and what is accepted."""
         for name in _SECTIONS:
             getattr(self, name).validate()
@@ -382,7 +388,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> "TrainConfig":
+    def from_dict(cls, data: dict | None) -> TrainConfig:
         """Build and validate from a nested dict; unknown sections or keys raise ``ValueError`` naming them."""
         data = copy.deepcopy(data or {})
         if not isinstance(data, dict):
@@ -428,7 +434,9 @@ def parse_override_args(args: Sequence[str]) -> dict:
     while index < len(items):
         arg = items[index]
         if not arg.startswith("--") or "." not in arg:
-            raise ValueError(f"unexpected argument {arg!r}; overrides look like --section.key value (e.g. --optim.lr 1e-4)")
+            raise ValueError(
+                f"unexpected argument {arg!r}; overrides look like --section.key value (e.g. --optim.lr 1e-4)"
+            )
         if "=" in arg:
             dotted, raw = arg[2:].split("=", 1)
             index += 1

@@ -3,8 +3,8 @@ given data sets, through ``probclip.eval``. Metrics are flattened to ``{"<task>/
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..eval.encode import EvalModel
 from ..eval.options import EvalOptions

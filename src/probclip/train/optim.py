@@ -43,7 +43,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, optim) -> torch.optim.AdamW:
-    """AdamW over ``param_groups(model, optim.weight_decay)`` with ``optim.lr``, ``betas``, ``eps`` (an ``OptimSection``)."""
+    """AdamW over ``param_groups(model, optim.weight_decay)`` with ``optim.lr``, ``betas``, ``eps`` (an
+    ``OptimSection``)."""
     groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, optim.weight_decay)]
     groups = [g for g in groups if g["params"]]
     return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)

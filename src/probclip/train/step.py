@@ -29,8 +29,15 @@ from ..data.samples import derive_seed
 from ..embedding import ProbEmbedding
 from ..losses import soft_match_labels
 
-__all__ = ["StepInputs", "TrainingForward", "ViewGeometry", "as_training_forward", "masked_selection", "build_step_inputs",
-           "forward_backward"]
+__all__ = [
+    "StepInputs",
+    "TrainingForward",
+    "ViewGeometry",
+    "as_training_forward",
+    "masked_selection",
+    "build_step_inputs",
+    "forward_backward",
+]
 
 _MASK_TAG, _MIX_TAG = 1, 2
 
