@@ -110,7 +110,7 @@ def iter_tar_records(url: str) -> Iterator[dict]:
     first. An uncompressed shard must end with tar's end-of-archive block: one cut short at a member boundary
     (which ``tarfile`` alone takes for the end) raises ``tarfile.ReadError`` after its complete records.
     """
-    import webdataset
+    import webdataset  # heavy; only reading shards needs it
 
     raw = webdataset.gopen(url, "rb") if not _is_local(url) else open(_local_path(url), "rb")
     stream = _CountingReader(raw)

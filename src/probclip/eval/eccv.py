@@ -79,7 +79,7 @@ def load_coco_ground_truth(data_dir: str | Path | None = None) -> CocoGroundTrut
     Expected files: ``{original,cxc,eccv}_{image_to_caption,caption_to_image}.json`` and ``coco_test_ids.npy``.
     """
     if data_dir is None:
-        import eccv_caption
+        import eccv_caption  # only the ECCV task needs its ground truth
 
         data_dir = Path(eccv_caption.__file__).parent / "data"
     data_dir = Path(data_dir)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 __all__ = [
     "ImageItem",
@@ -75,8 +76,6 @@ class ImageItem:
 
     def open(self):
         """The image as an RGB ``PIL.Image``."""
-        from PIL import Image
-
         with Image.open(io.BytesIO(self.read_bytes())) as img:
             return img.convert("RGB")
 

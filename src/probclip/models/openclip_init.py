@@ -22,7 +22,7 @@ __all__ = ["init_from_open_clip"]
 
 
 def _vision_pairs(visual: nn.Module, model: ProbCLIP) -> dict[str, torch.Tensor]:
-    from open_clip.transformer import VisionTransformer as OpenClipViT
+    from open_clip.transformer import VisionTransformer as OpenClipViT  # heavy; only this initialiser
 
     if not isinstance(visual, OpenClipViT):
         raise ValueError(

@@ -8,10 +8,13 @@ vision CLS/UNC/positional parameters to timm's leading singleton dimensions. Bot
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from .config import ProbCLIPConfig, TextConfig, VisionConfig
 from .keymap import OPEN_CLIP_TO_TIMM_BLOCK_KEYS
@@ -246,11 +249,6 @@ def probclip_to_released_state_dict(state_dict: dict) -> dict:
 
 def save_released(model, directory) -> None:
     """Write ``model`` in the released on-disk layout (``config.json`` + ``model.safetensors``)."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = probclip_to_released_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})

@@ -33,7 +33,7 @@ def freeze_towers(model: nn.Module, vision: bool, text: bool, heads: bool) -> li
 
 
 def _open_clip_source(name: str, pretrained: str | None):
-    import open_clip
+    import open_clip  # heavy; only init: open_clip needs it
 
     return open_clip.create_model(name, pretrained=pretrained)
 

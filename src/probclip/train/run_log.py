@@ -58,11 +58,11 @@ class RunLogger:
             mode = "bar" if sys.stderr.isatty() else "plain"
         self.mode = mode
         if mode == "bar":
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # only when a bar is shown
 
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # heavy; only with run.tensorboard
 
             self._writer = SummaryWriter(str(Path(output_dir) / "tensorboard"))
 
