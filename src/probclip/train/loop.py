@@ -282,9 +282,13 @@ def build_run(config: TrainConfig, dist_info: DistInfo, *, eval_fn: Callable | N
             config.data, collator, seed=run.seed, rank=dist_info.rank, world_size=dist_info.world_size,
             start_step=start_step, resume_state=data_state, pin_memory=dist_info.device.type == "cuda", source=source,
         )
-        return Run(config, dist_info, model, wrap_model(model, dist_info, run.compile), loss_fn, optimizer, scaler,
-                   autocast_factory(dist_info.device, run.precision), batches, tokenizer, uses_masks, logger,
-                   output_dir, config_yaml, ViewGeometry.of(model, tokenizer), start_step, eval_fn)
+        return Run(
+            config=config, dist=dist_info, model=model, forward=wrap_model(model, dist_info, run.compile),
+            loss_fn=loss_fn, optimizer=optimizer, scaler=scaler,
+            autocast=autocast_factory(dist_info.device, run.precision), batches=batches, tokenizer=tokenizer,
+            uses_masks=uses_masks, logger=logger, output_dir=output_dir, config_yaml=config_yaml,
+            geometry=ViewGeometry.of(model, tokenizer), start_step=start_step, eval_fn=eval_fn,
+        )
     except BaseException:
         logger.close()
         raise
