@@ -105,8 +105,9 @@ class VisionTower(TowerParameterRules, nn.Module):
         self._check_images(images)
         trunk = self.trunk
         x = trunk.patch_embed(images)  # [B, N, W]
-        prefix = torch.cat([trunk.cls_token, trunk.reg_token], dim=1).expand(x.shape[0], -1, -1)
-        x = torch.cat([prefix.to(x.dtype), x], dim=1) + trunk.pos_embed.to(x.dtype)  # [B, 2 + N, W]
+        # CLS and UNC expanded one by one: their gradients come out contiguous, as DDP's buckets expect.
+        cls, unc = (token.expand(x.shape[0], -1, -1).to(x.dtype) for token in (trunk.cls_token, trunk.reg_token))
+        x = torch.cat([cls, unc, x], dim=1) + trunk.pos_embed.to(x.dtype)  # [B, 2 + N, W]
         if keep_patches is not None:
             x = self._keep_patch_tokens(x, keep_patches.to(x.device))
         x = trunk.norm_pre(x)

@@ -204,8 +204,8 @@ def wrap_model(model, dist_info: DistInfo, compile_towers: bool | str = False) -
     forward = TrainingForward(model)
     if not dist_info.distributed:
         return forward
-    return DistributedDataParallel(forward, device_ids=None, broadcast_buffers=False,
-                                   find_unused_parameters=False, static_graph=False)
+    # The model has no buffers, so there is nothing to broadcast in the forward pass.
+    return DistributedDataParallel(forward, device_ids=None, find_unused_parameters=False, static_graph=False)
 
 
 def _restore_training_state(state: dict | None, optimizer, scaler, dist_info: DistInfo, resume_dir) -> dict | None:
