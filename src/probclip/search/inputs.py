@@ -9,7 +9,7 @@ skipped later, when it is decoded, and named in the manifest; nothing is checked
 - a Karpathy split JSON (``images[*].{filepath?, filename, split, sentences[*].raw}``; every split unless one is
   named);
 - webdataset shards (a ``.tar`` file or a folder of them): ``<key>.<jpg|png|...>`` with ``<key>.txt`` (one caption a
-  line) or ``<key>.json`` (a list of captions, or an object with ``captions`` / ``caption``);
+  line) and/or ``<key>.json`` (a list of captions, or an object with ``captions`` / ``caption``);
 - a ``.txt`` file with one caption per line (texts only).
 
 The image rows are the distinct images in input order (caption: the first caption of the image); the text rows are
@@ -148,8 +148,10 @@ def _list_shards(shards: list[Path], out, seen_images, seen_texts) -> None:
     for shard in shards:
         for key, members in _tar_members(shard).items():
             image = next(((e, members[e]) for e in ("jpg", "jpeg", "png", "webp", "bmp") if e in members), None)
-            ext = "json" if "json" in members else "txt" if "txt" in members else None
-            captions = _member_captions(shard, members[ext], ext) if ext else []
+            captions = []  # the .txt caption first (img2dataset's caption: the image row's), then the .json ones
+            for ext in ("txt", "json"):
+                if ext in members:
+                    captions += [c for c in _member_captions(shard, members[ext], ext) if c not in captions]
             item = None
             if image is not None:
                 item = ImageItem(f"{shard.resolve()}::{key}", shard, image[1].offset_data, image[1].size)

@@ -9,9 +9,9 @@ import csv
 import json
 from pathlib import Path
 
-from ..synthetic.world import render_scene
-from ..synthetic.evaluation import build_evaluation_set
 from ..errors import InputError
+from ..synthetic.evaluation import build_evaluation_set
+from ..synthetic.world import render_scene
 from .embed import embed_collection
 from .index import build_index
 from .layout import MANIFEST_NAME, read_manifest
@@ -38,7 +38,8 @@ def write_synthetic_test_split(out_dir: str | Path, seed: int = 0, num_scenes: i
     for i, (scene, caption_ids) in enumerate(zip(eval_set.scenes, eval_set.image_captions, strict=True)):
         name = f"images/test_{i:05d}.png"
         render_scene(scene).save(out / name)
-        for j in sorted(caption_ids, key=lambda c: -eval_set.captions[c].level):  # full scene first: the image's caption
+        # the full-scene caption first: it becomes the image row's caption
+        for j in sorted(caption_ids, key=lambda c: -eval_set.captions[c].level):
             rows.append((name, eval_set.captions[j].text, eval_set.captions[j].level))
     tmp = table.with_name(table.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as handle:

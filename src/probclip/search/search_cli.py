@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def format_table(results: SearchResults, query_u: float | None = None) -> str:
     """A readable table: rank, score, uncertainty u, caption or source."""
-    arrow = "higher is closer" if results.higher_is_better else "lower is closer"
+    arrow = "higher is better" if results.higher_is_better else "lower is closer"
     how = "exact" if results.exact else "approximate candidates, exact re-rank"
     lines = [f"score: {results.score} ({arrow}; {how})"]
     if query_u is not None:

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..distances import inclusion_score
 from ..embedding import ProbEmbedding
 from ..errors import InputError, UsageError
 from ..tokenizers import get_tokenizer
@@ -29,7 +28,7 @@ from .layout import StoredRows, check_modality, read_manifest
 from .milvus import MilvusSearcher
 from .model_id import model_fingerprint
 from .results import HIGHER_IS_BETTER, SCORES, SearchResults
-from .vectors import augment_query, inclusion_query_weights
+from .vectors import augment_query, inclusion_query_weights, inclusion_test
 
 __all__ = ["DEFAULT_OVERSAMPLE", "EXHAUSTIVE_ELEMENTS", "SearchIndex"]
 
@@ -163,10 +162,8 @@ class SearchIndex:
         if emb.mean.shape[-1] != self.dim:
             raise UsageError(f"query dimension {emb.mean.shape[-1]} differs from the index's {self.dim} "
                              f"({self.model_name}); encode queries with the collection's model")
-        try:
-            emb.check_finite("query")
-        except ValueError as err:
-            raise UsageError(str(err)) from err
+        if not (np.isfinite(emb.mean.numpy()).all() and np.isfinite(emb.logvar.numpy()).all()):
+            raise UsageError("query holds NaN or infinite values; finite means and log-variances are required")
         return emb
 
     # ------------------------------------------------------------------------------------------------ search
@@ -224,15 +221,17 @@ class SearchIndex:
             return np.zeros(0)
         if score in ("csd", "mean"):
             means = self.stored.means(ids).astype(np.float64)
-            q = query.mean.double().numpy()[0]
+            q = query.mean.numpy()[0].astype(np.float64)
             if score == "csd":
-                return ((means - q) ** 2).sum(1) + float(query.uncertainty.double()) + self.stored.u[ids]
+                u_q = float(np.exp(query.logvar.numpy()[0].astype(np.float64)).sum())
+                return ((means - q) ** 2).sum(1) + u_q + self.stored.u[ids]
             norms = np.linalg.norm(means, axis=1) * np.linalg.norm(q)
             return means @ q / np.where(norms > 0, norms, 1.0)
-        items = self.stored.embedding(ids)
+        means, logvars = self.stored.means(ids), self.stored.logvars(ids)
+        q_mean, q_logvar = query.mean.numpy(), query.logvar.numpy()
         if score == "includes":
-            return inclusion_score(items, query, eps=eps)[:, 0].numpy()
-        return inclusion_score(query, items, eps=eps)[0].numpy()
+            return inclusion_test(means, logvars, q_mean, q_logvar, eps)
+        return inclusion_test(q_mean, q_logvar, means, logvars, eps)
 
     def _mean_scan(self, mean: np.ndarray, n: int, allowed) -> list[np.ndarray]:
         """Exact top-n by cosine of means from the flat index's vectors (memory-mapped), ``[Q]`` id arrays."""
@@ -316,9 +315,12 @@ class SearchIndex:
                                     or [np.zeros(0)])
             top_ids, top_scores = _top(scores, ids, k, higher)
             out.append(SearchResults(ids=top_ids.astype(np.int64), scores=top_scores.astype(np.float32),
-                                     uncertainty=self.stored.u[top_ids].astype(np.float32),
-                                     metadata=self.metadata(top_ids), score=score, higher_is_better=higher,
-                                     exact=exact))
+                                     uncertainty=self.stored.u[top_ids].astype(np.float32), metadata=[],
+                                     score=score, higher_is_better=higher, exact=exact))
+        metadata = self.metadata(np.concatenate([r.ids for r in out]))  # one read for every query's results
+        start = 0
+        for r in out:
+            r.metadata, start = metadata[start: start + len(r)], start + len(r)
         return out
 
     # ------------------------------------------------------------------------------------------------ rows
