@@ -268,7 +268,7 @@ def uncertainty_bins(uncertainty, per_query_metric, n_bins: int = 10) -> dict:
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict:
-    """Per-sample top-K correctness, ``{'acc1': [N] float, 'acc5': [N] float, ...}``.
+    """Per-sample top-K correctness, ``{'acc1': [N] float64, 'acc5': [N] float64, ...}``.
 
     ``logits`` is ``[N, C]`` (higher is better), ``labels`` ``[N]`` class indices. K larger than C is
     clipped to C. Ties are ordered by class index (as in :func:`ranking_metrics`).
@@ -283,7 +283,7 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] 
     label_scores = logits.gather(1, labels[:, None])
     class_index = torch.arange(c, device=logits.device)
     rank = (logits > label_scores).sum(1) + ((logits == label_scores) & (class_index[None] < labels[:, None])).sum(1)
-    return {f"acc{int(k)}": (rank < min(int(k), c)).float() for k in ks}
+    return {f"acc{int(k)}": (rank < min(int(k), c)).double() for k in ks}
 
 
 def mean_per_class_recall(predictions: torch.Tensor, labels: torch.Tensor, n_classes: int) -> float:

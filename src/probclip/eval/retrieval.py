@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from .encode import EvalModel, Embeddings, embedding_uncertainty, encode_images, encode_texts
+from .examples import retrieval_examples
 from .metrics import DEFAULT_MAX_CHUNK_ELEMENTS, metrics_from_ranks, uncertainty_bins
 from .readers import RetrievalData, read_retrieval, read_urban1k
 from .report import plot_bars, plot_uncertainty_bins, write_results
@@ -128,6 +129,7 @@ def evaluate_retrieval(
     }
     if out_dir is not None:
         results["plots"] = _write_plots(metrics, Path(out_dir), task)
+        results["examples"] = retrieval_examples(data, images, texts, out_dir)
         write_results(out_dir, results)
     return results
 
