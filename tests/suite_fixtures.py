@@ -11,6 +11,8 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
 from test_eval_fixtures import COLOURS, image_bytes
 
 import probclip
@@ -45,7 +47,7 @@ def build_benchmark_classification(root: Path, per_class: int = 4, n_shards: int
     samples = [(c, colour, i) for i in range(per_class) for c, colour in enumerate(COLOURS)]
     for shard in range(n_shards):
         with tarfile.open(root / "test" / f"{shard}.tar", "w") as tar:
-            for n, (c, colour, i) in enumerate(samples):
+            for n, (c, colour, _) in enumerate(samples):
                 if n * n_shards // len(samples) != shard:
                     continue
                 key = f"s{n:05d}"
@@ -84,7 +86,36 @@ def build_datacomp_root(root: Path) -> Path:
     return root
 
 
-def save_tiny_model(path: Path) -> Path:
-    torch_seed_model = probclip.create_model("ProLIP-Tiny")
-    torch_seed_model.save_pretrained(path)
+def save_tiny_model(path: Path, seed: int = 1) -> Path:
+    """A ProLIP-Tiny checkpoint whose matrices are redrawn with std ``fan_in ** -0.5``: unlike the default
+    small initialisation, its embeddings differ from image to image, so its predictions vary."""
+    torch.manual_seed(seed)
+    model = probclip.create_model("ProLIP-Tiny")
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.copy_(torch.randn(param.shape, generator=g) * param.shape[-1] ** -0.5)
+    model.save_pretrained(path)
     return path
+
+
+def build_random_classification(root: Path, n_classes: int = 10, n_images: int = 40, n_shards: int = 2) -> Path:
+    """CLIP_benchmark classification layout with random-texture PNG images, labels ``i % n_classes``."""
+    names = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white", "gray", "pink", "brown", "cyan"]
+    (root / "test").mkdir(parents=True, exist_ok=True)
+    (root / "classnames.txt").write_text("\n".join(names[:n_classes]) + "\n")
+    (root / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\na {c} thing.\n")
+    (root / "test" / "nshards.txt").write_text(str(n_shards))
+    rng = np.random.default_rng(0)
+    for shard in range(n_shards):
+        with tarfile.open(root / "test" / f"{shard}.tar", "w") as tar:
+            for n in range(n_images):
+                if n * n_shards // n_images != shard:
+                    continue
+                pixels = (rng.random((32, 32, 3)) * rng.random(3) * 255).astype(np.uint8)
+                buf = io.BytesIO()
+                Image.fromarray(pixels).save(buf, format="PNG")
+                _member(tar, f"k{n:04d}.png", buf.getvalue())
+                _member(tar, f"k{n:04d}.cls", str(n % n_classes).encode())
+    return root
