@@ -48,7 +48,7 @@ def test_saved_model_loads_and_encodes(two_runs):
     import torch
 
     from probclip import create_model_from_pretrained, get_tokenizer
-    from probclip.data.synthetic import SyntheticDataset
+    from probclip.synthetic.world import SyntheticDataset
 
     model, preprocess = create_model_from_pretrained(str(two_runs[0] / "model"))
     item = SyntheticDataset(seed=1, size=1)[0]

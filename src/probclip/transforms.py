@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.transforms import v2 as T
 from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2 as T
 
 __all__ = ["ImageLoadError", "ToRGB", "image_transform", "load_image"]
 

@@ -27,10 +27,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .encode import EvalModel, Embeddings, embedding_uncertainty
+from .encode import Embeddings, EvalModel, embedding_uncertainty
 from .metrics import DEFAULT_MAX_CHUNK_ELEMENTS, metrics_from_ranks, uncertainty_bins
 from .readers import RetrievalData, read_retrieval
 from .report import plot_bars, plot_uncertainty_bins, write_results
+from .retrieval import encode_retrieval_data
 from .scoring import PositiveLists, available_methods, rank_positives
 
 __all__ = [
@@ -314,7 +315,6 @@ def evaluate_eccv(
     a folder of ground-truth files (see :func:`load_coco_ground_truth`), or None for the one shipped in
     the ``eccv-caption`` package.
     """
-    from .retrieval import encode_retrieval_data
 
     if ground_truth is not None and not isinstance(ground_truth, CocoGroundTruth):
         ground_truth = load_coco_ground_truth(ground_truth)

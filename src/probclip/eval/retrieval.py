@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from .encode import EvalModel, Embeddings, embedding_uncertainty, encode_images, encode_texts
+from .encode import Embeddings, EvalModel, embedding_uncertainty, encode_images, encode_texts
 from .examples import retrieval_examples
 from .metrics import DEFAULT_MAX_CHUNK_ELEMENTS, metrics_from_ranks, uncertainty_bins
 from .readers import RetrievalData, read_retrieval, read_urban1k

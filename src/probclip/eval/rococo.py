@@ -23,7 +23,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .encode import EvalModel, Embeddings, encode_image_dataset, encode_texts
+from ..embedding import ProbEmbedding
+from .encode import Embeddings, EvalModel, encode_image_dataset, encode_texts
 from .readers import ImageItem, RetrievalData, read_retrieval
 from .report import plot_bars, write_results
 from .retrieval import encode_retrieval_data
@@ -102,8 +103,6 @@ def encode_mixed_images(model: EvalModel, items: Sequence[ImageItem], perm: torc
 
 
 def _cat(a: Embeddings, b: Embeddings) -> Embeddings:
-    from ..embedding import ProbEmbedding
-
     return ProbEmbedding.cat([a, b]) if isinstance(a, ProbEmbedding) else torch.cat([a, b])
 
 

@@ -22,7 +22,7 @@ import torch
 
 from ..embedding import ProbEmbedding
 from .bprw import BPRWSettings, bprw_class_embeddings, check_disjoint, select_support
-from .encode import EvalModel, Embeddings, embedding_uncertainty, encode_images, encode_texts
+from .encode import Embeddings, EvalModel, embedding_uncertainty, encode_images, encode_texts
 from .metrics import mean_per_class_recall, topk_accuracy, uncertainty_bins
 from .readers import ClassificationData, read_classification
 from .report import plot_bars, plot_uncertainty_bins, write_results

@@ -9,8 +9,11 @@ import sys
 import torch
 
 from .config import ProbCLIPConfig
+from .factory import load_pretrained_model
+from .hub import resolve_model_config
 from .model import ProbCLIP
 from .registry import get_model_config, list_models
+from .released import save_released
 
 
 def _summary(config: ProbCLIPConfig) -> str:
@@ -21,15 +24,6 @@ def _summary(config: ProbCLIPConfig) -> str:
         f"D={config.embed_dim:<5d} image {v.image_size}px/p{v.patch_size} {v.layers}x{v.width}  "
         f"text ctx {t.context_length} {t.layers}x{t.width} ({t.tokenizer['type']})  {n_params / 1e6:8.2f}M params"
     )
-
-
-def _config_of(source: str) -> ProbCLIPConfig:
-    if source in list_models():
-        return get_model_config(source)
-    from .factory import resolve_checkpoint_dir
-    from .loading import read_config_file
-
-    return read_config_file(resolve_checkpoint_dir(source) / "config.json")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -57,11 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 print(name if getattr(args, "names_only", False) else f"{name.ljust(width)}  {_summary(get_model_config(name))}")
         elif action == "show":
-            print(json.dumps(_config_of(args.source).to_dict(), indent=2, sort_keys=True))
+            print(json.dumps(resolve_model_config(args.source).to_dict(), indent=2, sort_keys=True))
         elif action == "convert":
-            from .factory import load_pretrained_model
-            from .released import save_released
-
             model = load_pretrained_model(args.source)
             if args.to == "released":
                 save_released(model, args.dest)

@@ -6,6 +6,10 @@ import argparse
 import os
 import sys
 
+from ..data import DatasetError, SampleError, ShardError
+from .config import load_config, parse_override_args
+from .loop import TrainingStopped, train
+
 __all__ = ["main"]
 
 _EPILOG = """\
@@ -34,7 +38,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, train, print where the model is; returns the exit status."""
-    from .config import load_config, parse_override_args
 
     parser = _parser()
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
@@ -54,9 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
-    from ..data import DatasetError, SampleError, ShardError
-    from .loop import TrainingStopped, train
-
     try:
         result = train(config)
     except (TrainingStopped, ShardError, DatasetError, SampleError, FileNotFoundError) as err:

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from .. import synthetic  # noqa: F401  (importing it registers the built-in data.source "synthetic")
 from ..data.masking import IMAGE_MASK_MODES, TEXT_MASK_MODES
 
 __all__ = [

@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from .synthetic import DEGRADATION_KINDS, DEGRADATION_LEVELS, NUM_LEVELS, SPLITS, SyntheticDataset
-from .synthetic_shards import write_shards
+from .shards import write_shards
+from .world import DEGRADATION_KINDS, DEGRADATION_LEVELS, NUM_LEVELS, SPLITS, SyntheticDataset
 
 __all__ = ["build_parser", "main"]
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .synthetic import SyntheticDataset
+from .world import SyntheticDataset
 
 __all__ = ["write_shards"]
 
