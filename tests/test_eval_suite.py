@@ -120,6 +120,12 @@ def test_suite_outputs_rows_average_and_reports(suite_run, tiny_checkpoint):
     assert [r["key"] for r in table] == list(rows) and float(table[1]["csd"]) == rows["cifar10"]["csd"]
     md = (out / "suite.md").read_text()
     assert "| CIFAR-10 (`cifar10`) | acc1 |" in md and "over 4 of 38 tasks" in md
+    # `--task retrieval` on the same folder reads it the same way (CLIP_benchmark layout) and agrees.
+    assert main(["--model", str(tiny_checkpoint), "--task", "retrieval", "--data", str(root / "wds_flickr30k"),
+                 "--out", str(out / "single"), "--no-progress"]) == 0
+    single = json.loads((out / "single" / "results.json").read_text())
+    suite_flickr = json.loads((out / "retrieval-flickr_1k_test_image_text_retrieval" / "results.json").read_text())
+    assert single["metrics"] == suite_flickr["metrics"] and single["n_captions"] == 24
     for task in ("vtab-caltech101", "cifar10", "retrieval-flickr_1k_test_image_text_retrieval", "fairness-geode"):
         assert (out / task / "results.json").is_file() and (out / task / "report.html").is_file()
     assert "<table class='sortable' id='suite'>" in (out / "report.html").read_text()

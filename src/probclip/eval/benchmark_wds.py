@@ -34,6 +34,7 @@ __all__ = [
     "BenchmarkClassification",
     "dataset_type",
     "has_split",
+    "is_benchmark_retrieval",
     "list_shards",
     "read_benchmark_classification",
     "read_benchmark_retrieval",
@@ -59,6 +60,17 @@ def has_split(root: str | Path, split: str = "test") -> bool:
     """True if ``root/<split>`` holds ``nshards.txt`` or at least one ``.tar`` shard."""
     folder = Path(root) / split
     return folder.is_dir() and ((folder / "nshards.txt").is_file() or any(folder.glob("*.tar")))
+
+
+def is_benchmark_retrieval(root: str | Path, split: str = "test") -> bool:
+    """True for a folder in the CLIP_benchmark layout holding a retrieval set: ``dataset_type.txt`` says
+    ``retrieval``, or ``<split>/nshards.txt`` exists without ``classnames.txt``."""
+    root = Path(root)
+    if not root.is_dir():
+        return False
+    if (root / "dataset_type.txt").is_file():
+        return dataset_type(root) == "retrieval"
+    return (root / split / "nshards.txt").is_file() and not (root / "classnames.txt").is_file()
 
 
 def list_shards(root: str | Path, split: str = "test") -> list[Path]:

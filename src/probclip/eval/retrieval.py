@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 
+from .benchmark_wds import is_benchmark_retrieval, read_benchmark_retrieval
 from .encode import Embeddings, EvalModel, embedding_uncertainty, encode_images, encode_texts
 from .examples import retrieval_examples
 from .metrics import DEFAULT_MAX_CHUNK_ELEMENTS, metrics_from_ranks, uncertainty_bins
@@ -116,7 +117,10 @@ def evaluate_retrieval(
     """Encode a retrieval data set (or read it from a path, see :func:`probclip.eval.readers.read_retrieval`)
     and compute :func:`retrieval_metrics`; writes ``results.json`` and plots to ``out_dir`` if given."""
     if not isinstance(data, RetrievalData):
-        data = read_retrieval(data, image_root=image_root, split=split)
+        if is_benchmark_retrieval(data, split):  # CLIP_benchmark / DataComp layout: read as CLIP_benchmark does
+            data = read_benchmark_retrieval(data, split)
+        else:
+            data = read_retrieval(data, image_root=image_root, split=split)
     images, texts = encode_retrieval_data(model, data, batch_size, num_workers, progress)
     metrics = retrieval_metrics(images, texts, data.caption_image, ks=ks)
     results = {
