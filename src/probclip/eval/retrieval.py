@@ -162,7 +162,7 @@ def evaluate_urban1k(
     context = tokens.shape[1]
     pad_id = getattr(model.tokenizer, "pad_id", 0)
     results["context_length"] = int(context)
-    results["truncated_fraction"] = float((tokens[:, -1] != (pad_id if pad_id is not None else 0)).float().mean())
+    results["truncated_fraction"] = float((tokens[:, -1] != (pad_id if pad_id is not None else 0)).double().mean())
     if out_dir is not None:
         results["plots"] = _write_plots(results["metrics"], Path(out_dir), "urban1k")
         write_results(out_dir, results)
