@@ -54,6 +54,8 @@ def test_task_table_is_datacomps_38_tasks():
         select_tasks(tasks, ["cifar10", "nope"])
     assert [t.key for t in select_tasks(tasks, ["MSCOCO", "cifar10"])] == [
         "cifar10", "retrieval/mscoco_2014_5k_test_image_text_retrieval"]
+    assert [t.key for t in select_tasks(tasks, ["flickr30k", "VTAB-PETS"])] == [
+        "vtab/pets", "retrieval/flickr_1k_test_image_text_retrieval"]
 
 
 def test_reading_follows_nshards_order_and_clip_benchmark_members(tmp_path):

@@ -79,12 +79,14 @@ def load_suite(name: str = "datacomp") -> list[SuiteTask]:
 
 
 def select_tasks(tasks: Sequence[SuiteTask], names: Sequence[str] | None) -> list[SuiteTask]:
-    """The tasks named in ``names`` (key, slug, name, or data folder; any case), in the table's order."""
+    """The tasks named in ``names`` (key, slug, name, or data folder with or without ``wds_``; any case), in
+    the table's order."""
     if not names:
         return list(tasks)
     lookup = {}
     for task in tasks:
-        for alias in (task.key, task.slug, task.name, *task.folders):
+        folder_names = [f.removeprefix("wds_") for f in task.folders]
+        for alias in (task.key, task.slug, task.name, *task.folders, *folder_names):
             lookup[alias.lower()] = task
     unknown = [n for n in names if n.strip().lower() not in lookup]
     if unknown:
