@@ -117,46 +117,45 @@ def _tied_ahead(thresholds: torch.Tensor, pos_cols: torch.Tensor, below: torch.T
     return torch.where(valid, ahead, torch.zeros_like(ahead))
 
 
-def _positive_columns(positives: torch.Tensor, n_pos: torch.Tensor, r_max: int) -> torch.Tensor:
-    """``[q, Rmax]`` gallery columns of each row's positives, ascending, padded with G."""
-    q, g = positives.shape
-    rows, cols = positives.nonzero(as_tuple=True)  # row-major: columns ascending within a row
-    slot = torch.arange(rows.numel(), device=positives.device) - (torch.cumsum(n_pos, 0) - n_pos)[rows]
-    pos_cols = torch.full((q, r_max), g, dtype=torch.long, device=positives.device)
-    pos_cols[rows, slot] = cols
-    return pos_cols
-
-
 def _ranks_within_top(scores: torch.Tensor, positives: torch.Tensor, n_pos: torch.Tensor, depth: int) -> torch.Tensor:
     """Like :func:`_ranks_by_thresholds`, but ranks at or beyond ``depth`` are reported as ``depth``.
 
-    One ``topk(depth)`` per row gives the cut-off score ``v`` (the depth-th largest). A positive scoring
-    below ``v`` ranks at ``depth`` or later. For one scoring above ``v``, every item with a higher or
-    equal score is in the top list, so its rank is counted there: items scoring higher, plus items
-    scoring the same with a lower gallery index. For one scoring exactly ``v`` (a tie block that may
-    straddle the cut-off), the equal items before it are counted over its whole row with a binary
-    search. Exact with any ties; cost O(q * G) plus O(q * Rmax * depth), whatever the number of ties.
+    One ``topk(depth)`` per row, re-ordered so that ties follow gallery index, gives the cut-off score
+    ``v`` (the depth-th largest). Every item scoring above ``v`` is in that list, so a positive scoring
+    above ``v`` ranks at its place in the list; one scoring below ``v`` ranks at ``depth`` or later. For
+    a positive scoring exactly ``v`` (a tie block that may straddle the cut-off) its rank is the number
+    of items above ``v`` plus the items scoring ``v`` with a lower index, counted over its row by binary
+    search. Exact with any ties; cost O(q * G) plus O(q * depth * log depth) whatever the number of ties.
     """
     q, g = scores.shape
     r_max = int(n_pos.max())
-    values, index = scores.topk(depth, dim=1)  # [q, depth], descending
+    values, index = scores.topk(depth, dim=1)
+    by_index = index.sort(dim=1)  # ties inside the top: lower gallery index first
+    values = values.gather(1, by_index.indices)
+    order = values.sort(dim=1, descending=True, stable=True).indices
+    values, index = values.gather(1, order), by_index.values.gather(1, order)
     cut = values[:, depth - 1]
-    pos_cols = _positive_columns(positives, n_pos, r_max)
-    valid = pos_cols < g
-    pos_scores = scores.gather(1, pos_cols.clamp_max(g - 1))
-    greater = (values[:, None, :] > pos_scores[:, :, None]).sum(2)  # = depth when the positive is below the cut
-    same = (values[:, None, :] == pos_scores[:, :, None]) & (index[:, None, :] < pos_cols[:, :, None])
-    equal_before = same.sum(2)
-    at_cut = valid & (pos_scores == cut[:, None])
-    if bool(at_cut.any()):
-        rows = at_cut.any(1).nonzero().flatten()
+    above_cut = values > cut[:, None]
+    positions = torch.arange(depth, device=scores.device).expand(q, depth)
+    in_list = torch.where(positives.gather(1, index) & above_cut, positions, torch.full_like(positions, depth))
+    ranks = in_list.sort(dim=1).values[:, :r_max]
+    if ranks.shape[1] < r_max:
+        ranks = torch.cat([ranks, ranks.new_full((q, r_max - ranks.shape[1]), depth)], dim=1)
+    at_cut = positives & (scores == cut[:, None])  # [q, G] positives in the tie block of the cut-off
+    rows = at_cut.any(1).nonzero().flatten()
+    if rows.numel():
+        local, cols = at_cut[rows].nonzero(as_tuple=True)  # row-major: ascending within a row
         # positions (row * G + column) of the items scoring exactly the cut-off, ascending
         equal_at = (scores[rows] == cut[rows, None]).flatten().nonzero().flatten()
-        offset = torch.arange(rows.numel(), device=scores.device)[:, None] * g
-        before = torch.searchsorted(equal_at, offset + pos_cols[rows]) - torch.searchsorted(equal_at, offset)
-        equal_before[rows] = torch.where(at_cut[rows], before, equal_before[rows])
-    ranks = torch.where(valid, (greater + equal_before).clamp_max(depth), torch.full_like(greater, depth))
-    return ranks.sort(dim=1).values
+        before = torch.searchsorted(equal_at, local * g + cols) - torch.searchsorted(equal_at, local * g)
+        tie_ranks = (above_cut[rows].sum(1)[local] + before).clamp_max(depth)
+        slot = torch.arange(local.numel(), device=scores.device)
+        slot = slot - (torch.cumsum(torch.bincount(local, minlength=rows.numel()), 0)
+                       - torch.bincount(local, minlength=rows.numel()))[local]
+        extra = torch.full((rows.numel(), r_max), depth, dtype=ranks.dtype, device=scores.device)
+        extra[local, slot] = tie_ranks
+        ranks[rows] = torch.cat([ranks[rows], extra], dim=1).sort(dim=1).values[:, :r_max]
+    return ranks
 
 
 def positive_ranks(
