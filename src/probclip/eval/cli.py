@@ -22,7 +22,7 @@ from .hierarcaps import evaluate_hierarcaps
 from .html_report import write_task_report
 from .retrieval import evaluate_retrieval, evaluate_urban1k
 from .rococo import evaluate_rococo
-from .suite import run_suite, suite_markdown
+from .suite import locate_suite_data, run_suite, suite_markdown
 from .zeroshot import evaluate_zeroshot
 
 TASKS = ("zeroshot", "retrieval", "eccv", "urban1k", "hierarcaps", "rococo")
@@ -129,6 +129,7 @@ def _check_args(args: argparse.Namespace) -> None:
 def run_suite_from_args(args: argparse.Namespace) -> dict:
     """Run ``--suite`` as described by parsed ``args``; returns the suite summary (also written to disk)."""
     tasks = [t for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    locate_suite_data(args.data_root, args.suite, tasks, args.skip_missing)  # data errors before the model loads
     model = load_eval_model(args.model, device=args.device)
     return run_suite(model, args.data_root, args.out or Path(f"eval-{args.suite}"), suite=args.suite, tasks=tasks,
                      skip_missing=args.skip_missing, batch_size=args.batch_size, num_workers=args.workers,

@@ -37,7 +37,8 @@ from .report import write_results
 from .retrieval import evaluate_retrieval
 from .zeroshot import evaluate_zeroshot
 
-__all__ = ["SUITES", "SuiteTask", "load_suite", "select_tasks", "find_task_data", "run_suite", "suite_markdown"]
+__all__ = ["SUITES", "SuiteTask", "load_suite", "select_tasks", "find_task_data", "locate_suite_data", "run_suite",
+           "suite_markdown"]
 
 SUITES = {"datacomp": "datacomp_tasks.json"}
 SCORES = ("csd", "mean")  # column names: CSD ranking, cosine of the means
@@ -142,6 +143,26 @@ def _run_retrieval(model: EvalModel, task: SuiteTask, folder: Path, out: Path, c
     return results, {"main": main, "pearson": _finite(bins["pearson"]) if bins else None}
 
 
+def locate_suite_data(data_root: str | Path, suite: str = "datacomp", tasks: Sequence[str] | None = None,
+                      skip_missing: bool = False) -> tuple[list[SuiteTask], dict[str, Path | None]]:
+    """``(chosen tasks, {key: data folder or None})`` for the tasks that can run (not ``unsupported``).
+
+    Raises :class:`~probclip.errors.InputError` naming every task whose data is missing, unless
+    ``skip_missing``; :class:`~probclip.errors.UsageError` for an unknown suite, task or data root.
+    """
+    data_root = Path(data_root)
+    if not data_root.is_dir():
+        raise UsageError(f"--data-root {str(data_root)!r} is not a directory")
+    chosen = select_tasks(load_suite(suite), tasks)
+    found = {t.key: find_task_data(t, data_root) for t in chosen if t.kind != "unsupported"}
+    missing = [t for t in chosen if t.kind != "unsupported" and found[t.key] is None]
+    if missing and not skip_missing:
+        listed = "; ".join(f"{t.key} ({' or '.join(p.name for p in candidate_folders(t, data_root))})" for t in missing)
+        raise InputError(f"{len(missing)} suite task(s) have no data under {data_root}: {listed}. "
+                         f"Give --skip-missing to run the others, or --tasks to choose")
+    return chosen, found
+
+
 def run_suite(
     model: EvalModel,
     data_root: str | Path,
@@ -162,16 +183,8 @@ def run_suite(
     webdataset folder (``kind`` unsupported) are listed with status ``unsupported`` and their reason.
     """
     data_root, out_dir = Path(data_root), Path(out_dir)
-    if not data_root.is_dir():
-        raise UsageError(f"--data-root {str(data_root)!r} is not a directory")
     table = load_suite(suite)
-    chosen = select_tasks(table, tasks)
-    found = {t.key: find_task_data(t, data_root) for t in chosen if t.kind != "unsupported"}
-    missing = [t for t in chosen if t.kind != "unsupported" and found[t.key] is None]
-    if missing and not skip_missing:
-        listed = "; ".join(f"{t.key} ({' or '.join(p.name for p in candidate_folders(t, data_root))})" for t in missing)
-        raise InputError(f"{len(missing)} suite task(s) have no data under {data_root}: {listed}. "
-                         f"Give --skip-missing to run the others, or --tasks to choose")
+    chosen, found = locate_suite_data(data_root, suite, tasks, skip_missing)
     common = dict(batch_size=batch_size, num_workers=num_workers, progress=progress)
     rows = []
     for task in chosen:
