@@ -157,3 +157,17 @@ def test_missing_tasks_are_named_or_skipped(tmp_path, tiny_checkpoint, capsys):
     assert "cifar11" in capsys.readouterr().err
     with pytest.raises(InputError, match="imagenet1k"):
         run_suite(load_eval_model(str(tiny_checkpoint)), root, tmp_path / "c", tasks=["imagenet1k"], progress=False)
+
+
+def test_deterministic_model_has_cosine_column_only(tmp_path):
+    from test_eval_fixtures import open_clip_eval_model
+
+    root = tmp_path / "root"
+    build_benchmark_classification(root / "wds_cifar10")
+    summary = run_suite(open_clip_eval_model(), root, tmp_path / "out", tasks=["cifar10"], progress=False)
+    row = summary["tasks"][0]
+    results = json.loads((tmp_path / "out" / "cifar10" / "results.json").read_text())
+    assert row["csd"] is None and row["pearson"] is None
+    assert row["cosine"] == results["metrics"]["mean"]["mean"]["acc1"]
+    assert summary["average"] == {"n_tasks": 1, "n_tasks_in_suite": 38, "csd": None, "cosine": row["cosine"]}
+    assert "| CIFAR-10 (`cifar10`) | acc1 | – |" in (tmp_path / "out" / "suite.md").read_text()
