@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -207,6 +208,9 @@ def run_suite(
             row.update(csd=summary["main"]["csd"], cosine=summary["main"]["mean"], pearson=summary["pearson"],
                        n_images=results["n_images"], seconds=round(time.perf_counter() - start, 3),
                        results=f"{task.slug}/results.json", data=str(found[task.key]))
+            if progress:
+                print(f"suite {len(rows) + 1}/{len(chosen)} {task.key}: {task.main_metric} cosine "
+                      f"{_fmt(row['cosine'])}, CSD {_fmt(row['csd'])} ({row['seconds']:.1f} s)", file=sys.stderr)
         rows.append(row)
     summary = {"suite": suite, "model": model.name, "probabilistic": model.probabilistic, "data_root": str(data_root),
                "n_tasks_in_suite": len(table), "tasks": rows, "average": _average(rows, len(table))}
