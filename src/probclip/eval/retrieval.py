@@ -114,8 +114,10 @@ def evaluate_retrieval(
     progress: bool = True,
     task: str = "retrieval",
 ) -> dict:
-    """Encode a retrieval data set (or read it from a path, see :func:`probclip.eval.readers.read_retrieval`)
-    and compute :func:`retrieval_metrics`; writes ``results.json`` and plots to ``out_dir`` if given."""
+    """Encode a retrieval data set (or read it from a path, see :func:`probclip.eval.readers.read_retrieval`;
+    a folder in the CLIP_benchmark layout is read by :func:`probclip.eval.benchmark_wds.read_benchmark_retrieval`)
+    and compute :func:`retrieval_metrics`; writes ``results.json``, plots and example queries (thumbnails)
+    to ``out_dir`` if given."""
     if not isinstance(data, RetrievalData):
         if is_benchmark_retrieval(data, split):  # CLIP_benchmark / DataComp layout: read as CLIP_benchmark does
             data = read_benchmark_retrieval(data, split)
