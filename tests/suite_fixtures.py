@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from test_eval_fixtures import COLOURS, image_bytes
 
 import probclip
+from test_eval_fixtures import COLOURS, image_bytes
 
 TEMPLATES = "a photo of a {c}.\na {c} thing.\nitap of a {c}.\n"
 

@@ -3,9 +3,9 @@
 import json
 
 import pytest
-from suite_fixtures import build_benchmark_classification, build_benchmark_retrieval, save_tiny_model
 
 from probclip.eval.cli import main
+from suite_fixtures import build_benchmark_classification, build_benchmark_retrieval, save_tiny_model
 
 CHROMIUM = "/usr/bin/chromium"
 

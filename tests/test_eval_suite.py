@@ -6,12 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from suite_fixtures import (
-    build_benchmark_classification,
-    build_benchmark_retrieval,
-    build_datacomp_root,
-    save_tiny_model,
-)
 
 from probclip.errors import InputError, UsageError
 from probclip.eval.benchmark_wds import list_shards, read_benchmark_classification, read_benchmark_retrieval
@@ -19,6 +13,12 @@ from probclip.eval.cli import main
 from probclip.eval.encode import encode_images, encode_texts, load_eval_model
 from probclip.eval.group_metrics import f1_macro, worst_group_accuracy
 from probclip.eval.suite import load_suite, run_suite, select_tasks
+from suite_fixtures import (
+    build_benchmark_classification,
+    build_benchmark_retrieval,
+    build_datacomp_root,
+    save_tiny_model,
+)
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,12 @@ import json
 
 import pytest
 import torch
-from test_eval_fixtures import build_image_folder, colour_eval_model
 
 from probclip.eval.metrics import positive_ranks, ranking_metrics
+from probclip.eval.options import EvalOptions
 from probclip.eval.readers import ClassificationData, read_image_folder
 from probclip.eval.zeroshot import evaluate_zeroshot
+from test_eval_fixtures import build_image_folder, colour_eval_model
 
 
 def _stable_sort_ranks(scores, positives):
@@ -55,7 +56,7 @@ def test_metrics_are_float64_so_one_tenth_stays_one_tenth(tmp_path):
     wrong = [(y + 1) % 3 for y in data.labels]
     labels = [data.labels[0]] + wrong[1:10]
     subset = ClassificationData(data.items[:10], labels, data.classnames, data.templates)
-    results = evaluate_zeroshot(colour_eval_model(), subset, tmp_path / "out", progress=False)
+    results = evaluate_zeroshot(colour_eval_model(), subset, EvalOptions(out_dir=tmp_path / "out", progress=False))
     assert results["metrics"]["mean"]["mean"]["acc1"] == 0.1
     text = (tmp_path / "out" / "results.json").read_text()
     assert '"acc1": 0.1,' in text and "0.10000000149011612" not in text

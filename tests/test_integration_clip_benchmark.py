@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from suite_fixtures import build_random_classification, save_tiny_model
 
 import probclip
 from probclip.eval.cli import main as probclip_eval
@@ -13,6 +12,7 @@ from probclip.eval.readers import read_classification
 from probclip.eval.scoring import ranking_scores
 from probclip.eval.zeroshot import class_text_embeddings, combine_templates
 from probclip.integrations.clip_benchmark import MeanEmbeddingModel, load_probclip, main, register
+from suite_fixtures import build_random_classification, save_tiny_model
 
 
 def test_clip_benchmark_zeroshot_acc1_equals_probclip_cosine_acc1(tmp_path, capsys):

@@ -34,6 +34,7 @@ from .benchmark_wds import has_split, read_benchmark_classification, read_benchm
 from .encode import EvalModel
 from .group_metrics import suite_extra_metrics
 from .html_report import write_suite_report, write_task_report
+from .options import EvalOptions
 from .report import write_results
 from .retrieval import evaluate_retrieval
 from .zeroshot import evaluate_zeroshot
@@ -127,7 +128,7 @@ def _run_classification(model: EvalModel, task: SuiteTask, folder: Path, out: Pa
                              f"the group is column {task.group_column}")
         groups = torch.from_numpy(read.metadata[:, task.group_column].astype("int64"))
     extra = suite_extra_metrics(task.main_metric, groups, task.topk)
-    results = evaluate_zeroshot(model, read.data, out, extra_metrics=extra, **common)
+    results = evaluate_zeroshot(model, read.data, EvalOptions(out_dir=out, **common), extra_metrics=extra)
     per_score = results["metrics"]["mean"]
     main = {score: _finite(per_score[score][task.main_metric]) if score in per_score else None for score in SCORES}
     bins = results.get("uncertainty", {}).get("mean/csd")
@@ -136,7 +137,7 @@ def _run_classification(model: EvalModel, task: SuiteTask, folder: Path, out: Pa
 
 def _run_retrieval(model: EvalModel, task: SuiteTask, folder: Path, out: Path, common: dict) -> tuple[dict, dict]:
     data = read_benchmark_retrieval(folder, task.split)
-    results = evaluate_retrieval(model, data, out, task="retrieval", **common)
+    results = evaluate_retrieval(model, data, EvalOptions(out_dir=out, **common), task="retrieval")
     metrics = results["metrics"]
     main = {score: 0.5 * (metrics[score]["i2t"]["r1"] + metrics[score]["t2i"]["r1"]) if score in metrics else None
             for score in SCORES}
