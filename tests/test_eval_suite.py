@@ -12,6 +12,7 @@ from probclip.eval.benchmark_wds import list_shards, read_benchmark_classificati
 from probclip.eval.cli import main
 from probclip.eval.encode import encode_images, encode_texts, load_eval_model
 from probclip.eval.group_metrics import f1_macro, worst_group_accuracy
+from probclip.eval.options import EvalOptions
 from probclip.eval.suite import load_suite, run_suite, select_tasks
 from suite_fixtures import (
     build_benchmark_classification,
@@ -156,7 +157,8 @@ def test_missing_tasks_are_named_or_skipped(tmp_path, tiny_checkpoint, capsys):
                  "--tasks", "cifar11"]) == 2
     assert "cifar11" in capsys.readouterr().err
     with pytest.raises(InputError, match="imagenet1k"):
-        run_suite(load_eval_model(str(tiny_checkpoint)), root, tmp_path / "c", tasks=["imagenet1k"], progress=False)
+        run_suite(load_eval_model(str(tiny_checkpoint)), root, EvalOptions(out_dir=tmp_path / "c", progress=False),
+                  tasks=["imagenet1k"])
 
 
 def test_deterministic_model_has_cosine_column_only(tmp_path):
@@ -164,10 +166,24 @@ def test_deterministic_model_has_cosine_column_only(tmp_path):
 
     root = tmp_path / "root"
     build_benchmark_classification(root / "wds_cifar10")
-    summary = run_suite(open_clip_eval_model(), root, tmp_path / "out", tasks=["cifar10"], progress=False)
+    summary = run_suite(open_clip_eval_model(), root, EvalOptions(out_dir=tmp_path / "out", progress=False),
+                        tasks=["cifar10"])
     row = summary["tasks"][0]
     results = json.loads((tmp_path / "out" / "cifar10" / "results.json").read_text())
     assert row["csd"] is None and row["pearson"] is None
     assert row["cosine"] == results["metrics"]["mean"]["mean"]["acc1"]
     assert summary["average"] == {"n_tasks": 1, "n_tasks_in_suite": 38, "csd": None, "cosine": row["cosine"]}
     assert "| CIFAR-10 (`cifar10`) | acc1 | – |" in (tmp_path / "out" / "suite.md").read_text()
+
+
+def test_run_suite_needs_options_with_an_output_folder(tmp_path):
+    from test_eval_fixtures import open_clip_eval_model
+
+    root = tmp_path / "root"
+    build_benchmark_classification(root / "wds_cifar10")
+    model = open_clip_eval_model()
+    with pytest.raises(UsageError, match="out_dir"):
+        run_suite(model, root, EvalOptions(progress=False), tasks=["cifar10"])
+    with pytest.raises(UsageError, match="EvalOptions"):
+        run_suite(model, root, tmp_path / "out", tasks=["cifar10"])
+    assert not (tmp_path / "out").exists()

@@ -137,9 +137,9 @@ def run_suite_from_args(args: argparse.Namespace) -> dict:
     tasks = [t for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     locate_suite_data(args.data_root, args.suite, tasks, args.skip_missing)  # data errors before the model loads
     model = load_eval_model(args.model, device=args.device)
-    return run_suite(model, args.data_root, args.out or Path(f"eval-{args.suite}"), suite=args.suite, tasks=tasks,
-                     skip_missing=args.skip_missing, batch_size=args.batch_size, num_workers=args.workers,
-                     progress=not args.no_progress)
+    options = EvalOptions(out_dir=args.out or Path(f"eval-{args.suite}"), batch_size=args.batch_size,
+                          num_workers=args.workers, progress=not args.no_progress)
+    return run_suite(model, args.data_root, options, suite=args.suite, tasks=tasks, skip_missing=args.skip_missing)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from ..errors import InputError, UsageError
+from ..jsonsafe import json_safe
 from .benchmark_wds import has_split, read_benchmark_classification, read_benchmark_retrieval
 from .encode import EvalModel
 from .group_metrics import suite_extra_metrics
@@ -113,10 +113,11 @@ def find_task_data(task: SuiteTask, data_root: str | Path) -> Path | None:
 
 
 def _finite(value) -> float | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+    """A metric as a float, or None when it is missing or not finite (undefined)."""
+    return None if value is None else json_safe(float(value))
 
 
-def _run_classification(model: EvalModel, task: SuiteTask, folder: Path, out: Path, common: dict) -> tuple[dict, dict]:
+def _run_classification(model: EvalModel, task: SuiteTask, folder: Path, options: EvalOptions) -> tuple[dict, dict]:
     read = read_benchmark_classification(folder, task.split)
     groups = None
     if task.group_column is not None:
@@ -128,16 +129,16 @@ def _run_classification(model: EvalModel, task: SuiteTask, folder: Path, out: Pa
                              f"the group is column {task.group_column}")
         groups = torch.from_numpy(read.metadata[:, task.group_column].astype("int64"))
     extra = suite_extra_metrics(task.main_metric, groups, task.topk)
-    results = evaluate_zeroshot(model, read.data, EvalOptions(out_dir=out, **common), extra_metrics=extra)
+    results = evaluate_zeroshot(model, read.data, options, extra_metrics=extra)
     per_score = results["metrics"]["mean"]
     main = {score: _finite(per_score[score][task.main_metric]) if score in per_score else None for score in SCORES}
     bins = results.get("uncertainty", {}).get("mean/csd")
     return results, {"main": main, "pearson": _finite(bins["pearson"]) if bins else None}
 
 
-def _run_retrieval(model: EvalModel, task: SuiteTask, folder: Path, out: Path, common: dict) -> tuple[dict, dict]:
+def _run_retrieval(model: EvalModel, task: SuiteTask, folder: Path, options: EvalOptions) -> tuple[dict, dict]:
     data = read_benchmark_retrieval(folder, task.split)
-    results = evaluate_retrieval(model, data, EvalOptions(out_dir=out, **common), task="retrieval")
+    results = evaluate_retrieval(model, data, options, task="retrieval")
     metrics = results["metrics"]
     main = {score: 0.5 * (metrics[score]["i2t"]["r1"] + metrics[score]["t2i"]["r1"]) if score in metrics else None
             for score in SCORES}
@@ -168,26 +169,29 @@ def locate_suite_data(data_root: str | Path, suite: str = "datacomp", tasks: Seq
 def run_suite(
     model: EvalModel,
     data_root: str | Path,
-    out_dir: str | Path,
+    options: EvalOptions,
+    *,
     suite: str = "datacomp",
     tasks: Sequence[str] | None = None,
     skip_missing: bool = False,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    progress: bool = True,
 ) -> dict:
     """Run the suite's tasks found under ``data_root``; writes ``out_dir/<task slug>/results.json`` per task
     (with its ``report.html``) and ``out_dir/suite.{json,csv,md}`` and ``out_dir/report.html`` (the suite
-    page); returns the suite summary.
+    page), ``out_dir`` being ``options.out_dir`` (required); returns the suite summary.
+
+    ``options.batch_size``, ``num_workers`` and ``progress`` apply to every task; each task reads its own split
+    from the table (``options.split`` and ``image_root`` are not used).
 
     Tasks whose data is missing are an :class:`~probclip.errors.InputError` naming them, unless
     ``skip_missing``: then they are listed with status ``missing``. Tasks probclip cannot run from a
     webdataset folder (``kind`` unsupported) are listed with status ``unsupported`` and their reason.
     """
-    data_root, out_dir = Path(data_root), Path(out_dir)
+    options = EvalOptions.of(options)
+    if options.out_dir is None:
+        raise UsageError("run_suite needs an output folder: EvalOptions(out_dir=...)")
+    data_root, out_dir = Path(data_root), Path(options.out_dir)
     table = load_suite(suite)
     chosen, found = locate_suite_data(data_root, suite, tasks, skip_missing)
-    common = dict(batch_size=batch_size, num_workers=num_workers, progress=progress)
     rows = []
     for task in chosen:
         row = {"key": task.key, "name": task.name, "kind": task.kind, "main_metric": task.main_metric,
@@ -202,21 +206,23 @@ def run_suite(
             start = time.perf_counter()
             task_out = out_dir / task.slug
             run = _run_classification if task.kind == "classification" else _run_retrieval
-            results, summary = run(model, task, found[task.key], task_out, common)
+            task_options = replace(options, out_dir=task_out, split=task.split, image_root=None)
+            results, summary = run(model, task, found[task.key], task_options)
             results["suite_task"] = {"suite": suite, **asdict(task), "main_value": summary["main"]}
             write_results(task_out, results)
             write_task_report(task_out, results)
             row.update(csd=summary["main"]["csd"], cosine=summary["main"]["mean"], pearson=summary["pearson"],
                        n_images=results["n_images"], seconds=round(time.perf_counter() - start, 3),
                        results=f"{task.slug}/results.json", data=str(found[task.key]))
-            if progress:
+            if options.progress:
                 print(f"suite {len(rows) + 1}/{len(chosen)} {task.key}: {task.main_metric} cosine "
                       f"{_fmt(row['cosine'])}, CSD {_fmt(row['csd'])} ({row['seconds']:.1f} s)", file=sys.stderr)
         rows.append(row)
     summary = {"suite": suite, "model": model.name, "probabilistic": model.probabilistic, "data_root": str(data_root),
                "n_tasks_in_suite": len(table), "tasks": rows, "average": _average(rows, len(table))}
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "suite.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    suite_json = json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n"
+    (out_dir / "suite.json").write_text(suite_json, encoding="utf-8")
     _write_csv(out_dir / "suite.csv", rows)
     (out_dir / "suite.md").write_text(suite_markdown(summary), encoding="utf-8")
     write_suite_report(out_dir, summary)
