@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import InterpolationMode
@@ -45,8 +46,6 @@ class ToRGB(torch.nn.Module):
             return Image.alpha_composite(background, rgba).convert("RGB")
         if image.mode.startswith("I;16") or image.mode in ("I", "F"):
             # 16-bit / 32-bit greyscale: rescale to 8 bits before conversion.
-            import numpy as np
-
             array = np.asarray(image, dtype=np.float64)
             peak = array.max() if array.size and array.max() > 0 else 1.0
             return Image.fromarray((array / peak * 255.0).round().astype(np.uint8), mode="L").convert("RGB")

@@ -1,6 +1,7 @@
 """``probclip eval``: evaluate a model on one task and write ``DIR/results.json`` and PNG plots.
 
     probclip eval --model M --task T --data PATH [--out DIR] [task options]
+    probclip eval --model M --suite datacomp --data-root ROOT [--out DIR] [--tasks a,b] [--skip-missing]
 
 ``M`` is anything :func:`probclip.create_model_from_pretrained` accepts (a checkpoint folder,
 ``hf-hub:<repo>``), or ``open_clip:<name>[@<pretrained>]`` for a deterministic open_clip model.
@@ -13,12 +14,16 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import ProbclipError, UsageError
 from .bprw import BPRWSettings
 from .eccv import evaluate_eccv
 from .encode import load_eval_model
 from .hierarcaps import evaluate_hierarcaps
+from .html_report import write_task_report
+from .options import EvalOptions
 from .retrieval import evaluate_retrieval, evaluate_urban1k
 from .rococo import evaluate_rococo
+from .suite import locate_suite_data, run_suite, suite_markdown
 from .zeroshot import evaluate_zeroshot
 
 TASKS = ("zeroshot", "retrieval", "eccv", "urban1k", "hierarcaps", "rococo")
@@ -31,20 +36,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", required=True,
                         help="checkpoint folder, hf-hub:<repo>, or open_clip:<name>[@<pretrained>]")
-    parser.add_argument("--task", required=True, choices=TASKS)
-    parser.add_argument("--data", required=True, type=Path,
+    parser.add_argument("--task", choices=TASKS, help="one task (needs --data); or give --suite")
+    parser.add_argument("--data", type=Path,
                         help="data set: image folder / webdataset root (zeroshot), Karpathy JSON / CSV / webdataset "
                              "(retrieval, eccv, rococo), Urban-1k folder, HierarCaps CSV")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: ./eval-<task>)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: ./eval-<task or suite>)")
+    suite = parser.add_argument_group("suite")
+    suite.add_argument("--suite", choices=("datacomp",), default=None,
+                       help="run a benchmark suite's tasks from webdataset folders under --data-root")
+    suite.add_argument("--data-root", type=Path, default=None,
+                       help="folder holding the suite's data sets (wds_<name> or wds_<name>_test folders)")
+    suite.add_argument("--tasks", default=None,
+                       help="comma-separated task keys or names to run (default: all of the suite's tasks)")
+    suite.add_argument("--skip-missing", action="store_true",
+                       help="list tasks without data as missing instead of stopping with an error")
     parser.add_argument("--split", default="test", help="split of a Karpathy JSON or webdataset (default: test)")
-    parser.add_argument("--image-root", type=Path, default=None, help="folder the image paths of --data are relative to")
+    parser.add_argument(
+        "--image-root", type=Path, default=None, help="folder the image paths of --data are relative to"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     zs = parser.add_argument_group("zeroshot")
-    zs.add_argument("--templates", type=Path, default=None,
-                    help="text file of prompt templates with {c} (default: the data set's own, else 'a photo of a {c}.')")
+    zs.add_argument(
+        "--templates",
+        type=Path,
+        default=None,
+        help="text file of prompt templates with {c} (default: the data set's own, else 'a photo of a {c}.')",
+    )
     zs.add_argument("--support", type=Path, default=None,
                     help="labelled support images from another split: enables BPRW prompt re-weighting")
     zs.add_argument("--support-split", default="train", help="webdataset split of --support (default: train)")
@@ -70,27 +90,26 @@ def run(args: argparse.Namespace) -> dict:
 
     out = args.out or Path(f"eval-{args.task}")
     model = load_eval_model(args.model, device=args.device)
-    common = dict(batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress)
+    options = EvalOptions(out_dir=out, image_root=args.image_root, split=args.split, batch_size=args.batch_size,
+                          num_workers=args.workers, progress=not args.no_progress)
     if args.task == "zeroshot":
         templates = None
         if args.templates is not None:
             templates = [t.strip() for t in args.templates.read_text(encoding="utf-8").splitlines() if t.strip()]
-        return evaluate_zeroshot(model, args.data, out, support=args.support, bprw=BPRWSettings(shots=args.shots),
-                                 split=args.split, support_split=args.support_split, templates=templates, **common)
+        return evaluate_zeroshot(model, args.data, options, support=args.support, bprw=BPRWSettings(shots=args.shots),
+                                 support_split=args.support_split, templates=templates)
     if args.task == "retrieval":
-        return evaluate_retrieval(model, args.data, out, image_root=args.image_root, split=args.split, **common)
+        return evaluate_retrieval(model, args.data, options)
     if args.task == "eccv":
-        return evaluate_eccv(model, args.data, out, image_root=args.image_root, coco_captions=args.coco_captions,
-                             split=args.split, ground_truth=args.ground_truth, **common)
+        return evaluate_eccv(model, args.data, options, coco_captions=args.coco_captions,
+                             ground_truth=args.ground_truth)
     if args.task == "urban1k":
-        return evaluate_urban1k(model, args.data, out, **common)
+        return evaluate_urban1k(model, args.data, options)
     if args.task == "hierarcaps":
-        return evaluate_hierarcaps(model, args.data, out, image_root=args.image_root, n_steps=args.steps, **common)
+        return evaluate_hierarcaps(model, args.data, options, n_steps=args.steps)
     if args.replacements is None:
         raise ValueError("--task rococo needs --replacements FILE (JSON {word: [replacements]} or a word list)")
-
-    return evaluate_rococo(model, args.data, args.replacements, out, image_root=args.image_root, split=args.split,
-                           mix_weight=args.mix_weight, seed=args.seed, **common)
+    return evaluate_rococo(model, args.data, args.replacements, options, mix_weight=args.mix_weight, seed=args.seed)
 
 
 def _summary(results: dict) -> str:
@@ -98,20 +117,53 @@ def _summary(results: dict) -> str:
     return json.dumps({k: v for k, v in metrics.items() if k != "uncertainty"}, indent=1)[:2000]
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    if args.suite is not None:
+        if args.task is not None or args.data is not None:
+            raise UsageError("--suite runs its own tasks: give --data-root, not --task or --data")
+        if args.data_root is None:
+            raise UsageError("--suite needs --data-root FOLDER (the folder holding the wds_<name> data sets)")
+        return
+    if args.task is None or args.data is None:
+        raise UsageError("give --task TASK and --data PATH, or --suite datacomp and --data-root FOLDER")
+    if args.data_root is not None or args.tasks is not None or args.skip_missing:
+        raise UsageError("--data-root, --tasks and --skip-missing go with --suite")
+    if not args.data.exists():
+        raise UsageError(f"--data {str(args.data)!r} does not exist")
+
+
+def run_suite_from_args(args: argparse.Namespace) -> dict:
+    """Run ``--suite`` as described by parsed ``args``; returns the suite summary (also written to disk)."""
+    tasks = [t for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    locate_suite_data(args.data_root, args.suite, tasks, args.skip_missing)  # data errors before the model loads
+    model = load_eval_model(args.model, device=args.device)
+    options = EvalOptions(out_dir=args.out or Path(f"eval-{args.suite}"), batch_size=args.batch_size,
+                          num_workers=args.workers, progress=not args.no_progress)
+    return run_suite(model, args.data_root, options, suite=args.suite, tasks=tasks, skip_missing=args.skip_missing)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``probclip eval``; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    if not args.data.exists():
-        print(f"probclip eval: --data {str(args.data)!r} does not exist", file=sys.stderr)
-        return 2
     try:
+        _check_args(args)
+        if args.suite is not None:
+            summary = run_suite_from_args(args)
+            out = args.out or Path(f"eval-{args.suite}")
+            print(suite_markdown(summary))
+            print(f"suite: {out / 'suite.json'}, {out / 'suite.md'}, {out / 'report.html'}")
+            return 0
         results = run(args)
+        out = args.out or Path(f"eval-{args.task}")
+        write_task_report(out, results)
+    except ProbclipError as err:
+        print(f"probclip eval: {err}", file=sys.stderr)
+        return err.exit_code
     except (ValueError, FileNotFoundError) as err:
         print(f"probclip eval: {err}", file=sys.stderr)
         return 1
-    out = args.out or Path(f"eval-{args.task}")
     print(_summary(results))
-    print(f"results: {out / 'results.json'}")
+    print(f"results: {out / 'results.json'}, report: {out / 'report.html'}")
     return 0
 
 

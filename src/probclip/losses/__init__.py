@@ -18,6 +18,7 @@ from .baselines import CLIPLoss, SigLIPLoss
 from .errors import NonFiniteLossError
 from .pcmepp import PCMEppLoss, soft_match_labels
 from .prolip import ProLIPLoss, inclusion_loss_terms, vib_terms
+from .registry import LOSSES, build_loss, list_losses, register_loss
 
 __all__ = [
     "CLIPLoss",
@@ -29,21 +30,8 @@ __all__ = [
     "SigLIPLoss",
     "build_loss",
     "inclusion_loss_terms",
+    "list_losses",
+    "register_loss",
     "soft_match_labels",
     "vib_terms",
 ]
-
-LOSSES: dict[str, type[PairLoss]] = {
-    "prolip": ProLIPLoss,
-    "pcmepp": PCMEppLoss,
-    "siglip": SigLIPLoss,
-    "clip": CLIPLoss,
-}
-
-
-def build_loss(name: str, **kwargs) -> PairLoss:
-    """The loss registered as ``name`` (one of ``LOSSES``: prolip, pcmepp, siglip, clip), built with ``kwargs``."""
-    key = str(name).lower()
-    if key not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; accepted names: {', '.join(sorted(LOSSES))}")
-    return LOSSES[key](**kwargs)

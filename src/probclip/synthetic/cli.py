@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .shards import write_shards
-from .world import DEGRADATION_KINDS, DEGRADATION_LEVELS, NUM_LEVELS, SPLITS, SyntheticDataset
+from .world import (
+    DEGRADATION_KINDS,
+    DEGRADATION_LEVELS,
+    NUM_LEVELS,
+    SPLITS,
+    SyntheticDataset,
+)
 
 __all__ = ["build_parser", "main"]
 
