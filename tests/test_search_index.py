@@ -6,12 +6,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from search_helpers import brute_csd, brute_inclusion, brute_topk, make_collection, random_gaussians, stored
 
 import probclip
 from probclip.errors import InputError, UsageError
 from probclip.search import SearchIndex, build_index
 from probclip.search.index import FlatFileWriter, choose_kind, parse_memory
+from search_helpers import brute_csd, brute_inclusion, brute_topk, make_collection, random_gaussians, stored
 
 
 def _query(seed: int, dim: int = 16, count: int = 5) -> probclip.ProbEmbedding:

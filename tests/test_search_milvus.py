@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from search_helpers import make_collection, random_gaussians
 
 import probclip
 from probclip.errors import UsageError
 from probclip.search import SearchIndex, build_index
+from search_helpers import make_collection, random_gaussians
 
 pytest.importorskip("pymilvus", reason="the Milvus backend is the optional extra probclip[milvus]")
 
