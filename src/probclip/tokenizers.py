@@ -16,6 +16,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .errors import InputError
+
 __all__ = [
     "Tokenizer",
     "ClipBPETokenizer",
@@ -36,7 +38,7 @@ WORD_SPECIAL_TOKENS = ("<pad>", "<unk>", "<mask>")
 _ASCII_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
-class TextTooLongError(ValueError):
+class TextTooLongError(InputError, ValueError):
     """A text has more tokens than the context length and truncation was refused."""
 
 

@@ -14,15 +14,17 @@ from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.transforms import v2 as T
 from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2 as T
+
+from .errors import InputError
 
 __all__ = ["ImageLoadError", "ToRGB", "image_transform", "load_image"]
 
 _INTERPOLATIONS = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
 
 
-class ImageLoadError(OSError):
+class ImageLoadError(InputError, OSError):
     """An image file could not be read or decoded (the message names the file)."""
 
 

@@ -6,10 +6,12 @@ import json
 import random
 from typing import Any
 
+from ..errors import InputError
+
 __all__ = ["CaptionError", "captions_from_payload", "split_captions", "draw_caption"]
 
 
-class CaptionError(ValueError):
+class CaptionError(InputError, ValueError):
     """A sample's caption payload holds no usable caption (the message says what was found)."""
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import InputError
 from ..transforms import ToRGB
 from .captions import draw_caption
 
@@ -20,11 +21,11 @@ __all__ = ["SampleError", "DatasetError", "derive_seed", "decode_image_bytes", "
 READ_ERRORS = (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError, UnicodeDecodeError)
 
 
-class SampleError(ValueError):
+class SampleError(InputError, ValueError):
     """A sample is unusable (no image, no caption, undecodable payload); the message names the sample."""
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError, ValueError):
     """A whole dataset is unusable before training starts (empty, or a table without the configured column);
     the message names it."""
 

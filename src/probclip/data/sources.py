@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 
 from torch.utils.data import DataLoader
 
+from ..errors import UsageError
 from .samples import DatasetError, PairBatch, PairCollator, SampleError, as_pil
 
 __all__ = [
@@ -130,7 +131,7 @@ def list_sources() -> list[str]:
 def build_source(data, seed: int):
     """The source named by ``data.source`` (a ``DataSection``); errors name missing shards/files or emptiness."""
     if data.source not in _SOURCES:
-        raise ValueError(f"unknown data source {data.source!r}; registered sources: {list_sources()}")
+        raise UsageError(f"unknown data source {data.source!r}; registered sources: {list_sources()}")
     source = _SOURCES[data.source](data, seed)
     if not isinstance(source, StreamSource) and len(source) == 0:
         raise DatasetError(f"data source {data.source!r} ({data.paths or data.synthetic}) is empty")
@@ -181,7 +182,7 @@ def build_train_batches(data, collator: PairCollator, *, seed: int, rank: int = 
     from .datasets import IndexedPairDataset, StepBatchSampler, StreamingPairDataset, collate_indexed
 
     if data.batch_size % world_size:
-        raise ValueError(f"data.batch_size {data.batch_size} must be divisible by the number of processes {world_size}")
+        raise UsageError(f"data.batch_size {data.batch_size} must be divisible by the number of processes {world_size}")
     local_batch = data.batch_size // world_size
     source = build_source(data, seed) if source is None else source
     workers = data.num_workers
@@ -190,7 +191,7 @@ def build_train_batches(data, collator: PairCollator, *, seed: int, rank: int = 
     if isinstance(source, StreamSource):
         slots = world_size * max(workers, 1)
         if source.max_slots is not None and slots > source.max_slots:
-            raise ValueError(
+            raise UsageError(
                 f"{source.max_slots} shard(s) cannot feed {world_size} process(es) x {max(workers, 1)} worker(s) "
                 "without resampling; set data.resample: true, or use fewer workers or more shards"
             )
@@ -198,7 +199,7 @@ def build_train_batches(data, collator: PairCollator, *, seed: int, rank: int = 
         batches_done = 0
         if resume_state and resume_state.get("kind") == "stream":
             if int(resume_state.get("num_workers", -1)) != max(workers, 1):
-                raise ValueError(
+                raise UsageError(
                     f"the checkpoint's data position was recorded with {resume_state.get('num_workers')} worker(s) "
                     f"per process; resume with data.num_workers: {resume_state.get('num_workers') if resume_state.get('num_workers') != 1 else 0}"
                 )

@@ -14,6 +14,7 @@ from typing import Iterator, Sequence
 
 import braceexpand
 
+from ..errors import InputError
 from .captions import CaptionError, captions_from_payload
 from .samples import READ_ERRORS, SampleError, decode_image_bytes
 
@@ -27,7 +28,7 @@ __all__ = [
 ]
 
 
-class ShardError(FileNotFoundError):
+class ShardError(InputError, FileNotFoundError):
     """A shard is missing or holds no sample (the message names it)."""
 
 

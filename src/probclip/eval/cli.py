@@ -13,6 +13,10 @@ import json
 import sys
 from pathlib import Path
 
+from ..cli import run_command
+from ..devices import check_device
+from ..errors import InputError, ProbclipError, UsageError
+
 TASKS = ("zeroshot", "retrieval", "eccv", "urban1k", "hierarcaps", "rococo")
 
 
@@ -104,16 +108,26 @@ def _summary(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``probclip eval``; returns the process exit code."""
+    """Entry point of ``probclip eval``; returns the process exit code (errors: one line on stderr)."""
+    return run_command("eval", _eval_command, sys.argv[1:] if argv is None else argv)
+
+
+def _eval_command(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if not args.data.exists():
-        print(f"probclip eval: --data {str(args.data)!r} does not exist", file=sys.stderr)
-        return 2
+        raise UsageError(f"--data {str(args.data)!r} does not exist; give a data set file or folder")
+    for option, value in (("--batch-size", args.batch_size), ("--shots", args.shots), ("--steps", args.steps)):
+        if value < 1:
+            raise UsageError(f"{option} must be an integer >= 1; got {value}")
+    if args.workers < 0:
+        raise UsageError(f"--workers must be an integer >= 0; got {args.workers}")
+    check_device(args.device, "--device")
     try:
         results = run(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"probclip eval: {err}", file=sys.stderr)
-        return 1
+    except ProbclipError:
+        raise
+    except ValueError as err:  # the readers and tasks report unusable data sets as ValueError
+        raise InputError(str(err)) from err
     out = args.out or Path(f"eval-{args.task}")
     print(_summary(results))
     print(f"results: {out / 'results.json'}")

@@ -13,6 +13,9 @@ sum to the total. All are exact under torch.distributed (see :mod:`probclip.loss
 
 from __future__ import annotations
 
+import inspect
+
+from ..errors import UsageError
 from .base import PairLoss
 from .baselines import CLIPLoss, SigLIPLoss
 from .errors import NonFiniteLossError
@@ -45,5 +48,12 @@ def build_loss(name: str, **kwargs) -> PairLoss:
     """The loss registered as ``name`` (one of ``LOSSES``: prolip, pcmepp, siglip, clip), built with ``kwargs``."""
     key = str(name).lower()
     if key not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; accepted names: {', '.join(sorted(LOSSES))}")
-    return LOSSES[key](**kwargs)
+        raise UsageError(f"unknown loss {name!r}; accepted names: {', '.join(sorted(LOSSES))}")
+    accepted = [p for p in inspect.signature(LOSSES[key]).parameters if p not in ("self", "args", "kwargs")]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise UsageError(f"loss {key!r} has no argument(s) {unknown}; accepted: {accepted}")
+    try:
+        return LOSSES[key](**kwargs)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"loss {key!r} with arguments {kwargs}: {err}") from err

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..errors import UsageError
 from .config import ProbCLIPConfig
 from .loading import load_state_dict_strict, read_checkpoint_dir
 from .model import ProbCLIP
@@ -47,7 +48,7 @@ def resolve_checkpoint_dir(path_or_hub_id: str | os.PathLike, revision: str | No
 
         repo_id = name[len(HF_HUB_PREFIX):]
         if repo_id.count("/") != 1:
-            raise ValueError(f"hub id must look like 'hf-hub:owner/repo'; got {name!r}")
+            raise UsageError(f"hub id must look like 'hf-hub:owner/repo'; got {name!r}")
         return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=_HUB_FILES))
     if name.startswith("local-dir:"):
         name = name[len("local-dir:"):]

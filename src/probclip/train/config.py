@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,6 +18,7 @@ from typing import Any, Sequence
 import yaml
 
 from ..data.masking import IMAGE_MASK_MODES, TEXT_MASK_MODES
+from ..errors import UsageError
 
 __all__ = [
     "ModelSection",
@@ -27,6 +29,9 @@ __all__ = [
     "RunSection",
     "EvalSection",
     "TrainConfig",
+    "ConfigFileNotFoundError",
+    "check_field_types",
+    "read_yaml_file",
     "load_config",
     "apply_overrides",
     "parse_override_args",
@@ -38,8 +43,12 @@ INIT_KINDS = ("scratch", "pretrained", "open_clip")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+class ConfigFileNotFoundError(UsageError, FileNotFoundError):
+    """The training config file does not exist (a usage error: exit status 2)."""
+
+
 def _fail(section: str, key: str, value: Any, accepted: str) -> None:
-    raise ValueError(f"{section}.{key} = {value!r} is not valid; expected {accepted}")
+    raise UsageError(f"{section}.{key} = {value!r} is not valid; expected {accepted}")
 
 
 def _check_choice(section: str, key: str, value: Any, choices: Sequence[str]) -> None:
@@ -49,8 +58,34 @@ def _check_choice(section: str, key: str, value: Any, choices: Sequence[str]) ->
 
 def _check_positive(section: str, key: str, value: Any, allow_zero: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        _fail(section, key, value, "a number >= 0" if allow_zero else "a number > 0")
+    if not ok or not math.isfinite(value):
+        _fail(section, key, value, "a finite number >= 0" if allow_zero else "a finite number > 0")
+
+
+#: What a field's annotation accepts (a value of the wrong type is refused, never coerced).
+_TYPE_CHECKS = {
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+              "a finite number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "list": (lambda v: isinstance(v, (list, tuple, str)), "a list"),
+    "dict": (lambda v: isinstance(v, dict), "a mapping"),
+}
+
+
+def check_field_types(section: str, obj: Any) -> None:
+    """Raise ``UsageError`` for a field of the dataclass ``obj`` whose value does not have the annotated type
+    (``bool`` fields take only true/false, ``float`` fields only finite numbers, ``X | None`` also null)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        kinds = [part.strip() for part in str(f.type).split("|")]
+        if value is None and "None" in kinds:
+            continue
+        checks = [_TYPE_CHECKS[k] for k in kinds if k in _TYPE_CHECKS]
+        if checks and not any(check(value) for check, _ in checks):
+            accepted = " or ".join([what for _, what in checks] + (["null"] if "None" in kinds else []))
+            _fail(section, f.name, value, accepted)
 
 
 def _check_int(section: str, key: str, value: Any, minimum: int) -> None:
@@ -250,7 +285,8 @@ class OptimSection:
     def validate(self) -> None:
         _check_positive("optim", "lr", self.lr)
         _check_positive("optim", "min_lr", self.min_lr, allow_zero=True)
-        if not (isinstance(self.betas, (list, tuple)) and len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
+        if not (isinstance(self.betas, (list, tuple)) and len(self.betas) == 2
+                and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in self.betas)):
             _fail("optim", "betas", self.betas, "two numbers in [0, 1)")
         _check_positive("optim", "eps", self.eps)
         _check_positive("optim", "weight_decay", self.weight_decay, allow_zero=True)
@@ -363,8 +399,10 @@ class TrainConfig:
     eval: EvalSection = field(default_factory=EvalSection)
 
     def validate(self) -> "TrainConfig":
-        """Check every section; raises ``ValueError`` naming the bad key, its value and what is accepted."""
+        """Check every section; raises ``UsageError`` (a ``ValueError``) naming the bad key, its value and what is
+        accepted."""
         for name in _SECTIONS:
+            check_field_types(name, getattr(self, name))
             getattr(self, name).validate()
         return self
 
@@ -377,19 +415,19 @@ class TrainConfig:
         """Build and validate from a nested dict; unknown sections or keys raise ``ValueError`` naming them."""
         data = copy.deepcopy(data or {})
         if not isinstance(data, dict):
-            raise ValueError(f"a training config must be a mapping of sections; got {type(data).__name__}")
+            raise UsageError(f"a training config must be a mapping of sections; got {type(data).__name__}")
         unknown = sorted(set(data) - set(_SECTIONS))
         if unknown:
-            raise ValueError(f"unknown config sections {unknown}; known sections are {list(_SECTIONS)}")
+            raise UsageError(f"unknown config sections {unknown}; known sections are {list(_SECTIONS)}")
         sections = {}
         for name, section_cls in _SECTIONS.items():
             values = data.get(name) or {}
             if not isinstance(values, dict):
-                raise ValueError(f"config section {name!r} must be a mapping; got {values!r}")
+                raise UsageError(f"config section {name!r} must be a mapping; got {values!r}")
             known = {f.name for f in dataclasses.fields(section_cls)}
             bad = sorted(set(values) - known)
             if bad:
-                raise ValueError(f"unknown keys {bad} in section {name!r}; known keys are {sorted(known)}")
+                raise UsageError(f"unknown keys {bad} in section {name!r}; known keys are {sorted(known)}")
             sections[name] = section_cls(**_coerce_floats(section_cls, values))
         return cls(**sections).validate()
 
@@ -422,28 +460,49 @@ def parse_override_args(args: Sequence[str]) -> dict:
     while index < len(items):
         arg = items[index]
         if not arg.startswith("--") or "." not in arg:
-            raise ValueError(f"unexpected argument {arg!r}; overrides look like --section.key value (e.g. --optim.lr 1e-4)")
+            raise UsageError(f"unexpected argument {arg!r}; overrides look like --section.key value (e.g. --optim.lr 1e-4)")
         if "=" in arg:
             dotted, raw = arg[2:].split("=", 1)
             index += 1
         else:
             if index + 1 >= len(items):
-                raise ValueError(f"override {arg!r} has no value; write {arg} VALUE")
+                raise UsageError(f"override {arg!r} has no value; write {arg} VALUE")
             dotted, raw = arg[2:], items[index + 1]
             index += 2
         parts = dotted.split(".")
         if len(parts) != 2 or not all(parts):
-            raise ValueError(f"override {arg!r} must name exactly one section and one key: --section.key")
+            raise UsageError(f"override {arg!r} must name exactly one section and one key: --section.key")
         section, key = parts
-        overrides.setdefault(section, {})[key] = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as err:
+            raise UsageError(f"--{dotted} {raw!r} is not a YAML value ({_yaml_problem(err)}); quote strings, "
+                             "write lists as '[a, b]' and mappings as '{key: value}'") from err
+        overrides.setdefault(section, {})[key] = value
     return overrides
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{getattr(err, 'problem', None) or err}"
+
+
+def read_yaml_file(path: Path) -> Any:
+    """Parse a YAML file; raises ``UsageError`` naming the file (and line) when it is not UTF-8 or not YAML."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path} is not UTF-8 text (byte {err.start}); save the config as UTF-8 YAML") from err
+    except yaml.YAMLError as err:
+        raise UsageError(f"{path} is not valid YAML: {_yaml_problem(err)}") from err
 
 
 def _merge(base: dict, changes: dict) -> dict:
     merged = copy.deepcopy(base)
     for section, values in changes.items():
         if not isinstance(values, dict):
-            raise ValueError(f"override for section {section!r} must be a mapping; got {values!r}")
+            raise UsageError(f"override for section {section!r} must be a mapping; got {values!r}")
         merged.setdefault(section, {})
         if merged[section] is None:
             merged[section] = {}
@@ -461,16 +520,16 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] | dict 
     """Read a YAML training config (or start from defaults when ``path`` is None) and apply overrides.
 
     ``overrides`` is a list of ``--section.key value`` arguments or a ``{section: {key: value}}`` dict.
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for unknown or invalid keys.
+    Raises ``UsageError`` (a ``ValueError``) for a missing or unparsable file and for unknown or invalid keys.
     """
     data: dict = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"training config {path} not found")
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            raise ConfigFileNotFoundError(f"training config {path} not found (--config takes a YAML file)")
+        loaded = read_yaml_file(path)
         if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"{path} must hold a mapping of sections (model, data, ...); got {type(loaded).__name__}")
+            raise UsageError(f"{path} must hold a mapping of sections (model, data, ...); got {type(loaded).__name__}")
         data = loaded or {}
     if overrides:
         if not isinstance(overrides, dict):

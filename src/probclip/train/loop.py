@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from ..errors import InputError, UsageError
 from .checkpoint import (
     atomic_write_text,
     capture_rng_state,
@@ -43,7 +44,7 @@ __all__ = ["TrainResult", "StepInfo", "TrainingStopped", "train"]
 _MAX_RANK_ERRORS = 8
 
 
-class TrainingStopped(RuntimeError):
+class TrainingStopped(InputError, RuntimeError):
     """The run stopped on an error condition (too many consecutive non-finite losses, too many bad samples)."""
 
 
@@ -208,7 +209,7 @@ def train(
         uses_masks = getattr(loss_fn, "uses_masked_views", False) and config.masking.fraction > 0
         if (uses_masks and config.masking.text_mask_prob > 0 and config.masking.text_mask_mode == "replace"
                 and tokenizer.mask_id is None):
-            raise ValueError(
+            raise UsageError(
                 f"masked text views need a mask token, but the tokenizer of {model.config.name or 'this model'} has "
                 "none; set masking.text_mask_prob: 0, masking.text_mask_mode: drop, or give the model a text.mask_id"
             )

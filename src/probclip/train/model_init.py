@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import UsageError
+
 __all__ = ["build_model", "reinit_uncertainty", "uncertainty_parameter_names", "freeze_towers"]
 
 
@@ -67,7 +69,7 @@ def build_model(section, log=print):
     if section.init == "pretrained":
         model = load_pretrained_model(section.pretrained)
         if section.overrides:
-            raise ValueError(
+            raise UsageError(
                 "model.overrides cannot change a pretrained checkpoint's architecture; remove them or use init: scratch"
             )
         log(f"model: loaded {section.pretrained} ({model.num_parameters / 1e6:.2f}M parameters)")
