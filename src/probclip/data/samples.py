@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -12,7 +11,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
-from ..transforms import ToRGB
+from ..image_decoding import ImageLoadError, ToRGB, decode_image
+from ..limits import LimitExceededError
 from .captions import draw_caption
 
 __all__ = ["SampleError", "DatasetError", "derive_seed", "decode_image_bytes", "as_pil", "PairBatch", "PairCollator", "READ_ERRORS"]
@@ -37,16 +37,14 @@ def derive_seed(*parts: int) -> int:
 
 
 def decode_image_bytes(payload: bytes, name: str = "image") -> Image.Image:
-    """Fully decode an encoded image (jpg/png/webp/...) into an RGB PIL image.
+    """Fully decode an encoded image (jpg/png/webp/...) into an upright RGB PIL image (``probclip.image_decoding``).
 
-    Raises ``SampleError`` naming ``name`` when the bytes are not a readable image.
+    Raises ``SampleError`` naming ``name`` when the bytes are not a readable image or exceed the pixel limit.
     """
     try:
-        with Image.open(io.BytesIO(payload)) as image:
-            image.load()
-            return ToRGB()(image)
-    except READ_ERRORS as err:
-        raise SampleError(f"cannot decode {name}: {type(err).__name__}: {err}") from err
+        return decode_image(payload, name)
+    except (ImageLoadError, LimitExceededError) as err:
+        raise SampleError(str(err)) from err
 
 
 @dataclass

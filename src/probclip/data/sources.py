@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 from torch.utils.data import DataLoader
 
 from ..errors import UsageError
+from ..limits import set_limits
 from .samples import DatasetError, PairBatch, PairCollator, SampleError, as_pil
 
 __all__ = [
@@ -184,6 +185,8 @@ def build_train_batches(data, collator: PairCollator, *, seed: int, rank: int = 
     if data.batch_size % world_size:
         raise UsageError(f"data.batch_size {data.batch_size} must be divisible by the number of processes {world_size}")
     local_batch = data.batch_size // world_size
+    set_limits(max_image_pixels=data.max_image_pixels, max_member_bytes=data.max_member_bytes,
+               max_caption_chars=data.max_caption_chars)  # inherited by the forked loader workers
     source = build_source(data, seed) if source is None else source
     workers = data.num_workers
     common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=False,

@@ -19,6 +19,7 @@ import yaml
 
 from ..data.masking import IMAGE_MASK_MODES, TEXT_MASK_MODES
 from ..errors import UsageError
+from ..limits import DEFAULT_LIMITS
 
 __all__ = [
     "ModelSection",
@@ -172,6 +173,9 @@ class DataSection:
         train_augment: random resized crop instead of a centre crop.
         max_bad_fraction: stop the run when more than this fraction of samples read so far were unreadable
             (after the first 1000 samples); 1 never stops.
+        max_image_pixels, max_member_bytes, max_caption_chars: resource limits (``probclip.limits``): an image
+            with more pixels (checked before decoding), a tar member with more bytes, or a caption with more
+            characters is skipped, counted and named like any unreadable sample.
     """
 
     source: str = "synthetic"
@@ -190,9 +194,14 @@ class DataSection:
     synthetic: dict = field(default_factory=dict)
     train_augment: bool = False
     max_bad_fraction: float = 1.0
+    max_image_pixels: int = DEFAULT_LIMITS.max_image_pixels
+    max_member_bytes: int = DEFAULT_LIMITS.max_member_bytes
+    max_caption_chars: int = DEFAULT_LIMITS.max_caption_chars
 
     def validate(self) -> None:
         _check_choice("data", "source", self.source, DATA_SOURCES)
+        for key in ("max_image_pixels", "max_member_bytes", "max_caption_chars"):
+            _check_int("data", key, getattr(self, key), 1)
         if isinstance(self.paths, str):
             self.paths = [self.paths]
         if self.source in ("webdataset", "csv") and not self.paths:
@@ -311,6 +320,10 @@ class RunSection:
             terminal, plain lines otherwise), ``bar``, ``plain`` or ``none``.
         save_every: steps between checkpoints (0: only the final one); ``keep_last``: checkpoints kept.
         resume: ``null``, ``latest`` (newest checkpoint in ``output_dir``) or a checkpoint directory.
+        overwrite: start over in an ``output_dir`` that holds an earlier run (its checkpoints, log and config are
+            removed); without it such a start is refused.
+        allow_config_change: resume even when the model, batch size, data source, shard list or worker count
+            differ from the checkpoint's (the differences are logged); without it such a resume is refused.
         max_nonfinite_steps: stop after this many consecutive steps with a non-finite loss (each is skipped).
         eval_every: steps between evaluation-hook calls (0: never).
         tensorboard: write TensorBoard scalars.
@@ -330,6 +343,8 @@ class RunSection:
     save_every: int = 500
     keep_last: int = 2
     resume: str | None = None
+    overwrite: bool = False
+    allow_config_change: bool = False
     max_nonfinite_steps: int = 10
     eval_every: int = 0
     tensorboard: bool = True
