@@ -15,12 +15,14 @@ import torch
 
 from ..errors import InputError, UsageError
 from .checkpoint import (
+    NonFiniteWeightsError,
     atomic_write_text,
     capture_rng_state,
     load_training_state,
     prune_checkpoints,
     resolve_resume,
     restore_rng_state,
+    samples_before,
     save_checkpoint,
 )
 from .config import TrainConfig
@@ -34,8 +36,9 @@ from .distributed import (
     gather_objects,
     init_distributed,
 )
-from .run_log import RunLogger
 from .optim import build_optimizer, clamp_logit_scale, learning_rate, set_learning_rate
+from .run_dir import guard_run_directory
+from .run_log import RunLogger
 from .step import build_step_inputs, forward_backward
 
 __all__ = ["TrainResult", "StepInfo", "TrainingStopped", "train"]
@@ -188,6 +191,7 @@ def train(
     resume_dir = resolve_resume(run.resume, output_dir)
     starting_fresh = run.resume == "latest" and resume_dir is None
     state = load_training_state(resume_dir) if resume_dir is not None else None
+    run_lock = guard_run_directory(config, output_dir, resume_dir, state, dist_info.world_size, dist_info.is_main)
     start_step = int(state["step"]) if state else 0
     logger = RunLogger(output_dir, run.steps, run.progress, run.tensorboard, enabled=dist_info.is_main,
                        start_step=start_step)
@@ -245,17 +249,21 @@ def train(
         )
         return _run_loop(config, dist_info, model, loss_fn, optimizer, scaler, autocast, batches, tokenizer,
                          uses_masks, logger, start_step, config_yaml, callbacks, eval_fn, output_dir,
-                         NonFiniteLossError)
+                         NonFiniteLossError, samples_before(state, config.data.batch_size))
     finally:
         logger.close()
+        if run_lock is not None:
+            run_lock.release()
         if owns_process_group:
             cleanup_distributed()
 
 
 def _run_loop(config, dist_info, model, loss_fn, optimizer, scaler, autocast, batches, tokenizer, uses_masks,
-              logger, start_step, config_yaml, callbacks, eval_fn, output_dir, NonFiniteLossError) -> TrainResult:
+              logger, start_step, config_yaml, callbacks, eval_fn, output_dir, NonFiniteLossError,
+              samples_offset: int = 0) -> TrainResult:
     run, optim = config.run, config.optim
     global_batch = config.data.batch_size
+    # samples seen = samples_offset + step * global_batch (the offset is non-zero after a batch-size change)
     trainable = [p for p in model.parameters() if p.requires_grad]
     step = start_step
     started = time.perf_counter()
@@ -275,7 +283,7 @@ def _run_loop(config, dist_info, model, loss_fn, optimizer, scaler, autocast, ba
         if dist_info.is_main:
             training_state = {
                 "step": at_step,
-                "samples": at_step * global_batch,
+                "samples": samples_offset + at_step * global_batch,
                 "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "schedule": {"kind": optim.schedule, "warmup_steps": optim.warmup_steps, "total_steps": run.steps},
@@ -283,9 +291,14 @@ def _run_loop(config, dist_info, model, loss_fn, optimizer, scaler, autocast, ba
                 "rng": [s["rng"] for s in states],
                 "world_size": dist_info.world_size,
             }
-            path = save_checkpoint(output_dir, at_step, model, training_state, config_yaml)
-            prune_checkpoints(output_dir, run.keep_last)
-            logger.event("checkpoint", step=at_step, path=str(path))
+            try:
+                path = save_checkpoint(output_dir, at_step, model, training_state, config_yaml)
+            except NonFiniteWeightsError as err:  # a diverged model: keep the last good checkpoint
+                logger.event("checkpoint_refused", step=at_step, reason=str(err))
+                logger.message(f"warning: {err}")
+            else:
+                prune_checkpoints(output_dir, run.keep_last)
+                logger.event("checkpoint", step=at_step, path=str(path))
         barrier()
         return broadcast_object(str(path) if path else None)
 
@@ -373,7 +386,7 @@ def _run_loop(config, dist_info, model, loss_fn, optimizer, scaler, autocast, ba
             now = time.perf_counter()
             record = {
                 "step": step,
-                "samples": step * global_batch,
+                "samples": samples_offset + step * global_batch,
                 "lr": lr,
                 **means,
                 "logit_scale": float(model.logit_scale.detach()),
@@ -389,7 +402,7 @@ def _run_loop(config, dist_info, model, loss_fn, optimizer, scaler, autocast, ba
             logger.step(record, advance=run.log_every if step % run.log_every == 0 else step % run.log_every)
             window_start, window_samples, skipped_samples_window, window_errors = now, 0, 0, []
 
-        info = StepInfo(step, run.steps, step * global_batch, time.perf_counter() - started, lr,
+        info = StepInfo(step, run.steps, samples_offset + step * global_batch, time.perf_counter() - started, lr,
                         terms.get("loss", float("nan")), terms, skipped_step, model)
         wants_stop = any(bool(cb(info)) for cb in callbacks)
         over_time = run.max_seconds is not None and time.perf_counter() - started >= run.max_seconds
@@ -407,7 +420,7 @@ def _run_loop(config, dist_info, model, loss_fn, optimizer, scaler, autocast, ba
     evaluate(step)
     seconds = time.perf_counter() - started
     return TrainResult(
-        model=model, steps=step, seconds=seconds, samples=step * global_batch, log_path=logger.path,
+        model=model, steps=step, seconds=seconds, samples=samples_offset + step * global_batch, log_path=logger.path,
         output_dir=output_dir, checkpoint=Path(last_checkpoint) if last_checkpoint else None,
         stop_reason=stop_reason, skipped_samples=skipped_total, nonfinite_steps=nonfinite_steps,
         final_loss=final_loss, history=history,
