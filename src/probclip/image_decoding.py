@@ -52,12 +52,13 @@ class ToRGB(torch.nn.Module):
 
 
 def decode_image(source: bytes | str | os.PathLike, name: str | None = None, max_pixels: int | None = None,
-                 ) -> Image.Image:
+                 draft: tuple[int, int] | None = None) -> Image.Image:
     """Decode an encoded image (bytes, or a file path) into an upright RGB PIL image.
 
     ``max_pixels`` defaults to the process's ``max_image_pixels`` limit. Raises ``ImageLoadError`` naming ``name``
     (default: the path) for a missing, unreadable, unknown-format or truncated image, and ``LimitExceededError``
-    for one with too many pixels (decided from the header, before decoding).
+    for one with too many pixels (decided from the header, before decoding). ``draft``: let JPEG decode at a
+    reduced scale of at least this size (to check an image quickly; the whole stream is still read).
     """
     is_bytes = isinstance(source, (bytes, bytearray, memoryview))
     name = name or ("image" if is_bytes else str(source))
@@ -68,6 +69,8 @@ def decode_image(source: bytes | str | os.PathLike, name: str | None = None, max
             opened = Image.open(io.BytesIO(bytes(source)) if is_bytes else Path(source))
         with opened as image:
             check_image_pixels(image.width, image.height, name, max_pixels)
+            if draft is not None:
+                image.draft("RGB", draft)
             image.load()
             ImageOps.exif_transpose(image, in_place=True)
             return ToRGB()(image)

@@ -27,7 +27,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .encode import EvalModel, Embeddings, embedding_uncertainty
+from .encode import Embeddings, EvalModel, embedding_uncertainty
+from .image_check import skipped_report
 from .metrics import DEFAULT_MAX_CHUNK_ELEMENTS, metrics_from_ranks, uncertainty_bins
 from .readers import RetrievalData, read_retrieval
 from .report import plot_bars, plot_uncertainty_bins, write_results
@@ -334,6 +335,7 @@ def evaluate_eccv(
     metrics = coco_eccv_metrics(images, texts, data.image_ids, data.caption_ids, ground_truth=ground_truth)
     results = {"task": "eccv", "model": model.name, "probabilistic": model.probabilistic,
                "n_images": len(data.items), "n_captions": len(data.captions), "metrics": metrics}
+    results["skipped_images"] = skipped_report(data)
     if out_dir is not None:
         out_dir = Path(out_dir)
         plots = []

@@ -25,6 +25,7 @@ import torch
 from ..distances import inclusion_score
 from ..embedding import ProbEmbedding
 from .encode import EvalModel, embedding_means, embedding_uncertainty, encode_images, encode_texts
+from .image_check import skipped_report
 from .metrics import uncertainty_bins
 from .readers import HierarCapsData, read_hierarcaps
 from .report import plot_bars, plot_uncertainty_bins, write_results
@@ -120,6 +121,7 @@ def evaluate_hierarcaps(
     metrics = hierarcaps_metrics(images, captions, gallery_texts, data.chains, empty, n_steps, n_bins)
     results = {"task": "hierarcaps", "model": model.name, "probabilistic": model.probabilistic,
                "n_images": len(data.items), "n_captions": len(gallery_texts), "n_steps": n_steps, "metrics": metrics}
+    results["skipped_images"] = skipped_report(data)
     if out_dir is not None:
         out_dir = Path(out_dir)
         bars = {f"{root} {k}": v[k] for root, v in metrics.items() if root != "uncertainty" for k in ("precision", "recall")}

@@ -13,7 +13,8 @@ from typing import Sequence
 
 import torch
 
-from .encode import EvalModel, Embeddings, embedding_uncertainty, encode_images, encode_texts
+from .encode import Embeddings, EvalModel, embedding_uncertainty, encode_images, encode_texts
+from .image_check import skipped_report
 from .metrics import DEFAULT_MAX_CHUNK_ELEMENTS, metrics_from_ranks, uncertainty_bins
 from .readers import RetrievalData, read_retrieval, read_urban1k
 from .report import plot_bars, plot_uncertainty_bins, write_results
@@ -126,6 +127,7 @@ def evaluate_retrieval(
         "n_captions": len(data.captions),
         "metrics": metrics,
     }
+    results["skipped_images"] = skipped_report(data)
     if out_dir is not None:
         results["plots"] = _write_plots(metrics, Path(out_dir), task)
         write_results(out_dir, results)

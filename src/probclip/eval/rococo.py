@@ -23,7 +23,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .encode import EvalModel, Embeddings, encode_image_dataset, encode_texts
+from .encode import Embeddings, EvalModel, encode_image_dataset, encode_texts
+from .image_check import skipped_report
 from .readers import ImageItem, RetrievalData, read_retrieval
 from .report import plot_bars, write_results
 from .retrieval import encode_retrieval_data
@@ -171,6 +172,7 @@ def evaluate_rococo(
                "n_images": len(data.items), "n_captions": len(data.captions),
                "n_adversarial_captions": len(adversarial), "n_mixed_images": len(data.items),
                "mix_weight": mix_weight, "seed": seed, "adversarial_examples": adversarial[:5], "metrics": metrics}
+    results["skipped_images"] = skipped_report(data)
     if out_dir is not None:
         out_dir = Path(out_dir)
         bars = {f"{m} {d} {k}": v[k] for m, per in metrics.items() for d, v in per.items()

@@ -22,7 +22,8 @@ import torch
 
 from ..embedding import ProbEmbedding
 from .bprw import BPRWSettings, bprw_class_embeddings, check_disjoint, select_support
-from .encode import EvalModel, Embeddings, embedding_uncertainty, encode_images, encode_texts
+from .encode import Embeddings, EvalModel, embedding_uncertainty, encode_images, encode_texts
+from .image_check import skipped_report
 from .metrics import mean_per_class_recall, topk_accuracy, uncertainty_bins
 from .readers import ClassificationData, read_classification
 from .report import plot_bars, plot_uncertainty_bins, write_results
@@ -160,6 +161,7 @@ def evaluate_zeroshot(
     if bprw_info is not None:
         bprw_info["gain_acc1"] = {m: metrics["bprw"][m]["acc1"] - metrics["mean"][m]["acc1"] for m in metrics["bprw"]}
         results["bprw"] = bprw_info
+    results["skipped_images"] = skipped_report(data, support_data)
     if out_dir is not None:
         out_dir = Path(out_dir)
         bars = {f"{combo}/{method}": v["acc1"] for combo, per in metrics.items() for method, v in per.items()}
