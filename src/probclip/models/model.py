@@ -13,6 +13,7 @@ from torch import nn
 
 from ..embedding import ProbEmbedding
 from .config import ProbCLIPConfig
+from .inputs import check_image_input, check_token_input
 from .text import TextTower
 from .vision import VisionTower
 
@@ -63,11 +64,13 @@ class ProbCLIP(
         ``keep_patches``: optional integer tensor ``[B, K]`` of patch indices (0..num_patches-1) to keep, for a
         masked view; CLS and UNC are always kept.
         """
+        check_image_input(images)
         mean, logvar = self.visual(images, keep_patches)
         return ProbEmbedding(F.normalize(mean, dim=-1), logvar)
 
     def encode_text(self, tokens: torch.Tensor) -> ProbEmbedding:
         """``tokens [B, L]`` (L <= context length) -> ``ProbEmbedding [B, D]`` with unit-norm mean."""
+        check_token_input(tokens)
         mean, logvar = self.text(tokens)
         return ProbEmbedding(F.normalize(mean, dim=-1), logvar)
 
