@@ -4,8 +4,14 @@ import json
 
 import pytest
 
-from probclip.quickstart import (ASSUMED_PROLIP_STEP_SECONDS, ASSUMED_SIGLIP_STEP_SECONDS, ASSUMED_STEP_SECONDS,
-                                 OVERHEAD_SECONDS, main, steps_for_budget)
+from probclip.quickstart import (
+    ASSUMED_PROLIP_STEP_SECONDS,
+    ASSUMED_SIGLIP_STEP_SECONDS,
+    ASSUMED_STEP_SECONDS,
+    OVERHEAD_SECONDS,
+    main,
+    steps_for_budget,
+)
 
 RETRIEVAL_KEYS = {"r1", "r5", "map_at_r", "r_precision"}
 
@@ -48,7 +54,7 @@ def test_saved_model_loads_and_encodes(two_runs):
     import torch
 
     from probclip import create_model_from_pretrained, get_tokenizer
-    from probclip.data.synthetic import SyntheticDataset
+    from probclip.synthetic.world import SyntheticDataset
 
     model, preprocess = create_model_from_pretrained(str(two_runs[0] / "model"))
     item = SyntheticDataset(seed=1, size=1)[0]

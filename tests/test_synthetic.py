@@ -3,11 +3,11 @@
 import itertools
 
 import numpy as np
-import torch
 import pytest
+import torch
 
-from probclip.data import synthetic as syn
-from probclip.data.synthetic import (
+from probclip.synthetic import world as syn
+from probclip.synthetic.world import (
     HELDOUT_COMBINATIONS,
     NUM_LEVELS,
     SyntheticDataset,
@@ -148,8 +148,8 @@ def test_vocabulary_covers_every_caption_word():
 
 
 def test_shards_are_readable_by_the_training_reader(tmp_path):
-    from probclip.data.synthetic_cli import main
     from probclip.data.webdataset import iter_tar_records, record_to_sample
+    from probclip.synthetic.cli import main
 
     assert main(["--out", str(tmp_path), "--count", "7", "--per-shard", "4", "--seed", "2"]) == 0
     shards = sorted(tmp_path.glob("*.tar"))
@@ -192,7 +192,7 @@ class _OracleModel(torch.nn.Module):
 
 
 def test_evaluation_metrics_on_an_oracle_model():
-    from probclip.data.synthetic_eval import build_evaluation_set, evaluate_synthetic
+    from probclip.synthetic.evaluation import build_evaluation_set, evaluate_synthetic
     from probclip.tokenizers import WordTokenizer
     from probclip.transforms import image_transform
 

@@ -25,11 +25,13 @@ from .errors import ProbclipError, UsageError
 
 __all__ = ["SUBCOMMANDS", "INTERNAL_ERROR", "main", "run_command", "debug_requested"]
 
+from . import __version__
+
 SUBCOMMANDS = {
     "quickstart": ("probclip.quickstart", "train ProLIP and a SigLIP baseline on the synthetic world, write a report"),
     "train": ("probclip.train.cli", "train or fine-tune a model from a YAML config"),
     "eval": ("probclip.eval.cli", "evaluate a model on a task (zero-shot, retrieval, ...)"),
-    "synth": ("probclip.data.synthetic_cli", "generate the synthetic world or write it as webdataset shards"),
+    "synth": ("probclip.synthetic.cli", "generate the synthetic world or write it as webdataset shards"),
     "models": ("probclip.models.cli", "list the registered model configurations"),
 }
 
@@ -143,8 +145,6 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     if argv[0] in ("-V", "--version"):
-        from . import __version__
-
         print(f"probclip {__version__}")
         return 0
     name, rest = argv[0], argv[1:]

@@ -23,8 +23,16 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
 from .cli import run_command
 from .errors import UsageError
+from .synthetic import build_evaluation_set, evaluate_synthetic, world_vocabulary
+from .synthetic.report import write_report
+from .tokenizers import get_tokenizer, word_tokenizer_config
+from .train import train
+from .train.config import TrainConfig
+from .transforms import image_transform
 
 __all__ = [
     "ASSUMED_STEP_SECONDS",
@@ -75,17 +83,12 @@ def steps_for_budget(minutes: float) -> int:
 
 
 def _model_overrides() -> dict:
-    from .data.synthetic import world_vocabulary
-    from .tokenizers import word_tokenizer_config
-
     text = dict(word_tokenizer_config(world_vocabulary()), context_length=20, init_unc_bias=-4.0)
     return {"text": text, "vision": {"init_unc_bias": -4.0}}
 
 
 def quickstart_config(objective: str, steps: int, seed: int, output_dir: str | Path, threads: int = 1):
     """The ``TrainConfig`` of one quickstart model: ``objective`` is ``prolip`` or ``siglip``."""
-    from .train.config import TrainConfig
-
     return TrainConfig.from_dict({
         "model": {"name": "ProLIP-Tiny-Word", "overrides": _model_overrides()},
         "data": {
@@ -139,14 +142,6 @@ def _train_summary(objective: str, result) -> dict:
 
 def run_quickstart(out_dir: str | Path, steps: int, seed: int = 0, threads: int = 1) -> dict:
     """Run the whole quickstart into ``out_dir`` with ``steps`` training steps per model; returns the metrics."""
-    import torch
-
-    from .data.synthetic_eval import build_evaluation_set, evaluate_synthetic
-    from .report.synthetic_report import write_report
-    from .tokenizers import get_tokenizer
-    from .train import train
-    from .transforms import image_transform
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

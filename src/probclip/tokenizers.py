@@ -14,9 +14,12 @@ import string
 import warnings
 from typing import Any, Callable, Sequence
 
+import ftfy
 import torch
 
 from .errors import InputError
+from .models.config import WORD_SPECIAL_TOKENS, ProbCLIPConfig, TextConfig, word_tokenizer_config
+from .models.hub import resolve_model_config
 
 __all__ = [
     "Tokenizer",
@@ -32,9 +35,6 @@ __all__ = [
     "WORD_SPECIAL_TOKENS",
 ]
 
-#: Special tokens of the word-level tokenizer, at ids 0, 1, 2.
-WORD_SPECIAL_TOKENS = ("<pad>", "<unk>", "<mask>")
-
 _ASCII_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
@@ -48,8 +48,6 @@ class TextTruncationWarning(UserWarning):
 
 # ------------------------------------------------------------------------------------------------ cleaning
 def _fix_text(text: str) -> str:
-    import ftfy
-
     return html.unescape(html.unescape(ftfy.fix_text(text))).strip()
 
 
@@ -276,23 +274,6 @@ class HFTokenizer(Tokenizer):
 
 
 # ------------------------------------------------------------------------------------------------ word level
-def word_tokenizer_config(vocab: Sequence[str]) -> dict:
-    """``TextConfig`` fields for a word-level tokenizer over ``vocab``: tokenizer dict, vocab_size, pad/mask ids."""
-    words = [str(w).lower() for w in vocab]
-    if len(set(words)) != len(words):
-        dupes = sorted({w for w in words if words.count(w) > 1})
-        raise ValueError(f"word vocabulary has duplicates (after lowercasing): {dupes}")
-    clash = sorted(set(words) & set(WORD_SPECIAL_TOKENS))
-    if clash:
-        raise ValueError(f"word vocabulary must not contain the special tokens {clash}")
-    return {
-        "tokenizer": {"type": "word", "vocab": words},
-        "vocab_size": len(WORD_SPECIAL_TOKENS) + len(words),
-        "pad_id": 0,
-        "mask_id": 2,
-    }
-
-
 class WordTokenizer(Tokenizer):
     """Whitespace/punctuation word tokenizer over a fixed vocabulary stored in the model config.
 
@@ -329,8 +310,6 @@ class WordTokenizer(Tokenizer):
 
 # ------------------------------------------------------------------------------------------------ factory
 def _text_config(model_or_config: Any):
-    from .models.config import ProbCLIPConfig, TextConfig
-
     if isinstance(model_or_config, TextConfig):
         return model_or_config
     if isinstance(model_or_config, ProbCLIPConfig):
@@ -378,19 +357,5 @@ def get_tokenizer(model_or_name: Any, context_length: int | None = None) -> Toke
     Returns a callable ``tokenizer(list[str]) -> LongTensor [B, context_length]``.
     """
     if isinstance(model_or_name, str):
-        from .models.factory import HF_HUB_PREFIX, resolve_checkpoint_dir
-        from .models.loading import read_config_file
-        from .models.registry import UnknownModelError, get_model_config, list_models
-
-        if model_or_name in list_models():
-            return tokenizer_from_config(get_model_config(model_or_name).text, context_length)
-        from pathlib import Path
-
-        if model_or_name.startswith(HF_HUB_PREFIX) or Path(model_or_name).is_dir():
-            config = read_config_file(resolve_checkpoint_dir(model_or_name) / "config.json")
-            return tokenizer_from_config(config.text, context_length)
-        raise UnknownModelError(
-            f"{model_or_name!r} is not a registered model, a checkpoint directory or an 'hf-hub:' id; "
-            f"known models: {', '.join(list_models())}"
-        )
+        return tokenizer_from_config(resolve_model_config(model_or_name).text, context_length)
     return tokenizer_from_config(_text_config(model_or_name), context_length)

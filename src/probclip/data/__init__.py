@@ -1,7 +1,7 @@
-"""Training data: image-text sources (webdataset shards, CSV/TSV tables, the synthetic world), deterministic
-batch streams, masked views and mixed samples.
+"""Training data: generic image-text sources (webdataset shards, CSV/TSV tables, in-memory datasets, any source
+registered with ``register_source``), deterministic batch streams, masked views and mixed samples.
 
-The synthetic world lives in ``probclip.data.synthetic`` (imported on demand).
+The synthetic world is its own package, ``probclip.synthetic``; it registers the ``synthetic`` source.
 """
 
 from .captions import CaptionError, captions_from_payload, draw_caption, split_captions

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from ..errors import UsageError
 from .samples import READ_ERRORS, DatasetError, PairBatch, PairCollator, SampleError, derive_seed
+from .webdataset import iter_tar_records, shard_stream, shuffled
 
 __all__ = ["IndexedPairDataset", "StepBatchSampler", "StreamingPairDataset", "MAX_ERRORS_PER_BATCH"]
 
@@ -191,8 +192,6 @@ def shard_records(urls: Sequence[str], resample: bool, shuffle_buffer: int, seed
 
     Without ``resample`` one call yields one pass (an epoch) over the slot's shards; the dataset reopens it.
     """
-    from .webdataset import iter_tar_records, shard_stream, shuffled
-
     passes: dict[int, int] = {}
 
     def open_stream(slot: int, num_slots: int) -> Iterator:

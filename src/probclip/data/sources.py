@@ -1,9 +1,7 @@
 """Data sources by name (``data.source`` in a training config) and the training batch stream built from them.
 
-Built-in sources: ``webdataset`` (tar shards), ``csv`` (CSV/TSV tables) and ``synthetic`` (the built-in synthetic
-world, ``probclip.data.synthetic.SyntheticDataset``; ``data.synthetic`` is passed to it as keyword arguments, and
-its ``seed`` defaults to the run seed). Register more with
-``register_source(name, builder)`` where ``builder(data_section, seed)`` returns an indexed source (``len`` and
+Built-in sources: ``webdataset`` (tar shards) and ``csv`` (CSV/TSV tables); the synthetic world registers
+``synthetic`` itself (``probclip.synthetic``). Register more with ``register_source(name, builder)`` where ``builder(data_section, seed)`` returns an indexed source (``len`` and
 ``load(index) -> (PIL image, captions, name)``) or a ``StreamSource``.
 """
 
@@ -18,7 +16,10 @@ from torch.utils.data import DataLoader
 
 from ..errors import UsageError
 from ..limits import set_limits
+from .csv import CsvPairs
+from .datasets import IndexedPairDataset, StepBatchSampler, StreamingPairDataset, collate_indexed, shard_records
 from .samples import DatasetError, PairBatch, PairCollator, SampleError, as_pil
+from .webdataset import check_local_shards, expand_shard_urls, record_to_sample
 
 __all__ = [
     "StreamSource",
@@ -82,16 +83,11 @@ def iterable_stream(make_iterable: Callable[[], Any]) -> StreamSource:
 
 # --------------------------------------------------------------------------------------------- registry
 def _csv_source(data, seed: int):
-    from .csv import CsvPairs
-
     return CsvPairs(data.paths, data.csv_image_column, data.csv_caption_column, data.csv_separator,
                     data.csv_image_root, data.caption_separator)
 
 
 def _webdataset_source(data, seed: int):
-    from .datasets import shard_records
-    from .webdataset import check_local_shards, expand_shard_urls, record_to_sample
-
     urls = expand_shard_urls(data.paths)
     check_local_shards(urls, data.image_keys, data.caption_keys)
     decode = partial(record_to_sample, image_keys=tuple(data.image_keys), caption_keys=tuple(data.caption_keys),
@@ -100,21 +96,7 @@ def _webdataset_source(data, seed: int):
                         max_slots=None if data.resample else len(urls))
 
 
-def _synthetic_source(data, seed: int):
-    try:
-        from . import synthetic
-    except ImportError as err:
-        raise ImportError(f"data.source 'synthetic' needs probclip.data.synthetic, which failed to import: {err}") from err
-    builder = getattr(synthetic, "build_training_source", None)
-    if builder is not None:
-        return builder(seed=seed, **data.synthetic)
-    dataset = synthetic.SyntheticDataset(**{"seed": seed, **data.synthetic})
-    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
-        return DatasetPairs(dataset, "synthetic")
-    return iterable_stream(lambda: dataset)
-
-
-_SOURCES: dict[str, Callable] = {"csv": _csv_source, "webdataset": _webdataset_source, "synthetic": _synthetic_source}
+_SOURCES: dict[str, Callable] = {"csv": _csv_source, "webdataset": _webdataset_source}
 
 
 def register_source(name: str, builder: Callable) -> None:
@@ -180,8 +162,6 @@ def build_train_batches(data, collator: PairCollator, *, seed: int, rank: int = 
         resume_state: ``TrainBatches.state()`` saved in a checkpoint (streaming sources resume from it).
         source: an already built source (default: ``build_source(data, seed)``).
     """
-    from .datasets import IndexedPairDataset, StepBatchSampler, StreamingPairDataset, collate_indexed
-
     if data.batch_size % world_size:
         raise UsageError(f"data.batch_size {data.batch_size} must be divisible by the number of processes {world_size}")
     local_batch = data.batch_size // world_size

@@ -16,6 +16,13 @@ from pathlib import Path
 from ..cli import run_command
 from ..devices import check_device
 from ..errors import InputError, ProbclipError, UsageError
+from .bprw import BPRWSettings
+from .eccv import evaluate_eccv
+from .encode import load_eval_model
+from .hierarcaps import evaluate_hierarcaps
+from .retrieval import evaluate_retrieval, evaluate_urban1k
+from .rococo import evaluate_rococo
+from .zeroshot import evaluate_zeroshot
 
 TASKS = ("zeroshot", "retrieval", "eccv", "urban1k", "hierarcaps", "rococo")
 
@@ -63,40 +70,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict:
     """Run the task described by parsed ``args``; returns the results dict (also written to disk)."""
-    from .encode import load_eval_model
 
     out = args.out or Path(f"eval-{args.task}")
     model = load_eval_model(args.model, device=args.device)
     common = dict(batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress)
     if args.task == "zeroshot":
-        from .bprw import BPRWSettings
-        from .zeroshot import evaluate_zeroshot
-
         templates = None
         if args.templates is not None:
             templates = [t.strip() for t in args.templates.read_text(encoding="utf-8").splitlines() if t.strip()]
         return evaluate_zeroshot(model, args.data, out, support=args.support, bprw=BPRWSettings(shots=args.shots),
                                  split=args.split, support_split=args.support_split, templates=templates, **common)
     if args.task == "retrieval":
-        from .retrieval import evaluate_retrieval
-
         return evaluate_retrieval(model, args.data, out, image_root=args.image_root, split=args.split, **common)
     if args.task == "eccv":
-        from .eccv import evaluate_eccv
-
         return evaluate_eccv(model, args.data, out, image_root=args.image_root, coco_captions=args.coco_captions,
                              split=args.split, ground_truth=args.ground_truth, **common)
     if args.task == "urban1k":
-        from .retrieval import evaluate_urban1k
-
         return evaluate_urban1k(model, args.data, out, **common)
     if args.task == "hierarcaps":
-        from .hierarcaps import evaluate_hierarcaps
-
         return evaluate_hierarcaps(model, args.data, out, image_root=args.image_root, n_steps=args.steps, **common)
     if args.replacements is None:
         raise ValueError("--task rococo needs --replacements FILE (JSON {word: [replacements]} or a word list)")
-    from .rococo import evaluate_rococo
 
     return evaluate_rococo(model, args.data, args.replacements, out, image_root=args.image_root, split=args.split,
                            mix_weight=args.mix_weight, seed=args.seed, **common)

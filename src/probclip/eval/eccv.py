@@ -32,6 +32,7 @@ from .image_check import skipped_report
 from .metrics import DEFAULT_MAX_CHUNK_ELEMENTS, metrics_from_ranks, uncertainty_bins
 from .readers import RetrievalData, read_retrieval
 from .report import plot_bars, plot_uncertainty_bins, write_results
+from .retrieval import encode_retrieval_data
 from .scoring import PositiveLists, available_methods, rank_positives
 
 __all__ = [
@@ -315,7 +316,6 @@ def evaluate_eccv(
     a folder of ground-truth files (see :func:`load_coco_ground_truth`), or None for the one shipped in
     the ``eccv-caption`` package.
     """
-    from .retrieval import encode_retrieval_data
 
     if ground_truth is not None and not isinstance(ground_truth, CocoGroundTruth):
         ground_truth = load_coco_ground_truth(ground_truth)

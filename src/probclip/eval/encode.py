@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from ..embedding import ProbEmbedding
+from ..models import create_model_from_pretrained
+from ..tokenizers import get_tokenizer
 from .readers import ImageItem
 
 __all__ = [
@@ -90,10 +92,8 @@ def load_eval_model(spec: str, device: str | torch.device = "cpu") -> EvalModel:
         model = DeterministicCLIP(clip)
         tokenizer = open_clip.get_tokenizer(name)
     else:
-        import probclip
-
-        model, preprocess = probclip.create_model_from_pretrained(spec)
-        tokenizer = probclip.get_tokenizer(model)
+        model, preprocess = create_model_from_pretrained(spec)
+        tokenizer = get_tokenizer(model)
     model = model.to(device).eval()
     return EvalModel(model, preprocess, tokenizer, name=spec)
 

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from ..plotting import pyplot
+
 __all__ = ["write_results", "plot_uncertainty_bins", "plot_bars"]
 
 
@@ -31,22 +33,13 @@ def write_results(out_dir: str | Path, results: Mapping) -> Path:
     return path
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_uncertainty_bins(series: Mapping[str, Mapping], path: str | Path, title: str, ylabel: str) -> Path:
     """Line plot of the metric per uncertainty bin, one line per entry of ``series``.
 
     Each value of ``series`` is an :func:`~probclip.eval.metrics.uncertainty_bins` result; the legend
     shows its Pearson correlation.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for label, bins in series.items():
         values = bins["bin_metric"]
@@ -68,7 +61,7 @@ def plot_uncertainty_bins(series: Mapping[str, Mapping], path: str | Path, title
 
 def plot_bars(values: Mapping[str, float], path: str | Path, title: str, ylabel: str) -> Path:
     """Bar chart of named values."""
-    plt = _pyplot()
+    plt = pyplot()
     names: Sequence[str] = list(values)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(names) + 2), 3.8))
     ax.bar(range(len(names)), [values[n] for n in names], color="tab:blue")

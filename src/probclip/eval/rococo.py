@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..embedding import ProbEmbedding
 from .encode import Embeddings, EvalModel, encode_image_dataset, encode_texts
 from .image_check import skipped_report
 from .readers import ImageItem, RetrievalData, read_retrieval
@@ -103,8 +104,6 @@ def encode_mixed_images(model: EvalModel, items: Sequence[ImageItem], perm: torc
 
 
 def _cat(a: Embeddings, b: Embeddings) -> Embeddings:
-    from ..embedding import ProbEmbedding
-
     return ProbEmbedding.cat([a, b]) if isinstance(a, ProbEmbedding) else torch.cat([a, b])
 
 

@@ -7,9 +7,9 @@ from .factory import (
     create_model_and_transforms,
     create_model_from_pretrained,
     load_pretrained_model,
-    resolve_checkpoint_dir,
 )
 from .heads import GaussianHead
+from .hub import HF_HUB_PREFIX, is_checkpoint_id, resolve_checkpoint_dir, resolve_model_config
 from .loading import CheckpointMismatchError, load_state_dict_strict, read_checkpoint_dir, read_config_file
 from .model import ProbCLIP
 from .openclip_init import init_from_open_clip
@@ -25,6 +25,7 @@ from .text import TextTower
 from .vision import VisionTower
 
 __all__ = [
+    "HF_HUB_PREFIX",
     "OPENAI_CLIP_MEAN",
     "OPENAI_CLIP_STD",
     "CheckpointMismatchError",
@@ -44,6 +45,7 @@ __all__ = [
     "create_model_from_pretrained",
     "get_model_config",
     "init_from_open_clip",
+    "is_checkpoint_id",
     "list_models",
     "load_pretrained_model",
     "load_state_dict_strict",
@@ -54,5 +56,6 @@ __all__ = [
     "released_to_probclip_state_dict",
     "resize_text_positional_embedding",
     "resolve_checkpoint_dir",
+    "resolve_model_config",
     "save_released",
 ]

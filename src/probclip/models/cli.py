@@ -12,6 +12,7 @@ from ..cli import run_command
 from ..errors import InputError, ProbclipError
 from .config import ProbCLIPConfig
 from .convert import convert_checkpoint
+from .hub import resolve_model_config
 from .model import ProbCLIP
 from .registry import get_model_config, list_models
 
@@ -24,15 +25,6 @@ def _summary(config: ProbCLIPConfig) -> str:
         f"D={config.embed_dim:<5d} image {v.image_size}px/p{v.patch_size} {v.layers}x{v.width}  "
         f"text ctx {t.context_length} {t.layers}x{t.width} ({t.tokenizer['type']})  {n_params / 1e6:8.2f}M params"
     )
-
-
-def _config_of(source: str) -> ProbCLIPConfig:
-    if source in list_models():
-        return get_model_config(source)
-    from .factory import resolve_checkpoint_dir
-    from .loading import read_config_file
-
-    return read_config_file(resolve_checkpoint_dir(source) / "config.json")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -64,7 +56,7 @@ def _models_command(argv: list[str]) -> int:
             for name in names:
                 print(name if getattr(args, "names_only", False) else f"{name.ljust(width)}  {_summary(get_model_config(name))}")
         elif action == "show":
-            print(json.dumps(_config_of(args.source).to_dict(), indent=2, sort_keys=True))
+            print(json.dumps(resolve_model_config(args.source).to_dict(), indent=2, sort_keys=True))
         elif action == "convert":
             convert_checkpoint(args.source, args.dest, args.to)
             print(f"wrote {args.to} checkpoint to {args.dest}")

@@ -11,7 +11,7 @@ import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 __all__ = [
     "OPENAI_CLIP_MEAN",
@@ -20,6 +20,8 @@ __all__ = [
     "TextConfig",
     "ProbCLIPConfig",
     "CONFIG_FORMAT",
+    "WORD_SPECIAL_TOKENS",
+    "word_tokenizer_config",
 ]
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -27,6 +29,9 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 #: Value of the ``format`` key that marks a config written by probclip (released configs lack it).
 CONFIG_FORMAT = "probclip"
+
+#: Special tokens of the word-level tokenizer, at ids 0, 1, 2.
+WORD_SPECIAL_TOKENS = ("<pad>", "<unk>", "<mask>")
 
 _ACTIVATIONS = ("gelu", "quick_gelu")
 _TOKENIZER_TYPES = ("clip", "hf", "word")
@@ -213,3 +218,20 @@ class ProbCLIPConfig:
             else:
                 data[key] = value
         return ProbCLIPConfig.from_dict(data)
+
+
+def word_tokenizer_config(vocab: Sequence[str]) -> dict:
+    """``TextConfig`` fields for a word-level tokenizer over ``vocab``: tokenizer dict, vocab_size, pad/mask ids."""
+    words = [str(w).lower() for w in vocab]
+    if len(set(words)) != len(words):
+        dupes = sorted({w for w in words if words.count(w) > 1})
+        raise ValueError(f"word vocabulary has duplicates (after lowercasing): {dupes}")
+    clash = sorted(set(words) & set(WORD_SPECIAL_TOKENS))
+    if clash:
+        raise ValueError(f"word vocabulary must not contain the special tokens {clash}")
+    return {
+        "tokenizer": {"type": "word", "vocab": words},
+        "vocab_size": len(WORD_SPECIAL_TOKENS) + len(words),
+        "pad_id": 0,
+        "mask_id": 2,
+    }

@@ -3,28 +3,23 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import UsageError
-from .config import ProbCLIPConfig
+from ..transforms import image_transform
+from .config import ProbCLIPConfig, word_tokenizer_config
+from .hub import is_checkpoint_id, resolve_checkpoint_dir
 from .loading import load_state_dict_strict, read_checkpoint_dir
 from .model import ProbCLIP
 from .registry import get_model_config
 
 __all__ = [
-    "HF_HUB_PREFIX",
     "create_model",
     "create_model_from_pretrained",
     "create_model_and_transforms",
     "load_pretrained_model",
-    "resolve_checkpoint_dir",
 ]
-
-HF_HUB_PREFIX = "hf-hub:"
-_HUB_FILES = ["config.json", "model.safetensors", "*.json", "*.model", "*.txt"]
 
 
 def _resolve_config(name_or_config: str | dict | ProbCLIPConfig) -> ProbCLIPConfig:
@@ -37,28 +32,6 @@ def _resolve_config(name_or_config: str | dict | ProbCLIPConfig) -> ProbCLIPConf
     raise TypeError(
         f"expected a registered model name, a ProbCLIPConfig or a config dict; got {type(name_or_config).__name__}"
     )
-
-
-def resolve_checkpoint_dir(path_or_hub_id: str | os.PathLike, revision: str | None = None,
-                           cache_dir: str | None = None) -> Path:
-    """``"hf-hub:owner/repo"`` (downloaded with huggingface_hub's ``snapshot_download``) or a local directory -> Path."""
-    name = str(path_or_hub_id)
-    if name.startswith(HF_HUB_PREFIX):
-        from huggingface_hub import snapshot_download
-
-        repo_id = name[len(HF_HUB_PREFIX):]
-        if repo_id.count("/") != 1:
-            raise UsageError(f"hub id must look like 'hf-hub:owner/repo'; got {name!r}")
-        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=_HUB_FILES))
-    if name.startswith("local-dir:"):
-        name = name[len("local-dir:"):]
-    path = Path(name).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"{name!r} is neither a checkpoint directory nor an 'hf-hub:owner/repo' id "
-            "(registered model names go to probclip.create_model(name))"
-        )
-    return path
 
 
 def _finish(model: ProbCLIP, device: Any, dtype: torch.dtype | None) -> ProbCLIP:
@@ -90,8 +63,6 @@ def create_model(
     """
     config = _resolve_config(name_or_config)
     if word_vocab is not None:
-        from ..tokenizers import word_tokenizer_config
-
         overrides["text"] = {**overrides.get("text", {}), **word_tokenizer_config(word_vocab)}
     if overrides:
         config = config.replace(**overrides)
@@ -115,13 +86,7 @@ def load_pretrained_model(
     cache_dir: str | None = None,
 ) -> ProbCLIP:
     """The model stored in a directory or hub repository (probclip or released layout), loaded strictly, in eval mode."""
-    directory = resolve_checkpoint_dir(path_or_hub_id, revision=revision, cache_dir=cache_dir)
-    config, state_dict, layout = read_checkpoint_dir(directory)
-    if config.name is None:
-        config.name = directory.name
-    model = ProbCLIP(config)
-    load_state_dict_strict(model, state_dict, source=f"{layout} checkpoint {directory}")
-    return _finish(model.eval(), device, dtype)
+    return ProbCLIP.from_pretrained(path_or_hub_id, device=device, dtype=dtype, revision=revision, cache_dir=cache_dir)
 
 
 def create_model_from_pretrained(
@@ -136,8 +101,6 @@ def create_model_from_pretrained(
 
     Returns ``(model in eval mode, preprocess)`` where ``preprocess`` maps a PIL image to a ``[3, H, W]`` tensor.
     """
-    from ..transforms import image_transform
-
     model = load_pretrained_model(path_or_hub_id, device=device, dtype=dtype, revision=revision, cache_dir=cache_dir)
     return model, image_transform(model.config.vision, train=False)
 
@@ -151,11 +114,7 @@ def create_model_and_transforms(
 
     ``name_or_config`` may also be an ``hf-hub:`` id or a checkpoint directory (then ``pretrained`` must be None).
     """
-    from ..transforms import image_transform
-
-    is_checkpoint = isinstance(name_or_config, (str, os.PathLike)) and (
-        str(name_or_config).startswith(HF_HUB_PREFIX) or Path(str(name_or_config)).is_dir()
-    )
+    is_checkpoint = isinstance(name_or_config, (str, os.PathLike)) and is_checkpoint_id(name_or_config)
     if is_checkpoint:
         if pretrained is not None:
             raise ValueError(f"give either a checkpoint ({name_or_config!r}) or pretrained={pretrained!r}, not both")

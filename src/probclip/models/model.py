@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +15,9 @@ from torch import nn
 
 from ..embedding import ProbEmbedding
 from .config import ProbCLIPConfig
+from .hub import resolve_checkpoint_dir
 from .inputs import check_image_input, check_token_input
+from .loading import load_state_dict_strict, read_checkpoint_dir
 from .text import TextTower
 from .vision import VisionTower
 
@@ -113,12 +117,24 @@ class ProbCLIP(
         (save_directory / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True))
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "ProbCLIP":  # type: ignore[override]
-        """Load a model from a directory or ``hf-hub:owner/repo`` (probclip or released format), strictly.
-
-        Keyword arguments are those of ``probclip.create_model_from_pretrained``.
-        """
-        from .factory import load_pretrained_model
-
-        name = str(pretrained_model_name_or_path)
-        return load_pretrained_model(name, **kwargs)
+    def from_pretrained(  # type: ignore[override]
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+    ) -> "ProbCLIP":
+        """The model stored in a directory or ``hf-hub:owner/repo`` (probclip or released layout), loaded strictly,
+        in eval mode, moved to ``device`` / ``dtype`` when given."""
+        directory = resolve_checkpoint_dir(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir)
+        config, state_dict, layout = read_checkpoint_dir(directory)
+        if config.name is None:
+            config.name = directory.name
+        model = cls(config)
+        load_state_dict_strict(model, state_dict, source=f"{layout} checkpoint {directory}")
+        model.eval()
+        if device is not None or dtype is not None:
+            model = model.to(device=device, dtype=dtype)
+        return model

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..models.loading import load_safetensors
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -255,8 +256,6 @@ def load_training_state(checkpoint_dir: str | Path) -> dict:
 
 
 def _newest_finite(checkpoints: list[Path]) -> Path | None:
-    from ..models.loading import load_safetensors
-
     for path in reversed(checkpoints):
         try:
             if is_intact_checkpoint(path) and weights_are_finite(load_safetensors(path / "model.safetensors")):

@@ -6,6 +6,10 @@ import argparse
 import os
 import sys
 
+from ..cli import run_command
+from .config import load_config, parse_override_args
+from .loop import train
+
 __all__ = ["main"]
 
 _EPILOG = """\
@@ -36,14 +40,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, train, print where the model is; returns the exit status (errors: one line on stderr)."""
-    from ..cli import run_command
-
     return run_command("train", _train_command, sys.argv[1:] if argv is None else argv)
 
 
 def _train_command(argv: list[str]) -> int:
-    from .config import load_config, parse_override_args
-
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
     overrides = parse_override_args(rest)
@@ -55,8 +55,6 @@ def _train_command(argv: list[str]) -> int:
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
-    from .loop import train
-
     result = train(config)
     if int(os.environ.get("RANK", "0")) == 0:
         print(

@@ -17,9 +17,11 @@ from typing import Any, Sequence
 
 import yaml
 
+from .. import synthetic  # noqa: F401  (importing it registers the built-in data.source "synthetic")
 from ..data.masking import IMAGE_MASK_MODES, TEXT_MASK_MODES
 from ..errors import UsageError
 from ..limits import DEFAULT_LIMITS
+from ..models.registry import list_models
 
 __all__ = [
     "ModelSection",
@@ -140,6 +142,8 @@ class ModelSection:
 
     def validate(self) -> None:
         _check_choice("model", "init", self.init, INIT_KINDS)
+        if self.init in ("scratch", "open_clip") and self.name not in list_models():
+            _fail("model", "name", self.name, f"a registered model name, one of {list_models()}")
         if self.init == "pretrained" and not self.pretrained:
             _fail("model", "pretrained", self.pretrained, "a checkpoint directory or 'hf-hub:owner/repo' with init: pretrained")
         if self.init == "open_clip" and not self.open_clip_model:

@@ -6,6 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from ..eval.encode import EvalModel
+from ..eval.readers import read_classification, read_retrieval
+from ..eval.retrieval import evaluate_retrieval
+from ..eval.zeroshot import evaluate_zeroshot
+
 __all__ = ["flatten_numbers", "build_eval_fn"]
 
 
@@ -28,11 +33,6 @@ def build_eval_fn(section, tokenizer_factory: Callable, transform_factory: Calla
     """
     if not section.zeroshot and not section.retrieval:
         return None
-    from ..eval.encode import EvalModel
-    from ..eval.readers import read_classification, read_retrieval
-    from ..eval.retrieval import evaluate_retrieval
-    from ..eval.zeroshot import evaluate_zeroshot
-
     zeroshot = {Path(p).name or str(p): read_classification(p, split=section.split) for p in section.zeroshot}
     retrieval = {Path(p).name or str(p): read_retrieval(p, split=section.split) for p in section.retrieval}
 

@@ -13,7 +13,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from ..data.samples import PairCollator
+from ..data.sources import build_train_batches
 from ..errors import InputError, UsageError
+from ..losses import NonFiniteLossError, build_loss
+from ..models import load_pretrained_model
+from ..tokenizers import get_tokenizer
+from ..transforms import image_transform
 from .checkpoint import (
     NonFiniteWeightsError,
     atomic_write_text,
@@ -36,6 +42,8 @@ from .distributed import (
     gather_objects,
     init_distributed,
 )
+from .evaluation import build_eval_fn
+from .model_init import build_model, freeze_towers
 from .optim import build_optimizer, clamp_logit_scale, learning_rate, set_learning_rate
 from .run_dir import guard_run_directory
 from .run_log import RunLogger
@@ -121,9 +129,6 @@ def _uses_grad_scaler(device: torch.device, precision: str) -> bool:
 
 
 def _build_or_resume_model(cfg: TrainConfig, resume_dir: Path | None, log: Callable):
-    from ..models import load_pretrained_model
-    from .model_init import build_model, freeze_towers
-
     if resume_dir is None:
         return build_model(cfg.model, log)
     model = load_pretrained_model(resume_dir).train()
@@ -172,12 +177,6 @@ def train(
     non-finite losses or when more than ``data.max_bad_fraction`` of the samples read were unreadable, and the
     data errors of ``probclip.data`` (missing shard, empty dataset) before training.
     """
-    from ..data.samples import PairCollator
-    from ..data.sources import build_train_batches
-    from ..losses import NonFiniteLossError, build_loss
-    from ..tokenizers import get_tokenizer
-    from ..transforms import image_transform
-
     config = config.validate()
     run = config.run
     if run.cpu_threads is not None:
@@ -237,8 +236,6 @@ def train(
             restore_rng_state(state["rng"][dist_info.rank])
             logger.event("resume", checkpoint=str(resume_dir), step=start_step)
         if eval_fn is None and dist_info.is_main:
-            from .evaluation import build_eval_fn
-
             eval_fn = build_eval_fn(config.eval, get_tokenizer,
                                     lambda m: image_transform(m.config.vision, train=False))
         if broadcast_object(eval_fn is not None) and eval_fn is None:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..models import create_model, extend_context_length, init_from_open_clip, load_pretrained_model
 
 __all__ = ["build_model", "reinit_uncertainty", "uncertainty_parameter_names", "freeze_towers"]
 
@@ -64,7 +65,6 @@ def build_model(section, log=print):
       ``open_clip_model`` / ``open_clip_pretrained`` (towers copied, UNC parameters fresh).
     Then, in order: ``context_length`` extension, ``reinit_unc``, freezing, gradient checkpointing.
     """
-    from ..models import create_model, extend_context_length, init_from_open_clip, load_pretrained_model
 
     if section.init == "pretrained":
         model = load_pretrained_model(section.pretrained)

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import yaml
 
+from ..data.webdataset import expand_shard_urls
 from ..errors import UsageError
 from .checkpoint import CHECKPOINT_DIR
 
@@ -166,8 +167,6 @@ def check_fresh_start(output_dir: str | os.PathLike, overwrite: bool, log: Calla
 
 def _expanded(section: str, key: str, value: Any) -> Any:
     if (section, key) == ("data", "paths") and value:
-        from ..data.webdataset import expand_shard_urls
-
         return expand_shard_urls([value] if isinstance(value, str) else list(value))
     return value
 

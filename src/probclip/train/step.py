@@ -25,6 +25,7 @@ from ..data.masking import mask_text_tokens, paint_masked_patches, sample_keep_p
 from ..data.mixing import mix_images
 from ..data.samples import derive_seed
 from ..embedding import ProbEmbedding
+from ..losses import soft_match_labels
 
 __all__ = ["StepInputs", "masked_selection", "build_step_inputs", "forward_backward"]
 
@@ -78,8 +79,6 @@ def build_step_inputs(batch, *, step: int, seed: int, rank: int, device: torch.d
     local = len(images)
     inputs = StepInputs(images, tokens)
     if mixing is not None and mixing.mix_fraction > 0:
-        from ..losses import soft_match_labels
-
         generator = torch.Generator().manual_seed(derive_seed(seed, step, rank, _MIX_TAG))
         images, lam, partner = mix_images(images, mixing.mix_fraction, mixing.mix_beta, mixing.cutmix_prob, generator)
         inputs.images = images

@@ -14,7 +14,7 @@ import tarfile
 from pathlib import Path
 from typing import Callable
 
-from .synthetic import SyntheticDataset
+from .world import SyntheticDataset
 
 __all__ = ["write_shards"]
 

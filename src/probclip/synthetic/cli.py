@@ -9,8 +9,8 @@ from typing import Sequence
 
 from ..cli import run_command
 from ..errors import UsageError
-from .synthetic import DEGRADATION_KINDS, DEGRADATION_LEVELS, NUM_LEVELS, SPLITS, SyntheticDataset
-from .synthetic_shards import write_shards
+from .shards import write_shards
+from .world import DEGRADATION_KINDS, DEGRADATION_LEVELS, NUM_LEVELS, SPLITS, SyntheticDataset
 
 __all__ = ["build_parser", "main"]
 

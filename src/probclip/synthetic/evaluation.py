@@ -32,7 +32,9 @@ from scipy.stats import spearmanr
 
 from ..distances import inclusion_score_paired
 from ..embedding import ProbEmbedding
-from .synthetic import (
+from ..eval.metrics import per_query_ranking_metrics, ranking_metrics, uncertainty_bins
+from ..eval.scoring import ranking_scores
+from .world import (
     COLOURS,
     DEGRADATION_LEVELS,
     SHAPES,
@@ -155,8 +157,6 @@ def encode_synthetic(model, eval_set: EvaluationSet, tokenizer, transform) -> di
 
 
 def _scores(query: ProbEmbedding, gallery: ProbEmbedding, probabilistic: bool) -> torch.Tensor:
-    from ..eval.scoring import ranking_scores
-
     return ranking_scores(query, gallery, "csd" if probabilistic else "mean")
 
 
@@ -179,8 +179,6 @@ def evaluate_synthetic(model, eval_set: EvaluationSet, tokenizer, transform, pro
     Returns ``(metrics, details)``: ``metrics`` is a flat dict with dotted keys (see the module docstring);
     ``details`` holds the embeddings, scores, per-query values and correctness used by the report.
     """
-    from ..eval.metrics import per_query_ranking_metrics, ranking_metrics, uncertainty_bins
-
     emb = embeddings if embeddings is not None else encode_synthetic(model, eval_set, tokenizer, transform)
     truth = torch.from_numpy(eval_set.truth)
     metrics: dict = {}

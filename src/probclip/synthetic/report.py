@@ -12,20 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..plotting import pyplot
+from .world import render_scene
+
 __all__ = ["write_report"]
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_specificity(path: Path, details: dict) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     drawn = details["drawn_captions"]
     levels, u = details["caption_levels"][drawn], details["caption_uncertainty"][drawn]
     groups = [u[levels == k] for k in range(int(levels.max()) + 1)]
@@ -40,7 +34,7 @@ def _plot_specificity(path: Path, details: dict) -> None:
 
 
 def _plot_degradation(path: Path, eval_set, details: dict) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     levels, u = eval_set.degraded_levels, details["degraded_uncertainty"]
     groups = [u[levels == k] for k in range(int(levels.max()) + 1)]
     fig, ax = plt.subplots(figsize=(5, 3.4))
@@ -54,7 +48,7 @@ def _plot_degradation(path: Path, eval_set, details: dict) -> None:
 
 
 def _plot_bins(path: Path, details: dict) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for key, label in (("zeroshot_bins", "zero-shot accuracy"), ("i2t_bins", "image-to-text R@1")):
         bins = details[key]["bin_metric"]
@@ -80,9 +74,7 @@ def _example_queries(eval_set) -> list[int]:
 
 
 def _plot_examples(path: Path, eval_set, details: dict, top: int = 5) -> None:
-    from ..data.synthetic import render_scene
-
-    plt = _pyplot()
+    plt = pyplot()
     queries = _example_queries(eval_set)
     scores = details["t2i_scores"]
     image_u = details["embeddings"]["images"].uncertainty.numpy()
