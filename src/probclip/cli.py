@@ -6,7 +6,8 @@ dispatcher imports it only when it is asked for, so ``probclip --help`` stays fa
 
 Error policy (:func:`run_command`): a user error (:class:`~probclip.errors.ProbclipError`, an argparse error,
 an ``OSError`` such as a missing file, a full disk or a denied permission) ends the command with ONE line on
-stderr, ``probclip <command>: <message>``, and exit status 2 (usage, configuration) or 1 (data, runtime).
+stderr, ``probclip <command>: <message>``, and exit status 2 (usage, configuration) or 1 (data, runtime); warnings
+are printed in one line too.
 Anything else is a bug in probclip: reported as an internal error with its traceback, exit status 70.
 ``--debug`` (anywhere on the command line) or ``PROBCLIP_DEBUG=1`` prints the traceback of every error.
 """
@@ -19,7 +20,8 @@ import importlib
 import os
 import sys
 import traceback
-from typing import Callable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 
 from .errors import ProbclipError, UsageError
 
@@ -62,15 +64,22 @@ def _raise_usage_error(parser: argparse.ArgumentParser, message: str):
 
 
 @contextlib.contextmanager
-def _argparse_errors_raise() -> Iterator[None]:
-    """Make every argparse parser raise ``UsageError`` instead of printing its usage block and exiting, so that a
-    bad option is reported in one line like every other error (subcommands build plain argparse parsers)."""
-    original = argparse.ArgumentParser.error
+def _one_line_reports(prefix: str) -> Iterator[None]:
+    """While a command runs: every argparse parser raises ``UsageError`` instead of printing its usage block and
+    exiting (subcommands build plain argparse parsers), and every warning is printed as one line
+    ``<prefix>: warning: <Category>: <message>`` (Python's default adds the source line)."""
+    original_error, original_show = argparse.ArgumentParser.error, warnings.showwarning
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"{prefix}: warning: {category.__name__}: {_one_line(str(message))}", file=file or sys.stderr)
+
     argparse.ArgumentParser.error = _raise_usage_error  # type: ignore[assignment]
+    warnings.showwarning = show_warning
     try:
         yield
     finally:
-        argparse.ArgumentParser.error = original  # type: ignore[assignment]
+        argparse.ArgumentParser.error = original_error  # type: ignore[assignment]
+        warnings.showwarning = original_show
 
 
 def _one_line(text: str) -> str:
@@ -102,7 +111,7 @@ def run_command(name: str, command: Callable[[list[str]], int | None], argv: Seq
     if DEBUG_FLAG in argv:
         os.environ[DEBUG_ENV] = "1"  # seen by a nested run_command (a subcommand's main wraps itself too)
     try:
-        with _argparse_errors_raise():
+        with _one_line_reports(prefix):
             return int(command(args) or 0)
     except SystemExit as stop:  # --help and sys.exit() inside a command
         code = stop.code
