@@ -240,11 +240,15 @@ def load_training_state(checkpoint_dir: str | Path) -> dict:
     (a crafted or foreign pickle) or cannot be read."""
     path = Path(checkpoint_dir) / TRAINING_STATE
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # refused below if it matters
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        first = next((line for line in lines if "Unsupported" in line or "global" in line.lower()),
+                     lines[0] if lines else type(err).__name__)
         raise CheckpointError(
             f"refusing to load {path}: it holds objects other than tensors and plain values, which could run code "
             f"when loaded ({first[:200]}); only training states written by probclip are accepted") from err
