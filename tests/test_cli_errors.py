@@ -386,7 +386,7 @@ def test_warnings_print_in_one_line(capsys):
     from probclip.cli import run_command
 
     def warns(argv):
-        warnings.warn("something to know\nacross two lines", RuntimeWarning)
+        warnings.warn("something to know\nacross two lines", RuntimeWarning, stacklevel=1)
         return 0
 
     assert run_command("models", warns, []) == 0

@@ -16,11 +16,14 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 import uuid
 import warnings
+import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -50,8 +53,12 @@ MEANING_KEYS = (
     ("data", "source"), ("data", "paths"), ("data", "synthetic"), ("data", "batch_size"), ("data", "num_workers"),
 )
 
-#: Tokens of the locks this process holds now (a lock file naming this pid but no live token is stale).
-_HELD_TOKENS: set[str] = set()
+#: The locks this process holds now, by token (a lock file naming this pid but no live lock object is stale).
+_HELD: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def _warn_line(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 class RunDirectoryError(UsageError):
@@ -89,10 +96,10 @@ class RunLock:
         if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
             return False
         if owner["pid"] == os.getpid():
-            return owner.get("token") not in _HELD_TOKENS
+            return owner.get("token") not in _HELD
         return not _process_alive(owner["pid"])
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         """Create the lock file; raises ``RunDirectoryError`` naming the owner when another live run holds it."""
         record = {"pid": os.getpid(), "host": socket.gethostname(), "token": self.token,
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -108,7 +115,7 @@ class RunLock:
                            if owner else "an unknown process (the lock file is unreadable)")
                     raise RunDirectoryError(
                         f"{self.path.parent} is in use by {who}: another probclip train writes it; wait for it, "
-                        f"use another run.output_dir, or delete {self.path} if that run is gone")
+                        f"use another run.output_dir, or delete {self.path} if that run is gone") from None
                 warnings.warn(f"taking over the stale lock {self.path} of process {owner.get('pid')} on host "
                               f"{owner.get('host')}, which no longer runs", RuntimeWarning, stacklevel=2)
                 self.path.unlink(missing_ok=True)
@@ -116,7 +123,7 @@ class RunLock:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 json.dump(record, handle)
             self.held = True
-            _HELD_TOKENS.add(self.token)
+            _HELD[self.token] = self
             return self
         raise RunDirectoryError(f"could not take the lock {self.path}; another run is starting on the same directory")
 
@@ -125,12 +132,12 @@ class RunLock:
         if not self.held:
             return
         self.held = False
-        _HELD_TOKENS.discard(self.token)
+        _HELD.pop(self.token, None)
         owner = self._owner()
         if owner and owner.get("token") == self.token:
             self.path.unlink(missing_ok=True)
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:
@@ -145,7 +152,7 @@ def _earlier_run_files(output_dir: Path) -> list[Path]:
     return found
 
 
-def check_fresh_start(output_dir: str | os.PathLike, overwrite: bool, log: Callable[[str], None] = print) -> None:
+def check_fresh_start(output_dir: str | os.PathLike, overwrite: bool, log: Callable[[str], None] = _warn_line) -> None:
     """Before a run without ``run.resume``: refuse a directory holding an earlier run, or, with ``overwrite``,
     remove that run's checkpoints, ``train_config.yaml`` and ``log.jsonl`` (saying so through ``log``)."""
     output_dir = Path(output_dir)
@@ -187,7 +194,7 @@ def config_differences(saved: dict, current: dict, saved_world_size: int | None 
 
 
 def check_resume_config(checkpoint_dir: str | os.PathLike, config, state: dict, world_size: int,
-                        log: Callable[[str], None] = print) -> None:
+                        log: Callable[[str], None] = _warn_line) -> None:
     """Refuse (``RunDirectoryError``) to resume ``checkpoint_dir`` with a config that changes its meaning, unless
     ``run.allow_config_change``; then the differences are only logged. A change of the process count is never
     allowed (each process's data position is stored separately)."""
@@ -216,7 +223,7 @@ def check_resume_config(checkpoint_dir: str | os.PathLike, config, state: dict, 
 
 
 def guard_run_directory(config, output_dir: str | os.PathLike, resume_dir: Path | None, state: dict | None,
-                        world_size: int, is_main: bool, log: Callable[[str], None] = print) -> RunLock | None:
+                        world_size: int, is_main: bool, log: Callable[[str], None] = _warn_line) -> RunLock | None:
     """The checks before a run writes ``output_dir``; returns the held :class:`RunLock` (main process) or None.
 
     Takes the lock (main process), then refuses an unsafe fresh start (:func:`check_fresh_start`) or an unsafe
