@@ -167,7 +167,8 @@ def test_peak_memory_of_a_step_with_bombs_stays_within_1_5x_of_normal_images(tmp
     print(f"peak RSS of a step: normal {normal / 2**20:.0f} MiB, with bombs {with_bombs / 2**20:.0f} MiB "
           f"({with_bombs / normal:.2f}x), limit lifted {unguarded / 2**20:.0f} MiB ({unguarded / normal:.2f}x)")
     assert with_bombs <= 1.5 * normal
-    assert unguarded > 1.5 * normal  # without the check the same batch breaks the bound: the test can fail
+    # without the check the same batch decodes each bomb to 300 MB of RGB pixels: the check is what bounds it
+    assert unguarded - normal > 200 * 2**20
 
 
 # ------------------------------------------------------------------------------------------------- evaluation
