@@ -421,3 +421,18 @@ def test_help_brace_example_works_as_printed(tmp_path, capsys):
     listed = next(line for line in _EPILOG.splitlines() if '"a/{000..009}.tar"' in line)
     config = load_config(None, parse_override_args(shlex.split(listed.split("(")[0].split(":", 1)[1])))
     assert len(expand_shard_urls(config.data.paths)) == 20
+
+
+def test_a_batch_the_processes_cannot_share_is_a_usage_error():
+    from probclip.data.sources import build_train_batches
+    from probclip.errors import UsageError
+    from probclip.train.config import DataSection
+
+    with pytest.raises(UsageError, match="data.batch_size 8 must be divisible by the number of processes 3"):
+        build_train_batches(DataSection(batch_size=8), collator=None, seed=0, rank=0, world_size=3)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["eval", "--help"], ["models", "list"]])
+def test_help_and_listing_still_exit_0(argv, capsys):
+    assert main(argv) == 0
+    assert capsys.readouterr().err == ""
