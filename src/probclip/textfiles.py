@@ -65,7 +65,7 @@ def read_csv_table(path: str | os.PathLike, delimiter: str | None = None) -> tup
             if len(cells) > len(header):
                 raise TextFileError(f"{path} line {reader.line_num}: {len(cells)} cells but the header has "
                                     f"{len(header)} columns ({header}); quote cells that contain {delimiter!r}")
-            rows.append(dict(zip(header, cells + [""] * (len(header) - len(cells)))))
+            rows.append(dict(zip(header, cells + [""] * (len(header) - len(cells)), strict=True)))
     except csv.Error as err:
         raise TextFileError(f"{path} line {reader.line_num}: malformed CSV ({err}); an unterminated quote "
                             "(\") is the usual cause") from err

@@ -479,7 +479,8 @@ def parse_override_args(args: Sequence[str]) -> dict:
     while index < len(items):
         arg = items[index]
         if not arg.startswith("--") or "." not in arg:
-            raise UsageError(f"unexpected argument {arg!r}; overrides look like --section.key value (e.g. --optim.lr 1e-4)")
+            raise UsageError(f"unexpected argument {arg!r}; overrides look like --section.key value "
+                             "(e.g. --optim.lr 1e-4)")
         if "=" in arg:
             dotted, raw = arg[2:].split("=", 1)
             index += 1
