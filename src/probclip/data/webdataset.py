@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import random
 import tarfile
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import braceexpand
 
@@ -25,6 +25,7 @@ __all__ = [
     "check_local_shards",
     "iter_tar_records",
     "record_to_sample",
+    "split_member_name",
     "shuffled",
 ]
 
@@ -79,7 +80,7 @@ def check_local_shards(urls: Sequence[str], image_keys: Sequence[str], caption_k
         )
 
 
-def _split_member_name(name: str) -> tuple[str, str]:
+def split_member_name(name: str) -> tuple[str, str]:
     """``dir/000123.jpg`` -> (``dir/000123``, ``jpg``); the extension is everything after the first dot of the base."""
     directory, base = os.path.split(name)
     if "." not in base:
@@ -121,7 +122,7 @@ def iter_tar_records(url: str) -> Iterator[dict]:
             for member in archive:
                 if not member.isfile():
                     continue
-                key, extension = _split_member_name(member.name)
+                key, extension = split_member_name(member.name)
                 if key.startswith("__") or not extension:
                     continue
                 too_large = None

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from ..data.captions import CaptionError, captions_from_payload
+from ..data.webdataset import split_member_name
 from ..errors import InputError
 from ..image_decoding import decode_image
 from ..limits import check_member_size
@@ -188,13 +190,10 @@ def _tar_samples(shard: Path) -> dict[str, dict[str, tarfile.TarInfo]]:
         for member in tar:
             if not member.isfile():
                 continue
-            name = member.name
-            base = name.rsplit("/", 1)[-1]
-            if "." not in base:
+            key, ext = split_member_name(member.name)  # the grouping rule of training's tar reader
+            if key.startswith("__") or not ext:
                 continue
-            stem, ext = base.split(".", 1)
-            key = name[: len(name) - len(base)] + stem
-            samples.setdefault(key, {})[ext.lower()] = member
+            samples.setdefault(key, {})[ext] = member
     return samples
 
 
@@ -393,20 +392,15 @@ def read_retrieval_csv(path: str | Path, image_root: str | Path | None = None) -
 
 
 def _captions_from_member(raw: bytes, ext: str, where: str) -> list[str]:
+    """Captions of a ``txt`` (one per line) or ``json`` member, parsed by training's caption reader."""
     try:
-        text = raw.decode("utf-8")
-        if ext == "txt":
-            return [line.strip() for line in text.splitlines() if line.strip()]
-        value = json.loads(text)
+        return captions_from_payload(ext, raw, separator="\n" if ext == "txt" else None)
+    except CaptionError:
+        return []  # reported by the caller as "no caption"
     except UnicodeDecodeError as err:
         raise InputError(f"{where}.{ext}: byte {err.start} is not UTF-8 text") from err
     except json.JSONDecodeError as err:
         raise InputError(f"{where}.{ext} line {err.lineno} column {err.colno}: malformed JSON ({err.msg})") from err
-    if isinstance(value, dict):
-        value = value.get("captions")
-    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
-        raise ValueError(f"{where}.json must hold a list of captions or an object with a 'captions' list")
-    return [c.strip() for c in value if c.strip()]
 
 
 def read_wds_retrieval(root: str | Path, split: str = "test") -> RetrievalData:

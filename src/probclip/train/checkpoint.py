@@ -131,8 +131,8 @@ def _fsync_dir(path: Path) -> None:
 def weights_are_finite(model_or_state: Any) -> bool:
     """True when every floating-point tensor of a module's ``state_dict()`` (or of a state dict) is finite."""
     state = model_or_state.state_dict() if hasattr(model_or_state, "state_dict") else model_or_state
-    return all(bool(torch.isfinite(v).all()) for v in state.values()
-               if isinstance(v, torch.Tensor) and v.is_floating_point())
+    checks = [torch.isfinite(v).all() for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    return bool(torch.stack([c.to(checks[0].device) for c in checks]).all()) if checks else True  # one sync
 
 
 def save_checkpoint(output_dir: str | Path, step: int, model, training_state: dict[str, Any], config_yaml: str) -> Path:
