@@ -281,3 +281,49 @@ def test_a_failed_in_place_conversion_leaves_the_source_untouched(tmp_path, caps
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary directory left
     assert probclip_main(["models", "convert", str(source), str(source), "--to", "probclip"]) == 0  # in place: fine
     assert probclip.create_model_from_pretrained(source)[0].config.name == "ProLIP-Tiny-Word"
+
+
+def _mount_small_tmpfs(path: Path, size_kb: int) -> bool:
+    """Mount a tmpfs of ``size_kb`` at ``path`` (needs the privilege to mount; False where the platform refuses)."""
+    path.mkdir(parents=True)
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)],
+                              capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+def test_a_really_full_disk_on_a_small_tmpfs(tmp_path, table, monkeypatch, capsys):
+    """The real thing where the platform lets a test mount a tmpfs: room for one checkpoint (1.7 MB), not two. Where
+    it does not, the write of the second checkpoint fails with a simulated ENOSPC instead."""
+    disk = tmp_path / "disk"
+    mounted = _mount_small_tmpfs(disk, 2600)
+    if not mounted:
+        real_save, calls = torch.save, []
+
+        def fill_up(obj, path, *args, **kwargs):
+            calls.append(path)
+            if len(calls) >= 2:
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            return real_save(obj, path, *args, **kwargs)
+
+        monkeypatch.setattr(checkpoint_module.torch, "save", fill_up)
+    try:
+        config_path = tmp_path / "c.yaml"
+        config = tiny_config(disk, table, run={"steps": 4, "save_every": 2, "keep_last": 1, "progress": "none"})
+        config_path.write_text(yaml.safe_dump(config))
+        capsys.readouterr()
+        assert probclip_main(["train", "--config", str(config_path)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "cannot write checkpoint" in err and "step_00000004" in err, err
+        assert "MB free on its file system" in err and "step_00000002 is intact" in err, err
+        run_dir = disk / "run"
+        assert _checkpoints(run_dir) == ["step_00000002"] and latest_checkpoint(run_dir).name == "step_00000002"
+        assert not _temporaries(run_dir) and not (run_dir / LOCK_FILE).exists()
+        assert load_training_state(run_dir / "checkpoints" / "step_00000002")["step"] == 2
+        model, _ = probclip.create_model_from_pretrained(run_dir / "checkpoints" / "step_00000002")
+        assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(disk)], capture_output=True, timeout=30)

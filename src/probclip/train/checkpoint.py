@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from ..errors import InputError
 from ..models.loading import load_safetensors
@@ -167,16 +168,26 @@ def save_checkpoint(output_dir: str | Path, step: int, model, training_state: di
             os.replace(tmp, final)
         _fsync_dir(root)
         atomic_write_text(root / LATEST, final.name + "\n")
-    except OSError as err:
+    except (OSError, RuntimeError, SafetensorError) as err:  # torch.save reports a full disk as a RuntimeError
         previous = latest_checkpoint(output_dir)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())[:200]
         raise CheckpointError(
-            f"cannot write checkpoint {final}: {err.strerror or err}; "
+            f"cannot write checkpoint {final}: {reason} ({_free_space(root)}); "
             f"{'the previous checkpoint ' + str(previous) + ' is intact' if previous else 'no earlier checkpoint'}"
         ) from err
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _free_space(path: Path) -> str:
+    for candidate in (path, *path.parents):
+        try:
+            return f"{shutil.disk_usage(candidate).free / 1e6:.1f} MB free on its file system"
+        except OSError:
+            continue
+    return "free space unknown"
 
 
 def is_intact_checkpoint(path: Path) -> bool:
