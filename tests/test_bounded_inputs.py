@@ -202,10 +202,10 @@ def _png_with_alpha() -> bytes:
 
 def test_unreadable_evaluation_images_are_skipped_counted_and_named(tmp_path, bomb):
     root = tmp_path / "classes"
-    for label, colour in (("red", (220, 10, 10)), ("blue", (10, 10, 220))):
+    for label, colour, side in (("red", (220, 10, 10), 24), ("blue", (10, 10, 220), 16)):
         (root / label).mkdir(parents=True)
         for i in range(3):
-            Image.new("RGB", (24, 24), colour).save(root / label / f"{i}.png")
+            Image.new("RGB", (side, side), colour).save(root / label / f"{i}.png")
     (root / "red" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     (root / "blue" / "9.png").write_bytes(bomb.read_bytes())
     data = read_classification(root)
@@ -219,6 +219,10 @@ def test_unreadable_evaluation_images_are_skipped_counted_and_named(tmp_path, bo
                  str(tmp_path / "out"), "--no-progress"]) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["skipped_images"]["count"] == 2
+    assert main(["eval", "--model", str(model_dir), "--task", "zeroshot", "--data", str(root), "--out",
+                 str(tmp_path / "out2"), "--no-progress", "--max-image-pixels", "400"]) == 0  # red: 24x24 = 576 pixels
+    assert json.loads((tmp_path / "out2" / "results.json").read_text())["skipped_images"]["count"] == 5
+    assert current_limits().max_image_pixels == 50_000_000  # the option holds for that evaluation only
     reasons = {Path(s["image"]).name: s["error"] for s in results["skipped_images"]["images"]}
     assert "truncated" in reasons["3.png"] or "cannot" in reasons["3.png"]
     assert "megapixels" in reasons["9.png"]

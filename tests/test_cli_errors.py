@@ -280,6 +280,8 @@ CASES = [
      None, 2, "'x'"),
     ("eval-no-such-cuda", ["eval", "--model", "m", "--task", "zeroshot", "--data", "{tmp}", "--device",
                            NO_SUCH_CUDA], None, 2, NO_SUCH_CUDA),
+    ("eval-pixel-limit-zero", ["eval", "--model", "m", "--task", "zeroshot", "--data", "{tmp}", "--max-image-pixels",
+                               "0"], None, 2, "--max-image-pixels"),
     ("eval-missing-model-dir", ["eval", "--model", "{tmp}/nomodel", "--task", "zeroshot", "--data", "{tmp}"], None,
      1, "nomodel"),
     ("eval-truncated-safetensors", ["eval", "--model", "{tmp}/model", "--task", "zeroshot", "--data", "{tmp}"],

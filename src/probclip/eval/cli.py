@@ -16,6 +16,8 @@ from pathlib import Path
 from ..cli import run_command
 from ..devices import check_device
 from ..errors import InputError, ProbclipError, UsageError
+from ..limits import current_limits, set_limits
+from ..textfiles import read_text_file
 from .bprw import BPRWSettings
 from .eccv import evaluate_eccv
 from .encode import load_eval_model
@@ -45,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--max-image-pixels", type=int, default=None,
+                        help="refuse (skip, count and name) images with more pixels, checked before decoding "
+                             "(default 50000000)")
     zs = parser.add_argument_group("zeroshot")
     zs.add_argument("--templates", type=Path, default=None,
                     help="text file of prompt templates with {c} (default: the data set's own, else 'a photo of a {c}.')")
@@ -77,7 +82,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.task == "zeroshot":
         templates = None
         if args.templates is not None:
-            templates = [t.strip() for t in args.templates.read_text(encoding="utf-8").splitlines() if t.strip()]
+            templates = [t.strip() for t in read_text_file(args.templates).splitlines() if t.strip()]
         return evaluate_zeroshot(model, args.data, out, support=args.support, bprw=BPRWSettings(shots=args.shots),
                                  split=args.split, support_split=args.support_split, templates=templates, **common)
     if args.task == "retrieval":
@@ -116,12 +121,18 @@ def _eval_command(argv: list[str]) -> int:
     if args.workers < 0:
         raise UsageError(f"--workers must be an integer >= 0; got {args.workers}")
     check_device(args.device, "--device")
+    pixels = current_limits().max_image_pixels if args.max_image_pixels is None else args.max_image_pixels
+    if pixels < 1:
+        raise UsageError(f"--max-image-pixels must be an integer >= 1; got {pixels}")
+    previous = set_limits(current_limits(), max_image_pixels=pixels)
     try:
         results = run(args)
     except ProbclipError:
         raise
     except ValueError as err:  # the readers and tasks report unusable data sets as ValueError
         raise InputError(str(err)) from err
+    finally:
+        set_limits(previous)
     out = args.out or Path(f"eval-{args.task}")
     print(_summary(results))
     print(f"results: {out / 'results.json'}")

@@ -15,7 +15,6 @@ queries whose top-1 item is an adversarial one.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..embedding import ProbEmbedding
+from ..textfiles import read_json_file, read_text_file
 from .encode import Embeddings, EvalModel, encode_image_dataset, encode_texts
 from .image_check import skipped_report
 from .readers import ImageItem, RetrievalData, read_retrieval
@@ -40,9 +40,9 @@ _WORD = re.compile(r"[A-Za-z]+")
 def load_replacements(path: str | Path) -> dict[str, list[str]] | list[str]:
     """Read a replacement list: JSON ``{word: [replacements]}`` or text with one word per line."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = read_text_file(path)
     if path.suffix.lower() == ".json":
-        table = json.loads(text)
+        table = read_json_file(path)
         if not isinstance(table, dict) or not all(
             isinstance(v, list) and v and all(isinstance(w, str) for w in v) for v in table.values()
         ):
