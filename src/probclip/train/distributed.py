@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..devices import check_device
 from ..errors import UsageError
 
 __all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "average_gradients", "all_reduce_mean",
@@ -39,6 +40,7 @@ def _pick_device(device: str, local_rank: int) -> torch.device:
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise UsageError("run.device is 'cuda' but no CUDA device is available; use run.device: cpu or auto")
+        check_device(f"cuda:{local_rank}", f"run.device (this process's LOCAL_RANK {local_rank})")
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
