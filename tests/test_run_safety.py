@@ -327,3 +327,18 @@ def test_a_really_full_disk_on_a_small_tmpfs(tmp_path, table, monkeypatch, capsy
     finally:
         if mounted:
             subprocess.run(["umount", str(disk)], capture_output=True, timeout=30)
+
+
+def test_latest_falls_back_past_a_checkpoint_whose_state_cannot_be_loaded(tmp_path, tiny):
+    from probclip.train.checkpoint import load_resume_state
+
+    for step in (2, 4, 6):
+        save_checkpoint(tmp_path, step, tiny, {"step": step}, "")
+    (tmp_path / "checkpoints" / "step_00000006" / TRAINING_STATE).write_bytes(b"PK\x03\x04 cut short")
+    torch.save({"step": 4, "x": _TouchesAFile(tmp_path / "pwned")}, tmp_path / "checkpoints" / "step_00000004" /
+               TRAINING_STATE)
+    with pytest.warns(RuntimeWarning, match="resuming from step_00000002.*step_00000006.*step_00000004"):
+        chosen, state = load_resume_state("latest", tmp_path)
+    assert chosen.name == "step_00000002" and state["step"] == 2 and not (tmp_path / "pwned").exists()
+    with pytest.raises(CheckpointError, match="step_00000004"):
+        load_resume_state(str(tmp_path / "checkpoints" / "step_00000004"), tmp_path)  # an explicit one must load

@@ -55,6 +55,7 @@ __all__ = [
     "is_intact_checkpoint",
     "weights_are_finite",
     "samples_before",
+    "load_resume_state",
 ]
 
 CHECKPOINT_DIR = "checkpoints"
@@ -243,6 +244,37 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
             f"directory like {Path(output_dir) / CHECKPOINT_DIR / checkpoint_name(100)}"
         )
     return path
+
+
+def load_resume_state(resume: str | None, output_dir: str | Path) -> tuple[Path | None, dict | None]:
+    """``run.resume`` -> ``(checkpoint directory, its training state)``, or ``(None, None)`` for a fresh start.
+
+    For ``latest``, a checkpoint whose training state cannot be loaded (truncated, or refused as crafted) is
+    skipped with a warning in favour of the next older intact one; ``CheckpointError`` when none loads. An explicit
+    directory must load.
+    """
+    if resume != "latest":
+        chosen = resolve_resume(resume, output_dir)
+        return (chosen, load_training_state(chosen)) if chosen is not None else (None, None)
+    first = latest_checkpoint(output_dir)
+    if first is None:
+        return None, None
+    root = Path(output_dir) / CHECKPOINT_DIR
+    older = sorted((p for p in root.glob("step_*") if p != first and p.name < first.name and is_intact_checkpoint(p)),
+                   reverse=True)
+    problems = []
+    for candidate in [first, *older]:
+        try:
+            state = load_training_state(candidate)
+        except CheckpointError as err:
+            problems.append(str(err))
+            continue
+        if problems:
+            warnings.warn(f"resuming from {candidate.name}, the newest checkpoint that loads: {'; '.join(problems)}",
+                          RuntimeWarning, stacklevel=2)
+        return candidate, state
+    raise CheckpointError(problems[0] if len(problems) == 1 else
+                          f"no checkpoint of {output_dir} can be resumed: {'; '.join(problems)}")
 
 
 def load_training_state(checkpoint_dir: str | Path) -> dict:

@@ -24,9 +24,8 @@ from .checkpoint import (
     NonFiniteWeightsError,
     atomic_write_text,
     capture_rng_state,
-    load_training_state,
+    load_resume_state,
     prune_checkpoints,
-    resolve_resume,
     restore_rng_state,
     samples_before,
     save_checkpoint,
@@ -187,9 +186,8 @@ def train(
     if dist_info.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
     barrier()
-    resume_dir = resolve_resume(run.resume, output_dir)
+    resume_dir, state = load_resume_state(run.resume, output_dir)
     starting_fresh = run.resume == "latest" and resume_dir is None
-    state = load_training_state(resume_dir) if resume_dir is not None else None
     run_lock = guard_run_directory(config, output_dir, resume_dir, state, dist_info.world_size, dist_info.is_main)
     start_step = int(state["step"]) if state else 0
     logger = RunLogger(output_dir, run.steps, run.progress, run.tensorboard, enabled=dist_info.is_main,
