@@ -174,8 +174,13 @@ def main(argv=None) -> int:
         print(json.dumps({b: measure_peaks(b, args.dim) for b in args.sizes}))
         return 0
     peaks = _peaks_in_child(args.sizes, args.dim)
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, D={args.dim}, time: median of {args.repeats}")
-    print("| B | case | peak extra memory (MiB) | x siglip | x siglip_open_clip | time (ms) | x siglip | x siglip_open_clip |")
+    print(
+        f"# torch {torch.__version__}, {torch.get_num_threads()} threads, D={args.dim}, time: median of {args.repeats}"
+    )
+    print(
+        "| B | case | peak extra memory (MiB) | x siglip | x siglip_open_clip "
+        "| time (ms) | x siglip | x siglip_open_clip |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for batch in args.sizes:
         times = measure_times(batch, args.dim, args.repeats)

@@ -97,8 +97,10 @@ def main() -> None:
     ours_same = time.perf_counter() - start
     print(f"baseline (full matrix + argsort, i2t mean score only): {base['seconds']:.1f} s, "
           f"peak RSS {base['peak_rss_mib']:.0f} MiB")
-    print(f"  same work with probclip: {ours_same:.1f} s -> speed-up x{base['seconds'] / ours_same:.1f}; "
-          f"agreement: R@1 {same['r1']:.4f} vs {base['r1']:.4f}, mAP@R {same['map_at_r']:.4f} vs {base['map_at_r']:.4f}")
+    print(
+        f"  same work with probclip: {ours_same:.1f} s -> speed-up x{base['seconds'] / ours_same:.1f}; "
+        f"agreement: R@1 {same['r1']:.4f} vs {base['r1']:.4f}, mAP@R {same['map_at_r']:.4f} vs {base['map_at_r']:.4f}"
+    )
     print(f"  memory ratio (whole-process peak RSS): baseline / probclip = {base['peak_rss_mib'] / rss:.2f}")
 
 

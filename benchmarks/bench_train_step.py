@@ -28,18 +28,19 @@ def _step_runner(model, loss_name: str, batch, masking_fraction: float, seed: in
     from probclip.losses import build_loss
     from probclip.train.config import MaskingSection, OptimSection
     from probclip.train.optim import build_optimizer, clamp_logit_scale
-    from probclip.train.step import build_step_inputs, forward_backward
+    from probclip.train.step import ViewGeometry, build_step_inputs, forward_backward
 
     loss_fn = build_loss(loss_name)
     optimizer = build_optimizer(model, OptimSection(lr=1e-4))
     masking = MaskingSection(fraction=masking_fraction) if masking_fraction > 0 else None
     step_counter = [0]
+    geometry = ViewGeometry(num_patches=model.visual.num_patches, mask_id=model.config.text.mask_id,
+                            pad_id=model.config.text.pad_id)
 
     def run_step() -> float:
         start = time.perf_counter()
         inputs = build_step_inputs(batch, step=step_counter[0], seed=seed, rank=0, device=torch.device("cpu"),
-                                   masking=masking, num_patches=model.visual.num_patches,
-                                   mask_id=model.config.text.mask_id, pad_id=model.config.text.pad_id)
+                                   masking=masking, geometry=geometry)
         forward_backward(model, loss_fn, inputs)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -16,7 +16,6 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from test_data_readers import image_bytes
 
 import probclip
 from probclip.data import SampleError, decode_image_bytes
@@ -25,6 +24,7 @@ from probclip.eval.readers import read_classification, read_retrieval
 from probclip.image_decoding import decode_image
 from probclip.limits import LimitExceededError, current_limits, set_limits
 from probclip.models.inputs import NonFiniteInputError
+from test_data_readers import image_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 BOMB_SIZE = (10_000, 10_001)  # 100.01 megapixels in a 12 kB PNG
@@ -90,9 +90,8 @@ def test_oversized_tar_members_and_captions_are_skipped_and_named(tmp_path):
 
 
 def test_training_skips_counts_and_names_a_bomb(tmp_path, bomb):
-    from test_train_loop import read_log, tiny_config
-
     from probclip.train import TrainConfig, train
+    from test_train_loop import read_log, tiny_config
 
     table = _table_with_bombs(tmp_path, normal=6, bombs=2, bomb=bomb)
     result = train(TrainConfig.from_dict(tiny_config(tmp_path, table, run={"steps": 2, "save_every": 0},

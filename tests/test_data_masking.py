@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probclip.data import mask_text_tokens, mix_images, num_kept_patches, num_masked, sample_keep_patches
+from probclip.data import (
+    mask_text_tokens,
+    mix_images,
+    num_kept_patches,
+    num_masked,
+    sample_keep_patches,
+)
 from probclip.train.step import masked_selection
 
 
@@ -110,14 +116,14 @@ def test_grey_masking_paints_exactly_the_patches_not_kept():
 def test_step_inputs_with_grey_image_masking_keep_every_token():
     from probclip.data import PairBatch
     from probclip.train.config import MaskingSection
-    from probclip.train.step import build_step_inputs
+    from probclip.train.step import ViewGeometry, build_step_inputs
 
     images, tokens = torch.randn(16, 3, 32, 32), torch.randint(3, 20, (16, 6))
     batch = PairBatch(images=images, tokens=tokens)
     masking = MaskingSection(fraction=0.125, image_keep_ratio=0.75, text_mask_prob=0.5, image_mask_mode="grey")
     grey = torch.tensor([0.0, 0.5, -0.5])
     inputs = build_step_inputs(batch, step=0, seed=0, rank=0, device=torch.device("cpu"), masking=masking,
-                               num_patches=16, mask_id=2, pad_id=0, patch_size=8, grey=grey)
+                               geometry=ViewGeometry(num_patches=16, patch_size=8, grey=grey, mask_id=2, pad_id=0))
     assert inputs.keep_patches is None and inputs.masked_images.shape == (2, 3, 32, 32)
     for view, index in zip(inputs.masked_images, inputs.masked_index.tolist()):
         patches = view.unfold(1, 8, 8).unfold(2, 8, 8).reshape(3, 16, 64)
@@ -127,4 +133,4 @@ def test_step_inputs_with_grey_image_masking_keep_every_token():
         assert torch.equal(patches[:, ~is_grey], original[:, ~is_grey])
     with pytest.raises(ValueError, match="grey"):
         build_step_inputs(batch, step=0, seed=0, rank=0, device=torch.device("cpu"), masking=masking,
-                          num_patches=16, mask_id=2, pad_id=0)
+                          geometry=ViewGeometry(num_patches=16, mask_id=2, pad_id=0))

@@ -99,7 +99,9 @@ def test_wasserstein2_matches_per_pair_formula():
 def test_match_probability_matches_direct_monte_carlo():
     a, b = _emb(3, 4, 10), _emb(2, 4, 11)
     s = 5
-    out = probclip.match_probability(a, b, scale=2.0, shift=1.0, n_samples=s, generator=torch.Generator().manual_seed(0))
+    out = probclip.match_probability(
+        a, b, scale=2.0, shift=1.0, n_samples=s, generator=torch.Generator().manual_seed(0)
+    )
     g = torch.Generator().manual_seed(0)
     za = a.mean[:, None] + (a.logvar / 2).exp()[:, None] * torch.randn(3, s, 4, generator=g, dtype=torch.float64)
     zb = b.mean[:, None] + (b.logvar / 2).exp()[:, None] * torch.randn(2, s, 4, generator=g, dtype=torch.float64)
@@ -114,7 +116,9 @@ def test_match_probability_matches_direct_monte_carlo():
     assert ((out > 0) & (out < 1)).all()
 
 
-@pytest.mark.parametrize("fn", [probclip.csd, probclip.inclusion_score, probclip.wasserstein2, probclip.match_probability])
+@pytest.mark.parametrize(
+    "fn", [probclip.csd, probclip.inclusion_score, probclip.wasserstein2, probclip.match_probability]
+)
 def test_non_finite_inputs_are_rejected(fn):
     a = _emb(2, 3, 0)
     bad = ProbEmbedding(a.mean.clone(), a.logvar.clone())

@@ -15,8 +15,13 @@ def _reference_em(x, means, text_var, alpha, mult, eps, n_iter):
     var = [[v * mult + eps for v in row] for row in text_var]
     prior = [1.0 / (sum(row) / len(row)) for row in text_var]
     pi = [p / sum(prior) for p in prior]
-    log_lik = [[sum(-0.5 * ((xd - md) ** 2 / vd + math.log(2 * math.pi * vd)) for xd, md, vd in zip(x[i], means[k], var[k]))
-                for k in range(t)] for i in range(n)]
+    log_lik = [
+        [
+            sum(-0.5 * ((xd - md) ** 2 / vd + math.log(2 * math.pi * vd)) for xd, md, vd in zip(x[i], means[k], var[k]))
+            for k in range(t)
+        ]
+        for i in range(n)
+    ]
     for _ in range(n_iter):
         n_t = [0.0] * t
         for i in range(n):

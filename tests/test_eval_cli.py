@@ -3,6 +3,9 @@
 import json
 
 import pytest
+
+import probclip
+from probclip.eval.cli import main
 from test_eval_fixtures import (
     build_hierarcaps,
     build_image_folder,
@@ -10,9 +13,6 @@ from test_eval_fixtures import (
     build_urban1k,
     build_wds_classification,
 )
-
-import probclip
-from probclip.eval.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +66,24 @@ def test_cli_retrieval_urban_and_errors(tmp_path, tiny_checkpoint, capsys):
     assert "COCO caption ids" in capsys.readouterr().err
     assert main(["--model", str(tiny_checkpoint), "--task", "rococo", "--data", str(coco), "--no-progress"]) == 1
     (tmp_path / "words.txt").write_text("zebra\nkite\n")
-    assert main(["--model", str(tiny_checkpoint), "--task", "rococo", "--data", str(coco), "--out", str(tmp_path / "rc"),
-                 "--replacements", str(tmp_path / "words.txt"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                str(tiny_checkpoint),
+                "--task",
+                "rococo",
+                "--data",
+                str(coco),
+                "--out",
+                str(tmp_path / "rc"),
+                "--replacements",
+                str(tmp_path / "words.txt"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert _results(tmp_path / "rc")["n_adversarial_captions"] == 18
     hc = build_hierarcaps(tmp_path / "hc")
     assert main(["--model", str(tiny_checkpoint), "--task", "hierarcaps", "--data", str(hc), "--image-root",
@@ -97,9 +113,8 @@ def test_cli_open_clip_model_by_name(tmp_path):
 
 
 def test_cli_eccv_progress_and_long_context(tmp_path, tiny_checkpoint, capsys):
-    from test_eval_fixtures import build_coco_eccv
-
     from probclip.models import extend_context_length
+    from test_eval_fixtures import build_coco_eccv
 
     karpathy, captions_json, gt_dir = build_coco_eccv(tmp_path / "coco")
     out = tmp_path / "e"

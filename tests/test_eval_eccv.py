@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from probclip.embedding import ProbEmbedding
-from probclip.eval.eccv import attach_coco_caption_ids, coco_eccv_metrics, load_coco_ground_truth
+from probclip.eval.eccv import (
+    attach_coco_caption_ids,
+    coco_eccv_metrics,
+    load_coco_ground_truth,
+)
+from probclip.eval.options import EvalOptions
 from probclip.eval.readers import ImageItem, RetrievalData
 from probclip.eval.scoring import ranking_scores
 
@@ -31,14 +36,31 @@ def _write_gt(tmp_path, g):
     owner = {c: 100 + (c - 1000) // 5 for c in caption_ids}
     original = {"i2t": {i: [c for c in caption_ids if owner[c] == i] for i in image_ids},
                 "t2i": {c: [owner[c]] for c in caption_ids}}
-    cxc_i2t = {i: original["i2t"][i] + [int(c) for c in np.array(caption_ids)[torch.randperm(100, generator=g)[:2].numpy()] if owner[int(c)] != i] for i in image_ids}
+    cxc_i2t = {
+        i: original["i2t"][i]
+        + [int(c) for c in np.array(caption_ids)[torch.randperm(100, generator=g)[:2].numpy()] if owner[int(c)] != i]
+        for i in image_ids
+    }
     cxc_t2i = {}
     for i, caps in cxc_i2t.items():
         for c in caps:
             cxc_t2i.setdefault(c, []).append(i)
-    eccv_i2t = {i: sorted(set(original["i2t"][i][:2] + [caption_ids[int(k)] for k in torch.randint(0, 100, (int(torch.randint(1, 7, (1,), generator=g)),), generator=g)]))
-                for i in image_ids[:12]}
-    eccv_t2i = {c: sorted({owner[c]} | {image_ids[int(k)] for k in torch.randint(0, n_img, (3,), generator=g)}) for c in caption_ids[::7]}
+    eccv_i2t = {
+        i: sorted(
+            set(
+                original["i2t"][i][:2]
+                + [
+                    caption_ids[int(k)]
+                    for k in torch.randint(0, 100, (int(torch.randint(1, 7, (1,), generator=g)),), generator=g)
+                ]
+            )
+        )
+        for i in image_ids[:12]
+    }
+    eccv_t2i = {
+        c: sorted({owner[c]} | {image_ids[int(k)] for k in torch.randint(0, n_img, (3,), generator=g)})
+        for c in caption_ids[::7]
+    }
     files = {"original": original, "cxc": {"i2t": cxc_i2t, "t2i": cxc_t2i}, "eccv": {"i2t": eccv_i2t, "t2i": eccv_t2i}}
     for name, gt in files.items():
         for direction, stem in (("i2t", "image_to_caption"), ("t2i", "caption_to_image")):
@@ -87,7 +109,12 @@ def test_all_metrics_match_package_on_synthetic_ground_truth(tmp_path):
             assert m["eccv"][d]["map_at_r"] == pytest.approx(eccv["eccv_map_at_r"][d], abs=1e-9)
             assert m["eccv"][d]["r_precision"] == pytest.approx(eccv["eccv_rprecision"][d], abs=1e-9)
             assert m["eccv"][d]["r1"] == pytest.approx(eccv["eccv_r1"][d], abs=1e-9)
-    assert set(ours["uncertainty"]["csd"]) == {"eccv_map_at_r/i2t", "eccv_map_at_r/t2i", "coco_5k_r1/i2t", "coco_5k_r1/t2i"}
+    assert set(ours["uncertainty"]["csd"]) == {
+        "eccv_map_at_r/i2t",
+        "eccv_map_at_r/t2i",
+        "coco_5k_r1/i2t",
+        "coco_5k_r1/t2i",
+    }
 
 
 def test_real_ground_truth_matches_package_on_top_lists():
@@ -129,15 +156,24 @@ def test_missing_ids_are_reported(tmp_path):
     gt = load_coco_ground_truth(tmp_path)
     img = torch.randn(19, 4)
     with pytest.raises(ValueError, match="1 missing"):
-        coco_eccv_metrics(img, torch.randn(100, 4), [100 + i for i in range(19)], sorted(gt.caption_ids), ground_truth=gt)
+        coco_eccv_metrics(
+            img, torch.randn(100, 4), [100 + i for i in range(19)], sorted(gt.caption_ids), ground_truth=gt
+        )
 
 
 def test_attach_coco_caption_ids(tmp_path):
-    ann = {"annotations": [{"image_id": 7, "id": 70, "caption": "A dog  runs."}, {"image_id": 7, "id": 71, "caption": "a dog runs."},
-                           {"image_id": 8, "id": 80, "caption": "A cat."}]}
+    ann = {
+        "annotations": [
+            {"image_id": 7, "id": 70, "caption": "A dog  runs."},
+            {"image_id": 7, "id": 71, "caption": "a dog runs."},
+            {"image_id": 8, "id": 80, "caption": "A cat."},
+        ]
+    }
     (tmp_path / "captions.json").write_text(json.dumps(ann))
     item = ImageItem("k", tmp_path / "captions.json")
-    data = RetrievalData([item, item], ["a dog runs.", "A dog runs. ", "a cat."], torch.tensor([0, 0, 1]), image_ids=[7, 8])
+    data = RetrievalData(
+        [item, item], ["a dog runs.", "A dog runs. ", "a cat."], torch.tensor([0, 0, 1]), image_ids=[7, 8]
+    )
     attach_coco_caption_ids(data, tmp_path / "captions.json")
     assert data.caption_ids == [70, 71, 80]
     bad = RetrievalData([item], ["a bird"], torch.tensor([0]), image_ids=[7])
@@ -185,16 +221,15 @@ def _colour_gt_expectations(metrics, methods):
 
 
 def test_evaluate_eccv_on_karpathy_with_coco_captions_and_on_csv_with_ids(tmp_path):
-    from test_eval_fixtures import build_coco_eccv, colour_eval_model
-
     from probclip.eval.eccv import evaluate_eccv
     from probclip.eval.readers import read_retrieval
     from probclip.eval.retrieval import encode_retrieval_data
+    from test_eval_fixtures import build_coco_eccv, colour_eval_model
 
     karpathy, captions_json, gt_dir = build_coco_eccv(tmp_path / "coco")
     model = colour_eval_model()
-    res = evaluate_eccv(model, karpathy, tmp_path / "out", coco_captions=captions_json, ground_truth=gt_dir,
-                        progress=False)
+    res = evaluate_eccv(model, karpathy, EvalOptions(out_dir=tmp_path / "out", progress=False),
+                        coco_captions=captions_json, ground_truth=gt_dir)
     _colour_gt_expectations(res["metrics"], ("csd", "mean"))
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["n_captions"] == 18 and "eccv_csd.png" in saved["plots"]
@@ -206,10 +241,12 @@ def test_evaluate_eccv_on_karpathy_with_coco_captions_and_on_csv_with_ids(tmp_pa
     assert res["metrics"]["csd"] == direct["csd"] and res["metrics"]["mean"] == direct["mean"]
     # CSV layout with image_id and caption_id columns.
     lines = ["filepath,title,image_id,caption_id"]
-    lines += [f"val2014/img{int(data.caption_image[k])}.jpg,{cap},{data.image_ids[int(data.caption_image[k])]},{5000 + k}"
-              for k, cap in enumerate(data.captions)]
+    lines += [
+        f"val2014/img{int(data.caption_image[k])}.jpg,{cap},{data.image_ids[int(data.caption_image[k])]},{5000 + k}"
+        for k, cap in enumerate(data.captions)
+    ]
     (tmp_path / "coco" / "ids.csv").write_text("\n".join(lines) + "\n")
-    from_csv = evaluate_eccv(model, tmp_path / "coco" / "ids.csv", ground_truth=gt_dir, progress=False)
+    from_csv = evaluate_eccv(model, tmp_path / "coco" / "ids.csv", EvalOptions(progress=False), ground_truth=gt_dir)
     assert from_csv["metrics"]["csd"] == direct["csd"]
     with pytest.raises(ValueError, match="COCO caption ids"):
-        evaluate_eccv(model, karpathy, ground_truth=gt_dir, progress=False)
+        evaluate_eccv(model, karpathy, EvalOptions(progress=False), ground_truth=gt_dir)

@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+
+from probclip.eval import readers
 from test_eval_fixtures import (
     COLOURS,
     RETRIEVAL_IMAGES,
@@ -13,8 +15,6 @@ from test_eval_fixtures import (
     build_wds_retrieval,
     captions_for,
 )
-
-from probclip.eval import readers
 
 
 def test_image_folder_reader(tmp_path):
@@ -41,7 +41,8 @@ def test_wds_classification_reader(tmp_path):
 
 
 def test_wds_classification_rejects_bad_label(tmp_path):
-    import tarfile, io
+    import io
+    import tarfile
 
     root = build_wds_classification(tmp_path / "wds", per_class=1, n_shards=1)
     with tarfile.open(root / "test" / "0.tar", "a") as tar:
@@ -53,7 +54,8 @@ def test_wds_classification_rejects_bad_label(tmp_path):
         readers.read_classification(root)
 
 
-def _check_retrieval(data, n_images=len(RETRIEVAL_IMAGES)):
+def _check_retrieval(data, n_images=None):
+    n_images = len(RETRIEVAL_IMAGES) if n_images is None else n_images
     assert len(data.items) == n_images
     assert len(data.captions) == 3 * n_images
     assert data.caption_image.tolist() == [i for i in range(n_images) for _ in range(3)]

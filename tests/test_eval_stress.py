@@ -5,11 +5,22 @@ import random
 
 import pytest
 import torch
-from test_eval_fixtures import build_hierarcaps, build_retrieval_csv, colour_eval_model, open_clip_eval_model
 
 from probclip.embedding import ProbEmbedding
 from probclip.eval.hierarcaps import evaluate_hierarcaps, hierarchical_walk
-from probclip.eval.rococo import derangement, evaluate_rococo, replace_one_word, rococo_metrics
+from probclip.eval.options import EvalOptions
+from probclip.eval.rococo import (
+    derangement,
+    evaluate_rococo,
+    replace_one_word,
+    rococo_metrics,
+)
+from test_eval_fixtures import (
+    build_hierarcaps,
+    build_retrieval_csv,
+    colour_eval_model,
+    open_clip_eval_model,
+)
 
 
 def test_walk_visits_gallery_in_order_from_start_to_root():
@@ -23,8 +34,8 @@ def test_walk_visits_gallery_in_order_from_start_to_root():
 
 def test_hierarcaps_end_to_end(tmp_path):
     csv_path = build_hierarcaps(tmp_path)
-    res = evaluate_hierarcaps(colour_eval_model(), csv_path, out_dir=tmp_path / "out", image_root=tmp_path / "imgs",
-                              progress=False)
+    res = evaluate_hierarcaps(colour_eval_model(), csv_path, EvalOptions(
+        out_dir=tmp_path / "out", image_root=tmp_path / "imgs", progress=False))
     m = res["metrics"]
     assert set(m) == {"empty", "inclusion", "uncertainty"}
     for root in ("empty", "inclusion"):
@@ -33,7 +44,9 @@ def test_hierarcaps_end_to_end(tmp_path):
         2 * m["empty"]["precision"] * m["empty"]["recall"] / (m["empty"]["precision"] + m["empty"]["recall"]))
     assert json.loads((tmp_path / "out" / "results.json").read_text())["n_images"] == 12
     assert (tmp_path / "out" / "hierarcaps.png").exists()
-    det = evaluate_hierarcaps(open_clip_eval_model(), csv_path, image_root=tmp_path / "imgs", progress=False)
+    det = evaluate_hierarcaps(
+        open_clip_eval_model(), csv_path, EvalOptions(image_root=tmp_path / "imgs", progress=False)
+    )
     assert set(det["metrics"]) == {"empty"}
 
 
@@ -67,7 +80,8 @@ def test_rococo_metrics_false_rate_extremes():
 def test_rococo_end_to_end(tmp_path):
     csv_path = build_retrieval_csv(tmp_path / "csv")
     (tmp_path / "swap.json").write_text(json.dumps({"red": ["green"], "green": ["blue"], "blue": ["red"]}))
-    res = evaluate_rococo(colour_eval_model(), csv_path, tmp_path / "swap.json", out_dir=tmp_path / "out", progress=False)
+    res = evaluate_rococo(colour_eval_model(), csv_path, tmp_path / "swap.json",
+                          EvalOptions(out_dir=tmp_path / "out", progress=False))
     assert res["n_adversarial_captions"] == 18 and res["n_mixed_images"] == 6
     for method in ("csd", "mean"):
         for direction in ("i2t", "t2i"):

@@ -5,6 +5,17 @@ import math
 
 import pytest
 import torch
+
+from probclip.embedding import ProbEmbedding
+from probclip.eval.metrics import ranking_metrics
+from probclip.eval.options import EvalOptions
+from probclip.eval.retrieval import (
+    evaluate_retrieval,
+    evaluate_urban1k,
+    retrieval_metrics,
+)
+from probclip.eval.scoring import PositiveLists, ranking_scores
+from probclip.eval.zeroshot import combine_templates, evaluate_zeroshot
 from test_eval_fixtures import (
     build_image_folder,
     build_karpathy,
@@ -13,12 +24,6 @@ from test_eval_fixtures import (
     colour_eval_model,
     open_clip_eval_model,
 )
-
-from probclip.embedding import ProbEmbedding
-from probclip.eval.metrics import ranking_metrics
-from probclip.eval.retrieval import evaluate_retrieval, evaluate_urban1k, retrieval_metrics
-from probclip.eval.scoring import PositiveLists, ranking_scores
-from probclip.eval.zeroshot import combine_templates, evaluate_zeroshot
 
 
 def _random_prob(n, d, g):
@@ -38,7 +43,9 @@ def test_retrieval_metrics_equal_dense_metrics_both_ways():
         s = ranking_scores(texts, images, method)
         assert out[method]["t2i"] == pytest.approx(ranking_metrics(s, pos.T.contiguous()))
     # CSD ranking must differ from mean ranking when uncertainties differ.
-    assert not torch.equal(ranking_scores(images, texts, "csd").argsort(1), ranking_scores(images, texts, "mean").argsort(1))
+    assert not torch.equal(
+        ranking_scores(images, texts, "csd").argsort(1), ranking_scores(images, texts, "mean").argsort(1)
+    )
     assert len(out["uncertainty"]["csd"]["i2t"]["bin_metric"]) == 4
 
 
@@ -81,7 +88,9 @@ def test_positive_lists_from_labels():
 
 def test_evaluate_retrieval_writes_results_and_plots(tmp_path):
     model = colour_eval_model()
-    res = evaluate_retrieval(model, build_karpathy(tmp_path / "coco"), out_dir=tmp_path / "out", progress=False)
+    res = evaluate_retrieval(
+        model, build_karpathy(tmp_path / "coco"), EvalOptions(out_dir=tmp_path / "out", progress=False)
+    )
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["n_images"] == 6 and saved["n_captions"] == 18
     # Colour is the main signal and 2 images share each colour: the 6 captions of that colour come
@@ -94,10 +103,12 @@ def test_evaluate_retrieval_writes_results_and_plots(tmp_path):
 
 
 def test_deterministic_model_runs_without_uncertainty(tmp_path):
-    res = evaluate_retrieval(open_clip_eval_model(), build_karpathy(tmp_path / "coco"), progress=False)
+    res = evaluate_retrieval(open_clip_eval_model(), build_karpathy(tmp_path / "coco"), EvalOptions(progress=False))
     assert set(res["metrics"]) == {"mean"}
     assert res["probabilistic"] is False
-    zs = evaluate_zeroshot(open_clip_eval_model(), build_image_folder(tmp_path / "f", per_class=4), progress=False)
+    zs = evaluate_zeroshot(
+        open_clip_eval_model(), build_image_folder(tmp_path / "f", per_class=4), EvalOptions(progress=False)
+    )
     assert set(zs["metrics"]) == {"mean"} and "uncertainty" not in zs
 
 
@@ -117,7 +128,7 @@ def test_combine_templates_probabilistic_weights_certain_templates():
 def test_zeroshot_on_both_layouts(tmp_path, layout):
     root = (build_image_folder(tmp_path / "d", per_class=4) if layout == "folder"
             else build_wds_classification(tmp_path / "d", per_class=4))
-    res = evaluate_zeroshot(colour_eval_model(), root, out_dir=tmp_path / "out", progress=False, n_bins=4)
+    res = evaluate_zeroshot(colour_eval_model(), root, EvalOptions(out_dir=tmp_path / "out", progress=False), n_bins=4)
     for combo in ("mean", "probabilistic"):
         for method in ("csd", "mean"):
             assert res["metrics"][combo][method]["acc1"] == 1.0
@@ -138,7 +149,7 @@ def test_zeroshot_on_both_layouts(tmp_path, layout):
 def test_bprw_reports_gain_and_refuses_evaluated_images_as_support(tmp_path):
     evaluated = build_image_folder(tmp_path / "test", per_class=3, seed=0)
     support = build_image_folder(tmp_path / "train", per_class=3, seed=1)
-    res = evaluate_zeroshot(colour_eval_model(), evaluated, support=support, progress=False, n_bins=3)
+    res = evaluate_zeroshot(colour_eval_model(), evaluated, EvalOptions(progress=False), support=support, n_bins=3)
     info = res["bprw"]
     assert info["n_support_images"] == 9
     assert set(info["gain_acc1"]) == {"csd", "mean"}
@@ -146,26 +157,27 @@ def test_bprw_reports_gain_and_refuses_evaluated_images_as_support(tmp_path):
     for weights in info["template_weights"]:
         assert sum(weights) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="separate split"):
-        evaluate_zeroshot(colour_eval_model(), evaluated, support=evaluated, progress=False)
+        evaluate_zeroshot(colour_eval_model(), evaluated, EvalOptions(progress=False), support=evaluated)
     # A copy of the evaluated images under another folder is caught by content.
     import shutil
 
     shutil.copytree(evaluated, tmp_path / "copy")
     with pytest.raises(ValueError, match="same content"):
-        evaluate_zeroshot(colour_eval_model(), evaluated, support=tmp_path / "copy", progress=False)
+        evaluate_zeroshot(colour_eval_model(), evaluated, EvalOptions(progress=False), support=tmp_path / "copy")
 
 
 def test_urban1k(tmp_path):
-    res = evaluate_urban1k(colour_eval_model(), build_urban1k(tmp_path / "u"), out_dir=tmp_path / "o", progress=False)
+    res = evaluate_urban1k(
+        colour_eval_model(), build_urban1k(tmp_path / "u"), EvalOptions(out_dir=tmp_path / "o", progress=False)
+    )
     assert res["task"] == "urban1k" and res["n_images"] == 6
     assert res["context_length"] == 16 and res["truncated_fraction"] == 1.0
     assert (tmp_path / "o" / "results.json").exists()
 
 
 def test_urban1k_long_context_sees_words_a_short_context_cuts(tmp_path):
-    from test_eval_fixtures import RETRIEVAL_IMAGES, WordTokenizer, write_image
-
     from probclip.eval.encode import EvalModel
+    from test_eval_fixtures import RETRIEVAL_IMAGES, WordTokenizer, write_image
 
     root = tmp_path / "urban"
     (root / "caption").mkdir(parents=True)
@@ -175,8 +187,8 @@ def test_urban1k_long_context_sees_words_a_short_context_cuts(tmp_path):
         (root / "caption" / f"{i}.txt").write_text(" ".join(f"detail{j}" for j in range(30)) + f" and it is {colour}\n")
     short = colour_eval_model()
     long = EvalModel(short.model, short.preprocess, WordTokenizer(context_length=64), name="long")
-    cut = evaluate_urban1k(short, root, progress=False)
-    full = evaluate_urban1k(long, root, progress=False)
+    cut = evaluate_urban1k(short, root, EvalOptions(progress=False))
+    full = evaluate_urban1k(long, root, EvalOptions(progress=False))
     assert cut["truncated_fraction"] == 1.0 and full["truncated_fraction"] == 0.0
     assert full["context_length"] == 64
     for method in ("csd", "mean"):
@@ -192,18 +204,21 @@ def test_urban1k_long_context_sees_words_a_short_context_cuts(tmp_path):
 def test_deterministic_model_runs_every_task(tmp_path):
     """The open_clip stand-in through urban1k, rococo and eccv (zero-shot, retrieval and HierarCaps are above
     and in test_eval_stress): mean score only, no uncertainty parts."""
-    from test_eval_fixtures import build_coco_eccv
-
     from probclip.eval.eccv import evaluate_eccv
     from probclip.eval.rococo import evaluate_rococo
+    from test_eval_fixtures import build_coco_eccv
 
     model = open_clip_eval_model()
-    urban = evaluate_urban1k(model, build_urban1k(tmp_path / "u"), out_dir=tmp_path / "u_out", progress=False)
+    urban = evaluate_urban1k(
+        model, build_urban1k(tmp_path / "u"), EvalOptions(out_dir=tmp_path / "u_out", progress=False)
+    )
     karpathy, captions_json, gt_dir = build_coco_eccv(tmp_path / "coco")
     (tmp_path / "words.txt").write_text("zebra\nkite\n")
-    rococo = evaluate_rococo(model, karpathy, tmp_path / "words.txt", out_dir=tmp_path / "r_out", progress=False)
-    eccv = evaluate_eccv(model, karpathy, tmp_path / "e_out", coco_captions=captions_json, ground_truth=gt_dir,
-                         progress=False)
+    rococo = evaluate_rococo(
+        model, karpathy, tmp_path / "words.txt", EvalOptions(out_dir=tmp_path / "r_out", progress=False)
+    )
+    eccv = evaluate_eccv(model, karpathy, EvalOptions(out_dir=tmp_path / "e_out", progress=False),
+                         coco_captions=captions_json, ground_truth=gt_dir)
     for res, out in ((urban, "u_out"), (rococo, "r_out"), (eccv, "e_out")):
         assert res["probabilistic"] is False and set(res["metrics"]) == {"mean"}, res["task"]
         saved = json.loads((tmp_path / out / "results.json").read_text())

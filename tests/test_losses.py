@@ -143,7 +143,10 @@ def _per_dim_margin(a, b, eps):
     """test(a in b) - test(b in a) per dimension, from the public inclusion test on one dimension at a time."""
     cols = []
     for d in range(a.dim):
-        ad, bd = ProbEmbedding(a.mean[:, d : d + 1], a.logvar[:, d : d + 1]), ProbEmbedding(b.mean[:, d : d + 1], b.logvar[:, d : d + 1])
+        ad, bd = (
+            ProbEmbedding(a.mean[:, d : d + 1], a.logvar[:, d : d + 1]),
+            ProbEmbedding(b.mean[:, d : d + 1], b.logvar[:, d : d + 1]),
+        )
         cols.append(inclusion_score_paired(ad, bd, eps=eps) - inclusion_score_paired(bd, ad, eps=eps))
     return torch.stack(cols, dim=1)
 
@@ -177,7 +180,9 @@ def test_masked_index_pairs_views_with_the_named_originals():
     views_img, views_txt = image[torch.tensor([4, 1])], text[torch.tensor([4, 1])]
     shifted = ProbEmbedding(views_img.mean + 0.1, views_img.logvar - 0.3)
     shifted_txt = ProbEmbedding(views_txt.mean - 0.1, views_txt.logvar + 0.2)
-    out = loss_fn(image, text, 2.0, -5.0, masked_image=shifted, masked_text=shifted_txt, masked_index=torch.tensor([4, 1]))
+    out = loss_fn(
+        image, text, 2.0, -5.0, masked_image=shifted, masked_text=shifted_txt, masked_index=torch.tensor([4, 1])
+    )
     originals = image[torch.tensor([4, 1])]
     want_img = 0.5 * (-F.logsigmoid(10 * _per_dim_margin(originals, shifted, 0.0))).mean()
     torch.testing.assert_close(out["img_inclusion"], want_img)
@@ -296,7 +301,9 @@ def test_large_terms_are_kept_not_dropped():
 
 def test_half_precision_inputs_are_evaluated_in_float32():
     (mi, li), (mt, lt) = _random_batch(dtype=torch.float32)
-    low = ProLIPLoss()(ProbEmbedding(mi.bfloat16(), li.bfloat16()), ProbEmbedding(mt.bfloat16(), lt.bfloat16()), 2.0, -5.0)
+    low = ProLIPLoss()(
+        ProbEmbedding(mi.bfloat16(), li.bfloat16()), ProbEmbedding(mt.bfloat16(), lt.bfloat16()), 2.0, -5.0
+    )
     assert low["loss"].dtype == torch.float32
     ref = ProLIPLoss()(ProbEmbedding(mi.bfloat16().float(), li.bfloat16().float()),
                        ProbEmbedding(mt.bfloat16().float(), lt.bfloat16().float()), 2.0, -5.0)
@@ -353,7 +360,10 @@ def test_prolip_loss_trains_the_tiny_model_with_masked_views():
 @pytest.mark.parametrize(
     "cls,pieces",
     [
-        (ProLIPLoss, ["-log sigmoid(y_ij * z_ij)", "(u_i + u_j) / 2", "incl(image_i in text_i)", "kl_i", "loss          ="]),
+        (
+            ProLIPLoss,
+            ["-log sigmoid(y_ij * z_ij)", "(u_i + u_j) / 2", "incl(image_i in text_i)", "kl_i", "loss          ="],
+        ),
         (PCMEppLoss, ["-a * CSD(image_i, text_j)", "BCE(z, y) =", "pseudo =", "vib    =", "loss   ="]),
         (SigLIPLoss, ["-log sigmoid(y_ij * (s * mu_i . mu_j + beta_b))"]),
         (CLIPLoss, ["-log softmax_j(z_ij)[i]", "loss = (i2t + t2i) / 2"]),

@@ -254,9 +254,13 @@ def test_native_heads_read_cls_for_mean_and_unc_for_logvar(tiny):
         vision_tokens = tiny.visual.forward_tokens(images)  # [1, 2 + N, W]: CLS, UNC, ...
         image = tiny.encode_image(images)
     torch.testing.assert_close(text.logvar, tiny.text.head.logvar(text_tokens[:, -2]))
-    torch.testing.assert_close(text.mean, torch.nn.functional.normalize(tiny.text.head.mean(text_tokens[:, -1]), dim=-1))
+    torch.testing.assert_close(
+        text.mean, torch.nn.functional.normalize(tiny.text.head.mean(text_tokens[:, -1]), dim=-1)
+    )
     torch.testing.assert_close(image.logvar, tiny.visual.head.logvar(vision_tokens[:, 1]))
-    torch.testing.assert_close(image.mean, torch.nn.functional.normalize(tiny.visual.head.mean(vision_tokens[:, 0]), dim=-1))
+    torch.testing.assert_close(
+        image.mean, torch.nn.functional.normalize(tiny.visual.head.mean(vision_tokens[:, 0]), dim=-1)
+    )
 
 
 def test_native_text_output_does_not_depend_on_padded_length(tiny):

@@ -27,7 +27,9 @@ def test_towers_are_copied_and_unc_stays_fresh(open_clip_tiny):
     fresh_logvar = model.text.head.logvar.weight.detach().clone()
     init_from_open_clip(model, open_clip_tiny)
     src = open_clip_tiny
-    assert torch.equal(model.visual.trunk.blocks[1].attn.qkv.weight, src.visual.transformer.resblocks[1].attn.in_proj_weight)
+    assert torch.equal(
+        model.visual.trunk.blocks[1].attn.qkv.weight, src.visual.transformer.resblocks[1].attn.in_proj_weight
+    )
     assert torch.equal(model.visual.head.mean.weight, src.visual.proj.t())
     assert torch.equal(model.visual.trunk.pos_embed[0, 2:], src.visual.positional_embedding[1:])
     assert torch.equal(model.text.blocks[0].mlp.fc2.weight, src.transformer.resblocks[0].mlp.c_proj.weight)

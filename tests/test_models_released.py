@@ -19,7 +19,6 @@ from probclip.models import (
     save_released,
 )
 
-
 OFFICIAL = Path(__file__).parent / "fixtures" / "prolip-official"
 
 

@@ -4,8 +4,14 @@ import json
 
 import pytest
 
-from probclip.quickstart import (ASSUMED_PROLIP_STEP_SECONDS, ASSUMED_SIGLIP_STEP_SECONDS, ASSUMED_STEP_SECONDS,
-                                 OVERHEAD_SECONDS, main, steps_for_budget)
+from probclip.quickstart import (
+    ASSUMED_PROLIP_STEP_SECONDS,
+    ASSUMED_SIGLIP_STEP_SECONDS,
+    ASSUMED_STEP_SECONDS,
+    OVERHEAD_SECONDS,
+    main,
+    steps_for_budget,
+)
 
 RETRIEVAL_KEYS = {"r1", "r5", "map_at_r", "r_precision"}
 

@@ -16,8 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_data_readers import make_csv_dataset
-from test_train_loop import tiny_config
 
 import probclip
 from probclip.cli import main as probclip_main
@@ -34,6 +32,8 @@ from probclip.train.checkpoint import (
     save_checkpoint,
 )
 from probclip.train.run_dir import LOCK_FILE, RunDirectoryError, RunLock
+from test_data_readers import make_csv_dataset
+from test_train_loop import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 

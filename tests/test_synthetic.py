@@ -3,8 +3,8 @@
 import itertools
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from probclip.synthetic import world as syn
 from probclip.synthetic.world import (
@@ -148,8 +148,8 @@ def test_vocabulary_covers_every_caption_word():
 
 
 def test_shards_are_readable_by_the_training_reader(tmp_path):
-    from probclip.synthetic.cli import main
     from probclip.data.webdataset import iter_tar_records, record_to_sample
+    from probclip.synthetic.cli import main
 
     assert main(["--out", str(tmp_path), "--count", "7", "--per-shard", "4", "--seed", "2"]) == 0
     shards = sorted(tmp_path.glob("*.tar"))

@@ -44,7 +44,9 @@ def test_canonicalize_cleaning():
     assert canonicalize_text("caf\u00c3\u00a9 \t time") == "caf\u00e9 time"  # ftfy repairs mojibake
 
 
-@pytest.mark.parametrize("text", ["Hello,  World!", "snake_case &amp;amp; \u00c3\u00a9t\u00c3\u00a9", "  A\tB\nC  ", "(x) [y] {z}!?"])
+@pytest.mark.parametrize(
+    "text", ["Hello,  World!", "snake_case &amp;amp; \u00c3\u00a9t\u00c3\u00a9", "  A\tB\nC  ", "(x) [y] {z}!?"]
+)
 def test_canonicalize_agrees_with_open_clip(text):
     from open_clip.tokenizer import get_clean_fn
 

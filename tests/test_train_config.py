@@ -65,8 +65,21 @@ def test_probclip_train_command_resolves_config(tmp_path, capsys):
 def test_probclip_train_reports_a_missing_shard(tmp_path, capsys):
     from probclip.cli import main
 
-    code = main(["train", "--data.source", "webdataset", "--data.paths", f"[{tmp_path}/0000.tar]",
-                 "--run.output_dir", str(tmp_path / "run"), "--model.name", "ProLIP-Tiny-Word", "--run.progress", "none"])
+    code = main(
+        [
+            "train",
+            "--data.source",
+            "webdataset",
+            "--data.paths",
+            f"[{tmp_path}/0000.tar]",
+            "--run.output_dir",
+            str(tmp_path / "run"),
+            "--model.name",
+            "ProLIP-Tiny-Word",
+            "--run.progress",
+            "none",
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "shard not found" in err and "0000.tar" in err

@@ -20,7 +20,6 @@ import probclip
 from probclip import losses as losses_module
 from probclip.train import TrainConfig, TrainingStopped, train
 from probclip.train.step import StepInputs, forward_backward
-
 from test_data_readers import make_csv_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +63,9 @@ def test_run_writes_loadable_checkpoint_resolved_config_and_log(tmp_path, table)
         assert torch.equal(a.cpu(), b), name
     steps, events = read_log(result.log_path)
     assert [r["step"] for r in steps] == [1, 2, 3, 4]
-    assert {"loss", "ppcl", "inclusion", "img_inclusion", "txt_inclusion", "vib", "lr", "samples_per_s"} <= set(steps[0])
+    assert {"loss", "ppcl", "inclusion", "img_inclusion", "txt_inclusion", "vib", "lr", "samples_per_s"} <= set(
+        steps[0]
+    )
     assert steps[-1]["loss"] < steps[0]["loss"]
     # the corrupt image (row 5) is met within 32 samples of a 24-row table: counted and reported by name
     assert sum(r["skipped_samples"] for r in steps) == result.skipped_samples >= 1
@@ -308,7 +309,26 @@ def test_frozen_vision_tower_does_not_move(tmp_path, table):
     torch.manual_seed(7)
     initial = probclip.create_model("ProLIP-Tiny-Word", vision={"layers": 1}, text={"layers": 1}).state_dict()
     trained = train(config).model.state_dict()
-    assert torch.equal(trained["visual.trunk.blocks.0.attn.qkv.weight"], initial["visual.trunk.blocks.0.attn.qkv.weight"])
+    assert torch.equal(
+        trained["visual.trunk.blocks.0.attn.qkv.weight"], initial["visual.trunk.blocks.0.attn.qkv.weight"]
+    )
     assert torch.equal(trained["visual.head.mean.weight"], initial["visual.head.mean.weight"])
     assert not torch.equal(trained["visual.head.logvar.weight"], initial["visual.head.logvar.weight"])
     assert not torch.equal(trained["text.blocks.0.attn.qkv.weight"], initial["text.blocks.0.attn.qkv.weight"])
+
+
+def test_compiled_towers_train_like_plain_ones(tmp_path, table):
+    """``run.compile`` compiles both towers with torch.compile (here its ``aot_eager`` backend: the same graph
+    capture and autograd tracing as inductor, without the C++ compilation that takes minutes on a small CPU)."""
+    settings = dict(run={"steps": 2, "save_every": 0, "seed": 5})
+    plain = train(TrainConfig.from_dict(tiny_config(tmp_path / "plain", table, **settings)))
+    compiled_config = tiny_config(tmp_path / "compiled", table, **settings)
+    compiled_config["run"]["compile"] = "aot_eager"
+    compiled = train(TrainConfig.from_dict(compiled_config))
+    for tower in (compiled.model.visual, compiled.model.text):
+        assert tower._compiled_call_impl is not None  # nn.Module.compile() swaps the call in place
+    assert list(compiled.model.state_dict()) == list(plain.model.state_dict())  # names unchanged
+    for name, value in plain.model.state_dict().items():
+        assert torch.allclose(compiled.model.state_dict()[name], value, rtol=1e-4, atol=1e-6), name
+    with pytest.raises(ValueError, match="run.compile"):
+        TrainConfig.from_dict(tiny_config(tmp_path, table, run={"compile": 1})).validate()

@@ -10,8 +10,17 @@ import torch
 
 import probclip
 from probclip.train.config import OptimSection
-from probclip.train.model_init import freeze_towers, reinit_uncertainty, uncertainty_parameter_names
-from probclip.train.optim import build_optimizer, clamp_logit_scale, learning_rate, param_groups
+from probclip.train.model_init import (
+    freeze_towers,
+    reinit_uncertainty,
+    uncertainty_parameter_names,
+)
+from probclip.train.optim import (
+    build_optimizer,
+    clamp_logit_scale,
+    learning_rate,
+    param_groups,
+)
 
 
 @pytest.fixture(scope="module")
@@ -112,10 +121,8 @@ def test_longprolip_config_reproduces_the_reference_resize(official_dir):
 def test_open_clip_towers_with_fresh_uncertainty_through_the_loop(tmp_path, monkeypatch):
     import open_clip
 
-    from probclip.train import TrainConfig, train
-    from probclip.train import model_init
+    from probclip.train import TrainConfig, model_init, train
     from probclip.train.config import ModelSection
-
     from test_data_readers import make_csv_dataset
     from test_models_openclip_init import TINY_OPEN_CLIP
 
@@ -165,4 +172,6 @@ def test_fine_tuning_starts_from_a_released_prolip_checkpoint(official_dir):
     terms = forward_backward(model, build_loss("prolip"), inputs)
     assert all(math.isfinite(v) for v in terms.values())
     assert model.visual.trunk.blocks[0].attn.qkv.weight.grad is None  # frozen tower
-    assert model.visual.head.logvar.weight.grad is not None and model.text.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert (
+        model.visual.head.logvar.weight.grad is not None and model.text.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    )

@@ -11,8 +11,8 @@ import torch
 
 from probclip.data.samples import PairBatch
 from probclip.train.config import LossSection, MaskingSection
-from probclip.train.loop import _autocast_factory, _uses_grad_scaler
-from probclip.train.step import build_step_inputs
+from probclip.train.precision import autocast_factory, uses_grad_scaler
+from probclip.train.step import ViewGeometry, build_step_inputs
 
 CPU = torch.device("cpu")
 PATCHES, MASK_ID, PAD_ID, TEXT_LENGTH = 16, 2, 0, 30
@@ -26,8 +26,8 @@ def _batch(size: int = 16) -> PairBatch:
 
 
 def _inputs(batch: PairBatch, rank: int = 0, step: int = 3, masking=None, mixing=None):
-    return build_step_inputs(batch, step=step, seed=11, rank=rank, device=CPU, masking=masking,
-                             num_patches=PATCHES, mask_id=MASK_ID, pad_id=PAD_ID, mixing=mixing)
+    return build_step_inputs(batch, step=step, seed=11, rank=rank, device=CPU, masking=masking, mixing=mixing,
+                             geometry=ViewGeometry(num_patches=PATCHES, mask_id=MASK_ID, pad_id=PAD_ID))
 
 
 def test_masked_views_follow_the_configured_ratios():
@@ -83,12 +83,12 @@ def test_pcmepp_mixes_a_quarter_of_the_batch_with_soft_labels():
 
 def test_precision_autocast_on_cuda_only_and_a_scaler_for_fp16():
     for precision in ("fp32", "bf16", "fp16"):
-        assert _autocast_factory(CPU, precision) is contextlib.nullcontext  # CPU runs compute in fp32
-        assert not _uses_grad_scaler(CPU, precision)
+        assert autocast_factory(CPU, precision) is contextlib.nullcontext  # CPU runs compute in fp32
+        assert not uses_grad_scaler(CPU, precision)
     cuda = torch.device("cuda", 0)
-    assert _autocast_factory(cuda, "fp32") is contextlib.nullcontext
+    assert autocast_factory(cuda, "fp32") is contextlib.nullcontext
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # building a CUDA autocast context warns on a machine without CUDA
-        assert _autocast_factory(cuda, "bf16")().fast_dtype == torch.bfloat16
-        assert _autocast_factory(cuda, "fp16")().fast_dtype == torch.float16
-    assert _uses_grad_scaler(cuda, "fp16") and not _uses_grad_scaler(cuda, "bf16")
+        assert autocast_factory(cuda, "bf16")().fast_dtype == torch.bfloat16
+        assert autocast_factory(cuda, "fp16")().fast_dtype == torch.float16
+    assert uses_grad_scaler(cuda, "fp16") and not uses_grad_scaler(cuda, "bf16")

@@ -1,7 +1,7 @@
 """probclip: probabilistic vision-language models (ProLIP, LongProLIP, PCME++).
 
 Public API (the rest lives in submodules: ``probclip.models``, ``probclip.losses``, ``probclip.data``,
-``probclip.train``, ``probclip.eval``):
+``probclip.train``, ``probclip.eval``, ``probclip.synthetic``; see docs/architecture.md):
 
 - ``ProbEmbedding``: a batch of diagonal Gaussians (``mean``, ``logvar``, ``uncertainty``).
 - distances: ``csd``, ``inclusion_score``, ``match_probability``, ``wasserstein2``.

@@ -26,7 +26,9 @@ __all__ = [
     "wasserstein2",
 ]
 
-DEFAULT_MAX_CHUNK_ELEMENTS = 2**25  # 32M floats = 128 MiB of float32 per temporary block
+#: Elements per temporary block of every pairwise computation (distances, scores, ranks): 32M floats = 128 MiB
+#: of float32. Results do not depend on it; memory does.
+DEFAULT_MAX_CHUNK_ELEMENTS = 2**25
 
 
 def computation_dtype(a: torch.dtype, b: torch.dtype) -> torch.dtype:

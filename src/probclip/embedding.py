@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import torch
 
@@ -36,7 +36,7 @@ class ProbEmbedding:
                 f"{type(mean).__name__} and {type(logvar).__name__}"
             )
         if mean.dim() < 1:
-            raise ValueError(f"ProbEmbedding.mean must have shape [..., D] with at least 1 dimension; got a scalar")
+            raise ValueError("ProbEmbedding.mean must have shape [..., D] with at least 1 dimension; got a scalar")
         if mean.shape != logvar.shape:
             raise ValueError(
                 f"ProbEmbedding.mean and .logvar must have the same shape [..., D]; got mean "
@@ -90,7 +90,7 @@ class ProbEmbedding:
             raise TypeError("len() of a single (unbatched) ProbEmbedding of shape [D] is undefined")
         return self.mean.shape[0]
 
-    def __getitem__(self, index) -> "ProbEmbedding":
+    def __getitem__(self, index) -> ProbEmbedding:
         if isinstance(index, tuple) and len(index) >= self.mean.dim():
             raise IndexError(
                 f"ProbEmbedding indexing acts on the {self.mean.dim() - 1} leading dimension(s), not on D; "
@@ -107,21 +107,21 @@ class ProbEmbedding:
     def __repr__(self) -> str:
         return f"ProbEmbedding(shape={tuple(self.mean.shape)}, dtype={self.mean.dtype}, device={self.mean.device})"
 
-    def to(self, *args, **kwargs) -> "ProbEmbedding":
+    def to(self, *args, **kwargs) -> ProbEmbedding:
         """Move or cast both tensors, with the arguments of ``torch.Tensor.to``."""
         return ProbEmbedding(self.mean.to(*args, **kwargs), self.logvar.to(*args, **kwargs))
 
-    def detach(self) -> "ProbEmbedding":
+    def detach(self) -> ProbEmbedding:
         return ProbEmbedding(self.mean.detach(), self.logvar.detach())
 
-    def cpu(self) -> "ProbEmbedding":
+    def cpu(self) -> ProbEmbedding:
         return ProbEmbedding(self.mean.cpu(), self.logvar.cpu())
 
-    def float(self) -> "ProbEmbedding":
+    def float(self) -> ProbEmbedding:
         return ProbEmbedding(self.mean.float(), self.logvar.float())
 
     @staticmethod
-    def cat(embeddings: Sequence["ProbEmbedding"] | Iterable["ProbEmbedding"], dim: int = 0) -> "ProbEmbedding":
+    def cat(embeddings: Sequence[ProbEmbedding] | Iterable[ProbEmbedding], dim: int = 0) -> ProbEmbedding:
         """Concatenate embeddings along a batch dimension (``dim`` must not be the last one)."""
         embeddings = list(embeddings)
         if not embeddings:
@@ -139,7 +139,7 @@ class ProbEmbedding:
             torch.cat([e.mean for e in embeddings], dim=dim), torch.cat([e.logvar for e in embeddings], dim=dim)
         )
 
-    def check_finite(self, name: str = "embedding") -> "ProbEmbedding":
+    def check_finite(self, name: str = "embedding") -> ProbEmbedding:
         """Raise ``ValueError`` naming ``name`` if ``mean`` or ``logvar`` holds NaN or infinite values."""
         for field in ("mean", "logvar"):
             t = getattr(self, field)

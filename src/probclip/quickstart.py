@@ -20,13 +20,14 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from .cli import run_command
 from .errors import UsageError
+from .jsonsafe import json_safe
 from .synthetic import build_evaluation_set, evaluate_synthetic, world_vocabulary
 from .synthetic.report import write_report
 from .tokenizers import get_tokenizer, word_tokenizer_config
@@ -108,6 +109,7 @@ def quickstart_config(objective: str, steps: int, seed: int, output_dir: str | P
 
 
 def _nest(flat: dict) -> dict:
+    """``{"a.b": x}`` -> ``{"a": {"b": x}}``, numbers rounded to 6 decimals, undefined ones (NaN) as None."""
     out: dict = {}
     for key, value in flat.items():
         node = out
@@ -115,8 +117,8 @@ def _nest(flat: dict) -> dict:
         for part in parents:
             node = node.setdefault(part, {})
         value = float(value)
-        node[leaf] = round(value, 6) if math.isfinite(value) else None  # undefined (e.g. constant accuracy): null
-    return out
+        node[leaf] = round(value, 6) if math.isfinite(value) else value
+    return json_safe(out)  # undefined values (e.g. the correlation of a constant accuracy): null
 
 
 def _say(message: str) -> None:
@@ -171,7 +173,9 @@ def run_quickstart(out_dir: str | Path, steps: int, seed: int = 0, threads: int 
                          "model": "ProLIP-Tiny-Word",
                          "assumed_step_seconds": dict(ASSUMED_STEP_SECONDS_BY_OBJECTIVE),
                          "degradation_kind": EVAL_DEGRADATION_KIND}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
+    (out / "metrics.json").write_text(
+        json.dumps(metrics, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8"
+    )
     prolip_model.save_pretrained(out / "model")
     report = write_report(out, metrics, eval_set, prolip_details, baseline_details)
     timings["total_seconds"] = time.perf_counter() - started
@@ -189,8 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "held-out scenes with exact truth, and write metrics.json, report.html and model/.",
     )
     parser.add_argument("--out", default="probclip-quickstart", help="output directory (default probclip-quickstart)")
-    parser.add_argument("--minutes", type=float, default=DEFAULT_MINUTES,
-                        help=f"total budget in minutes, turned into a fixed number of steps (default {DEFAULT_MINUTES:g})")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=DEFAULT_MINUTES,
+        help=f"total budget in minutes, turned into a fixed number of steps (default {DEFAULT_MINUTES:g})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the world, the models and the data order")
     parser.add_argument("--steps", type=int, default=None,
                         help="training steps per model (overrides --minutes; for short experiments and tests)")

@@ -12,13 +12,19 @@ import html
 import re
 import string
 import warnings
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import ftfy
 import torch
 
 from .errors import InputError
-from .models.config import WORD_SPECIAL_TOKENS, ProbCLIPConfig, TextConfig, word_tokenizer_config
+from .models.config import (
+    WORD_SPECIAL_TOKENS,
+    ProbCLIPConfig,
+    TextConfig,
+    word_tokenizer_config,
+)
 from .models.hub import resolve_model_config
 
 __all__ = [
@@ -183,7 +189,7 @@ class ClipBPETokenizer(Tokenizer):
     num_special = 2
 
     def __init__(self, context_length: int = 77, clean: str | None = "lower", mask_id: int | None = None):
-        from open_clip.tokenizer import SimpleTokenizer
+        from open_clip.tokenizer import SimpleTokenizer  # heavy; only the CLIP BPE tokenizer needs it
 
         if clean not in _CLEANERS:
             raise ValueError(f"unknown text cleaning {clean!r}; choose one of {list(_CLEANERS)}")
@@ -226,7 +232,7 @@ class HFTokenizer(Tokenizer):
         mask_token: str | int | None = None,
         pad_id: int | None = None,
     ):
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # heavy; only Hugging Face tokenizers need it
 
         self.name_or_path = str(name_or_path)
         try:

@@ -8,7 +8,14 @@ from .captions import CaptionError, captions_from_payload, draw_caption, split_c
 from .csv import CsvPairs, read_pair_table
 from .masking import mask_text_tokens, num_kept_patches, num_masked, sample_keep_patches
 from .mixing import mix_images
-from .samples import DatasetError, PairBatch, PairCollator, SampleError, decode_image_bytes, derive_seed
+from .samples import (
+    DatasetError,
+    PairBatch,
+    PairCollator,
+    SampleError,
+    decode_image_bytes,
+    derive_seed,
+)
 from .sources import (
     DatasetPairs,
     StreamSource,

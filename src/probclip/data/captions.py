@@ -34,7 +34,9 @@ def _captions_from_json(value: Any) -> list[str]:
         for key in ("captions", "caption", "text"):
             if key in value:
                 return _captions_from_json(value[key])
-        raise CaptionError(f"json caption object has none of the keys 'captions', 'caption', 'text'; keys: {sorted(value)}")
+        raise CaptionError(
+            f"json caption object has none of the keys 'captions', 'caption', 'text'; keys: {sorted(value)}"
+        )
     raise CaptionError(f"json caption must be a string, a list of strings or an object; got {type(value).__name__}")
 
 

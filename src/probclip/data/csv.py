@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..limits import LimitExceededError, check_caption_length
 from ..textfiles import read_csv_table
@@ -28,7 +28,8 @@ def read_pair_table(path: str | os.PathLike, image_column: str, caption_column: 
 
     Relative image paths are resolved against ``image_root`` (default: the table's directory). Rows whose caption
     cell is empty are kept with no captions and skipped (counted) when read. Raises ``FileNotFoundError`` for a
-    missing table, ``DatasetError`` (a ``ValueError``) naming the columns found when a column is absent, or when the table has no row.
+    missing table, ``DatasetError`` (a ``ValueError``) naming the columns found when a column is absent, or when
+    the table has no row.
     """
     path = Path(path)
     if not path.is_file():
@@ -60,7 +61,9 @@ class CsvPairs:
                  image_root: str | None = None, caption_separator: str | None = None):
         self.rows: list[tuple[str, list[str]]] = []
         for path in paths:
-            self.rows.extend(read_pair_table(path, image_column, caption_column, separator, image_root, caption_separator))
+            self.rows.extend(
+                read_pair_table(path, image_column, caption_column, separator, image_root, caption_separator)
+            )
 
     def __len__(self) -> int:
         return len(self.rows)

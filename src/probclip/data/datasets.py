@@ -18,13 +18,20 @@ from __future__ import annotations
 import itertools
 import random
 import tarfile
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from ..errors import UsageError
-from .samples import READ_ERRORS, DatasetError, PairBatch, PairCollator, SampleError, derive_seed
+from .samples import (
+    READ_ERRORS,
+    DatasetError,
+    PairBatch,
+    PairCollator,
+    SampleError,
+    derive_seed,
+)
 from .webdataset import iter_tar_records, shard_stream, shuffled
 
 __all__ = ["IndexedPairDataset", "StepBatchSampler", "StreamingPairDataset", "MAX_ERRORS_PER_BATCH"]
@@ -117,9 +124,9 @@ class StreamingPairDataset(IterableDataset):
     """Iterable dataset yielding whole local batches (``PairBatch``) from per-slot record streams.
 
     Args:
-        open_stream: ``open_stream(slot, num_slots) -> iterator of records`` (a slot is one rank x worker pair;
-            the iterator is endless or ends the pass).
-        decode: ``decode(record) -> (PIL image, captions)``, raising ``SampleError`` for an unusable record.
+        source: a ``StreamSource``: ``source.open_stream(slot, num_slots) -> iterator of records`` (a slot is one
+            rank x worker pair; the iterator is endless or ends the pass) and ``source.decode(record) -> (PIL image,
+            captions)``, raising ``SampleError`` for an unusable record.
         collator: turns samples into a ``PairBatch``.
         local_batch: samples per yielded batch.
         seed, rank, world_size: identify the slot streams.
@@ -131,10 +138,9 @@ class StreamingPairDataset(IterableDataset):
             sample (an empty or entirely unreadable dataset).
     """
 
-    def __init__(self, open_stream: Callable[[int, int], Iterator], decode: Callable, collator: PairCollator,
-                 local_batch: int, seed: int, rank: int = 0, world_size: int = 1, skip: dict | None = None,
-                 max_empty_passes: int = 3, worker_offset: int = 0):
-        self.open_stream, self.decode, self.collator = open_stream, decode, collator
+    def __init__(self, source, collator: PairCollator, local_batch: int, seed: int, rank: int = 0,
+                 world_size: int = 1, skip: dict | None = None, max_empty_passes: int = 3, worker_offset: int = 0):
+        self.open_stream, self.decode, self.collator = source.open_stream, source.decode, collator
         self.local_batch, self.seed, self.rank, self.world_size = local_batch, int(seed), rank, world_size
         self.skip = {int(k): int(v) for k, v in (skip or {}).items()}
         self.max_empty_passes = max_empty_passes
@@ -171,7 +177,9 @@ class StreamingPairDataset(IterableDataset):
                 if len(errors) < MAX_ERRORS_PER_BATCH:
                     errors.append(str(err))
                 if usable_seen == 0 and skipped >= 10_000:
-                    raise SampleError(f"the first {skipped} records are all unreadable; first error: {errors[0]}")
+                    raise SampleError(
+                        f"the first {skipped} records are all unreadable; first error: {errors[0]}"
+                    ) from err
                 continue
             usable_seen += 1
             samples.append((image, captions, derive_seed(self.seed, slot, consumed)))
@@ -185,7 +193,9 @@ class StreamingPairDataset(IterableDataset):
 BAD_SHARD_KEY = "__bad_shard__"
 
 
-def shard_records(urls: Sequence[str], resample: bool, shuffle_buffer: int, seed: int) -> Callable[[int, int], Iterator]:
+def shard_records(
+    urls: Sequence[str], resample: bool, shuffle_buffer: int, seed: int
+) -> Callable[[int, int], Iterator]:
     """``open_stream`` for webdataset shards: shards chosen per slot (``shard_stream``), records through a shuffle
     buffer seeded per slot. A shard that cannot be read (or breaks off) becomes one marker record
     ``{BAD_SHARD_KEY: message}``, which the decoder counts as an unreadable sample.

@@ -59,7 +59,7 @@ def mix_images(images: torch.Tensor, fraction: float, beta: float, cutmix_prob: 
 
 def _beta_sample(beta: float, generator: torch.Generator) -> float:
     """One draw of Beta(beta, beta) by inverse-CDF sampling of a uniform drawn with ``generator``."""
-    from scipy.special import betaincinv
+    from scipy.special import betaincinv  # scipy loads slowly; only mixed samples need it
 
     uniform = float(torch.rand((), generator=generator, dtype=torch.float64))
     return float(betaincinv(beta, beta, uniform))

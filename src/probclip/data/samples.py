@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,10 +16,26 @@ from ..image_decoding import ImageLoadError, ToRGB, decode_image
 from ..limits import LimitExceededError
 from .captions import draw_caption
 
-__all__ = ["SampleError", "DatasetError", "derive_seed", "decode_image_bytes", "as_pil", "PairBatch", "PairCollator", "READ_ERRORS"]
+__all__ = [
+    "SampleError",
+    "DatasetError",
+    "derive_seed",
+    "decode_image_bytes",
+    "as_pil",
+    "PairBatch",
+    "PairCollator",
+    "READ_ERRORS",
+]
 
 #: Exceptions that mean "this one sample is unreadable": it is skipped and counted, the run goes on.
-READ_ERRORS = (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError, UnicodeDecodeError)
+READ_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    UnidentifiedImageError,
+    Image.DecompressionBombError,
+    UnicodeDecodeError,
+)
 
 
 class SampleError(InputError, ValueError):
@@ -66,7 +83,7 @@ class PairBatch:
     errors: list = field(default_factory=list)
     position: dict = field(default_factory=dict)
 
-    def pin_memory(self) -> "PairBatch":
+    def pin_memory(self) -> PairBatch:
         """Page-locked copies of the tensors (used by ``DataLoader(pin_memory=True)``)."""
         return PairBatch(self.images.pin_memory(), self.tokens.pin_memory(), self.skipped, self.errors, self.position)
 

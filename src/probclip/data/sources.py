@@ -1,23 +1,31 @@
 """Data sources by name (``data.source`` in a training config) and the training batch stream built from them.
 
 Built-in sources: ``webdataset`` (tar shards) and ``csv`` (CSV/TSV tables); the synthetic world registers
-``synthetic`` itself (``probclip.synthetic``). Register more with ``register_source(name, builder)`` where ``builder(data_section, seed)`` returns an indexed source (``len`` and
-``load(index) -> (PIL image, captions, name)``) or a ``StreamSource``.
+``synthetic`` itself (``probclip.synthetic``). Register more with ``register_source(name, builder)`` where
+``builder(data_section, seed)`` returns an indexed source (``len`` and ``load(index) -> (PIL image, captions,
+name)``) or a ``StreamSource``.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from torch.utils.data import DataLoader
 
 from ..errors import UsageError
 from ..limits import set_limits
 from .csv import CsvPairs
-from .datasets import IndexedPairDataset, StepBatchSampler, StreamingPairDataset, collate_indexed, shard_records
+from .datasets import (
+    IndexedPairDataset,
+    StepBatchSampler,
+    StreamingPairDataset,
+    collate_indexed,
+    shard_records,
+)
 from .samples import DatasetError, PairBatch, PairCollator, SampleError, as_pil
 from .webdataset import check_local_shards, expand_shard_urls, record_to_sample
 
@@ -100,9 +108,14 @@ _SOURCES: dict[str, Callable] = {"csv": _csv_source, "webdataset": _webdataset_s
 
 
 def register_source(name: str, builder: Callable) -> None:
-    """Make ``data.source: name`` use ``builder(data_section, seed)`` (an indexed source or a ``StreamSource``)."""
+    """Make ``data.source: name`` use ``builder(data_section, seed)`` (an indexed source or a ``StreamSource``).
+
+    Registered names are accepted by training configs (``list_sources()``) from then on.
+    """
     if not isinstance(name, str) or not name:
-        raise ValueError(f"a source name must be a non-empty string; got {name!r}")
+        raise UsageError(f"a source name must be a non-empty string; got {name!r}")
+    if not callable(builder):
+        raise UsageError(f"the builder of data source {name!r} must be callable; got {builder!r}")
     _SOURCES[name] = builder
 
 
@@ -126,7 +139,8 @@ class TrainBatches:
     """Endless iterator of this rank's ``PairBatch`` es, tracking the data position for checkpoints.
 
     ``state()`` -> ``{"kind": "indexed", "step": s}`` or ``{"kind": "stream", "num_workers": W, "batches": k,
-    "consumed": {worker: records}}``; pass it back to ``build_train_batches(resume_state=...)`` to continue where it stopped.
+    "consumed": {worker: records}}``; pass it back to ``build_train_batches(resume_state=...)`` to continue where
+    it stopped.
     """
 
     def __init__(self, loader: DataLoader, kind: str, state: dict):
@@ -182,13 +196,14 @@ def build_train_batches(data, collator: PairCollator, *, seed: int, rank: int = 
         batches_done = 0
         if resume_state and resume_state.get("kind") == "stream":
             if int(resume_state.get("num_workers", -1)) != max(workers, 1):
+                recorded = resume_state.get("num_workers")
                 raise UsageError(
-                    f"the checkpoint's data position was recorded with {resume_state.get('num_workers')} worker(s) "
-                    f"per process; resume with data.num_workers: {resume_state.get('num_workers') if resume_state.get('num_workers') != 1 else 0}"
+                    f"the checkpoint's data position was recorded with {recorded} worker(s) per process; resume "
+                    f"with data.num_workers: {recorded if recorded != 1 else 0}"
                 )
             skip = {int(k): int(v) for k, v in resume_state.get("consumed", {}).items()}
             batches_done = int(resume_state.get("batches", 0))
-        dataset = StreamingPairDataset(source.open_stream, source.decode, collator, local_batch, seed, rank,
+        dataset = StreamingPairDataset(source, collator, local_batch, seed, rank,
                                        world_size, skip, worker_offset=batches_done % max(workers, 1))
         loader = DataLoader(dataset, batch_size=None, **common)
         return TrainBatches(loader, "stream",

@@ -75,7 +75,8 @@ def check_local_shards(urls: Sequence[str], image_keys: Sequence[str], caption_k
     if checked:
         raise ShardError(
             f"no sample with an image ({list(image_keys)}) and a caption ({list(caption_keys)}) in "
-            f"{'shard ' + checked[0] if len(checked) == 1 else f'the first {len(checked)} shards ({checked[0]}, ...)'}: "
+            f"{'shard ' + checked[0] if len(checked) == 1 else f'the first {len(checked)} shards ({checked[0]}, ...)'}"
+            ": "
             "the dataset is empty or unreadable"
         )
 
@@ -112,7 +113,7 @@ def iter_tar_records(url: str) -> Iterator[dict]:
     first. An uncompressed shard must end with tar's end-of-archive block: one cut short at a member boundary
     (which ``tarfile`` alone takes for the end) raises ``tarfile.ReadError`` after its complete records.
     """
-    import webdataset
+    import webdataset  # heavy; only reading shards needs it
 
     raw = webdataset.gopen(url, "rb") if not _is_local(url) else open(_local_path(url), "rb")
     stream = _CountingReader(raw)
@@ -178,7 +179,10 @@ def record_to_sample(record: dict, image_keys: Sequence[str], caption_keys: Sequ
     image_key = _first_key(record, image_keys)
     caption_key = _first_key(record, caption_keys)
     if image_key is None:
-        raise SampleError(f"{name}: no image member (looked for {list(image_keys)}; found {sorted(k for k in record if not k.startswith('__'))})")
+        raise SampleError(
+            f"{name}: no image member (looked for {list(image_keys)}; "
+            f"found {sorted(k for k in record if not k.startswith('__'))})"
+        )
     if caption_key is None:
         raise SampleError(f"{name}: no caption member (looked for {list(caption_keys)})")
     image = decode_image_bytes(record[image_key], f"{name}.{image_key}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -40,7 +40,9 @@ class BPRWSettings:
         if shots < 1 or n_samples < 1 or n_iter < 1:
             raise ValueError(f"shots, n_samples and n_iter must be >= 1; got {shots}, {n_samples}, {n_iter}")
         if alpha < 1:
-            raise ValueError(f"alpha must be >= 1 (a Dirichlet MAP with alpha < 1 can give negative weights); got {alpha}")
+            raise ValueError(
+                f"alpha must be >= 1 (a Dirichlet MAP with alpha < 1 can give negative weights); got {alpha}"
+            )
         if variance_mult <= 0 or variance_eps < 0:
             raise ValueError(f"variance_mult must be > 0 and variance_eps >= 0; got {variance_mult}, {variance_eps}")
         self.shots, self.n_samples, self.alpha = shots, n_samples, alpha
@@ -74,7 +76,9 @@ def check_disjoint(evaluated: Sequence[ImageItem], support: Sequence[ImageItem])
             )
 
 
-def select_support(data: ClassificationData, shots: int, n_classes: int, seed: int = 0) -> tuple[list[ImageItem], torch.Tensor]:
+def select_support(
+    data: ClassificationData, shots: int, n_classes: int, seed: int = 0
+) -> tuple[list[ImageItem], torch.Tensor]:
     """Pick ``shots`` images per class (seeded, without replacement); returns ``(items, labels [S])``.
 
     Every class needs at least one support image; a class with fewer than ``shots`` uses all it has.
@@ -92,7 +96,9 @@ def select_support(data: ClassificationData, shots: int, n_classes: int, seed: i
         chosen_labels.extend([c] * pick.numel())
     if missing:
         names = [data.classnames[c] if c < len(data.classnames) else str(c) for c in missing[:5]]
-        raise ValueError(f"{len(missing)} classes have no support image (e.g. {names}); BPRW needs at least one per class")
+        raise ValueError(
+            f"{len(missing)} classes have no support image (e.g. {names}); BPRW needs at least one per class"
+        )
     return chosen_items, torch.tensor(chosen_labels)
 
 
@@ -104,7 +110,9 @@ def _log_gaussian(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> tor
     return -0.5 * (quad + log_det + x.shape[1] * math.log(2 * math.pi))
 
 
-def _em_weights(samples: torch.Tensor, mean: torch.Tensor, text_var: torch.Tensor, settings: BPRWSettings) -> torch.Tensor:
+def _em_weights(
+    samples: torch.Tensor, mean: torch.Tensor, text_var: torch.Tensor, settings: BPRWSettings
+) -> torch.Tensor:
     """EM over mixture weights only; returns ``[T]`` weights (float64).
 
     ``text_var`` ``[T, D]`` are the template variances V; the components use ``V * mult + eps`` and

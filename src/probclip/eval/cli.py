@@ -22,6 +22,7 @@ from .bprw import BPRWSettings
 from .eccv import evaluate_eccv
 from .encode import load_eval_model
 from .hierarcaps import evaluate_hierarcaps
+from .options import EvalOptions
 from .retrieval import evaluate_retrieval, evaluate_urban1k
 from .rococo import evaluate_rococo
 from .zeroshot import evaluate_zeroshot
@@ -42,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(retrieval, eccv, rococo), Urban-1k folder, HierarCaps CSV")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: ./eval-<task>)")
     parser.add_argument("--split", default="test", help="split of a Karpathy JSON or webdataset (default: test)")
-    parser.add_argument("--image-root", type=Path, default=None, help="folder the image paths of --data are relative to")
+    parser.add_argument(
+        "--image-root", type=Path, default=None, help="folder the image paths of --data are relative to"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
@@ -51,8 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refuse (skip, count and name) images with more pixels, checked before decoding "
                              "(default 50000000)")
     zs = parser.add_argument_group("zeroshot")
-    zs.add_argument("--templates", type=Path, default=None,
-                    help="text file of prompt templates with {c} (default: the data set's own, else 'a photo of a {c}.')")
+    zs.add_argument(
+        "--templates",
+        type=Path,
+        default=None,
+        help="text file of prompt templates with {c} (default: the data set's own, else 'a photo of a {c}.')",
+    )
     zs.add_argument("--support", type=Path, default=None,
                     help="labelled support images from another split: enables BPRW prompt re-weighting")
     zs.add_argument("--support-split", default="train", help="webdataset split of --support (default: train)")
@@ -78,27 +85,26 @@ def run(args: argparse.Namespace) -> dict:
 
     out = args.out or Path(f"eval-{args.task}")
     model = load_eval_model(args.model, device=args.device)
-    common = dict(batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress)
+    options = EvalOptions(out_dir=out, image_root=args.image_root, split=args.split, batch_size=args.batch_size,
+                          num_workers=args.workers, progress=not args.no_progress)
     if args.task == "zeroshot":
         templates = None
         if args.templates is not None:
             templates = [t.strip() for t in read_text_file(args.templates).splitlines() if t.strip()]
-        return evaluate_zeroshot(model, args.data, out, support=args.support, bprw=BPRWSettings(shots=args.shots),
-                                 split=args.split, support_split=args.support_split, templates=templates, **common)
+        return evaluate_zeroshot(model, args.data, options, support=args.support, bprw=BPRWSettings(shots=args.shots),
+                                 support_split=args.support_split, templates=templates)
     if args.task == "retrieval":
-        return evaluate_retrieval(model, args.data, out, image_root=args.image_root, split=args.split, **common)
+        return evaluate_retrieval(model, args.data, options)
     if args.task == "eccv":
-        return evaluate_eccv(model, args.data, out, image_root=args.image_root, coco_captions=args.coco_captions,
-                             split=args.split, ground_truth=args.ground_truth, **common)
+        return evaluate_eccv(model, args.data, options, coco_captions=args.coco_captions,
+                             ground_truth=args.ground_truth)
     if args.task == "urban1k":
-        return evaluate_urban1k(model, args.data, out, **common)
+        return evaluate_urban1k(model, args.data, options)
     if args.task == "hierarcaps":
-        return evaluate_hierarcaps(model, args.data, out, image_root=args.image_root, n_steps=args.steps, **common)
+        return evaluate_hierarcaps(model, args.data, options, n_steps=args.steps)
     if args.replacements is None:
         raise ValueError("--task rococo needs --replacements FILE (JSON {word: [replacements]} or a word list)")
-
-    return evaluate_rococo(model, args.data, args.replacements, out, image_root=args.image_root, split=args.split,
-                           mix_weight=args.mix_weight, seed=args.seed, **common)
+    return evaluate_rococo(model, args.data, args.replacements, options, mix_weight=args.mix_weight, seed=args.seed)
 
 
 def _summary(results: dict) -> str:

@@ -19,9 +19,9 @@ R and can never be retrieved, so ECCV numbers stay comparable with published one
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from ..textfiles import read_json_file
 from .encode import Embeddings, EvalModel, embedding_uncertainty
 from .image_check import skipped_report
 from .metrics import DEFAULT_MAX_CHUNK_ELEMENTS, metrics_from_ranks, uncertainty_bins
+from .options import EvalOptions
 from .readers import RetrievalData, read_retrieval
 from .report import plot_bars, plot_uncertainty_bins, write_results
 from .retrieval import encode_retrieval_data
@@ -79,7 +80,7 @@ def load_coco_ground_truth(data_dir: str | Path | None = None) -> CocoGroundTrut
     Expected files: ``{original,cxc,eccv}_{image_to_caption,caption_to_image}.json`` and ``coco_test_ids.npy``.
     """
     if data_dir is None:
-        import eccv_caption
+        import eccv_caption  # only the ECCV task needs its ground truth
 
         data_dir = Path(eccv_caption.__file__).parent / "data"
     data_dir = Path(data_dir)
@@ -156,7 +157,6 @@ def coco_eccv_metrics(
     methods: Sequence[str] | None = None,
     ks: Sequence[int] = (1, 5, 10),
     n_bins: int = 10,
-    max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS,
     benchmarks: Sequence[str] = BENCHMARKS,
 ) -> dict:
     """ECCV Caption, CxC, COCO 5k and COCO 1k metrics of embeddings with COCO ids.
@@ -211,7 +211,7 @@ def coco_eccv_metrics(
                 rows, positives, n_relevant = _positive_lists(gt.positives[name][direction], q_index, g_index,
                                                               n_gallery)
                 per_query = _ranked_metrics(query, gallery, rows, positives, n_relevant, method,
-                                            ks if keep else (1,), max_chunk_elements)
+                                            ks if keep else (1,), DEFAULT_MAX_CHUNK_ELEMENTS)
                 if keep is None:
                     summary = {k: float(per_query[k].mean()) for k in ("map_at_r", "r_precision", "r1")}
                     bin_key = "map_at_r"
@@ -224,7 +224,7 @@ def coco_eccv_metrics(
                         u[direction][rows], per_query[bin_key], n_bins
                     )
         if "coco_1k" in benchmarks:
-            entry["coco_1k"] = _coco_1k(gt, emb, method, ks, max_chunk_elements)
+            entry["coco_1k"] = _coco_1k(gt, emb, method, ks, DEFAULT_MAX_CHUNK_ELEMENTS)
         results[method] = entry
     if bins:
         results["uncertainty"] = bins
@@ -300,13 +300,9 @@ def attach_coco_caption_ids(data: RetrievalData, coco_captions_json: str | Path)
 def evaluate_eccv(
     model: EvalModel,
     data: RetrievalData | str | Path,
-    out_dir: str | Path | None = None,
-    image_root: str | Path | None = None,
+    options: EvalOptions | None = None,
+    *,
     coco_captions: str | Path | None = None,
-    split: str = "test",
-    batch_size: int = 64,
-    num_workers: int = 0,
-    progress: bool = True,
     ground_truth: CocoGroundTruth | str | Path | None = None,
 ) -> dict:
     """Encode the COCO 5k test split and compute :func:`coco_eccv_metrics`.
@@ -316,12 +312,13 @@ def evaluate_eccv(
     a folder of ground-truth files (see :func:`load_coco_ground_truth`), or None for the one shipped in
     the ``eccv-caption`` package.
     """
+    options = EvalOptions.of(options)
 
     if ground_truth is not None and not isinstance(ground_truth, CocoGroundTruth):
         ground_truth = load_coco_ground_truth(ground_truth)
 
     if not isinstance(data, RetrievalData):
-        data = read_retrieval(data, image_root=image_root, split=split)
+        data = read_retrieval(data, image_root=options.image_root, split=options.split)
     if data.caption_ids is None:
         if coco_captions is None:
             raise ValueError(
@@ -331,25 +328,33 @@ def evaluate_eccv(
         attach_coco_caption_ids(data, coco_captions)
     if data.image_ids is None:
         raise ValueError("ECCV Caption metrics need COCO image ids (Karpathy 'cocoid' or CSV image_id column)")
-    images, texts = encode_retrieval_data(model, data, batch_size, num_workers, progress)
+    images, texts = encode_retrieval_data(model, data, options.batch_size, options.num_workers, options.progress)
     metrics = coco_eccv_metrics(images, texts, data.image_ids, data.caption_ids, ground_truth=ground_truth)
     results = {"task": "eccv", "model": model.name, "probabilistic": model.probabilistic,
                "n_images": len(data.items), "n_captions": len(data.captions), "metrics": metrics}
     results["skipped_images"] = skipped_report(data)
-    if out_dir is not None:
-        out_dir = Path(out_dir)
+    if options.out_dir is not None:
+        out_dir = Path(options.out_dir)
         plots = []
         for method, entry in metrics.items():
             if method == "uncertainty":
                 continue
-            bars = {"ECCV mAP@R i2t": entry["eccv"]["i2t"]["map_at_r"], "ECCV mAP@R t2i": entry["eccv"]["t2i"]["map_at_r"],
-                    "CxC R@1 i2t": entry["cxc"]["i2t"]["r1"], "CxC R@1 t2i": entry["cxc"]["t2i"]["r1"],
-                    "COCO5k R@1 i2t": entry["coco_5k"]["i2t"]["r1"], "COCO5k R@1 t2i": entry["coco_5k"]["t2i"]["r1"],
-                    "COCO1k R@1 i2t": entry["coco_1k"]["i2t"]["r1"], "COCO1k R@1 t2i": entry["coco_1k"]["t2i"]["r1"]}
-            plots.append(plot_bars(bars, out_dir / f"eccv_{method}.png", f"ECCV / CxC / COCO ({method} score)", "").name)
+            bars = {
+                "ECCV mAP@R i2t": entry["eccv"]["i2t"]["map_at_r"],
+                "ECCV mAP@R t2i": entry["eccv"]["t2i"]["map_at_r"],
+                "CxC R@1 i2t": entry["cxc"]["i2t"]["r1"],
+                "CxC R@1 t2i": entry["cxc"]["t2i"]["r1"],
+                "COCO5k R@1 i2t": entry["coco_5k"]["i2t"]["r1"],
+                "COCO5k R@1 t2i": entry["coco_5k"]["t2i"]["r1"],
+                "COCO1k R@1 i2t": entry["coco_1k"]["i2t"]["r1"],
+                "COCO1k R@1 t2i": entry["coco_1k"]["t2i"]["r1"],
+            }
+            plots.append(
+                plot_bars(bars, out_dir / f"eccv_{method}.png", f"ECCV / CxC / COCO ({method} score)", "").name
+            )
         for method, series in metrics.get("uncertainty", {}).items():
             plots.append(plot_uncertainty_bins(series, out_dir / f"uncertainty_{method}.png",
                                                "metric per query-uncertainty bin", "metric").name)
         results["plots"] = plots
-        write_results(out_dir, results)
+        write_results(options.out_dir, results)
     return results

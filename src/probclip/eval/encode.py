@@ -8,8 +8,8 @@ leave the uncertainty analyses out for plain tensors.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -83,7 +83,7 @@ def load_eval_model(spec: str, device: str | torch.device = "cpu") -> EvalModel:
     open_clip model (random weights without a tag).
     """
     if spec.startswith(OPEN_CLIP_PREFIX):
-        import open_clip
+        import open_clip  # heavy; only open_clip: model specs need it
 
         name, _, pretrained = spec[len(OPEN_CLIP_PREFIX) :].partition("@")
         if not name:
@@ -134,7 +134,7 @@ class _ImageDataset(torch.utils.data.Dataset):
 
 
 def _progress(iterable, total: int, desc: str, show: bool):
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # only when a bar is shown
 
     return tqdm(iterable, total=total, desc=desc, disable=not show, leave=False)
 

@@ -24,9 +24,16 @@ import torch
 
 from ..distances import inclusion_score
 from ..embedding import ProbEmbedding
-from .encode import EvalModel, embedding_means, embedding_uncertainty, encode_images, encode_texts
+from .encode import (
+    EvalModel,
+    embedding_means,
+    embedding_uncertainty,
+    encode_images,
+    encode_texts,
+)
 from .image_check import skipped_report
 from .metrics import uncertainty_bins
+from .options import EvalOptions
 from .readers import HierarCapsData, read_hierarcaps
 from .report import plot_bars, plot_uncertainty_bins, write_results
 from .scoring import ranking_scores
@@ -34,7 +41,9 @@ from .scoring import ranking_scores
 __all__ = ["hierarchical_walk", "hierarcaps_metrics", "evaluate_hierarcaps"]
 
 
-def hierarchical_walk(start: torch.Tensor, root: torch.Tensor, gallery_means: torch.Tensor, n_steps: int = 50) -> torch.Tensor:
+def hierarchical_walk(
+    start: torch.Tensor, root: torch.Tensor, gallery_means: torch.Tensor, n_steps: int = 50
+) -> torch.Tensor:
     """Indices of the gallery items nearest to each point of the walk, ``[N, n_steps]``.
 
     Args:
@@ -51,7 +60,9 @@ def hierarchical_walk(start: torch.Tensor, root: torch.Tensor, gallery_means: to
     return (points @ gallery.T).argmax(-1)
 
 
-def _precision_recall(walk: torch.Tensor, gallery_texts: list[str], chains: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+def _precision_recall(
+    walk: torch.Tensor, gallery_texts: list[str], chains: list[list[str]]
+) -> tuple[torch.Tensor, torch.Tensor]:
     precision, recall = [], []
     for row, chain in zip(walk.tolist(), chains):
         pred = {gallery_texts[j] for j in row}
@@ -101,34 +112,32 @@ def hierarcaps_metrics(images, captions, gallery_texts: list[str], chains: list[
 
 
 def evaluate_hierarcaps(
-    model: EvalModel,
-    data: HierarCapsData | str | Path,
-    out_dir: str | Path | None = None,
-    image_root: str | Path | None = None,
-    n_steps: int = 50,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    progress: bool = True,
+    model: EvalModel, data: HierarCapsData | str | Path, options: EvalOptions | None = None, *, n_steps: int = 50
 ) -> dict:
     """Read (``id,captions,image_url`` CSV), encode and score HierarCaps; writes results and plots."""
+    options = EvalOptions.of(options)
     if not isinstance(data, HierarCapsData):
-        data = read_hierarcaps(data, image_root=image_root)
+        data = read_hierarcaps(data, image_root=options.image_root)
     gallery_texts = sorted({c for chain in data.chains for c in chain})
-    images = encode_images(model.model, data.items, model.preprocess, batch_size, num_workers, progress=progress)
-    captions = encode_texts(model.model, gallery_texts, model.tokenizer, progress=progress)
+    images = encode_images(
+        model.model, data.items, model.preprocess, options.batch_size, options.num_workers, progress=options.progress
+    )
+    captions = encode_texts(model.model, gallery_texts, model.tokenizer, progress=options.progress)
     empty = encode_texts(model.model, [""], model.tokenizer, progress=False)
     n_bins = 10 if len(data.items) >= 10 else max(2, len(data.items))
     metrics = hierarcaps_metrics(images, captions, gallery_texts, data.chains, empty, n_steps, n_bins)
     results = {"task": "hierarcaps", "model": model.name, "probabilistic": model.probabilistic,
                "n_images": len(data.items), "n_captions": len(gallery_texts), "n_steps": n_steps, "metrics": metrics}
     results["skipped_images"] = skipped_report(data)
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        bars = {f"{root} {k}": v[k] for root, v in metrics.items() if root != "uncertainty" for k in ("precision", "recall")}
+    if options.out_dir is not None:
+        out_dir = Path(options.out_dir)
+        bars = {
+            f"{root} {k}": v[k] for root, v in metrics.items() if root != "uncertainty" for k in ("precision", "recall")
+        }
         plots = [plot_bars(bars, out_dir / "hierarcaps.png", "HierarCaps precision / recall", "").name]
         if "uncertainty" in metrics:
             plots.append(plot_uncertainty_bins(metrics["uncertainty"], out_dir / "uncertainty_recall.png",
                                                "HierarCaps recall per image-uncertainty bin", "recall").name)
         results["plots"] = plots
-        write_results(out_dir, results)
+        write_results(options.out_dir, results)
     return results

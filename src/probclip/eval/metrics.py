@@ -15,11 +15,17 @@ Definitions for a query with ranked list ``L`` and positive set ``G`` of size ``
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
+from ..distances import (
+    DEFAULT_MAX_CHUNK_ELEMENTS,  # the one bound of pairwise blocks (query rows x gallery)
+)
+
 __all__ = [
+    "DEFAULT_MAX_CHUNK_ELEMENTS",
+    "at_least_float32",
     "positive_ranks",
     "per_query_ranking_metrics",
     "ranking_metrics",
@@ -28,10 +34,9 @@ __all__ = [
     "mean_per_class_recall",
 ]
 
-DEFAULT_MAX_CHUNK_ELEMENTS = 2**23  # query rows x gallery size per temporary block
 
 
-def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
     """float16 / bfloat16 / integer tensors as float32; float32 and float64 unchanged."""
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
@@ -163,9 +168,9 @@ def positive_ranks(
     for start in range(0, q_total, step):
         sl = slice(start, start + step)
         if depth is not None and depth < g:
-            ranks = _ranks_within_top(_at_least_float32(scores[sl]), positives[sl], n_pos[sl], depth)
+            ranks = _ranks_within_top(at_least_float32(scores[sl]), positives[sl], n_pos[sl], depth)
         else:
-            ranks = _ranks_by_thresholds(_at_least_float32(scores[sl]), positives[sl], n_pos[sl])
+            ranks = _ranks_by_thresholds(at_least_float32(scores[sl]), positives[sl], n_pos[sl])
         out[sl, : ranks.shape[1]] = ranks
     return out
 
@@ -289,7 +294,9 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] 
 def mean_per_class_recall(predictions: torch.Tensor, labels: torch.Tensor, n_classes: int) -> float:
     """Mean over the classes present in ``labels`` of the fraction of their samples predicted right."""
     if predictions.shape != labels.shape:
-        raise ValueError(f"predictions and labels must match in shape; got {tuple(predictions.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            f"predictions and labels must match in shape; got {tuple(predictions.shape)} and {tuple(labels.shape)}"
+        )
     correct = (predictions == labels).double()
     per_class_total = torch.bincount(labels, minlength=n_classes).double()
     per_class_correct = torch.bincount(labels, weights=correct, minlength=n_classes)

@@ -148,7 +148,9 @@ class RetrievalData:
                 f"got shape {tuple(self.caption_image.shape)}"
             )
         if not self.items or not self.captions:
-            raise ValueError(f"retrieval data needs images and captions; got {len(self.items)} and {len(self.captions)}")
+            raise ValueError(
+                f"retrieval data needs images and captions; got {len(self.items)} and {len(self.captions)}"
+            )
         if int(self.caption_image.min()) < 0 or int(self.caption_image.max()) >= len(self.items):
             raise ValueError(f"caption_image indices must lie in [0, {len(self.items) - 1}]")
         without = len(self.items) - int(torch.unique(self.caption_image).numel())
@@ -289,7 +291,9 @@ def read_wds_classification(
     return ClassificationData(items, labels, classnames, _templates_for(root, templates))
 
 
-def read_classification(root: str | Path, split: str = "test", templates: list[str] | None = None) -> ClassificationData:
+def read_classification(
+    root: str | Path, split: str = "test", templates: list[str] | None = None
+) -> ClassificationData:
     """Read an image folder or a webdataset classification root, whichever ``root`` holds."""
     root = Path(root)
     has_shards = any(root.glob("*.tar")) or (root / split).is_dir() and any((root / split).glob("*.tar"))
@@ -414,7 +418,8 @@ def read_wds_retrieval(root: str | Path, split: str = "test") -> RetrievalData:
             text_ext = "txt" if "txt" in members else "json" if "json" in members else None
             if image is None or text_ext is None:
                 raise ValueError(
-                    f"sample {key!r} in {shard} needs an image and a .txt or .json caption member; has {sorted(members)}"
+                    f"sample {key!r} in {shard} needs an image and a .txt or .json caption member; "
+                    f"has {sorted(members)}"
                 )
             caps = _captions_from_member(_read_member(shard, members[text_ext]), text_ext, f"{shard}::{key}")
             if not caps:

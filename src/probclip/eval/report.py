@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
+from ..jsonsafe import json_safe
 from ..plotting import pyplot
 
 __all__ = ["write_results", "plot_uncertainty_bins", "plot_bars"]
-
-
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # NaN / inf are not JSON; written as null
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):
-        return _json_safe(value.item())
-    return value
 
 
 def write_results(out_dir: str | Path, results: Mapping) -> Path:
@@ -29,7 +18,7 @@ def write_results(out_dir: str | Path, results: Mapping) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "results.json"
-    path.write_text(json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(json_safe(results), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return path
 
 

@@ -7,15 +7,23 @@ positive. Urban-1k is the same task on one long caption per image.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
-from .encode import Embeddings, EvalModel, embedding_uncertainty, encode_images, encode_texts
+from .encode import (
+    Embeddings,
+    EvalModel,
+    embedding_uncertainty,
+    encode_images,
+    encode_texts,
+)
 from .image_check import skipped_report
 from .metrics import DEFAULT_MAX_CHUNK_ELEMENTS, metrics_from_ranks, uncertainty_bins
+from .options import EvalOptions
 from .readers import RetrievalData, read_retrieval, read_urban1k
 from .report import plot_bars, plot_uncertainty_bins, write_results
 from .scoring import PositiveLists, available_methods, rank_positives_by_method
@@ -104,20 +112,17 @@ def _write_plots(results: dict, out_dir: Path, title: str) -> list[str]:
 def evaluate_retrieval(
     model: EvalModel,
     data: RetrievalData | str | Path,
-    out_dir: str | Path | None = None,
-    image_root: str | Path | None = None,
-    split: str = "test",
-    batch_size: int = 64,
-    num_workers: int = 0,
+    options: EvalOptions | None = None,
+    *,
     ks: Sequence[int] = (1, 5, 10),
-    progress: bool = True,
     task: str = "retrieval",
 ) -> dict:
     """Encode a retrieval data set (or read it from a path, see :func:`probclip.eval.readers.read_retrieval`)
     and compute :func:`retrieval_metrics`; writes ``results.json`` and plots to ``out_dir`` if given."""
+    options = EvalOptions.of(options)
     if not isinstance(data, RetrievalData):
-        data = read_retrieval(data, image_root=image_root, split=split)
-    images, texts = encode_retrieval_data(model, data, batch_size, num_workers, progress)
+        data = read_retrieval(data, image_root=options.image_root, split=options.split)
+    images, texts = encode_retrieval_data(model, data, options.batch_size, options.num_workers, options.progress)
     metrics = retrieval_metrics(images, texts, data.caption_image, ks=ks)
     results = {
         "task": task,
@@ -128,30 +133,22 @@ def evaluate_retrieval(
         "metrics": metrics,
     }
     results["skipped_images"] = skipped_report(data)
-    if out_dir is not None:
-        results["plots"] = _write_plots(metrics, Path(out_dir), task)
-        write_results(out_dir, results)
+    if options.out_dir is not None:
+        results["plots"] = _write_plots(metrics, Path(options.out_dir), task)
+        write_results(options.out_dir, results)
     return results
 
 
-def evaluate_urban1k(
-    model: EvalModel,
-    root: str | Path,
-    out_dir: str | Path | None = None,
-    batch_size: int = 32,
-    num_workers: int = 0,
-    progress: bool = True,
-) -> dict:
+def evaluate_urban1k(model: EvalModel, root: str | Path, options: EvalOptions | None = None) -> dict:
     """Urban-1k long-caption retrieval (``image/<name>.jpg`` + ``caption/<name>.txt``): I2T and T2I R@1.
 
     Captions are tokenized by the model's own tokenizer, so a long-context model (e.g. context 256)
     sees more of each caption than a context-64 one; ``truncated_fraction`` reports how many captions
     fill the whole context (a sign they were cut).
     """
+    options = EvalOptions.of(options, batch_size=32)
     data = read_urban1k(root)
-    results = evaluate_retrieval(
-        model, data, out_dir=None, batch_size=batch_size, num_workers=num_workers, progress=progress, task="urban1k"
-    )
+    results = evaluate_retrieval(model, data, dataclasses.replace(options, out_dir=None), task="urban1k")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # encoding already warned about truncated captions, if any
         tokens = model.tokenizer(data.captions)
@@ -159,7 +156,7 @@ def evaluate_urban1k(
     pad_id = getattr(model.tokenizer, "pad_id", 0)
     results["context_length"] = int(context)
     results["truncated_fraction"] = float((tokens[:, -1] != (pad_id if pad_id is not None else 0)).float().mean())
-    if out_dir is not None:
-        results["plots"] = _write_plots(results["metrics"], Path(out_dir), "urban1k")
-        write_results(out_dir, results)
+    if options.out_dir is not None:
+        results["plots"] = _write_plots(results["metrics"], Path(options.out_dir), "urban1k")
+        write_results(options.out_dir, results)
     return results

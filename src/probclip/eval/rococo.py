@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -26,6 +26,7 @@ from ..embedding import ProbEmbedding
 from ..textfiles import read_json_file, read_text_file
 from .encode import Embeddings, EvalModel, encode_image_dataset, encode_texts
 from .image_check import skipped_report
+from .options import EvalOptions
 from .readers import ImageItem, RetrievalData, read_retrieval
 from .report import plot_bars, write_results
 from .retrieval import encode_retrieval_data
@@ -144,40 +145,39 @@ def evaluate_rococo(
     model: EvalModel,
     data: RetrievalData | str | Path,
     replacements: dict | list | str | Path,
-    out_dir: str | Path | None = None,
-    image_root: str | Path | None = None,
-    split: str = "test",
+    options: EvalOptions | None = None,
+    *,
     mix_weight: float = 0.1,
     seed: int = 0,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    progress: bool = True,
 ) -> dict:
     """Run the stress test on any retrieval data set; writes results and a plot to ``out_dir``."""
+    options = EvalOptions.of(options)
     if not isinstance(data, RetrievalData):
-        data = read_retrieval(data, image_root=image_root, split=split)
+        data = read_retrieval(data, image_root=options.image_root, split=options.split)
     if isinstance(replacements, (str, Path)):
         replacements = load_replacements(replacements)
     if not 0 < mix_weight < 1:
         raise ValueError(f"mix_weight must lie in (0, 1); got {mix_weight}")
     rng = random.Random(seed)
     adversarial = [a for a in (replace_one_word(c, replacements, rng) for c in data.captions) if a is not None]
-    images, texts = encode_retrieval_data(model, data, batch_size, num_workers, progress)
-    adv_emb = encode_texts_or_none(model, adversarial, progress)
+    images, texts = encode_retrieval_data(model, data, options.batch_size, options.num_workers, options.progress)
+    adv_emb = encode_texts_or_none(model, adversarial, options.progress)
     perm = derangement(len(data.items), seed)
-    mixed = encode_mixed_images(model, data.items, perm, mix_weight, batch_size, num_workers, progress)
+    mixed = encode_mixed_images(
+        model, data.items, perm, mix_weight, options.batch_size, options.num_workers, options.progress
+    )
     metrics = rococo_metrics(images, texts, data.caption_image, adv_emb, mixed)
     results = {"task": "rococo", "model": model.name, "probabilistic": model.probabilistic,
                "n_images": len(data.items), "n_captions": len(data.captions),
                "n_adversarial_captions": len(adversarial), "n_mixed_images": len(data.items),
                "mix_weight": mix_weight, "seed": seed, "adversarial_examples": adversarial[:5], "metrics": metrics}
     results["skipped_images"] = skipped_report(data)
-    if out_dir is not None:
-        out_dir = Path(out_dir)
+    if options.out_dir is not None:
+        out_dir = Path(options.out_dir)
         bars = {f"{m} {d} {k}": v[k] for m, per in metrics.items() for d, v in per.items()
                 for k in ("r1_clean", "r1_attacked")}
         results["plots"] = [plot_bars(bars, out_dir / "rococo_r1.png", "R@1 clean vs attacked gallery", "R@1").name]
-        write_results(out_dir, results)
+        write_results(options.out_dir, results)
     return results
 
 

@@ -8,19 +8,20 @@ Two scores (higher ranks first):
 - ``"mean"``: cosine similarity of the means, ignoring the variances (the only score for deterministic
   embeddings).
 
-Scores are computed in the embeddings' dtype (float32 at least). No ``[Q, G]`` matrix is held at once: scores are produced for ``step`` queries at a time and reduced to
-ranks immediately, so memory is bounded by the chunk size.
+Scores are computed in the embeddings' dtype (float32 at least). No ``[Q, G]`` matrix is held at once: scores
+are produced for ``step`` queries at a time and reduced to ranks immediately, so memory is bounded by the chunk
+size.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
 from ..embedding import ProbEmbedding
-from .metrics import DEFAULT_MAX_CHUNK_ELEMENTS, _at_least_float32, positive_ranks
+from .metrics import DEFAULT_MAX_CHUNK_ELEMENTS, at_least_float32, positive_ranks
 
 __all__ = ["SCORE_METHODS", "PositiveLists", "gallery_terms", "ranking_scores", "rank_positives",
            "rank_positives_by_method", "available_methods"]
@@ -41,7 +42,7 @@ class PositiveLists:
     n_gallery: int
 
     @classmethod
-    def from_lists(cls, lists: Sequence[Sequence[int]], n_gallery: int) -> "PositiveLists":
+    def from_lists(cls, lists: Sequence[Sequence[int]], n_gallery: int) -> PositiveLists:
         counts = torch.tensor([len(x) for x in lists], dtype=torch.long)
         offsets = torch.zeros(len(lists) + 1, dtype=torch.long)
         offsets[1:] = torch.cumsum(counts, 0)
@@ -50,7 +51,7 @@ class PositiveLists:
         return cls(offsets, indices, n_gallery)._checked()
 
     @classmethod
-    def from_labels(cls, query_labels: torch.Tensor, gallery_labels: torch.Tensor) -> "PositiveLists":
+    def from_labels(cls, query_labels: torch.Tensor, gallery_labels: torch.Tensor) -> PositiveLists:
         """Query q's positives: every gallery item g with ``gallery_labels[g] == query_labels[q]``."""
         order = torch.sort(gallery_labels, stable=True)
         n_labels = int(max(int(query_labels.max()), int(gallery_labels.max()))) + 1
@@ -65,12 +66,12 @@ class PositiveLists:
         return cls(offsets, order.indices[src], gallery_labels.numel())._checked()
 
     @classmethod
-    def single(cls, gallery_index: torch.Tensor, n_gallery: int) -> "PositiveLists":
+    def single(cls, gallery_index: torch.Tensor, n_gallery: int) -> PositiveLists:
         """One positive per query: ``gallery_index[q]``."""
         q = gallery_index.numel()
         return cls(torch.arange(q + 1), gallery_index.long().clone(), n_gallery)._checked()
 
-    def _checked(self) -> "PositiveLists":
+    def _checked(self) -> PositiveLists:
         if self.indices.numel() and (int(self.indices.min()) < 0 or int(self.indices.max()) >= self.n_gallery):
             raise ValueError(f"positive indices must lie in [0, {self.n_gallery - 1}]")
         return self
@@ -92,7 +93,7 @@ class PositiveLists:
         mask[rows, self.indices[lo:hi]] = True
         return mask
 
-    def subset(self, queries: torch.Tensor) -> "PositiveLists":
+    def subset(self, queries: torch.Tensor) -> PositiveLists:
         """The lists of the given query indices, in that order."""
         lists = [self.indices[int(self.offsets[q]) : int(self.offsets[q + 1])].tolist() for q in queries.tolist()]
         return PositiveLists.from_lists(lists, self.n_gallery)
@@ -115,13 +116,13 @@ def _score_terms(query, gallery, method: str):
     """
     if method not in SCORE_METHODS:
         raise ValueError(f"unknown score method {method!r}; expected one of {SCORE_METHODS}")
-    q_raw = _at_least_float32(query.mean if isinstance(query, ProbEmbedding) else query)
-    g_raw = _at_least_float32(gallery.mean if isinstance(gallery, ProbEmbedding) else gallery)
+    q_raw = at_least_float32(query.mean if isinstance(query, ProbEmbedding) else query)
+    g_raw = at_least_float32(gallery.mean if isinstance(gallery, ProbEmbedding) else gallery)
     if method == "mean":
         return q_raw, g_raw, _inverse_norm(q_raw), _inverse_norm(g_raw), None
     if not isinstance(gallery, ProbEmbedding):
         raise TypeError(f"score method 'csd' needs a ProbEmbedding gallery; got {type(gallery).__name__}")
-    offset = -(_at_least_float32(gallery.uncertainty) + g_raw.pow(2).sum(-1) - 1.0) / 2
+    offset = -(at_least_float32(gallery.uncertainty) + g_raw.pow(2).sum(-1) - 1.0) / 2
     return q_raw, g_raw, None, None, offset
 
 

@@ -15,16 +15,23 @@ Each combination is scored by CSD ranking and by cosine of the means (only cosin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from ..embedding import ProbEmbedding
 from .bprw import BPRWSettings, bprw_class_embeddings, check_disjoint, select_support
-from .encode import Embeddings, EvalModel, embedding_uncertainty, encode_images, encode_texts
+from .encode import (
+    Embeddings,
+    EvalModel,
+    embedding_uncertainty,
+    encode_images,
+    encode_texts,
+)
 from .image_check import skipped_report
 from .metrics import mean_per_class_recall, topk_accuracy, uncertainty_bins
+from .options import EvalOptions
 from .readers import ClassificationData, read_classification
 from .report import plot_bars, plot_uncertainty_bins, write_results
 from .scoring import available_methods, ranking_scores
@@ -89,16 +96,13 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, n_classes
 def evaluate_zeroshot(
     model: EvalModel,
     data: ClassificationData | str | Path,
-    out_dir: str | Path | None = None,
+    options: EvalOptions | None = None,
+    *,
     support: ClassificationData | str | Path | None = None,
     bprw: BPRWSettings | None = None,
-    split: str = "test",
     support_split: str = "train",
     templates: Sequence[str] | None = None,
-    batch_size: int = 64,
-    num_workers: int = 0,
     n_bins: int = 10,
-    progress: bool = True,
 ) -> dict:
     """Zero-shot classification: acc1, acc5, mean per-class recall per template combination and score.
 
@@ -106,22 +110,27 @@ def evaluate_zeroshot(
     evaluates BPRW and reports its gain in acc1 over the uniform ``"mean"`` combination. Writes
     ``results.json`` and plots to ``out_dir`` if given.
     """
+    options = EvalOptions.of(options)
     if not isinstance(data, ClassificationData):
-        data = read_classification(data, split=split, templates=list(templates) if templates else None)
+        data = read_classification(data, split=options.split, templates=list(templates) if templates else None)
     n_classes = len(data.classnames)
     labels = torch.tensor(data.labels)
     support_data = None
     if support is not None:
         if not model.probabilistic:
             raise ValueError("BPRW needs a probabilistic model; the given model is deterministic")
-        support_data = support if isinstance(support, ClassificationData) else read_classification(support, split=support_split)
+        support_data = (
+            support if isinstance(support, ClassificationData) else read_classification(support, split=support_split)
+        )
         if support_data.classnames != data.classnames:
             raise ValueError(
                 f"support and evaluation data must list the same classes in the same order; got "
                 f"{len(support_data.classnames)} vs {len(data.classnames)} class names"
             )
-    text = class_text_embeddings(model, data.classnames, data.templates, progress=progress)
-    images = encode_images(model.model, data.items, model.preprocess, batch_size, num_workers, progress=progress)
+    text = class_text_embeddings(model, data.classnames, data.templates, progress=options.progress)
+    images = encode_images(
+        model.model, data.items, model.preprocess, options.batch_size, options.num_workers, progress=options.progress
+    )
 
     classes = {"mean": combine_templates(text, "mean")}
     if model.probabilistic:
@@ -131,8 +140,15 @@ def evaluate_zeroshot(
         settings = bprw or BPRWSettings()
         support_items, support_labels = select_support(support_data, settings.shots, n_classes, settings.seed)
         check_disjoint(data.items, support_items)
-        support_emb = encode_images(model.model, support_items, model.preprocess, batch_size, num_workers,
-                                    desc="support images", progress=progress)
+        support_emb = encode_images(
+            model.model,
+            support_items,
+            model.preprocess,
+            options.batch_size,
+            options.num_workers,
+            desc="support images",
+            progress=options.progress,
+        )
         classes["bprw"], weights = bprw_class_embeddings(text, support_emb, support_labels, settings)
         bprw_info = {"settings": settings.to_dict(), "n_support_images": len(support_items),
                      "template_weights": weights.tolist()}
@@ -162,13 +178,13 @@ def evaluate_zeroshot(
         bprw_info["gain_acc1"] = {m: metrics["bprw"][m]["acc1"] - metrics["mean"][m]["acc1"] for m in metrics["bprw"]}
         results["bprw"] = bprw_info
     results["skipped_images"] = skipped_report(data, support_data)
-    if out_dir is not None:
-        out_dir = Path(out_dir)
+    if options.out_dir is not None:
+        out_dir = Path(options.out_dir)
         bars = {f"{combo}/{method}": v["acc1"] for combo, per in metrics.items() for method, v in per.items()}
         plots = [plot_bars(bars, out_dir / "accuracy.png", "zero-shot top-1 accuracy", "acc1").name]
         if bins:
             plots.append(plot_uncertainty_bins(bins, out_dir / "uncertainty_acc1.png",
                                                "top-1 accuracy per image-uncertainty bin", "acc1").name)
         results["plots"] = plots
-        write_results(out_dir, results)
+        write_results(options.out_dir, results)
     return results

@@ -13,14 +13,12 @@ sum to the total. All are exact under torch.distributed (see :mod:`probclip.loss
 
 from __future__ import annotations
 
-import inspect
-
-from ..errors import UsageError
 from .base import PairLoss
 from .baselines import CLIPLoss, SigLIPLoss
 from .errors import NonFiniteLossError
 from .pcmepp import PCMEppLoss, soft_match_labels
 from .prolip import ProLIPLoss, inclusion_loss_terms, vib_terms
+from .registry import LOSSES, build_loss, list_losses, register_loss
 
 __all__ = [
     "CLIPLoss",
@@ -32,28 +30,8 @@ __all__ = [
     "SigLIPLoss",
     "build_loss",
     "inclusion_loss_terms",
+    "list_losses",
+    "register_loss",
     "soft_match_labels",
     "vib_terms",
 ]
-
-LOSSES: dict[str, type[PairLoss]] = {
-    "prolip": ProLIPLoss,
-    "pcmepp": PCMEppLoss,
-    "siglip": SigLIPLoss,
-    "clip": CLIPLoss,
-}
-
-
-def build_loss(name: str, **kwargs) -> PairLoss:
-    """The loss registered as ``name`` (one of ``LOSSES``: prolip, pcmepp, siglip, clip), built with ``kwargs``."""
-    key = str(name).lower()
-    if key not in LOSSES:
-        raise UsageError(f"unknown loss {name!r}; accepted names: {', '.join(sorted(LOSSES))}")
-    accepted = [p for p in inspect.signature(LOSSES[key]).parameters if p not in ("self", "args", "kwargs")]
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        raise UsageError(f"loss {key!r} has no argument(s) {unknown}; accepted: {accepted}")
-    try:
-        return LOSSES[key](**kwargs)
-    except (TypeError, ValueError) as err:
-        raise UsageError(f"loss {key!r} with arguments {kwargs}: {err}") from err

@@ -18,7 +18,9 @@ def _as_scalar(value, name: str, like: torch.Tensor) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         value = torch.tensor(float(value))
     if value.numel() != 1:
-        raise ValueError(f"{name} must be a scalar (0-dim or one-element tensor, or a float); got shape {tuple(value.shape)}")
+        raise ValueError(
+            f"{name} must be a scalar (0-dim or one-element tensor, or a float); got shape {tuple(value.shape)}"
+        )
     return value.reshape(()).to(device=like.device, dtype=like.dtype)
 
 
@@ -52,6 +54,10 @@ class PairLoss(nn.Module):
 
     uses_masked_views = False
     extra_arguments: tuple[str, ...] = ()
+    #: Whether the loss reads the log-variances (a loss on the means alone gives the log-variance heads no gradient).
+    uses_uncertainty = True
+    #: Whether the loss depends on ``logit_bias`` (a softmax loss does not).
+    uses_logit_bias = True
 
     def __init__(self, gather_across_ranks: bool = True, process_group=None):
         super().__init__()

@@ -22,6 +22,8 @@ class SigLIPLoss(PairLoss):
     (memory O(b x B)), the sum scaled by ``W / B``: the mean over ranks is the global-batch loss.
     """
 
+    uses_uncertainty = False
+
     def compute(self, image, text, scale, bias, context: RankContext, masked_image=None, masked_text=None):
         b = len(image)
         sizes = [c[0] for c in context.gather_counts([b], image.device)]
@@ -46,6 +48,9 @@ class CLIPLoss(PairLoss):
     has no effect (its gradient is 0). Distributed: both sides are gathered with gradient, each rank
     scores its image rows and its text rows against all B columns, sums scaled by ``W / B``.
     """
+
+    uses_uncertainty = False
+    uses_logit_bias = False
 
     def compute(self, image, text, scale, bias, context: RankContext, masked_image=None, masked_text=None):
         b = len(image)

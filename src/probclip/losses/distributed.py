@@ -9,8 +9,8 @@ so after DDP averages parameter gradients over ``W`` ranks they equal the single
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.distributed as dist

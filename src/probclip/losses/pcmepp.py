@@ -23,11 +23,14 @@ def soft_match_labels(mix_lambda: torch.Tensor, partner_index: torch.Tensor) -> 
     partner_index = torch.as_tensor(partner_index, device=mix_lambda.device)
     if mix_lambda.dim() != 1 or partner_index.shape != mix_lambda.shape:
         raise ValueError(
-            f"mix_lambda and partner_index must both be [b]; got {tuple(mix_lambda.shape)} and {tuple(partner_index.shape)}"
+            f"mix_lambda and partner_index must both be [b]; got {tuple(mix_lambda.shape)} and "
+            f"{tuple(partner_index.shape)}"
         )
     b = len(mix_lambda)
     if b and (float(mix_lambda.min()) < 0 or float(mix_lambda.max()) > 1):
-        raise ValueError(f"mix_lambda must lie in [0, 1]; got range [{float(mix_lambda.min())}, {float(mix_lambda.max())}]")
+        raise ValueError(
+            f"mix_lambda must lie in [0, 1]; got range [{float(mix_lambda.min())}, {float(mix_lambda.max())}]"
+        )
     if b and (int(partner_index.min()) < 0 or int(partner_index.max()) >= b):
         raise ValueError(f"partner_index values must lie in [0, {b - 1}]")
     dtype = mix_lambda.dtype if mix_lambda.is_floating_point() else torch.float32

@@ -66,7 +66,9 @@ class _InclusionLoss(torch.autograd.Function):
         mu1, lv1, mu2, lv2 = ctx.saved_tensors
         grads = [torch.empty_like(mu1), torch.empty_like(lv1), torch.empty_like(mu2), torch.empty_like(lv2)]
         for rows in _row_chunks(mu1):
-            p1, p2, s1, s2, a1, a2, delta, q, margin = _margin_parts(mu1[rows], lv1[rows], mu2[rows], lv2[rows], ctx.eps)
+            p1, p2, s1, s2, a1, a2, delta, q, margin = _margin_parts(
+                mu1[rows], lv1[rows], mu2[rows], lv2[rows], ctx.eps
+            )
             # d loss / d margin, with the per-sample mean and the upstream gradient folded in.
             dm = torch.sigmoid(ctx.scale * margin).sub_(1).mul_(ctx.scale / mu1.shape[-1]).mul_(grad[rows, None])
             g = p1 / (2 * s2) - a1
@@ -256,12 +258,16 @@ def _masked_originals(masked_index, b: int, n_img: int, n_txt: int, device) -> t
         return torch.arange(needed, device=device)
     index = torch.as_tensor(masked_index, device=device)
     if index.dim() != 1 or index.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"masked_index must be a 1-D integer tensor; got dtype {index.dtype}, shape {tuple(index.shape)}")
+        raise ValueError(
+            f"masked_index must be a 1-D integer tensor; got dtype {index.dtype}, shape {tuple(index.shape)}"
+        )
     if len(index) != needed or (n_img and n_img != needed) or (n_txt and n_txt != needed):
         raise ValueError(
             f"masked_index has {len(index)} entries; it must have one per masked view "
             f"(masked_image: {n_img}, masked_text: {n_txt})"
         )
     if len(index) and (int(index.min()) < 0 or int(index.max()) >= b):
-        raise ValueError(f"masked_index values must lie in [0, {b - 1}]; got range [{int(index.min())}, {int(index.max())}]")
+        raise ValueError(
+            f"masked_index values must lie in [0, {b - 1}]; got range [{int(index.min())}, {int(index.max())}]"
+        )
     return index.long()

@@ -1,6 +1,12 @@
 """Probabilistic CLIP models: configs, registry, towers, the ``ProbCLIP`` module, loading and conversion."""
 
-from .config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ProbCLIPConfig, TextConfig, VisionConfig
+from .config import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    ProbCLIPConfig,
+    TextConfig,
+    VisionConfig,
+)
 from .context import extend_context_length, resize_text_positional_embedding
 from .factory import (
     create_model,
@@ -9,11 +15,26 @@ from .factory import (
     load_pretrained_model,
 )
 from .heads import GaussianHead
-from .hub import HF_HUB_PREFIX, is_checkpoint_id, resolve_checkpoint_dir, resolve_model_config
-from .loading import CheckpointMismatchError, load_state_dict_strict, read_checkpoint_dir, read_config_file
+from .hub import (
+    HF_HUB_PREFIX,
+    is_checkpoint_id,
+    resolve_checkpoint_dir,
+    resolve_model_config,
+)
+from .loading import (
+    CheckpointMismatchError,
+    load_state_dict_strict,
+    read_checkpoint_dir,
+    read_config_file,
+)
 from .model import ProbCLIP
 from .openclip_init import init_from_open_clip
-from .registry import UnknownModelError, get_model_config, list_models, register_model_config
+from .registry import (
+    UnknownModelError,
+    get_model_config,
+    list_models,
+    register_model_config,
+)
 from .released import (
     config_from_released,
     config_to_released,

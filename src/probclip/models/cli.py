@@ -54,7 +54,11 @@ def _models_command(argv: list[str]) -> int:
             names = list_models()
             width = max(len(n) for n in names)
             for name in names:
-                print(name if getattr(args, "names_only", False) else f"{name.ljust(width)}  {_summary(get_model_config(name))}")
+                print(
+                    name
+                    if getattr(args, "names_only", False)
+                    else f"{name.ljust(width)}  {_summary(get_model_config(name))}"
+                )
         elif action == "show":
             print(json.dumps(resolve_model_config(args.source).to_dict(), indent=2, sort_keys=True))
         elif action == "convert":

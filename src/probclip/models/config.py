@@ -10,8 +10,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
+
+from ..config_fields import from_known_fields
 
 __all__ = [
     "OPENAI_CLIP_MEAN",
@@ -45,17 +48,6 @@ def _check_positive_int(owner: str, name: str, value: Any) -> None:
 def _check_activation(owner: str, value: str) -> None:
     if value not in _ACTIVATIONS:
         raise ValueError(f"{owner}.act must be one of {_ACTIVATIONS}; got {value!r}")
-
-
-def _from_known_fields(cls, data: dict, owner: str):
-    """Build dataclass ``cls`` from ``data``, refusing keys the dataclass does not know."""
-    if not isinstance(data, dict):
-        raise TypeError(f"{owner} must be a dict or a {cls.__name__}; got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{owner} has unknown keys {unknown}; known keys are {sorted(known)}")
-    return cls(**data)
 
 
 @dataclass
@@ -137,7 +129,9 @@ class TextConfig:
     init_unc_bias: float = -10.0
     pad_id: int = 1
     mask_id: int | None = 32000
-    tokenizer: dict = field(default_factory=lambda: {"type": "hf", "name": "timm/ViT-B-16-SigLIP", "clean": "canonicalize"})
+    tokenizer: dict = field(
+        default_factory=lambda: {"type": "hf", "name": "timm/ViT-B-16-SigLIP", "clean": "canonicalize"}
+    )
 
     def __post_init__(self) -> None:
         for name in ("context_length", "vocab_size", "width", "heads", "layers"):
@@ -181,9 +175,9 @@ class ProbCLIPConfig:
     def __post_init__(self) -> None:
         _check_positive_int("ProbCLIPConfig", "embed_dim", self.embed_dim)
         if isinstance(self.vision, dict):
-            self.vision = _from_known_fields(VisionConfig, self.vision, "ProbCLIPConfig.vision")
+            self.vision = from_known_fields(VisionConfig, self.vision, "ProbCLIPConfig.vision")
         if isinstance(self.text, dict):
-            self.text = _from_known_fields(TextConfig, self.text, "ProbCLIPConfig.text")
+            self.text = from_known_fields(TextConfig, self.text, "ProbCLIPConfig.text")
         if not isinstance(self.vision, VisionConfig) or not isinstance(self.text, TextConfig):
             raise TypeError(
                 f"ProbCLIPConfig.vision/text must be VisionConfig/TextConfig or dicts; got "
@@ -205,11 +199,11 @@ class ProbCLIPConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ProbCLIPConfig":
+    def from_dict(cls, data: dict) -> ProbCLIPConfig:
         """Inverse of ``to_dict``; unknown keys raise ``ValueError`` naming them."""
-        return _from_known_fields(cls, copy.deepcopy(data), "ProbCLIPConfig")
+        return from_known_fields(cls, copy.deepcopy(data), "ProbCLIPConfig")
 
-    def replace(self, **changes: Any) -> "ProbCLIPConfig":
+    def replace(self, **changes: Any) -> ProbCLIPConfig:
         """A copy with top-level fields replaced; ``vision``/``text`` may be partial dicts merged into the towers."""
         data = self.to_dict()
         for key, value in changes.items():

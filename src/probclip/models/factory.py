@@ -85,7 +85,8 @@ def load_pretrained_model(
     revision: str | None = None,
     cache_dir: str | None = None,
 ) -> ProbCLIP:
-    """The model stored in a directory or hub repository (probclip or released layout), loaded strictly, in eval mode."""
+    """The model stored in a directory or hub repository (probclip or released layout), loaded strictly, in eval
+    mode (``ProbCLIP.from_pretrained``)."""
     return ProbCLIP.from_pretrained(path_or_hub_id, device=device, dtype=dtype, revision=revision, cache_dir=cache_dir)
 
 

@@ -27,7 +27,12 @@ class GaussianHead(nn.Module):
         nn.init.normal_(self.mean.weight, std=width**-0.5)
         if self.mean.bias is not None:
             nn.init.zeros_(self.mean.bias)
-        nn.init.normal_(self.logvar.weight, std=0.02 * width**-0.5)
+        self.reset_logvar()
+
+    @torch.no_grad()
+    def reset_logvar(self) -> None:
+        """Log-variance weights ~ N(0, (0.02 / sqrt(W))^2), bias = ``init_unc_bias``: logvar starts near the bias."""
+        nn.init.normal_(self.logvar.weight, std=0.02 * self.logvar.in_features**-0.5)
         nn.init.constant_(self.logvar.bias, self.init_unc_bias)
 
     def forward_mean(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -12,9 +12,14 @@ from torch import nn
 
 from ..errors import InputError
 from .config import CONFIG_FORMAT, ProbCLIPConfig
-from .released import config_from_released, is_released_config, released_to_probclip_state_dict
+from .released import (
+    config_from_released,
+    is_released_config,
+    released_to_probclip_state_dict,
+)
 
-__all__ = ["CheckpointMismatchError", "load_safetensors", "load_state_dict_strict", "read_checkpoint_dir", "read_config_file"]
+__all__ = ["CheckpointMismatchError", "load_safetensors", "load_state_dict_strict", "read_checkpoint_dir",
+           "read_config_file"]
 
 
 class CheckpointMismatchError(InputError, ValueError):
@@ -34,7 +39,8 @@ class CheckpointMismatchError(InputError, ValueError):
 
 
 def load_state_dict_strict(model: nn.Module, state_dict: dict, source: str = "checkpoint") -> None:
-    """Copy ``state_dict`` into ``model``; any missing, unexpected or mis-shaped key raises ``CheckpointMismatchError``."""
+    """Copy ``state_dict`` into ``model``; any missing, unexpected or mis-shaped key raises
+    ``CheckpointMismatchError``."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -71,11 +77,14 @@ def read_config_file(path: str | Path) -> ProbCLIPConfig:
 
 def _parse_config(config_path: Path) -> tuple[ProbCLIPConfig, str]:
     if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} not found; a checkpoint directory needs config.json and model.safetensors")
+        raise FileNotFoundError(
+            f"{config_path} not found; a checkpoint directory needs config.json and model.safetensors"
+        )
     try:
         raw = json.loads(config_path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:
-        raise InputError(f"{config_path} is not UTF-8 text (bad byte at offset {err.start}); expected a JSON config") from err
+        raise InputError(f"{config_path} is not UTF-8 text (bad byte at offset {err.start}); expected a JSON "
+                         "config") from err
     except json.JSONDecodeError as err:
         raise InputError(f"{config_path} line {err.lineno} column {err.colno}: malformed JSON ({err.msg})") from err
     if is_released_config(raw):
@@ -98,7 +107,9 @@ def read_checkpoint_dir(directory: str | Path) -> tuple[ProbCLIPConfig, dict[str
     config, layout = _parse_config(directory / "config.json")
     weights_path = directory / "model.safetensors"
     if not weights_path.is_file():
-        raise FileNotFoundError(f"{weights_path} not found; a checkpoint directory needs config.json and model.safetensors")
+        raise FileNotFoundError(
+            f"{weights_path} not found; a checkpoint directory needs config.json and model.safetensors"
+        )
     state_dict = load_safetensors(weights_path)
     if layout == "released":
         state_dict = released_to_probclip_state_dict(state_dict)

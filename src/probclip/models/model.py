@@ -108,6 +108,56 @@ class ProbCLIP(
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    # ----------------------------------------------------------------------------------------- parameter rules
+    def _towers(self) -> tuple[tuple[str, nn.Module], ...]:
+        return (("visual.", self.visual), ("text.", self.text))
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the multi-dimensional parameters without weight decay: the logit parameters, embeddings and
+        learned tokens (the towers name theirs). 0/1-D parameters (norms, biases) never take weight decay."""
+        names = {"logit_scale", "logit_bias"}
+        for prefix, tower in self._towers():
+            names.update(prefix + name for name in tower.no_weight_decay())
+        return names
+
+    def uncertainty_parameter_names(self) -> list[str]:
+        """Names of the parameters that carry uncertainty only: both log-variance heads and both UNC tokens."""
+        return [prefix + name for prefix, tower in self._towers() for name in tower.uncertainty_parameter_names()]
+
+    @torch.no_grad()
+    def reset_uncertainty(self) -> list[str]:
+        """Re-initialise the log-variance heads (weights ~ N(0, (0.02 / sqrt(W))^2), bias = the tower's
+        ``init_unc_bias``) and the UNC tokens (~ N(0, 0.01^2) for text, N(0, 0.02^2) for vision).
+
+        Returns the names of the re-initialised parameters (``uncertainty_parameter_names()``).
+        """
+        # This order of random draws (heads, then text UNC, then vision UNC) is the one runs have always used.
+        self.visual.head.reset_logvar()
+        self.text.head.reset_logvar()
+        self.text.reset_unc_token()
+        self.visual.reset_unc_token()
+        return self.uncertainty_parameter_names()
+
+    def lock_image_tower(self, keep_uncertainty: bool = True) -> list[str]:
+        """Freeze the vision tower (LiT-style), keeping its uncertainty parameters trainable when
+        ``keep_uncertainty``; returns the frozen parameters' names."""
+        return ["visual." + name for name in self.visual.lock(keep_uncertainty)]
+
+    def lock_logvar_heads(self) -> list[str]:
+        """Freeze both log-variance heads (for objectives on the means alone, which give them no gradient);
+        returns the frozen parameters' names."""
+        frozen = []
+        for prefix, tower in self._towers():
+            for name, param in tower.head.logvar.named_parameters():
+                param.requires_grad_(False)
+                frozen.append(f"{prefix}head.logvar.{name}")
+        return frozen
+
+    def lock_text_tower(self, keep_uncertainty: bool = True) -> list[str]:
+        """Freeze the text tower, keeping its uncertainty parameters trainable when ``keep_uncertainty``; returns
+        the frozen parameters' names."""
+        return ["text." + name for name in self.text.lock(keep_uncertainty)]
+
     # ----------------------------------------------------------------------------------------- saving / loading
     def _save_pretrained(self, save_directory: Path) -> None:
         """Write ``model.safetensors`` (probclip key names) and ``config.json`` (``ProbCLIPConfig.to_dict()``)."""
@@ -125,7 +175,7 @@ class ProbCLIP(
         dtype: torch.dtype | None = None,
         revision: str | None = None,
         cache_dir: str | None = None,
-    ) -> "ProbCLIP":
+    ) -> ProbCLIP:
         """The model stored in a directory or ``hf-hub:owner/repo`` (probclip or released layout), loaded strictly,
         in eval mode, moved to ``device`` / ``dtype`` when given."""
         directory = resolve_checkpoint_dir(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir)

@@ -14,22 +14,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .keymap import OPEN_CLIP_TO_TIMM_BLOCK_KEYS
 from .model import ProbCLIP
 
 __all__ = ["init_from_open_clip"]
 
-_BLOCK_MAP = [
-    ("ln_1.weight", "norm1.weight"), ("ln_1.bias", "norm1.bias"),
-    ("attn.in_proj_weight", "attn.qkv.weight"), ("attn.in_proj_bias", "attn.qkv.bias"),
-    ("attn.out_proj.weight", "attn.proj.weight"), ("attn.out_proj.bias", "attn.proj.bias"),
-    ("ln_2.weight", "norm2.weight"), ("ln_2.bias", "norm2.bias"),
-    ("mlp.c_fc.weight", "mlp.fc1.weight"), ("mlp.c_fc.bias", "mlp.fc1.bias"),
-    ("mlp.c_proj.weight", "mlp.fc2.weight"), ("mlp.c_proj.bias", "mlp.fc2.bias"),
-]
 
 
 def _vision_pairs(visual: nn.Module, model: ProbCLIP) -> dict[str, torch.Tensor]:
-    from open_clip.transformer import VisionTransformer as OpenClipViT
+    from open_clip.transformer import VisionTransformer as OpenClipViT  # heavy; only this initialiser
 
     if not isinstance(visual, OpenClipViT):
         raise ValueError(
@@ -63,7 +56,7 @@ def _vision_pairs(visual: nn.Module, model: ProbCLIP) -> dict[str, torch.Tensor]
     if n_blocks != len(model.visual.trunk.blocks):
         raise ValueError(f"source vision tower has {n_blocks} blocks, the model {len(model.visual.trunk.blocks)}")
     for i in range(n_blocks):
-        for theirs, ours in _BLOCK_MAP:
+        for theirs, ours in OPEN_CLIP_TO_TIMM_BLOCK_KEYS:
             pairs[f"visual.trunk.blocks.{i}.{ours}"] = src[f"transformer.resblocks.{i}.{theirs}"]
     return pairs
 
@@ -106,7 +99,7 @@ def _text_pairs(source: nn.Module, model: ProbCLIP) -> dict[str, torch.Tensor]:
         raise ValueError(f"source text tower has {len(blocks)} blocks, the model {len(model.text.blocks)}")
     for i, block in enumerate(blocks):
         state = block.state_dict()
-        for theirs, ours in _BLOCK_MAP:
+        for theirs, ours in OPEN_CLIP_TO_TIMM_BLOCK_KEYS:
             pairs[f"text.blocks.{i}.{ours}"] = state[theirs]
     return pairs
 

@@ -8,12 +8,16 @@ vision CLS/UNC/positional parameters to timm's leading singleton dimensions. Bot
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Callable
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from .config import ProbCLIPConfig, TextConfig, VisionConfig
+from .keymap import OPEN_CLIP_TO_TIMM_BLOCK_KEYS
 
 __all__ = [
     "is_released_config",
@@ -132,8 +136,15 @@ def config_to_released(config: ProbCLIPConfig) -> dict:
         if t.tokenizer.get("clean"):
             text_cfg["tokenizer_kwargs"] = {"clean": t.tokenizer["clean"]}
     elif t.tokenizer["type"] != "clip":
-        raise ValueError(f"the released format supports CLIP BPE or Hugging Face tokenizers; got {t.tokenizer['type']!r}")
-    out = {"embed_dim": config.embed_dim, "init_logit_bias": config.init_logit_bias, "vision_cfg": vision_cfg, "text_cfg": text_cfg}
+        raise ValueError(
+            f"the released format supports CLIP BPE or Hugging Face tokenizers; got {t.tokenizer['type']!r}"
+        )
+    out = {
+        "embed_dim": config.embed_dim,
+        "init_logit_bias": config.init_logit_bias,
+        "vision_cfg": vision_cfg,
+        "text_cfg": text_cfg,
+    }
     if v.act == "quick_gelu":
         out["quick_gelu"] = True
     return out
@@ -141,14 +152,6 @@ def config_to_released(config: ProbCLIPConfig) -> dict:
 
 # ------------------------------------------------------------------------------------------------ key mapping
 # Each rule: (released regex, probclip template, released->probclip tensor fn, probclip->released tensor fn).
-_BLOCK = [
-    ("ln_1.weight", "norm1.weight"), ("ln_1.bias", "norm1.bias"),
-    ("attn.in_proj_weight", "attn.qkv.weight"), ("attn.in_proj_bias", "attn.qkv.bias"),
-    ("attn.out_proj.weight", "attn.proj.weight"), ("attn.out_proj.bias", "attn.proj.bias"),
-    ("ln_2.weight", "norm2.weight"), ("ln_2.bias", "norm2.bias"),
-    ("mlp.c_fc.weight", "mlp.fc1.weight"), ("mlp.c_fc.bias", "mlp.fc1.bias"),
-    ("mlp.c_proj.weight", "mlp.fc2.weight"), ("mlp.c_proj.bias", "mlp.fc2.bias"),
-]
 
 
 def _same(t: torch.Tensor) -> torch.Tensor:
@@ -197,8 +200,10 @@ _RULES: list[tuple[str, str, _Fn, _Fn]] = [
     ("text.text_projection.{wb}", "text.head.mean.{wb}", _same, _same),
     ("text.text_uncertainty_projection.{wb}", "text.head.logvar.{wb}", _same, _same),
 ]
-for _released, _ours in _BLOCK:
-    _RULES.append((f"visual.transformer.resblocks.{{n}}.{_released}", f"visual.trunk.blocks.{{n}}.{_ours}", _same, _same))
+for _released, _ours in OPEN_CLIP_TO_TIMM_BLOCK_KEYS:
+    _RULES.append(
+        (f"visual.transformer.resblocks.{{n}}.{_released}", f"visual.trunk.blocks.{{n}}.{_ours}", _same, _same)
+    )
     _RULES.append((f"text.transformer.resblocks.{{n}}.{_released}", f"text.blocks.{{n}}.{_ours}", _same, _same))
 
 
@@ -244,13 +249,10 @@ def probclip_to_released_state_dict(state_dict: dict) -> dict:
 
 def save_released(model, directory) -> None:
     """Write ``model`` in the released on-disk layout (``config.json`` + ``model.safetensors``)."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = probclip_to_released_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
-    save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in state.items()}, str(directory / "model.safetensors"), metadata={"format": "pt"}
+    )
     (directory / "config.json").write_text(json.dumps(config_to_released(model.config), indent=2, sort_keys=True))

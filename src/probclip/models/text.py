@@ -12,11 +12,12 @@ from torch.utils.checkpoint import checkpoint
 
 from .config import TextConfig
 from .heads import GaussianHead
+from .parameter_rules import TowerParameterRules
 
 __all__ = ["TextTower"]
 
 
-class TextTower(nn.Module):
+class TextTower(TowerParameterRules, nn.Module):
     """Transformer over ``[t_0 .. t_{L-1}, UNC, CLS]`` with learned positional rows (see ``positions``).
 
     The mean comes from the CLS output (``ln_final`` then ``head.mean``, a Linear with bias). The
@@ -28,6 +29,9 @@ class TextTower(nn.Module):
         embed_dim: output embedding size D.
         released_compat: reproduce the released forward pass (no padding mask, logvar from the mean).
     """
+
+    UNCERTAINTY_PARAMETERS = ("unc_token", "head.logvar.weight", "head.logvar.bias")
+    NO_WEIGHT_DECAY = ("token_embedding.weight", "positional_embedding", "unc_token", "cls_token")
 
     def __init__(self, cfg: TextConfig, embed_dim: int, released_compat: bool = False):
         super().__init__()
@@ -67,9 +71,17 @@ class TextTower(nn.Module):
         nn.init.normal_(self.unc_token, std=0.01)
         nn.init.normal_(self.cls_token, std=0.01)
 
+    @torch.no_grad()
+    def reset_unc_token(self) -> None:
+        """UNC token ~ N(0, 0.01^2)."""
+        nn.init.normal_(self.unc_token, std=0.01)
+
+    @torch.compiler.disable  # reads token values (data-dependent): runs eagerly inside a compiled tower
     def _check_tokens(self, tokens: torch.Tensor) -> None:
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
-            shape = f"{tuple(tokens.shape)} {tokens.dtype}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            shape = (
+                f"{tuple(tokens.shape)} {tokens.dtype}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            )
             raise ValueError(f"tokens must be an integer tensor [B, L]; got {shape}")
         if tokens.shape[1] > self.context_length:
             raise ValueError(

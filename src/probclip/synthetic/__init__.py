@@ -6,7 +6,12 @@ Importing this package registers the ``synthetic`` data source, the same way a u
 """
 
 from ..data.sources import register_source
-from .evaluation import EvaluationSet, build_evaluation_set, encode_synthetic, evaluate_synthetic
+from .evaluation import (
+    EvaluationSet,
+    build_evaluation_set,
+    encode_synthetic,
+    evaluate_synthetic,
+)
 from .source import build_synthetic_source
 from .world import Caption, Scene, SyntheticDataset, world_vocabulary
 

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..cli import run_command
 from ..errors import UsageError
 from .shards import write_shards
-from .world import DEGRADATION_KINDS, DEGRADATION_LEVELS, NUM_LEVELS, SPLITS, SyntheticDataset
+from .world import (
+    DEGRADATION_KINDS,
+    DEGRADATION_LEVELS,
+    NUM_LEVELS,
+    SPLITS,
+    SyntheticDataset,
+)
 
 __all__ = ["build_parser", "main"]
 

@@ -23,8 +23,8 @@ means, and their uncertainty keys are left out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from ..distances import inclusion_score_paired
 from ..embedding import ProbEmbedding
 from ..eval.metrics import per_query_ranking_metrics, ranking_metrics, uncertainty_bins
 from ..eval.scoring import ranking_scores
+from ..eval.zeroshot import combine_templates
 from .world import (
     COLOURS,
     DEGRADATION_LEVELS,
@@ -113,11 +114,18 @@ def build_evaluation_set(seed: int, num_scenes: int = 500, num_degraded: int = 2
     single = SyntheticDataset(seed=seed + 1, split=split, size=num_zeroshot, max_objects=1)
     zeroshot = [single.scene(i) for i in range(num_zeroshot)]
     return EvaluationSet(
-        scenes=scenes, captions=captions, truth=truth_matrix(scenes, captions), image_captions=image_captions,
-        degraded_scenes=degraded, degraded_levels=np.array(levels),
-        zeroshot_scenes=zeroshot, zeroshot_labels=np.array([ZEROSHOT_CLASSES[zeroshot_attribute].index(s.objects[0].value(zeroshot_attribute))
-                                 for s in zeroshot]),
-        zeroshot_attribute=zeroshot_attribute, degradation_kind=degradation_kind,
+        scenes=scenes,
+        captions=captions,
+        truth=truth_matrix(scenes, captions),
+        image_captions=image_captions,
+        degraded_scenes=degraded,
+        degraded_levels=np.array(levels),
+        zeroshot_scenes=zeroshot,
+        zeroshot_labels=np.array(
+            [ZEROSHOT_CLASSES[zeroshot_attribute].index(s.objects[0].value(zeroshot_attribute)) for s in zeroshot]
+        ),
+        zeroshot_attribute=zeroshot_attribute,
+        degradation_kind=degradation_kind,
     )
 
 
@@ -166,10 +174,12 @@ def _spearman(x, y) -> float:
 
 
 def class_embeddings(class_texts: ProbEmbedding, num_templates: int) -> ProbEmbedding:
-    """Prompt ensemble: per class, the normalised mean of its template means and the mean of their variances."""
-    mean = class_texts.mean.reshape(-1, num_templates, class_texts.mean.shape[-1])
-    var = class_texts.variance.reshape(mean.shape)
-    return ProbEmbedding(torch.nn.functional.normalize(mean.mean(1), dim=-1), var.mean(1).log())
+    """Prompt ensemble of ``[C * T, D]`` template embeddings (class-major): the rule of ``probclip eval``,
+    ``combine_templates(..., "mean")`` (normalised mean of the template means, variance ``sum_t V_t / T^2``)."""
+    dim = class_texts.mean.shape[-1]
+    per_class = ProbEmbedding(class_texts.mean.reshape(-1, num_templates, dim),
+                              class_texts.logvar.reshape(-1, num_templates, dim))
+    return combine_templates(per_class, "mean")
 
 
 def evaluate_synthetic(model, eval_set: EvaluationSet, tokenizer, transform, probabilistic: bool = True,

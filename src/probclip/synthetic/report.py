@@ -117,11 +117,15 @@ def _table(metrics: dict) -> str:
         return f"{node:.3f}" if isinstance(node, float) else str(node)
 
     for key in keys:
-        rows.append(f"<tr><td>{key}</td><td>{get(metrics, key)}</td><td>{get(metrics.get('baseline', {}), key)}</td></tr>")
+        rows.append(
+            f"<tr><td>{key}</td><td>{get(metrics, key)}</td><td>{get(metrics.get('baseline', {}), key)}</td></tr>"
+        )
     return "\n".join(rows)
 
 
-def write_report(out_dir: str | Path, metrics: dict, eval_set, details: dict, baseline_details: dict | None = None) -> Path:
+def write_report(
+    out_dir: str | Path, metrics: dict, eval_set, details: dict, baseline_details: dict | None = None
+) -> Path:
     """Write ``out_dir/plots/*.png`` and ``out_dir/report.html``; returns the HTML path.
 
     ``details`` are the ProLIP model's raw evaluation values (``evaluate_synthetic``); ``metrics`` the nested
@@ -135,11 +139,20 @@ def write_report(out_dir: str | Path, metrics: dict, eval_set, details: dict, ba
     _plot_bins(plots / "uncertainty_binned_accuracy.png", details)
     _plot_examples(plots / "example_retrievals.png", eval_set, details)
     figures = [
-        ("uncertainty_vs_specificity.png", "Text uncertainty per caption level: general captions should be more uncertain."),
-        ("uncertainty_vs_degradation.png", "Image uncertainty per degradation level: more degraded images should be more uncertain."),
+        (
+            "uncertainty_vs_specificity.png",
+            "Text uncertainty per caption level: general captions should be more uncertain.",
+        ),
+        (
+            "uncertainty_vs_degradation.png",
+            "Image uncertainty per degradation level: more degraded images should be more uncertain.",
+        ),
         ("uncertainty_binned_accuracy.png", "Accuracy per image-uncertainty bin (10 equal bins)."),
-        ("example_retrievals.png", "Text-to-image retrieval (ProLIP, CSD ranking): top 5 images per query caption, "
-                                   "with their uncertainty; 'true' marks images of which the caption is true."),
+        (
+            "example_retrievals.png",
+            "Text-to-image retrieval (ProLIP, CSD ranking): top 5 images per query caption, "
+            "with their uncertainty; 'true' marks images of which the caption is true.",
+        ),
     ]
     body = "\n".join(f"<figure><img src=\"plots/{name}\" alt=\"{html.escape(text)}\"><figcaption>{html.escape(text)}"
                      "</figcaption></figure>" for name, text in figures)

@@ -11,9 +11,8 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .world import SyntheticDataset
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -352,8 +352,9 @@ def entailment_matrix(captions: Sequence[Caption]) -> np.ndarray:
 
 
 _DESCRIPTION = re.compile(
-    r"^a(?: (?P<size>%s))?(?: (?P<colour>%s))? (?P<shape>%s|shape)(?: at the (?P<position>%s))?$"
-    % ("|".join(SIZES), "|".join(COLOURS), "|".join(SHAPES), "|".join(POSITIONS))
+    r"^a(?: (?P<size>{}))?(?: (?P<colour>{}))? (?P<shape>{}|shape)(?: at the (?P<position>{}))?$".format(
+        "|".join(SIZES), "|".join(COLOURS), "|".join(SHAPES), "|".join(POSITIONS)
+    )
 )
 
 

@@ -11,16 +11,20 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
 from .. import synthetic  # noqa: F401  (importing it registers the built-in data.source "synthetic")
+from ..config_fields import check_known_keys
 from ..data.masking import IMAGE_MASK_MODES, TEXT_MASK_MODES
+from ..data.sources import list_sources
 from ..errors import UsageError
 from ..limits import DEFAULT_LIMITS
+from ..losses import list_losses
 from ..models.registry import list_models
 
 __all__ = [
@@ -40,8 +44,6 @@ __all__ = [
     "parse_override_args",
 ]
 
-OBJECTIVES = ("prolip", "pcmepp", "siglip", "clip")
-DATA_SOURCES = ("webdataset", "csv", "synthetic")
 INIT_KINDS = ("scratch", "pretrained", "open_clip")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -145,7 +147,12 @@ class ModelSection:
         if self.init in ("scratch", "open_clip") and self.name not in list_models():
             _fail("model", "name", self.name, f"a registered model name, one of {list_models()}")
         if self.init == "pretrained" and not self.pretrained:
-            _fail("model", "pretrained", self.pretrained, "a checkpoint directory or 'hf-hub:owner/repo' with init: pretrained")
+            _fail(
+                "model",
+                "pretrained",
+                self.pretrained,
+                "a checkpoint directory or 'hf-hub:owner/repo' with init: pretrained",
+            )
         if self.init == "open_clip" and not self.open_clip_model:
             _fail("model", "open_clip_model", self.open_clip_model, "an open_clip model name with init: open_clip")
         if self.context_length is not None:
@@ -203,7 +210,7 @@ class DataSection:
     max_caption_chars: int = DEFAULT_LIMITS.max_caption_chars
 
     def validate(self) -> None:
-        _check_choice("data", "source", self.source, DATA_SOURCES)
+        _check_choice("data", "source", self.source, list_sources())  # built-in and registered sources
         for key in ("max_image_pixels", "max_member_bytes", "max_caption_chars"):
             _check_int("data", key, getattr(self, key), 1)
         if isinstance(self.paths, str):
@@ -235,7 +242,7 @@ class LossSection:
     cutmix_prob: float = 0.5
 
     def validate(self) -> None:
-        _check_choice("loss", "name", self.name, OBJECTIVES)
+        _check_choice("loss", "name", self.name, list_losses())  # built-in and registered losses
         if not isinstance(self.kwargs, dict):
             _fail("loss", "kwargs", self.kwargs, "a mapping of loss keyword arguments")
         _check_fraction("loss", "mix_fraction", self.mix_fraction, low_open=False, high_open=False)
@@ -334,6 +341,9 @@ class RunSection:
         dist_backend: ``auto`` (nccl on CUDA, gloo on CPU), ``gloo`` or ``nccl``.
         cpu_threads: torch intra-op threads per process (null: torch's default). On a small shared CPU, 1 thread
             per process is often much faster than oversubscribed cores.
+        compile: ``true`` compiles both towers with ``torch.compile`` (its default backend, inductor: the first
+            steps are slower while it compiles, and the CPU needs a C++ compiler); a string names another
+            ``torch.compile`` backend (e.g. ``aot_eager``). Weights and checkpoints are those of the plain model.
     """
 
     steps: int = 1000
@@ -354,6 +364,7 @@ class RunSection:
     tensorboard: bool = True
     dist_backend: str = "auto"
     cpu_threads: int | None = None
+    compile: bool | str = False
 
     def validate(self) -> None:
         _check_int("run", "steps", self.steps, 1)
@@ -371,6 +382,8 @@ class RunSection:
         _check_int("run", "max_nonfinite_steps", self.max_nonfinite_steps, 1)
         _check_int("run", "eval_every", self.eval_every, 0)
         _check_choice("run", "dist_backend", self.dist_backend, ("auto", "gloo", "nccl"))
+        if not isinstance(self.compile, bool) and not (isinstance(self.compile, str) and self.compile):
+            _fail("run", "compile", self.compile, "true, false or the name of a torch.compile backend")
 
 
 @dataclass
@@ -417,7 +430,7 @@ class TrainConfig:
     run: RunSection = field(default_factory=RunSection)
     eval: EvalSection = field(default_factory=EvalSection)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Check every section; raises ``UsageError`` (a ``ValueError``) naming the bad key, its value and what is
         accepted."""
         for name in _SECTIONS:
@@ -430,7 +443,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> "TrainConfig":
+    def from_dict(cls, data: dict | None) -> TrainConfig:
         """Build and validate from a nested dict; unknown sections or keys raise ``ValueError`` naming them."""
         data = copy.deepcopy(data or {})
         if not isinstance(data, dict):
@@ -443,10 +456,7 @@ class TrainConfig:
             values = data.get(name) or {}
             if not isinstance(values, dict):
                 raise UsageError(f"config section {name!r} must be a mapping; got {values!r}")
-            known = {f.name for f in dataclasses.fields(section_cls)}
-            bad = sorted(set(values) - known)
-            if bad:
-                raise UsageError(f"unknown keys {bad} in section {name!r}; known keys are {sorted(known)}")
+            check_known_keys(section_cls, values, f"section {name!r}")
             sections[name] = section_cls(**_coerce_floats(section_cls, values))
         return cls(**sections).validate()
 

@@ -3,10 +3,11 @@ given data sets, through ``probclip.eval``. Metrics are flattened to ``{"<task>/
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..eval.encode import EvalModel
+from ..eval.options import EvalOptions
 from ..eval.readers import read_classification, read_retrieval
 from ..eval.retrieval import evaluate_retrieval
 from ..eval.zeroshot import evaluate_zeroshot
@@ -36,14 +37,16 @@ def build_eval_fn(section, tokenizer_factory: Callable, transform_factory: Calla
     zeroshot = {Path(p).name or str(p): read_classification(p, split=section.split) for p in section.zeroshot}
     retrieval = {Path(p).name or str(p): read_retrieval(p, split=section.split) for p in section.retrieval}
 
+    options = EvalOptions(batch_size=section.batch_size, progress=False)
+
     def eval_fn(model, step: int) -> dict:
         wrapped = EvalModel(model, transform_factory(model), tokenizer_factory(model), name=f"step_{step}")
         metrics: dict[str, float] = {}
         for name, data in zeroshot.items():
-            result = evaluate_zeroshot(wrapped, data, batch_size=section.batch_size, progress=False)
+            result = evaluate_zeroshot(wrapped, data, options)
             metrics.update(flatten_numbers(result["metrics"], f"zeroshot/{name}"))
         for name, data in retrieval.items():
-            result = evaluate_retrieval(wrapped, data, batch_size=section.batch_size, progress=False)
+            result = evaluate_retrieval(wrapped, data, options)
             metrics.update(flatten_numbers(result["metrics"], f"retrieval/{name}"))
         return metrics
 

@@ -1,24 +1,30 @@
-"""The training loop: ``train(config) -> TrainResult``, the same for one CPU process and ``torchrun`` on many GPUs."""
+"""The training loop: ``train(config) -> TrainResult``, the same for one CPU process and ``torchrun`` on many GPUs.
+
+``build_run`` builds everything a run needs (model, data, loss, optimiser, logger, checkpoint state) into a
+``Run``; ``run_loop`` is the loop itself: read a batch, step, log, evaluate, save.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..data.samples import PairCollator
-from ..data.sources import build_train_batches
+from ..data.sources import TrainBatches, build_train_batches
 from ..errors import InputError, UsageError
-from ..losses import NonFiniteLossError, build_loss
+from ..losses import NonFiniteLossError, PairLoss, build_loss
 from ..models import load_pretrained_model
-from ..tokenizers import get_tokenizer
+from ..tokenizers import Tokenizer, get_tokenizer
 from ..transforms import image_transform
 from .checkpoint import (
     NonFiniteWeightsError,
@@ -34,7 +40,6 @@ from .config import TrainConfig
 from .distributed import (
     DistInfo,
     all_reduce_mean,
-    average_gradients,
     barrier,
     broadcast_object,
     cleanup_distributed,
@@ -44,11 +49,12 @@ from .distributed import (
 from .evaluation import build_eval_fn
 from .model_init import build_model, freeze_towers
 from .optim import build_optimizer, clamp_logit_scale, learning_rate, set_learning_rate
-from .run_dir import guard_run_directory
+from .precision import autocast_factory, uses_grad_scaler
+from .run_dir import RunLock, guard_run_directory
 from .run_log import RunLogger
-from .step import build_step_inputs, forward_backward
+from .step import TrainingForward, ViewGeometry, build_step_inputs, forward_backward
 
-__all__ = ["TrainResult", "StepInfo", "TrainingStopped", "train"]
+__all__ = ["Run", "StepInfo", "TrainResult", "TrainingStopped", "build_run", "run_loop", "train"]
 
 #: Batches with unreadable samples that a non-main process reports per logging window (the count is always exact).
 _MAX_RANK_ERRORS = 8
@@ -108,23 +114,56 @@ class TrainResult:
     history: list = field(default_factory=list)
 
 
+@dataclass
+class Run:
+    """Everything a training run needs, built once on every process by ``build_run``.
+
+    ``model`` is the ``ProbCLIP`` (saved, evaluated, clamped); ``forward`` is what a step calls: the model's
+    ``TrainingForward``, wrapped in ``DistributedDataParallel`` when there are several processes.
+    """
+
+    config: TrainConfig
+    dist: DistInfo
+    model: Any
+    forward: nn.Module
+    loss_fn: PairLoss
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    autocast: Callable
+    batches: TrainBatches
+    tokenizer: Tokenizer
+    uses_masks: bool
+    logger: RunLogger
+    output_dir: Path
+    config_yaml: str
+    geometry: ViewGeometry
+    start_step: int = 0
+    eval_fn: Callable[[Any, int], dict] | None = None
+    lock: RunLock | None = None  # held by the main process until the run ends
+    samples_offset: int = 0  # samples seen = samples_offset + step * global batch (a resumed batch-size change)
+
+
+@dataclass
+class LogWindow:
+    """The loop's counters: totals of the run and the window since the last logged step."""
+
+    started: float
+    window_start: float
+    window_samples: int = 0
+    skipped_window: int = 0  # unreadable samples of this rank in the window
+    skipped_total: int = 0  # unreadable samples of all ranks, logged windows only
+    consecutive_nonfinite: int = 0
+    nonfinite_steps: int = 0
+    rank_errors: list = field(default_factory=list)  # a non-main rank's bad-sample reports for the next log
+    grad_norm: float = float("nan")
+    final_loss: float = float("nan")
+    history: list = field(default_factory=list)
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _autocast_factory(device: torch.device, precision: str) -> Callable:
-    """The context of the model's forward passes: bf16/fp16 autocast on CUDA; none (fp32) for fp32 or on the CPU."""
-    if device.type != "cuda" or precision == "fp32":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast("cuda", dtype=dtype)
-
-
-def _uses_grad_scaler(device: torch.device, precision: str) -> bool:
-    """fp16 autocast on CUDA needs loss scaling (bf16 has fp32's exponent range and does not)."""
-    return device.type == "cuda" and precision == "fp16"
 
 
 def _build_or_resume_model(cfg: TrainConfig, resume_dir: Path | None, log: Callable):
@@ -138,17 +177,129 @@ def _build_or_resume_model(cfg: TrainConfig, resume_dir: Path | None, log: Calla
     return model
 
 
+def _freeze_what_the_loss_does_not_train(model, loss_fn: PairLoss, log: Callable) -> None:
+    """A loss on the means gives the log-variance heads no gradient, CLIP's softmax none to ``logit_bias``: freeze
+    them, so that every trainable parameter receives a gradient in every step (AdamW skips gradient-less
+    parameters anyway, so the weights are the same; DistributedDataParallel relies on it, see ``wrap_model``)."""
+    if not loss_fn.uses_logit_bias:
+        model.logit_bias.requires_grad_(False)
+    if not loss_fn.uses_uncertainty:
+        frozen = model.lock_logvar_heads()
+        log(f"model: the loss reads no variance; {len(frozen)} log-variance head tensors frozen")
+
+
+def wrap_model(model, dist_info: DistInfo, compile_towers: bool | str = False) -> nn.Module:
+    """The module a training step calls: ``TrainingForward(model)``, in ``DistributedDataParallel`` when the run has
+    several processes. ``compile_towers``: True compiles both towers in place with ``torch.compile``'s default
+    backend, a string with that backend (state-dict names do not change).
+
+    DistributedDataParallel averages the gradients bucket by bucket while the backward pass runs (the all-reduce
+    overlaps the backward computation). ``find_unused_parameters=False``: every trainable parameter receives a
+    gradient in every step (frozen towers and heads have ``requires_grad=False`` and are not registered; see
+    ``_freeze_what_the_loss_does_not_train``), so no per-step search of the autograd graph is needed.
+    ``static_graph=False``: masked views run the towers twice per step, but inside one ``TrainingForward`` call,
+    so each parameter's gradient is ready exactly once per backward pass (and gradient checkpointing is
+    non-reentrant); a step skipped for a non-finite loss runs no backward pass, which a static graph would not
+    expect.
+    """
+    if compile_towers:
+        backend = compile_towers if isinstance(compile_towers, str) else "inductor"
+        model.visual.compile(backend=backend)
+        model.text.compile(backend=backend)
+    forward = TrainingForward(model)
+    if not dist_info.distributed:
+        return forward
+    # The model has no buffers, so there is nothing to broadcast in the forward pass.
+    return DistributedDataParallel(forward, device_ids=None, find_unused_parameters=False, static_graph=False)
+
+
+def _restore_training_state(state: dict | None, optimizer, scaler, dist_info: DistInfo, resume_dir) -> dict | None:
+    """Load the optimizer, scaler and this rank's RNG state from a checkpoint; returns this rank's data position."""
+    if state is None:
+        return None
+    optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(state["scaler"])
+    ranks_data = state.get("data") or []
+    if len(ranks_data) != dist_info.world_size:
+        raise UsageError(
+            f"checkpoint {resume_dir} was written by {len(ranks_data)} process(es); resume it with the same "
+            f"number (now {dist_info.world_size})"
+        )
+    restore_rng_state(state["rng"][dist_info.rank])
+    return ranks_data[dist_info.rank]
+
+
+def _check_masking(config: TrainConfig, model, tokenizer, uses_masks: bool) -> None:
+    masking = config.masking
+    if uses_masks and masking.text_mask_prob > 0 and masking.text_mask_mode == "replace" and tokenizer.mask_id is None:
+        raise UsageError(
+            f"masked text views need a mask token, but the tokenizer of {model.config.name or 'this model'} has "
+            "none; set masking.text_mask_prob: 0, masking.text_mask_mode: drop, or give the model a text.mask_id"
+        )
+
+
 def _evaluated_on_main_only(model, step: int) -> dict:
     return {}
 
 
-def _stop_vote(local_stop: bool, dist_info: DistInfo) -> bool:
-    """True on every rank when any rank wants to stop."""
-    if not dist_info.distributed:
-        return local_stop
-    flag = torch.tensor([1.0 if local_stop else 0.0], device=dist_info.device)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return bool(flag.item() > 0)
+def build_run(config: TrainConfig, dist_info: DistInfo, *, eval_fn: Callable | None = None, source=None) -> Run:
+    """Build the run described by a validated ``config`` on this process: run directory, logger, model (fresh or
+    resumed), tokenizer, data stream, loss, optimiser, precision and checkpoint state. See ``train``."""
+    run = config.run
+    output_dir = Path(run.output_dir)
+    if dist_info.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    barrier()
+    resume_dir, state = load_resume_state(run.resume, output_dir)
+    lock = guard_run_directory(config, output_dir, resume_dir, state, dist_info.world_size, dist_info.is_main)
+    start_step = int(state["step"]) if state else 0
+    logger = RunLogger(output_dir, run.steps, run.progress, run.tensorboard, enabled=dist_info.is_main,
+                       start_step=start_step)
+    log = logger.message
+    try:
+        config_yaml = config.to_yaml()
+        if dist_info.is_main:
+            atomic_write_text(output_dir / "train_config.yaml", config_yaml)
+        if run.resume == "latest" and resume_dir is None:
+            log(f"run.resume 'latest': no checkpoint in {output_dir} yet; starting at step 0")
+        if dist_info.device.type == "cpu" and run.precision != "fp32":
+            log(f"run.precision {run.precision!r} applies to CUDA only; this CPU run computes in fp32")
+        _seed_everything(run.seed)
+        model = _build_or_resume_model(config, resume_dir, log).to(dist_info.device)
+        tokenizer = get_tokenizer(model)
+        transform = image_transform(model.config.vision, train=config.data.train_augment)
+        collator = PairCollator(transform, tokenizer, random_transform=config.data.train_augment)
+        loss_fn = build_loss(config.loss.name, **config.loss.kwargs)
+        uses_masks = loss_fn.uses_masked_views and config.masking.fraction > 0
+        _check_masking(config, model, tokenizer, uses_masks)
+        _freeze_what_the_loss_does_not_train(model, loss_fn, log)
+        optimizer = build_optimizer(model, config.optim)
+        scaler = torch.amp.GradScaler("cuda", enabled=uses_grad_scaler(dist_info.device, run.precision))
+        data_state = _restore_training_state(state, optimizer, scaler, dist_info, resume_dir)
+        if state is not None:
+            logger.event("resume", checkpoint=str(resume_dir), step=start_step)
+        if eval_fn is None and dist_info.is_main:
+            eval_fn = build_eval_fn(config.eval, get_tokenizer, lambda m: image_transform(m.config.vision, train=False))
+        if broadcast_object(eval_fn is not None) and eval_fn is None:
+            eval_fn = _evaluated_on_main_only  # other ranks wait at the barrier that follows each evaluation
+        batches = build_train_batches(
+            config.data, collator, seed=run.seed, rank=dist_info.rank, world_size=dist_info.world_size,
+            start_step=start_step, resume_state=data_state, pin_memory=dist_info.device.type == "cuda", source=source,
+        )
+        return Run(
+            config=config, dist=dist_info, model=model, forward=wrap_model(model, dist_info, run.compile),
+            loss_fn=loss_fn, optimizer=optimizer, scaler=scaler,
+            autocast=autocast_factory(dist_info.device, run.precision), batches=batches, tokenizer=tokenizer,
+            uses_masks=uses_masks, logger=logger, output_dir=output_dir, config_yaml=config_yaml,
+            geometry=ViewGeometry.of(model, tokenizer), start_step=start_step, eval_fn=eval_fn, lock=lock,
+            samples_offset=samples_before(state, config.data.batch_size),
+        )
+    except BaseException:
+        logger.close()
+        if lock is not None:
+            lock.release()
+        raise
 
 
 def train(
@@ -177,249 +328,220 @@ def train(
     data errors of ``probclip.data`` (missing shard, empty dataset) before training.
     """
     config = config.validate()
-    run = config.run
-    if run.cpu_threads is not None:
-        torch.set_num_threads(run.cpu_threads)
+    if config.run.cpu_threads is not None:
+        torch.set_num_threads(config.run.cpu_threads)
     owns_process_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
-    dist_info = init_distributed(run.device, run.dist_backend)
-    output_dir = Path(run.output_dir)
-    if dist_info.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    barrier()
-    resume_dir, state = load_resume_state(run.resume, output_dir)
-    starting_fresh = run.resume == "latest" and resume_dir is None
-    run_lock = guard_run_directory(config, output_dir, resume_dir, state, dist_info.world_size, dist_info.is_main)
-    start_step = int(state["step"]) if state else 0
-    logger = RunLogger(output_dir, run.steps, run.progress, run.tensorboard, enabled=dist_info.is_main,
-                       start_step=start_step)
-    log = logger.message
+    dist_info = init_distributed(config.run.device, config.run.dist_backend)
     try:
-        config_yaml = config.to_yaml()
-        if dist_info.is_main:
-            atomic_write_text(output_dir / "train_config.yaml", config_yaml)
-        if starting_fresh:
-            log(f"run.resume 'latest': no checkpoint in {output_dir} yet; starting at step 0")
-        if dist_info.device.type == "cpu" and run.precision != "fp32":
-            log(f"run.precision {run.precision!r} applies to CUDA only; this CPU run computes in fp32")
-        _seed_everything(run.seed)
-        model = _build_or_resume_model(config, resume_dir, log).to(dist_info.device)
-        tokenizer = get_tokenizer(model)
-        transform = image_transform(model.config.vision, train=config.data.train_augment)
-        collator = PairCollator(transform, tokenizer, random_transform=config.data.train_augment)
-        loss_fn = build_loss(config.loss.name, **config.loss.kwargs)
-        uses_masks = getattr(loss_fn, "uses_masked_views", False) and config.masking.fraction > 0
-        if (uses_masks and config.masking.text_mask_prob > 0 and config.masking.text_mask_mode == "replace"
-                and tokenizer.mask_id is None):
-            raise UsageError(
-                f"masked text views need a mask token, but the tokenizer of {model.config.name or 'this model'} has "
-                "none; set masking.text_mask_prob: 0, masking.text_mask_mode: drop, or give the model a text.mask_id"
-            )
-        if config.loss.name == "clip":
-            model.logit_bias.requires_grad_(False)  # CLIP's softmax loss has no bias
-        optimizer = build_optimizer(model, config.optim)
-        scaler = torch.amp.GradScaler("cuda", enabled=_uses_grad_scaler(dist_info.device, run.precision))
-        autocast = _autocast_factory(dist_info.device, run.precision)
-        data_state = None
-        if state is not None:
-            optimizer.load_state_dict(state["optimizer"])
-            if state.get("scaler") and scaler.is_enabled():
-                scaler.load_state_dict(state["scaler"])
-            ranks_data = state.get("data") or []
-            if len(ranks_data) != dist_info.world_size:
-                raise ValueError(
-                    f"checkpoint {resume_dir} was written by {len(ranks_data)} process(es); resume it with the same "
-                    f"number (now {dist_info.world_size})"
-                )
-            data_state = ranks_data[dist_info.rank]
-            restore_rng_state(state["rng"][dist_info.rank])
-            logger.event("resume", checkpoint=str(resume_dir), step=start_step)
-        if eval_fn is None and dist_info.is_main:
-            eval_fn = build_eval_fn(config.eval, get_tokenizer,
-                                    lambda m: image_transform(m.config.vision, train=False))
-        if broadcast_object(eval_fn is not None) and eval_fn is None:
-            eval_fn = _evaluated_on_main_only  # other ranks wait at the barrier that follows each evaluation
-        batches = build_train_batches(
-            config.data, collator, seed=run.seed, rank=dist_info.rank, world_size=dist_info.world_size,
-            start_step=start_step, resume_state=data_state, pin_memory=dist_info.device.type == "cuda", source=source,
-        )
-        return _run_loop(config, dist_info, model, loss_fn, optimizer, scaler, autocast, batches, tokenizer,
-                         uses_masks, logger, start_step, config_yaml, callbacks, eval_fn, output_dir,
-                         NonFiniteLossError, samples_before(state, config.data.batch_size))
+        run = build_run(config, dist_info, eval_fn=eval_fn, source=source)
+        try:
+            return run_loop(run, callbacks)
+        finally:
+            run.logger.close()
+            if run.lock is not None:
+                run.lock.release()
     finally:
-        logger.close()
-        if run_lock is not None:
-            run_lock.release()
         if owns_process_group:
             cleanup_distributed()
 
 
-def _run_loop(config, dist_info, model, loss_fn, optimizer, scaler, autocast, batches, tokenizer, uses_masks,
-              logger, start_step, config_yaml, callbacks, eval_fn, output_dir, NonFiniteLossError,
-              samples_offset: int = 0) -> TrainResult:
-    run, optim = config.run, config.optim
-    global_batch = config.data.batch_size
-    # samples seen = samples_offset + step * global_batch (the offset is non-zero after a batch-size change)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    step = start_step
-    started = time.perf_counter()
-    window_start, window_samples = started, 0
-    consecutive_nonfinite = nonfinite_steps = 0
-    skipped_samples_window = skipped_total = 0
-    window_errors: list = []  # another rank's bad-sample messages, reported by the main process at log steps
-    last_checkpoint = None
-    final_loss = grad_norm = float("nan")
-    stop_reason = "completed"
-    history = []
-    mixing = config.loss if config.loss.name == "pcmepp" else None
-
-    def checkpoint(at_step: int) -> Path | None:
-        states = gather_objects({"data": batches.state(), "rng": capture_rng_state()})
-        path = None
-        if dist_info.is_main:
-            training_state = {
-                "step": at_step,
-                "samples": samples_offset + at_step * global_batch,
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "schedule": {"kind": optim.schedule, "warmup_steps": optim.warmup_steps, "total_steps": run.steps},
-                "data": [s["data"] for s in states],
-                "rng": [s["rng"] for s in states],
-                "world_size": dist_info.world_size,
-            }
-            try:
-                path = save_checkpoint(output_dir, at_step, model, training_state, config_yaml)
-            except NonFiniteWeightsError as err:  # a diverged model: keep the last good checkpoint
-                logger.event("checkpoint_refused", step=at_step, reason=str(err))
-                logger.message(f"warning: {err}")
-            else:
-                prune_checkpoints(output_dir, run.keep_last)
-                logger.event("checkpoint", step=at_step, path=str(path))
-        barrier()
-        return broadcast_object(str(path) if path else None)
-
-    def evaluate(at_step: int) -> None:
-        if eval_fn is None:
-            return
-        if dist_info.is_main:
-            model.eval()
-            with torch.no_grad():
-                metrics = eval_fn(model, at_step)
-            model.train()
-            logger.event("eval", step=at_step, metrics=metrics)
-            logger.scalars("eval", metrics, at_step)
-        barrier()
-
-    vision_cfg = model.config.vision
-    # Mid-grey in the model's normalised pixel units: the fill of image_mask_mode 'grey'.
-    mid_grey = (0.5 - torch.tensor(vision_cfg.image_mean)) / torch.tensor(vision_cfg.image_std)
-    while step < run.steps:
-        batch = next(batches)
-        lr = learning_rate(step, run.steps, optim)
-        set_learning_rate(optimizer, lr)
-        inputs = build_step_inputs(
-            batch, step=step, seed=run.seed, rank=dist_info.rank, device=dist_info.device,
-            masking=config.masking if uses_masks else None, num_patches=model.visual.num_patches,
-            mask_id=tokenizer.mask_id, pad_id=tokenizer.pad_id, mixing=mixing,
-            patch_size=model.visual.patch_size, grey=mid_grey,
-        )
-        skipped_samples_window += batch.skipped
-        if batch.errors and dist_info.is_main:
-            logger.event("bad_samples", step=step, rank=0, count=batch.skipped, errors=batch.errors)
-        elif batch.errors and len(window_errors) < _MAX_RANK_ERRORS:
-            window_errors.append({"step": step, "count": batch.skipped, "errors": batch.errors})
-        skipped_step, bad_component, terms = False, None, {}
-        try:
-            terms = forward_backward(model, loss_fn, inputs, optim.accum_freq, autocast, scaler.scale)
-        except NonFiniteLossError as err:
-            skipped_step, bad_component, terms = True, err.component, dict(err.values)
-        if not skipped_step:
-            average_gradients(trainable, dist_info.world_size)
-            scaler.unscale_(optimizer)
-            grad_norm = _grad_norm(trainable, optim.grad_clip)
-            if not math.isfinite(grad_norm) and not scaler.is_enabled():
-                skipped_step, bad_component = True, "grad_norm"
-            else:
-                scaler.step(optimizer)
-                scaler.update()
-                clamp_logit_scale(model)
-        optimizer.zero_grad(set_to_none=True)
+def run_loop(run: Run, callbacks: Sequence[Callable[[StepInfo], bool | None]] = ()) -> TrainResult:
+    """Train from ``run.start_step`` to ``run.steps`` (or an earlier stop); the last step is saved and evaluated."""
+    steps, global_batch = run.config.run.steps, run.config.data.batch_size
+    now = time.perf_counter()
+    window = LogWindow(started=now, window_start=now)
+    step, stop_reason, last_checkpoint = run.start_step, "completed", None
+    while step < steps:
+        batch = next(run.batches)
+        lr = learning_rate(step, steps, run.config.optim)
+        set_learning_rate(run.optimizer, lr)
+        _note_bad_samples(run, window, batch, step)
+        skipped, bad_component, terms = _optimizer_step(run, window, _step_inputs(run, batch, step))
         step += 1
-        window_samples += global_batch
-        if skipped_step:
-            consecutive_nonfinite += 1
-            nonfinite_steps += 1
-            logger.event("nonfinite", step=step, component=bad_component, consecutive=consecutive_nonfinite,
-                         values=terms)
-            if consecutive_nonfinite >= run.max_nonfinite_steps:
-                raise TrainingStopped(
-                    f"{consecutive_nonfinite} consecutive steps with a non-finite loss (last component: "
-                    f"{bad_component!r}) at step {step}; lower optim.lr, check the data, or raise "
-                    f"run.max_nonfinite_steps (now {run.max_nonfinite_steps})"
-                )
-        else:
-            consecutive_nonfinite = 0
-
-        if step % run.log_every == 0 or step == run.steps:
-            means = all_reduce_mean(
-                {**{k: v for k, v in terms.items()}, "skipped_samples": float(skipped_samples_window)},
-                dist_info.device,
-            )
-            skipped_now = int(round(means.pop("skipped_samples") * dist_info.world_size))
-            skipped_total += skipped_now
-            if skipped_now and dist_info.distributed:  # the same decision on every rank (a reduced value)
-                for rank, reports in enumerate(gather_objects(window_errors)):
-                    for report in reports if rank > 0 else ():
-                        logger.event("bad_samples", rank=rank, **report)
-                window_errors = []
-            read = (step - start_step) * global_batch + skipped_total
-            if read >= 1000 and skipped_total / read > config.data.max_bad_fraction:
-                raise TrainingStopped(
-                    f"{skipped_total} of the {read} samples read so far were unreadable "
-                    f"({skipped_total / read:.1%} > data.max_bad_fraction={config.data.max_bad_fraction}); "
-                    f"see the 'bad_samples' events in {logger.path}"
-                )
-            now = time.perf_counter()
-            record = {
-                "step": step,
-                "samples": samples_offset + step * global_batch,
-                "lr": lr,
-                **means,
-                "logit_scale": float(model.logit_scale.detach()),
-                "logit_bias": float(model.logit_bias.detach()),
-                "grad_norm": float(grad_norm) if not skipped_step else float("nan"),
-                "samples_per_s": window_samples / max(now - window_start, 1e-9),
-                "elapsed_s": now - started,
-                "skipped_samples": skipped_now,
-                "nonfinite_steps": nonfinite_steps,
-            }
-            final_loss = record.get("loss", float("nan"))
-            history.append({k: record[k] for k in ("step", "loss") if k in record})
-            logger.step(record, advance=run.log_every if step % run.log_every == 0 else step % run.log_every)
-            window_start, window_samples, skipped_samples_window, window_errors = now, 0, 0, []
-
-        info = StepInfo(step, run.steps, samples_offset + step * global_batch, time.perf_counter() - started, lr,
-                        terms.get("loss", float("nan")), terms, skipped_step, model)
-        wants_stop = any(bool(cb(info)) for cb in callbacks)
-        over_time = run.max_seconds is not None and time.perf_counter() - started >= run.max_seconds
-        if (callbacks or run.max_seconds is not None) and _stop_vote(wants_stop or over_time, dist_info) \
-                and step < run.steps:
-            stop_reason = "callback" if wants_stop else "max_seconds"
-            logger.event("stop", step=step, reason=stop_reason)
+        window.window_samples += global_batch
+        _count_nonfinite(run, window, step, skipped, bad_component, terms)
+        if step % run.config.run.log_every == 0 or step == steps:
+            _log_step(run, window, step, lr, terms, skipped)
+        info = StepInfo(step, steps, run.samples_offset + step * global_batch,
+                        time.perf_counter() - window.started, lr,
+                        terms.get("loss", float("nan")), terms, skipped, run.model)
+        reason = _stop_reason(run, window, info, callbacks)
+        if reason != "completed" and step < steps:
+            stop_reason = reason
+            run.logger.event("stop", step=step, reason=stop_reason)
             break
-        if run.eval_every and step % run.eval_every == 0 and step < run.steps:
-            evaluate(step)
-        if run.save_every and step % run.save_every == 0 and step < run.steps:
-            last_checkpoint = checkpoint(step)
-
-    last_checkpoint = checkpoint(step)
-    evaluate(step)
-    seconds = time.perf_counter() - started
+        if run.config.run.eval_every and step % run.config.run.eval_every == 0 and step < steps:
+            _evaluate(run, step)
+        if run.config.run.save_every and step % run.config.run.save_every == 0 and step < steps:
+            last_checkpoint = _checkpoint(run, step)
+    last_checkpoint = _checkpoint(run, step)
+    _evaluate(run, step)
     return TrainResult(
-        model=model, steps=step, seconds=seconds, samples=samples_offset + step * global_batch, log_path=logger.path,
-        output_dir=output_dir, checkpoint=Path(last_checkpoint) if last_checkpoint else None,
-        stop_reason=stop_reason, skipped_samples=skipped_total, nonfinite_steps=nonfinite_steps,
-        final_loss=final_loss, history=history,
+        model=run.model, steps=step, seconds=time.perf_counter() - window.started,
+        samples=run.samples_offset + step * global_batch,
+        log_path=run.logger.path, output_dir=run.output_dir,
+        checkpoint=Path(last_checkpoint) if last_checkpoint else None, stop_reason=stop_reason,
+        skipped_samples=window.skipped_total, nonfinite_steps=window.nonfinite_steps,
+        final_loss=window.final_loss, history=window.history,
     )
+
+
+def _step_inputs(run: Run, batch, step: int):
+    """The step's tensors on the device, with masked views (ProLIP) and mixed samples (PCME++)."""
+    config = run.config
+    return build_step_inputs(
+        batch, step=step, seed=config.run.seed, rank=run.dist.rank, device=run.dist.device,
+        masking=config.masking if run.uses_masks else None,
+        mixing=config.loss if config.loss.name == "pcmepp" else None, geometry=run.geometry,
+    )
+
+
+def _optimizer_step(run: Run, window: LogWindow, inputs) -> tuple[bool, str | None, dict]:
+    """Forward, backward (gradients averaged over processes), clip, step. Returns ``(skipped, bad component,
+    loss terms)``; a step is skipped when the loss or the gradient norm is not finite."""
+    skipped, bad_component, terms = False, None, {}
+    try:
+        terms = forward_backward(run.forward, run.loss_fn, inputs, run.config.optim.accum_freq, run.autocast,
+                                 run.scaler.scale)
+    except NonFiniteLossError as err:
+        skipped, bad_component, terms = True, err.component, dict(err.values)
+    if not skipped:
+        run.scaler.unscale_(run.optimizer)
+        trainable = [p for p in run.model.parameters() if p.requires_grad]
+        window.grad_norm = _grad_norm(trainable, run.config.optim.grad_clip)
+        if not math.isfinite(window.grad_norm) and not run.scaler.is_enabled():
+            skipped, bad_component = True, "grad_norm"
+        else:
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            clamp_logit_scale(run.model)
+    run.optimizer.zero_grad(set_to_none=True)
+    return skipped, bad_component, terms
+
+
+def _note_bad_samples(run: Run, window: LogWindow, batch, step: int) -> None:
+    window.skipped_window += batch.skipped
+    if batch.errors and run.dist.is_main:
+        run.logger.event("bad_samples", step=step, rank=0, count=batch.skipped, errors=batch.errors)
+    elif batch.errors and len(window.rank_errors) < _MAX_RANK_ERRORS:
+        window.rank_errors.append({"step": step, "count": batch.skipped, "errors": batch.errors})
+
+
+def _count_nonfinite(run: Run, window: LogWindow, step: int, skipped: bool, bad_component, terms: dict) -> None:
+    if not skipped:
+        window.consecutive_nonfinite = 0
+        return
+    window.consecutive_nonfinite += 1
+    window.nonfinite_steps += 1
+    run.logger.event("nonfinite", step=step, component=bad_component, consecutive=window.consecutive_nonfinite,
+                     values=terms)
+    limit = run.config.run.max_nonfinite_steps
+    if window.consecutive_nonfinite >= limit:
+        raise TrainingStopped(
+            f"{window.consecutive_nonfinite} consecutive steps with a non-finite loss (last component: "
+            f"{bad_component!r}) at step {step}; lower optim.lr, check the data, or raise "
+            f"run.max_nonfinite_steps (now {limit})"
+        )
+
+
+def _log_step(run: Run, window: LogWindow, step: int, lr: float, terms: dict, skipped: bool) -> None:
+    """Reduce the window's values over processes, check the bad-sample budget, write one log record."""
+    global_batch, log_every = run.config.data.batch_size, run.config.run.log_every
+    means = all_reduce_mean({**terms, "skipped_samples": float(window.skipped_window)}, run.dist.device)
+    skipped_now = int(round(means.pop("skipped_samples") * run.dist.world_size))
+    window.skipped_total += skipped_now
+    if skipped_now and run.dist.distributed:  # the same decision on every rank (a reduced value)
+        for rank, reports in enumerate(gather_objects(window.rank_errors)):
+            for report in reports if rank > 0 else ():
+                run.logger.event("bad_samples", rank=rank, **report)
+        window.rank_errors = []
+    read = (step - run.start_step) * global_batch + window.skipped_total
+    max_bad = run.config.data.max_bad_fraction
+    if read >= 1000 and window.skipped_total / read > max_bad:
+        raise TrainingStopped(
+            f"{window.skipped_total} of the {read} samples read so far were unreadable "
+            f"({window.skipped_total / read:.1%} > data.max_bad_fraction={max_bad}); "
+            f"see the 'bad_samples' events in {run.logger.path}"
+        )
+    now = time.perf_counter()
+    record = {
+        "step": step,
+        "samples": run.samples_offset + step * global_batch,
+        "lr": lr,
+        **means,
+        "logit_scale": float(run.model.logit_scale.detach()),
+        "logit_bias": float(run.model.logit_bias.detach()),
+        "grad_norm": float(window.grad_norm) if not skipped else float("nan"),
+        "samples_per_s": window.window_samples / max(now - window.window_start, 1e-9),
+        "elapsed_s": now - window.started,
+        "skipped_samples": skipped_now,
+        "nonfinite_steps": window.nonfinite_steps,
+    }
+    window.final_loss = record.get("loss", float("nan"))
+    window.history.append({k: record[k] for k in ("step", "loss") if k in record})
+    run.logger.step(record, advance=log_every if step % log_every == 0 else step % log_every)
+    window.window_start, window.window_samples, window.skipped_window, window.rank_errors = now, 0, 0, []
+
+
+def _stop_reason(run: Run, window: LogWindow, info: StepInfo, callbacks) -> str:
+    """``callback`` or ``max_seconds`` when any process wants to stop after this step, else ``completed``."""
+    max_seconds = run.config.run.max_seconds
+    wants_stop = any(bool(cb(info)) for cb in callbacks)
+    over_time = max_seconds is not None and time.perf_counter() - window.started >= max_seconds
+    if (callbacks or max_seconds is not None) and _stop_vote(wants_stop or over_time, run.dist):
+        return "callback" if wants_stop else "max_seconds"
+    return "completed"
+
+
+def _checkpoint(run: Run, at_step: int) -> str | None:
+    """Save a checkpoint of every rank's data position and RNG state (written by the main process); its path."""
+    states = gather_objects({"data": run.batches.state(), "rng": capture_rng_state()})
+    path = None
+    if run.dist.is_main:
+        optim, steps = run.config.optim, run.config.run.steps
+        training_state = {
+            "step": at_step,
+            "samples": run.samples_offset + at_step * run.config.data.batch_size,
+            "optimizer": run.optimizer.state_dict(),
+            "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
+            "schedule": {"kind": optim.schedule, "warmup_steps": optim.warmup_steps, "total_steps": steps},
+            "data": [s["data"] for s in states],
+            "rng": [s["rng"] for s in states],
+            "world_size": run.dist.world_size,
+        }
+        try:
+            path = save_checkpoint(run.output_dir, at_step, run.model, training_state, run.config_yaml)
+        except NonFiniteWeightsError as err:  # a diverged model: keep the last good checkpoint
+            run.logger.event("checkpoint_refused", step=at_step, reason=str(err))
+            run.logger.message(f"warning: {err}")
+        else:
+            prune_checkpoints(run.output_dir, run.config.run.keep_last)
+            run.logger.event("checkpoint", step=at_step, path=str(path))
+    barrier()
+    return broadcast_object(str(path) if path else None)
+
+
+def _evaluate(run: Run, at_step: int) -> None:
+    """Call the evaluation hook on the main process (model in eval mode, no gradient); the others wait."""
+    if run.eval_fn is None:
+        return
+    if run.dist.is_main:
+        run.model.eval()
+        with torch.no_grad():
+            metrics = run.eval_fn(run.model, at_step)
+        run.model.train()
+        run.logger.event("eval", step=at_step, metrics=metrics)
+        run.logger.scalars("eval", metrics, at_step)
+    barrier()
+
+
+def _stop_vote(local_stop: bool, dist_info: DistInfo) -> bool:
+    """True on every rank when any rank wants to stop."""
+    if not dist_info.distributed:
+        return local_stop
+    flag = torch.tensor([1.0 if local_stop else 0.0], device=dist_info.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item() > 0)
 
 
 def _grad_norm(parameters, max_norm: float) -> float:

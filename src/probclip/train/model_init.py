@@ -3,55 +3,38 @@ uncertainty re-initialisation, freezing and gradient checkpointing (the ``model`
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ..errors import UsageError
-from ..models import create_model, extend_context_length, init_from_open_clip, load_pretrained_model
+from ..models import (
+    create_model,
+    extend_context_length,
+    init_from_open_clip,
+    load_pretrained_model,
+)
 
 __all__ = ["build_model", "reinit_uncertainty", "uncertainty_parameter_names", "freeze_towers"]
 
 
 def uncertainty_parameter_names(model: nn.Module) -> list[str]:
-    """Names of the parameters that carry uncertainty only: log-variance heads and UNC tokens."""
-    return [
-        name for name, _ in model.named_parameters()
-        if ".head.logvar." in name or name.endswith("unc_token") or name.endswith("trunk.reg_token")
-    ]
+    """Names of the parameters that carry uncertainty only (the model's ``uncertainty_parameter_names()``)."""
+    return model.uncertainty_parameter_names()
 
 
-@torch.no_grad()
 def reinit_uncertainty(model: nn.Module) -> list[str]:
-    """Re-initialise the log-variance heads (weights ~ N(0, (0.02 / sqrt(W))^2), bias = the tower's
-    ``init_unc_bias``) and the UNC tokens (~ N(0, 0.01^2) for text, N(0, 0.02^2) for vision); returns the names."""
-    for tower in (model.visual, model.text):
-        head = tower.head
-        width = head.logvar.in_features
-        nn.init.normal_(head.logvar.weight, std=0.02 * width**-0.5)
-        nn.init.constant_(head.logvar.bias, head.init_unc_bias)
-    nn.init.normal_(model.text.unc_token, std=0.01)
-    nn.init.normal_(model.visual.trunk.reg_token, std=0.02)
-    return uncertainty_parameter_names(model)
+    """Re-initialise the model's uncertainty parameters (``model.reset_uncertainty()``); returns their names."""
+    return model.reset_uncertainty()
 
 
 def freeze_towers(model: nn.Module, vision: bool, text: bool, heads: bool) -> list[str]:
     """Freeze the chosen towers' parameters (LiT-style). Unless ``heads``, a frozen tower's uncertainty parameters
     (log-variance head, UNC token) stay trainable. Returns the names of the frozen parameters."""
-    frozen = []
-    keep = set() if heads else set(uncertainty_parameter_names(model))
-    for prefix, enabled in (("visual.", vision), ("text.", text)):
-        if not enabled:
-            continue
-        for name, param in model.named_parameters():
-            if not name.startswith(prefix) or name in keep:
-                continue
-            param.requires_grad_(False)
-            frozen.append(name)
-    return frozen
+    frozen = model.lock_image_tower(keep_uncertainty=not heads) if vision else []
+    return frozen + (model.lock_text_tower(keep_uncertainty=not heads) if text else [])
 
 
 def _open_clip_source(name: str, pretrained: str | None):
-    import open_clip
+    import open_clip  # heavy; only init: open_clip needs it
 
     return open_clip.create_model(name, pretrained=pretrained)
 

@@ -1,4 +1,5 @@
-"""AdamW parameter groups (no weight decay on norms, biases, embeddings, logit parameters) and the LR schedule."""
+"""AdamW parameter groups (no weight decay on 0/1-D parameters and on those the model names in ``no_weight_decay()``)
+and the LR schedule."""
 
 from __future__ import annotations
 
@@ -9,34 +10,25 @@ from torch import nn
 
 __all__ = ["is_no_decay", "param_groups", "build_optimizer", "learning_rate", "set_learning_rate", "clamp_logit_scale"]
 
-#: Name fragments of parameters that are embeddings or learned tokens (never decayed).
-_EMBEDDING_NAMES = ("token_embedding", "positional_embedding", "pos_embed", "cls_token", "reg_token", "unc_token")
-#: Parameters of the logit (similarity scale and bias) (never decayed).
-_LOGIT_NAMES = ("logit_scale", "logit_bias")
 #: Upper clamp of logit_scale, log(100), as in CLIP/ProLIP.
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
-def is_no_decay(name: str, param: torch.Tensor) -> bool:
-    """True for parameters without weight decay: 0/1-D tensors (norm weights, biases, scalars), embeddings and
-    learned tokens, and the logit parameters."""
-    leaf = name.rsplit(".", 1)[-1]
-    return (
-        param.dim() < 2
-        or leaf in _LOGIT_NAMES
-        or any(fragment in name for fragment in _EMBEDDING_NAMES)
-        or ".norm" in name or "ln_" in name or name.endswith(".bias")
-    )
+def is_no_decay(name: str, param: torch.Tensor, no_decay_names: set[str]) -> bool:
+    """True for parameters without weight decay: 0/1-D tensors (norm weights, biases, scalars) and the
+    multi-dimensional ones the model names in ``model.no_weight_decay()`` (embeddings, learned tokens, logits)."""
+    return param.dim() < 2 or name in no_decay_names
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two AdamW groups over the trainable parameters: ``{"params", "weight_decay": weight_decay, "names"}`` for
     weight matrices and ``{..., "weight_decay": 0.0}`` for the rest (see ``is_no_decay``)."""
     decay, no_decay, decay_names, no_decay_names = [], [], [], []
+    model_no_decay = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if is_no_decay(name, param):
+        if is_no_decay(name, param, model_no_decay):
             no_decay.append(param)
             no_decay_names.append(name)
         else:
@@ -51,7 +43,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, optim) -> torch.optim.AdamW:
-    """AdamW over ``param_groups(model, optim.weight_decay)`` with ``optim.lr``, ``betas``, ``eps`` (an ``OptimSection``)."""
+    """AdamW over ``param_groups(model, optim.weight_decay)`` with ``optim.lr``, ``betas``, ``eps`` (an
+    ``OptimSection``)."""
     groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, optim.weight_decay)]
     groups = [g for g in groups if g["params"]]
     return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..jsonsafe import json_safe
+
 __all__ = ["RunLogger", "format_seconds"]
 
 
@@ -21,16 +23,6 @@ def format_seconds(seconds: float) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 class RunLogger:
@@ -66,11 +58,11 @@ class RunLogger:
             mode = "bar" if sys.stderr.isatty() else "plain"
         self.mode = mode
         if mode == "bar":
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # only when a bar is shown
 
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # heavy; only with run.tensorboard
 
             self._writer = SummaryWriter(str(Path(output_dir) / "tensorboard"))
 
@@ -79,7 +71,7 @@ class RunLogger:
         if not self.enabled:
             return
         record = {"event": kind, **fields}
-        self._file.write(json.dumps(_jsonable(record)) + "\n")
+        self._file.write(json.dumps(json_safe(record, nonfinite="text")) + "\n")
         self._file.flush()
         if kind in ("nonfinite", "bad_samples", "resume", "stop") or self.mode == "plain":
             self.message(f"[{kind}] " + ", ".join(f"{k}={v}" for k, v in fields.items()))
@@ -97,7 +89,7 @@ class RunLogger:
         """Log one step ``record`` (must hold ``step``; numbers go to TensorBoard) and move the bar by ``advance``."""
         if not self.enabled:
             return
-        self._file.write(json.dumps(_jsonable(record)) + "\n")
+        self._file.write(json.dumps(json_safe(record, nonfinite="text")) + "\n")
         self._file.flush()
         step = int(record["step"])
         if self._writer is not None:

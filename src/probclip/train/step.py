@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..data.masking import mask_text_tokens, paint_masked_patches, sample_keep_patches
 from ..data.mixing import mix_images
@@ -27,7 +29,15 @@ from ..data.samples import derive_seed
 from ..embedding import ProbEmbedding
 from ..losses import soft_match_labels
 
-__all__ = ["StepInputs", "masked_selection", "build_step_inputs", "forward_backward"]
+__all__ = [
+    "StepInputs",
+    "TrainingForward",
+    "ViewGeometry",
+    "as_training_forward",
+    "masked_selection",
+    "build_step_inputs",
+    "forward_backward",
+]
 
 _MASK_TAG, _MIX_TAG = 1, 2
 
@@ -68,13 +78,37 @@ def masked_selection(first_global_index: int, count: int, fraction: float) -> li
     return chosen
 
 
-def build_step_inputs(batch, *, step: int, seed: int, rank: int, device: torch.device, masking=None,
-                      num_patches: int = 0, mask_id: int | None = None, pad_id: int = 0,
-                      mixing=None, patch_size: int = 0, grey: torch.Tensor | None = None) -> StepInputs:
-    """Move a ``PairBatch`` to ``device`` and add masked views (``masking``: a ``MaskingSection`` or None) and mixed
-    samples (``mixing``: a ``LossSection`` with ``mix_fraction``/``mix_beta``/``cutmix_prob``, or None).
-    ``patch_size`` and ``grey`` (mid-grey per channel in normalised units, ``[3]``) are needed for
-    ``image_mask_mode: grey``."""
+@dataclass(frozen=True)
+class ViewGeometry:
+    """What building masked views needs to know of the model and its tokenizer.
+
+    ``num_patches`` and ``patch_size`` (pixels) of the vision tower; ``grey``: mid-grey per channel in the model's
+    normalised pixel units ``[3]`` (the fill of ``image_mask_mode: grey``); the tokenizer's ``mask_id`` and
+    ``pad_id``.
+    """
+
+    num_patches: int = 0
+    patch_size: int = 0
+    grey: torch.Tensor | None = None
+    mask_id: int | None = None
+    pad_id: int = 0
+
+    @classmethod
+    def of(cls, model, tokenizer) -> ViewGeometry:
+        """The geometry of a ``ProbCLIP`` and its tokenizer."""
+        vision = model.config.vision
+        grey = (0.5 - torch.tensor(vision.image_mean)) / torch.tensor(vision.image_std)
+        return cls(model.visual.num_patches, model.visual.patch_size, grey, tokenizer.mask_id, tokenizer.pad_id)
+
+
+def build_step_inputs(batch, *, step: int, seed: int, rank: int, device: torch.device, masking=None, mixing=None,
+                      geometry: ViewGeometry | None = None) -> StepInputs:
+    """Move a ``PairBatch`` to ``device`` and add masked views (``masking``: a ``MaskingSection`` or None; they need
+    the ``geometry`` of the model) and mixed samples (``mixing``: a ``LossSection`` with
+    ``mix_fraction``/``mix_beta``/``cutmix_prob``, or None)."""
+    geometry = geometry or ViewGeometry()
+    num_patches, patch_size, grey = geometry.num_patches, geometry.patch_size, geometry.grey
+    mask_id, pad_id = geometry.mask_id, geometry.pad_id
     images, tokens = batch.images, batch.tokens  # masked text views are skipped when text_mask_prob is 0
     local = len(images)
     inputs = StepInputs(images, tokens)
@@ -138,6 +172,41 @@ def _encode_with_masked(model, inputs: StepInputs, images, tokens):
     return (image, both[:count]), (masked_image, both[count:])
 
 
+class TrainingForward(nn.Module):
+    """The forward pass of a training step as one module call: a batch's images and texts and, when asked, the
+    masked views of a ``StepInputs``.
+
+    ``DistributedDataParallel`` wraps this module, so each backward pass follows exactly one forward call, even
+    though masked views run the towers twice. Its only parameters are the model's.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, views: StepInputs | None = None) -> dict:
+        """``images [b, 3, H, W]``, ``tokens [b, L]``; ``views``: encode its masked views too (None: none).
+
+        Returns ``dict(image, text, masked_image, masked_text)`` (``ProbEmbedding`` s, masked ones None when not
+        encoded) and the 0-dim ``logit_scale`` and ``logit_bias``.
+        """
+        if views is None:
+            (image, text), (masked_image, masked_text) = _encode(self.model, images, tokens), (None, None)
+        else:
+            (image, text), (masked_image, masked_text) = _encode_with_masked(self.model, views, images, tokens)
+        return {"image": image, "text": text, "masked_image": masked_image, "masked_text": masked_text,
+                "logit_scale": self.model.logit_scale.view(()), "logit_bias": self.model.logit_bias.view(())}
+
+
+def as_training_forward(model: nn.Module) -> nn.Module:
+    """``model`` itself when it is a ``TrainingForward`` (or one wrapped in DistributedDataParallel), else
+    ``TrainingForward(model)`` for a ``ProbCLIP``."""
+    if isinstance(model, TrainingForward) or (isinstance(model, DistributedDataParallel)
+                                              and isinstance(model.module, TrainingForward)):
+        return model
+    return TrainingForward(model)
+
+
 def _loss_extras(loss_fn, inputs: StepInputs, masked_image, masked_text) -> dict:
     extras = {}
     if getattr(loss_fn, "uses_masked_views", False) and masked_image is not None:
@@ -147,50 +216,58 @@ def _loss_extras(loss_fn, inputs: StepInputs, masked_image, masked_text) -> dict
     return extras
 
 
+def _loss(loss_fn, inputs: StepInputs, out: dict, logit_scale, logit_bias) -> dict:
+    return loss_fn(out["image"], out["text"], logit_scale, logit_bias,
+                   **_loss_extras(loss_fn, inputs, out["masked_image"], out["masked_text"]))
+
+
 def forward_backward(model, loss_fn, inputs: StepInputs, accum_freq: int = 1, autocast=contextlib.nullcontext,
                      scale_loss=lambda loss: loss) -> dict[str, float]:
-    """Compute the loss of ``inputs`` and accumulate its gradient into ``model``'s ``.grad``.
+    """Compute the loss of ``inputs`` and accumulate its gradient into the model's ``.grad``.
 
     Args:
-        model: a ``ProbCLIP`` (``encode_image``, ``encode_text``, ``logit_scale``, ``logit_bias``).
+        model: a ``ProbCLIP``, a ``TrainingForward`` or a ``TrainingForward`` in ``DistributedDataParallel`` (which
+            then averages the gradients over processes during the backward pass).
         loss_fn: a ``probclip.losses`` loss.
         inputs: the local batch.
-        accum_freq: number of chunks for exact gradient accumulation (1: one pass).
+        accum_freq: number of chunks for exact gradient accumulation (1: one pass). Under DistributedDataParallel
+            all chunks but the last run in ``no_sync()``: gradients are averaged once, in the last backward pass.
         autocast: factory of the autocast context for the model's forward passes.
         scale_loss: applied to the loss before ``backward`` (the fp16 gradient scaler).
 
     Returns the loss terms of this rank as floats. Raises ``probclip.losses.NonFiniteLossError`` (before any
     backward pass) when a term is not finite.
     """
+    forward = as_training_forward(model)
     uses_masks = getattr(loss_fn, "uses_masked_views", False)
+    views = inputs if uses_masks and inputs.masked_index is not None else None
     if accum_freq <= 1:
         with autocast():
-            if uses_masks:
-                (image, text), (masked_image, masked_text) = _encode_with_masked(model, inputs, inputs.images,
-                                                                                 inputs.tokens)
-            else:
-                (image, text), (masked_image, masked_text) = _encode(model, inputs.images, inputs.tokens), (None, None)
-        terms = loss_fn(image, text, model.logit_scale, model.logit_bias,
-                        **_loss_extras(loss_fn, inputs, masked_image, masked_text))
+            out = forward(inputs.images, inputs.tokens, views)
+        terms = _loss(loss_fn, inputs, out, out["logit_scale"], out["logit_bias"])
         scale_loss(terms["loss"]).backward()
         return {k: float(v.detach()) for k, v in terms.items()}
 
+    local = forward.module if isinstance(forward, DistributedDataParallel) else forward  # no gradient: no DDP
+    no_sync = forward.no_sync if isinstance(forward, DistributedDataParallel) else contextlib.nullcontext
     chunks = [c for c in torch.arange(len(inputs)).tensor_split(accum_freq) if len(c)]
     with torch.no_grad(), autocast():
-        cached = [_encode(model, inputs.images[c], inputs.tokens[c]) for c in chunks]
-        cached_masked = _encode_masked(model, inputs) if uses_masks else (None, None)
+        cached = [local(inputs.images[c], inputs.tokens[c]) for c in chunks]
+        cached_masked = _encode_masked(local.model, inputs) if views is not None else (None, None)
     terms = {}
     last = len(chunks) - 1
     for j, chunk in enumerate(chunks):
-        with autocast():
-            if uses_masks and j == 0:
-                fresh, masked = _encode_with_masked(model, inputs, inputs.images[chunk], inputs.tokens[chunk])
-            else:
-                fresh, masked = _encode(model, inputs.images[chunk], inputs.tokens[chunk]), cached_masked
-        image = ProbEmbedding.cat([fresh[0] if i == j else c[0] for i, c in enumerate(cached)])
-        text = ProbEmbedding.cat([fresh[1] if i == j else c[1] for i, c in enumerate(cached)])
-        logit_scale = model.logit_scale if j == last else model.logit_scale.detach()
-        logit_bias = model.logit_bias if j == last else model.logit_bias.detach()
-        terms = loss_fn(image, text, logit_scale, logit_bias, **_loss_extras(loss_fn, inputs, *masked))
-        scale_loss(terms["loss"]).backward()
+        with no_sync() if j < last else contextlib.nullcontext():
+            with autocast():
+                fresh = forward(inputs.images[chunk], inputs.tokens[chunk], views if j == 0 else None)
+            out = {
+                "image": ProbEmbedding.cat([fresh["image"] if i == j else c["image"] for i, c in enumerate(cached)]),
+                "text": ProbEmbedding.cat([fresh["text"] if i == j else c["text"] for i, c in enumerate(cached)]),
+                "masked_image": fresh["masked_image"] if j == 0 else cached_masked[0],
+                "masked_text": fresh["masked_text"] if j == 0 else cached_masked[1],
+            }
+            logit_scale = fresh["logit_scale"] if j == last else fresh["logit_scale"].detach()
+            logit_bias = fresh["logit_bias"] if j == last else fresh["logit_bias"].detach()
+            terms = _loss(loss_fn, inputs, out, logit_scale, logit_bias)
+            scale_loss(terms["loss"]).backward()
     return {k: float(v.detach()) for k, v in terms.items()}
