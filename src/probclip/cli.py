@@ -35,6 +35,10 @@ SUBCOMMANDS = {
     "eval": ("probclip.eval.cli", "evaluate a model on a task (zero-shot, retrieval, ...)"),
     "synth": ("probclip.synthetic.cli", "generate the synthetic world or write it as webdataset shards"),
     "models": ("probclip.models.cli", "list the registered model configurations"),
+    "embed": ("probclip.search.embed_cli", "embed a collection's images and captions into shards (torchrun-ready)"),
+    "index": ("probclip.search.index_cli", "build the search indexes of an embedded collection (FAISS or Milvus)"),
+    "search": ("probclip.search.search_cli", "search an indexed collection by CSD, cosine or inclusion"),
+    "serve": ("probclip.serve.cli", "serve indexed collections over HTTP: search API, metrics and a web page"),
 }
 
 #: Exit status of an internal error (a bug in probclip; BSD's EX_SOFTWARE).

@@ -1,6 +1,7 @@
 """``probclip eval``: evaluate a model on one task and write ``DIR/results.json`` and PNG plots.
 
     probclip eval --model M --task T --data PATH [--out DIR] [task options]
+    probclip eval --model M --suite datacomp --data-root ROOT [--out DIR] [--tasks a,b] [--skip-missing]
 
 ``M`` is anything :func:`probclip.create_model_from_pretrained` accepts (a checkpoint folder,
 ``hf-hub:<repo>``), or ``open_clip:<name>[@<pretrained>]`` for a deterministic open_clip model.
@@ -22,9 +23,11 @@ from .bprw import BPRWSettings
 from .eccv import evaluate_eccv
 from .encode import load_eval_model
 from .hierarcaps import evaluate_hierarcaps
+from .html_report import write_task_report
 from .options import EvalOptions
 from .retrieval import evaluate_retrieval, evaluate_urban1k
 from .rococo import evaluate_rococo
+from .suite import locate_suite_data, run_suite, suite_markdown
 from .zeroshot import evaluate_zeroshot
 
 TASKS = ("zeroshot", "retrieval", "eccv", "urban1k", "hierarcaps", "rococo")
@@ -37,11 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", required=True,
                         help="checkpoint folder, hf-hub:<repo>, or open_clip:<name>[@<pretrained>]")
-    parser.add_argument("--task", required=True, choices=TASKS)
-    parser.add_argument("--data", required=True, type=Path,
+    parser.add_argument("--task", choices=TASKS, help="one task (needs --data); or give --suite")
+    parser.add_argument("--data", type=Path,
                         help="data set: image folder / webdataset root (zeroshot), Karpathy JSON / CSV / webdataset "
                              "(retrieval, eccv, rococo), Urban-1k folder, HierarCaps CSV")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: ./eval-<task>)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: ./eval-<task or suite>)")
+    suite = parser.add_argument_group("suite")
+    suite.add_argument("--suite", choices=("datacomp",), default=None,
+                       help="run a benchmark suite's tasks from webdataset folders under --data-root")
+    suite.add_argument("--data-root", type=Path, default=None,
+                       help="folder holding the suite's data sets (wds_<name> or wds_<name>_test folders)")
+    suite.add_argument("--tasks", default=None,
+                       help="comma-separated task keys or names to run (default: all of the suite's tasks)")
+    suite.add_argument("--skip-missing", action="store_true",
+                       help="list tasks without data as missing instead of stopping with an error")
     parser.add_argument("--split", default="test", help="split of a Karpathy JSON or webdataset (default: test)")
     parser.add_argument(
         "--image-root", type=Path, default=None, help="folder the image paths of --data are relative to"
@@ -112,6 +124,31 @@ def _summary(results: dict) -> str:
     return json.dumps({k: v for k, v in metrics.items() if k != "uncertainty"}, indent=1)[:2000]
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    if args.suite is not None:
+        if args.task is not None or args.data is not None:
+            raise UsageError("--suite runs its own tasks: give --data-root, not --task or --data")
+        if args.data_root is None:
+            raise UsageError("--suite needs --data-root FOLDER (the folder holding the wds_<name> data sets)")
+        return
+    if args.task is None or args.data is None:
+        raise UsageError("give --task TASK and --data PATH, or --suite datacomp and --data-root FOLDER")
+    if args.data_root is not None or args.tasks is not None or args.skip_missing:
+        raise UsageError("--data-root, --tasks and --skip-missing go with --suite")
+    if not args.data.exists():
+        raise UsageError(f"--data {str(args.data)!r} does not exist")
+
+
+def run_suite_from_args(args: argparse.Namespace) -> dict:
+    """Run ``--suite`` as described by parsed ``args``; returns the suite summary (also written to disk)."""
+    tasks = [t for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    locate_suite_data(args.data_root, args.suite, tasks, args.skip_missing)  # data errors before the model loads
+    model = load_eval_model(args.model, device=args.device)
+    options = EvalOptions(out_dir=args.out or Path(f"eval-{args.suite}"), batch_size=args.batch_size,
+                          num_workers=args.workers, progress=not args.no_progress)
+    return run_suite(model, args.data_root, options, suite=args.suite, tasks=tasks, skip_missing=args.skip_missing)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``probclip eval``; returns the process exit code (errors: one line on stderr)."""
     return run_command("eval", _eval_command, sys.argv[1:] if argv is None else argv)
@@ -119,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _eval_command(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    if not args.data.exists():
-        raise UsageError(f"--data {str(args.data)!r} does not exist; give a data set file or folder")
+    _check_args(args)
     for option, value in (("--batch-size", args.batch_size), ("--shots", args.shots), ("--steps", args.steps)):
         if value < 1:
             raise UsageError(f"{option} must be an integer >= 1; got {value}")
@@ -132,16 +168,23 @@ def _eval_command(argv: list[str]) -> int:
         raise UsageError(f"--max-image-pixels must be an integer >= 1; got {pixels}")
     previous = set_limits(current_limits(), max_image_pixels=pixels)
     try:
+        if args.suite is not None:
+            summary = run_suite_from_args(args)
+            out = args.out or Path(f"eval-{args.suite}")
+            print(suite_markdown(summary))
+            print(f"suite: {out / 'suite.json'}, {out / 'suite.md'}, {out / 'report.html'}")
+            return 0
         results = run(args)
+        out = args.out or Path(f"eval-{args.task}")
+        write_task_report(out, results)
     except ProbclipError:
         raise
     except ValueError as err:  # the readers and tasks report unusable data sets as ValueError
         raise InputError(str(err)) from err
     finally:
         set_limits(previous)
-    out = args.out or Path(f"eval-{args.task}")
     print(_summary(results))
-    print(f"results: {out / 'results.json'}")
+    print(f"results: {out / 'results.json'}, report: {out / 'report.html'}")
     return 0
 
 

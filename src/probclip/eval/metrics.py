@@ -84,47 +84,82 @@ def _ranks_by_thresholds(scores: torch.Tensor, positives: torch.Tensor, n_pos: t
     above = hist.flip(1).cumsum(1).flip(1)[:, 1:]  # [q, Rmax]
     # Exact ties with a threshold: item g is ahead of positive k iff its index is lower.
     at_or_below = torch.searchsorted(thresholds, scores.contiguous(), right=True)
-    tie_rows, tie_cols = (at_or_below > below).nonzero(as_tuple=True)
-    if tie_rows.numel():
-        lo = below[tie_rows, tie_cols]
-        n_eq = at_or_below[tie_rows, tie_cols] - lo
-        rep_rows = torch.repeat_interleave(tie_rows, n_eq)
-        rep_cols = torch.repeat_interleave(tie_cols, n_eq)
-        first = torch.repeat_interleave(torch.cumsum(n_eq, 0) - n_eq, n_eq)
-        k = torch.repeat_interleave(lo, n_eq) + torch.arange(rep_rows.numel(), device=device) - first
-        ahead = rep_cols < pos_cols[rep_rows, k]
-        above.index_put_((rep_rows[ahead], k[ahead]), torch.ones_like(k[ahead]), accumulate=True)
+    tied = at_or_below > below  # [q, G] items whose score equals some positive's score (the positives too)
     valid = pos_cols < g
+    # Rows where some item shares a positive's score, besides each positive itself.
+    shared = (tied.sum(1) > n_pos) | ((thresholds[:, 1:] == thresholds[:, :-1]) & valid[:, 1:]).any(1)
+    if bool(shared.any()):
+        sub = shared.nonzero().flatten()
+        above[sub] += _tied_ahead(thresholds[sub], pos_cols[sub], below[sub], tied[sub])
     ranks = torch.where(valid, above, torch.full_like(above, g))
     return ranks.sort(dim=1).values
+
+
+def _tied_ahead(thresholds: torch.Tensor, pos_cols: torch.Tensor, below: torch.Tensor,
+                tied: torch.Tensor) -> torch.Tensor:
+    """``[q, Rmax]`` number of items with the same score as positive k and a lower gallery index.
+
+    Items tied with a threshold form groups (the index of the first equal threshold, ``below``). The sorted
+    columns of the positives cut each row into Rmax + 1 segments; one histogram of (row, segment, group)
+    and a cumulative sum over segments count, for every positive, the items of its group that come
+    before its column. Cost O(q * G * log Rmax), memory O(q * G + q * Rmax^2): no per-tie expansion.
+    """
+    q, g = below.shape
+    r_max = thresholds.shape[1]
+    n_groups = r_max + 1  # group r_max: not tied
+    pos_by_col = pos_cols.sort(dim=1).values  # ascending; padding (g) last
+    columns = torch.arange(g, device=below.device).expand(q, g).contiguous()
+    segment = torch.searchsorted(pos_by_col, columns, right=True)  # positives at columns <= item's column
+    group = torch.where(tied, below, torch.full_like(below, r_max))
+    rows = torch.arange(q, device=below.device)[:, None]
+    flat = (rows * (r_max + 1) + segment) * n_groups + group
+    hist = torch.bincount(flat.flatten(), minlength=q * (r_max + 1) * n_groups).reshape(q, r_max + 1, n_groups)
+    before = hist.cumsum(1)  # before[r, s, grp]: tied items of group grp with segment <= s
+    first_equal = torch.searchsorted(thresholds, thresholds.contiguous(), right=False)  # group of positive k
+    order_in_cols = torch.searchsorted(pos_by_col, pos_cols.contiguous(), right=False)  # its segment cut
+    valid = pos_cols < g
+    ahead = before[rows, order_in_cols.clamp_max(r_max), first_equal.clamp_max(r_max)]
+    return torch.where(valid, ahead, torch.zeros_like(ahead))
 
 
 def _ranks_within_top(scores: torch.Tensor, positives: torch.Tensor, n_pos: torch.Tensor, depth: int) -> torch.Tensor:
     """Like :func:`_ranks_by_thresholds`, but ranks at or beyond ``depth`` are reported as ``depth``.
 
-    One ``topk(depth + 1)`` per row finds the first ``depth`` items (re-ordered so that ties follow
-    gallery index). Rows where a tie straddles the cut-off fall back to the exact threshold method.
+    One ``topk(depth)`` per row, re-ordered so that ties follow gallery index, gives the cut-off score
+    ``v`` (the depth-th largest). Every item scoring above ``v`` is in that list, so a positive scoring
+    above ``v`` ranks at its place in the list; one scoring below ``v`` ranks at ``depth`` or later. For
+    a positive scoring exactly ``v`` (a tie block that may straddle the cut-off) its rank is the number
+    of items above ``v`` plus the items scoring ``v`` with a lower index, counted over its row by binary
+    search. Exact with any ties; cost O(q * G) plus O(q * depth * log depth) whatever the number of ties.
     """
     q, g = scores.shape
     r_max = int(n_pos.max())
-    values, index = scores.topk(depth + 1, dim=1)
-    straddles = values[:, depth] == values[:, depth - 1]
-    values, index = values[:, :depth], index[:, :depth]
+    values, index = scores.topk(depth, dim=1)
     by_index = index.sort(dim=1)  # ties inside the top: lower gallery index first
     values = values.gather(1, by_index.indices)
     order = values.sort(dim=1, descending=True, stable=True).indices
-    index = by_index.values.gather(1, order)
-    hits = positives.gather(1, index)
+    values, index = values.gather(1, order), by_index.values.gather(1, order)
+    cut = values[:, depth - 1]
+    above_cut = values > cut[:, None]
     positions = torch.arange(depth, device=scores.device).expand(q, depth)
-    ranks = torch.where(hits, positions, torch.full_like(positions, depth)).sort(dim=1).values
+    in_list = torch.where(positives.gather(1, index) & above_cut, positions, torch.full_like(positions, depth))
+    ranks = in_list.sort(dim=1).values[:, :r_max]
     if ranks.shape[1] < r_max:
         ranks = torch.cat([ranks, ranks.new_full((q, r_max - ranks.shape[1]), depth)], dim=1)
-    ranks = ranks[:, :r_max]
-    if bool(straddles.any()):
-        rows = straddles.nonzero().flatten()
-        exact = _ranks_by_thresholds(scores[rows], positives[rows], n_pos[rows]).clamp_max(depth)
-        ranks[rows] = depth
-        ranks[rows, : exact.shape[1]] = exact
+    at_cut = positives & (scores == cut[:, None])  # [q, G] positives in the tie block of the cut-off
+    rows = at_cut.any(1).nonzero().flatten()
+    if rows.numel():
+        local, cols = at_cut[rows].nonzero(as_tuple=True)  # row-major: ascending within a row
+        # positions (row * G + column) of the items scoring exactly the cut-off, ascending
+        equal_at = (scores[rows] == cut[rows, None]).flatten().nonzero().flatten()
+        before = torch.searchsorted(equal_at, local * g + cols) - torch.searchsorted(equal_at, local * g)
+        tie_ranks = (above_cut[rows].sum(1)[local] + before).clamp_max(depth)
+        slot = torch.arange(local.numel(), device=scores.device)
+        slot = slot - (torch.cumsum(torch.bincount(local, minlength=rows.numel()), 0)
+                       - torch.bincount(local, minlength=rows.numel()))[local]
+        extra = torch.full((rows.numel(), r_max), depth, dtype=ranks.dtype, device=scores.device)
+        extra[local, slot] = tie_ranks
+        ranks[rows] = torch.cat([ranks[rows], extra], dim=1).sort(dim=1).values[:, :r_max]
     return ranks
 
 
@@ -273,7 +308,7 @@ def uncertainty_bins(uncertainty, per_query_metric, n_bins: int = 10) -> dict:
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict:
-    """Per-sample top-K correctness, ``{'acc1': [N] float, 'acc5': [N] float, ...}``.
+    """Per-sample top-K correctness, ``{'acc1': [N] float64, 'acc5': [N] float64, ...}``.
 
     ``logits`` is ``[N, C]`` (higher is better), ``labels`` ``[N]`` class indices. K larger than C is
     clipped to C. Ties are ordered by class index (as in :func:`ranking_metrics`).
@@ -288,7 +323,7 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] 
     label_scores = logits.gather(1, labels[:, None])
     class_index = torch.arange(c, device=logits.device)
     rank = (logits > label_scores).sum(1) + ((logits == label_scores) & (class_index[None] < labels[:, None])).sum(1)
-    return {f"acc{int(k)}": (rank < min(int(k), c)).float() for k in ks}
+    return {f"acc{int(k)}": (rank < min(int(k), c)).double() for k in ks}
 
 
 def mean_per_class_recall(predictions: torch.Tensor, labels: torch.Tensor, n_classes: int) -> float:

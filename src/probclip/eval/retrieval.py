@@ -14,13 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .encode import (
-    Embeddings,
-    EvalModel,
-    embedding_uncertainty,
-    encode_images,
-    encode_texts,
-)
+from .benchmark_wds import is_benchmark_retrieval, read_benchmark_retrieval
+from .encode import Embeddings, EvalModel, embedding_uncertainty, encode_images, encode_texts
+from .examples import retrieval_examples
 from .image_check import skipped_report
 from .metrics import DEFAULT_MAX_CHUNK_ELEMENTS, metrics_from_ranks, uncertainty_bins
 from .options import EvalOptions
@@ -117,11 +113,16 @@ def evaluate_retrieval(
     ks: Sequence[int] = (1, 5, 10),
     task: str = "retrieval",
 ) -> dict:
-    """Encode a retrieval data set (or read it from a path, see :func:`probclip.eval.readers.read_retrieval`)
-    and compute :func:`retrieval_metrics`; writes ``results.json`` and plots to ``out_dir`` if given."""
+    """Encode a retrieval data set (or read it from a path, see :func:`probclip.eval.readers.read_retrieval`;
+    a folder in the CLIP_benchmark layout is read by :func:`probclip.eval.benchmark_wds.read_benchmark_retrieval`)
+    and compute :func:`retrieval_metrics`; writes ``results.json``, plots and example queries (thumbnails)
+    to ``options.out_dir`` if given."""
     options = EvalOptions.of(options)
     if not isinstance(data, RetrievalData):
-        data = read_retrieval(data, image_root=options.image_root, split=options.split)
+        if is_benchmark_retrieval(data, options.split):  # CLIP_benchmark / DataComp layout: read as CLIP_benchmark does
+            data = read_benchmark_retrieval(data, options.split)
+        else:
+            data = read_retrieval(data, image_root=options.image_root, split=options.split)
     images, texts = encode_retrieval_data(model, data, options.batch_size, options.num_workers, options.progress)
     metrics = retrieval_metrics(images, texts, data.caption_image, ks=ks)
     results = {
@@ -135,6 +136,7 @@ def evaluate_retrieval(
     results["skipped_images"] = skipped_report(data)
     if options.out_dir is not None:
         results["plots"] = _write_plots(metrics, Path(options.out_dir), task)
+        results["examples"] = retrieval_examples(data, images, texts, options.out_dir)
         write_results(options.out_dir, results)
     return results
 
@@ -155,7 +157,7 @@ def evaluate_urban1k(model: EvalModel, root: str | Path, options: EvalOptions | 
     context = tokens.shape[1]
     pad_id = getattr(model.tokenizer, "pad_id", 0)
     results["context_length"] = int(context)
-    results["truncated_fraction"] = float((tokens[:, -1] != (pad_id if pad_id is not None else 0)).float().mean())
+    results["truncated_fraction"] = float((tokens[:, -1] != (pad_id if pad_id is not None else 0)).double().mean())
     if options.out_dir is not None:
         results["plots"] = _write_plots(results["metrics"], Path(options.out_dir), "urban1k")
         write_results(options.out_dir, results)

@@ -15,7 +15,7 @@ Each combination is scored by CSD ranking and by cosine of the means (only cosin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -103,12 +103,14 @@ def evaluate_zeroshot(
     support_split: str = "train",
     templates: Sequence[str] | None = None,
     n_bins: int = 10,
+    extra_metrics: Callable[[torch.Tensor, torch.Tensor], dict] | None = None,
 ) -> dict:
     """Zero-shot classification: acc1, acc5, mean per-class recall per template combination and score.
 
     With ``support`` (a labelled data set of the same classes, from another split than ``data``), also
     evaluates BPRW and reports its gain in acc1 over the uniform ``"mean"`` combination. Writes
-    ``results.json`` and plots to ``out_dir`` if given.
+    ``results.json`` and plots to ``out_dir`` if given. ``extra_metrics(logits [N, C], labels [N])``, if
+    given, returns more metrics (a dict) for each template combination and score.
     """
     options = EvalOptions.of(options)
     if not isinstance(data, ClassificationData):
@@ -159,6 +161,8 @@ def evaluate_zeroshot(
         for method in available_methods(images, class_emb):
             logits = ranking_scores(images, class_emb, method)
             summary, correct = classification_metrics(logits, labels, n_classes)
+            if extra_metrics is not None:
+                summary.update(extra_metrics(logits, labels))
             metrics.setdefault(combo, {})[method] = summary
             if u_img is not None and len(data.items) >= n_bins:
                 bins[f"{combo}/{method}"] = uncertainty_bins(u_img, correct, n_bins)

@@ -1,0 +1,196 @@
+"""The CLIP_benchmark / DataComp webdataset layout, read the way CLIP_benchmark reads it.
+
+Layout of one data set folder (``wds_<name>`` in the CLIP_benchmark conversions, ``wds_<name>_test`` as
+DataComp's download script writes it)::
+
+    ROOT/classnames.txt                          one class name per line (classification)
+    ROOT/zeroshot_classification_templates.txt   prompt templates with {c} (classification)
+    ROOT/dataset_type.txt                        "retrieval" for retrieval sets (else classification)
+    ROOT/<split>/nshards.txt                     number of shards n
+    ROOT/<split>/0.tar ... <n-1>.tar             samples: <key>.{webp,png,jpg,jpeg} and
+                                                 <key>.cls (class index), <key>.npy (metadata row), or
+                                                 <key>.txt (captions, one per line) for retrieval
+
+As in CLIP_benchmark: shards are read in the order ``0..n-1`` given by ``nshards.txt`` (folders without
+it: every ``*.tar``, in numeric order of their names); a sample's image is its first member among
+``webp, png, jpg, jpeg``; a retrieval sample's captions are the lines of its ``.txt`` (``str.splitlines``).
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from .readers import ClassificationData, ImageItem, RetrievalData
+
+__all__ = [
+    "IMAGE_MEMBER_ORDER",
+    "BenchmarkClassification",
+    "dataset_type",
+    "has_split",
+    "is_benchmark_retrieval",
+    "list_shards",
+    "read_benchmark_classification",
+    "read_benchmark_retrieval",
+]
+
+IMAGE_MEMBER_ORDER = ("webp", "png", "jpg", "jpeg")
+_TEMPLATES_FILE = "zeroshot_classification_templates.txt"
+
+
+@dataclass
+class BenchmarkClassification:
+    """A classification set and, when its samples carry ``.npy`` members, their metadata ``[N, F]``."""
+
+    data: ClassificationData
+    metadata: np.ndarray | None
+
+
+def _numeric_then_name(path: Path) -> tuple:
+    return (0, int(path.stem), "") if path.stem.isdigit() else (1, 0, path.name)
+
+
+def has_split(root: str | Path, split: str = "test") -> bool:
+    """True if ``root/<split>`` holds ``nshards.txt`` or at least one ``.tar`` shard."""
+    folder = Path(root) / split
+    return folder.is_dir() and ((folder / "nshards.txt").is_file() or any(folder.glob("*.tar")))
+
+
+def is_benchmark_retrieval(root: str | Path, split: str = "test") -> bool:
+    """True for a folder in the CLIP_benchmark layout holding a retrieval set: ``dataset_type.txt`` says
+    ``retrieval``, or ``<split>/nshards.txt`` exists without ``classnames.txt``."""
+    root = Path(root)
+    if not root.is_dir():
+        return False
+    if (root / "dataset_type.txt").is_file():
+        return dataset_type(root) == "retrieval"
+    return (root / split / "nshards.txt").is_file() and not (root / "classnames.txt").is_file()
+
+
+def list_shards(root: str | Path, split: str = "test") -> list[Path]:
+    """The shards of ``root/<split>`` in reading order (``0..n-1`` from ``nshards.txt`` when present)."""
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise InputError(f"webdataset split folder {str(folder)!r} does not exist (split {split!r})")
+    count_file = folder / "nshards.txt"
+    if count_file.is_file():
+        text = count_file.read_text(encoding="utf-8").strip()
+        if not text.isdigit() or int(text) < 1:
+            raise InputError(f"{count_file} must hold a positive number of shards; got {text!r}")
+        shards = [folder / f"{i}.tar" for i in range(int(text))]
+        missing = [s.name for s in shards if not s.is_file()]
+        if missing:
+            raise InputError(f"{count_file} announces {text} shards but {len(missing)} are missing, e.g. {missing[:3]}")
+        return shards
+    shards = sorted(folder.glob("*.tar"), key=_numeric_then_name)
+    if not shards:
+        raise InputError(f"no .tar shards in {str(folder)!r}")
+    return shards
+
+
+def dataset_type(root: str | Path) -> str:
+    """``ROOT/dataset_type.txt`` lower-cased (``"retrieval"``, ``"multilabel"``), else ``"classification"``."""
+    path = Path(root) / "dataset_type.txt"
+    return path.read_text(encoding="utf-8").strip().lower() if path.is_file() else "classification"
+
+
+def _samples(shard: Path) -> list[tuple[str, dict[str, tarfile.TarInfo]]]:
+    """``(key, {extension: member})`` per sample of an uncompressed shard, in archive order.
+
+    As webdataset groups them: the key is the member path up to the first dot of its file name, and
+    a sample is a run of consecutive members with the same key.
+    """
+    samples: list[tuple[str, dict[str, tarfile.TarInfo]]] = []
+    try:
+        with tarfile.open(shard, "r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                directory, _, base = member.name.rpartition("/")
+                if "." not in base:
+                    continue
+                stem, ext = base.split(".", 1)
+                key = f"{directory}/{stem}" if directory else stem
+                if not samples or samples[-1][0] != key:
+                    samples.append((key, {}))
+                samples[-1][1][ext.lower()] = member
+    except (tarfile.TarError, OSError) as err:
+        raise InputError(f"cannot read shard {shard}: {err}") from err
+    return samples
+
+
+def _member_bytes(shard: Path, member: tarfile.TarInfo) -> bytes:
+    with open(shard, "rb") as handle:
+        handle.seek(member.offset_data)
+        return handle.read(member.size)
+
+
+def _image_item(shard: Path, key: str, members: dict[str, tarfile.TarInfo]) -> ImageItem | None:
+    for ext in IMAGE_MEMBER_ORDER:
+        if ext in members:
+            member = members[ext]
+            return ImageItem(f"{shard.resolve()}::{key}", shard, member.offset_data, member.size)
+    return None
+
+
+def _read_lines(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def read_benchmark_classification(root: str | Path, split: str = "test") -> BenchmarkClassification:
+    """Images, ``.cls`` labels, class names, templates and (if present) ``.npy`` metadata rows."""
+    root = Path(root)
+    names_file = root / "classnames.txt"
+    if not names_file.is_file():
+        raise InputError(f"classification data set {str(root)!r} has no classnames.txt (one class name per line)")
+    classnames = [name for name in _read_lines(names_file) if name]
+    templates_file = root / _TEMPLATES_FILE
+    if not templates_file.is_file():
+        raise InputError(f"classification data set {str(root)!r} has no {_TEMPLATES_FILE} (templates with {{c}})")
+    templates = [t for t in _read_lines(templates_file) if t]
+    items, labels, rows = [], [], []
+    for shard in list_shards(root, split):
+        for key, members in _samples(shard):
+            item = _image_item(shard, key, members)
+            if item is None or "cls" not in members:
+                raise InputError(f"sample {key!r} in {shard} needs an image ({', '.join(IMAGE_MEMBER_ORDER)}) and a "
+                                 f".cls member; it has {sorted(members)}")
+            text = _member_bytes(shard, members["cls"]).decode("utf-8").strip()
+            if not text.isdigit():
+                raise InputError(f"{shard}::{key}.cls must hold a non-negative class index; got {text!r}")
+            items.append(item)
+            labels.append(int(text))
+            if "npy" in members:
+                rows.append(np.load(io.BytesIO(_member_bytes(shard, members["npy"])), allow_pickle=False).reshape(-1))
+    if rows and len(rows) != len(items):
+        raise InputError(f"{root}: {len(rows)} of {len(items)} samples carry .npy metadata; all or none must")
+    try:
+        data = ClassificationData(items, labels, classnames, templates)
+    except ValueError as err:
+        raise InputError(f"{root}: {err}") from err
+    return BenchmarkClassification(data, np.stack(rows) if rows else None)
+
+
+def read_benchmark_retrieval(root: str | Path, split: str = "test") -> RetrievalData:
+    """Images and their ``.txt`` captions (``str.splitlines``, as CLIP_benchmark reads them)."""
+    root = Path(root)
+    items, captions, caption_image = [], [], []
+    for shard in list_shards(root, split):
+        for key, members in _samples(shard):
+            item = _image_item(shard, key, members)
+            if item is None or "txt" not in members:
+                raise InputError(f"sample {key!r} in {shard} needs an image ({', '.join(IMAGE_MEMBER_ORDER)}) and a "
+                                 f".txt member of captions; it has {sorted(members)}")
+            lines = _member_bytes(shard, members["txt"]).decode("utf-8").splitlines()
+            if not lines:
+                raise InputError(f"sample {key!r} in {shard} has no caption")
+            caption_image.extend([len(items)] * len(lines))
+            items.append(item)
+            captions.extend(lines)
+    return RetrievalData(items, captions, torch.tensor(caption_image))

@@ -1,0 +1,231 @@
+"""The embedding job: encode a collection's images and texts into shards of means, log-variances and metadata.
+
+``embed_collection`` is what ``probclip embed`` and ``torchrun -m probclip.embed`` run. Work is cut into shards
+of ``shard_rows`` rows per modality; shard ``s`` belongs to rank ``s % world_size``, so the output does not depend
+on the number of processes. A shard is written to temporary files, renamed into place, and only then marked done
+(``.progress/<modality>_<s>.json``): a run killed at any moment and started again with the same command redoes
+only the unfinished shards, and its output equals an uninterrupted run's. Rank 0 then merges the per-shard
+records into ``manifest.json`` (row offsets, counts, skipped inputs).
+
+Unreadable images are skipped, counted and named (``manifest.json: modalities.image.skipped``); their batch
+slot is filled with zeros so that every batch has the same composition in every run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import InputError, UsageError
+from ..eval.readers import ImageItem
+from ..models import create_model_from_pretrained
+from ..tokenizers import get_tokenizer
+from ..train.distributed import barrier, init_distributed
+from ..transforms import ToRGB, image_transform
+from .inputs import CollectionInputs, image_source, list_inputs
+from .layout import (
+    MANIFEST_NAME,
+    write_json_atomic,
+)
+from .model_id import model_record
+from .writer import (
+    PROGRESS_DIR,
+    merge_manifest,
+    shard_done,
+    shard_ranges,
+    write_shard,
+)
+
+__all__ = ["DEFAULT_SHARD_ROWS", "default_num_workers", "embed_collection", "load_model"]
+
+DEFAULT_SHARD_ROWS = 50_000
+DTYPES = ("float16", "float32")
+MODALITY_CHOICES = ("both", "image", "text")
+
+
+def default_num_workers() -> int:
+    """DataLoader workers by default: one fewer than the CPU cores, at most 8 (0 on a single core)."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def load_model(spec: str) -> tuple[nn.Module, str]:
+    """Load a probclip model from a checkpoint folder or ``hf-hub:`` id; returns ``(model, source)``.
+
+    ``source`` is the absolute folder path (or the hub id), recorded in the manifest to reload the model.
+    """
+    path = Path(spec).expanduser()
+    source = str(path.resolve()) if path.is_dir() else spec
+    try:
+        model = create_model_from_pretrained(source)
+    except (FileNotFoundError, ValueError, OSError) as err:
+        raise UsageError(f"--model {spec!r} cannot be loaded: {str(err).splitlines()[0]}") from err
+    model = model[0] if isinstance(model, tuple) else model
+    return model.eval(), source
+
+
+class _ImageRows(torch.utils.data.Dataset):
+    """Item i -> (preprocessed image ``[3, S, S]`` or zeros, error message or "")."""
+
+    def __init__(self, items: list[ImageItem], preprocess, image_size: int):
+        self.items, self.preprocess, self.size = items, preprocess, image_size
+        self.to_rgb = ToRGB()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        item = self.items[index]
+        try:
+            with Image.open(io.BytesIO(item.read_bytes())) as image:
+                image.load()
+                return self.preprocess(self.to_rgb(image)), ""
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            message = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the file", f"{type(err).__name__}: {err}")
+            message = message.splitlines()[0][:300]
+            return torch.zeros(3, self.size, self.size), message
+
+
+def _item_fields(item: ImageItem) -> tuple[int, int]:
+    return (-1, -1) if item.offset is None else (int(item.offset), int(item.size))
+
+
+@torch.inference_mode()
+def _embed_images(model, inputs: CollectionInputs, out: Path, shards: list[int], ranges, batch_size: int,
+                  num_workers: int, dtype: str, bar) -> None:
+    vision = model.config.vision
+    dataset = _ImageRows(inputs.images, image_transform(vision), int(vision.image_size))
+    batches = [list(range(b, min(b + batch_size, ranges[s][1]))) for s in shards
+               for b in range(ranges[s][0], ranges[s][1], batch_size)]
+    if not batches:
+        return
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                                         persistent_workers=False)
+    device = next(model.parameters()).device
+    pending = {s: ([], [], []) for s in shards}  # means, logvars, errors
+    owner = {b: s for s in shards for b in range(*ranges[s])}
+    for batch_indices, (pixels, errors) in zip(batches, loader, strict=False):
+        emb = model.encode_image(pixels.to(device))
+        s = owner[batch_indices[0]]
+        means, logvars, errs = pending[s]
+        means.append(emb.mean.float().cpu().numpy())
+        logvars.append(emb.logvar.float().cpu().numpy())
+        errs.extend(errors)
+        bar.update(len(batch_indices))
+        start, stop = ranges[s]
+        if len(errs) == stop - start:
+            items = inputs.images[start:stop]
+            fields = [_item_fields(i) for i in items]
+            ok = np.array([not e for e in errs])
+            write_shard(out, "image", s, start, np.concatenate(means), np.concatenate(logvars), ok,
+                         [image_source(i) for i in items], inputs.image_captions[start:stop],
+                         [f[0] for f in fields], [f[1] for f in fields], errs, dtype)
+            del pending[s]
+
+
+@torch.inference_mode()
+def _embed_texts(model, inputs: CollectionInputs, out: Path, shards: list[int], ranges, batch_size: int,
+                 dtype: str, bar) -> None:
+    tokenizer = get_tokenizer(model)
+    device = next(model.parameters()).device
+    for s in shards:
+        start, stop = ranges[s]
+        texts = inputs.texts[start:stop]
+        means, logvars = [], []
+        for b in range(0, len(texts), batch_size):
+            emb = model.encode_text(tokenizer([t.text for t in texts[b:b + batch_size]]).to(device))
+            means.append(emb.mean.float().cpu().numpy())
+            logvars.append(emb.logvar.float().cpu().numpy())
+            bar.update(len(texts[b:b + batch_size]))
+        n = len(texts)
+        write_shard(out, "text", s, start, np.concatenate(means), np.concatenate(logvars), np.ones(n, bool),
+                     [t.source for t in texts], [t.text for t in texts], [-1] * n, [-1] * n, [""] * n, dtype)
+
+
+def _check_job(out: Path, job: dict) -> None:
+    path = out / PROGRESS_DIR / "job.json"
+    if path.is_file():
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        if previous != job:
+            diff = sorted(k for k in set(job) | set(previous) if job.get(k) != previous.get(k))
+            raise UsageError(f"--out {str(out)!r} holds a different embedding job (differs in {diff}); use another "
+                             "--out, or delete the folder to start again")
+    else:
+        write_json_atomic(path, job)
+
+
+def embed_collection(model: nn.Module | str, data: str | Path, out_dir: str | Path, *, modality: str = "both",
+                     batch_size: int = 64, num_workers: int | None = None, shard_rows: int = DEFAULT_SHARD_ROWS,
+                     dtype: str = "float16", progress: bool = True, image_root: str | Path | None = None,
+                     split: str | None = None, model_source: str | None = None) -> Path:
+    """Embed the images and/or texts of ``data`` into the collection folder ``out_dir``; returns ``out_dir``.
+
+    Args:
+        model: a loaded probclip model, or a checkpoint folder / ``hf-hub:`` id to load.
+        data: an image folder, a .csv/.tsv, a Karpathy .json, webdataset shards or a .txt of captions.
+        modality: ``both``, ``image`` or ``text``.
+        shard_rows: rows per shard file (per modality).
+        dtype: storage dtype of means and log-variances, ``float16`` or ``float32`` (``u`` is always float32).
+        model_source: where to reload ``model`` from (recorded in the manifest; set from ``model`` when a path).
+    Under ``torchrun`` each rank embeds the shards ``s % world_size == rank``; rank 0 writes the manifest.
+    """
+    if modality not in MODALITY_CHOICES:
+        raise UsageError(f"modality must be one of {list(MODALITY_CHOICES)}; got {modality!r}")
+    if dtype not in DTYPES:
+        raise UsageError(f"dtype must be one of {list(DTYPES)}; got {dtype!r}")
+    for name, value in (("batch_size", batch_size), ("shard_rows", shard_rows)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UsageError(f"{name} must be a positive integer; got {value!r}")
+    num_workers = default_num_workers() if num_workers is None else num_workers
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise UsageError(f"num_workers must be an integer >= 0; got {num_workers!r}")
+    if isinstance(model, (str, Path)):
+        model, model_source = load_model(str(model))
+    model.eval()
+    dist = init_distributed("cpu" if not torch.cuda.is_available() else "auto")
+    if dist.device.type == "cuda":
+        model = model.to(dist.device)
+    out = Path(out_dir)
+    inputs = list_inputs(data, image_root=image_root, split=split)
+    wanted = ("image", "text") if modality == "both" else (modality,)
+    counts = {m: len(inputs.images if m == "image" else inputs.texts) for m in wanted}
+    if modality != "both" and counts[modality] == 0:
+        raise InputError(f"--data {str(data)!r} holds no {modality}; use --modality "
+                         f"{'text' if modality == 'image' else 'image'} or other data")
+    counts = {m: n for m, n in counts.items() if n}
+    record = model_record(model, model_source)
+    job = {"data": str(Path(data).resolve()), "modality": modality, "shard_rows": shard_rows, "dtype": dtype,
+           "model_fingerprint": record["fingerprint"], "split": split,
+           "image_root": None if image_root is None else str(Path(image_root).resolve()), "counts": counts}
+    if (out / MANIFEST_NAME).is_file():
+        manifest = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
+        if manifest.get("job") == job:
+            return out  # finished already (indexes built on it are kept)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        _check_job(out, job)
+    barrier()
+    if not dist.is_main:
+        _check_job(out, job)
+    ranges = {m: shard_ranges(n, shard_rows) for m, n in counts.items()}
+    mine = {m: [s for s in range(len(r)) if s % dist.world_size == dist.rank and not shard_done(out, m, s)]
+            for m, r in ranges.items()}
+    total = sum(ranges[m][s][1] - ranges[m][s][0] for m in mine for s in mine[m])
+    with tqdm(total=total, desc="embedding", unit="row", disable=not (progress and dist.is_main)) as bar:
+        if "image" in mine:
+            _embed_images(model, inputs, out, mine["image"], ranges["image"], batch_size, num_workers, dtype, bar)
+        if "text" in mine:
+            _embed_texts(model, inputs, out, mine["text"], ranges["text"], batch_size, dtype, bar)
+    barrier()
+    if dist.is_main:
+        merge_manifest(out, job, record, counts, shard_rows)
+    barrier()
+    return out

@@ -1,0 +1,233 @@
+"""Building the search indexes of a collection: FAISS (flat, HNSW, IVF-PQ) over the augmented L2 vectors of CSD.
+
+``build_index(collection_dir)`` writes, per modality, into ``collection_dir/index/``:
+
+- ``<modality>.<kind>.faiss``: the CSD index over ``[mu, sqrt(u)]`` (``flat``: exact ``IndexFlatL2``, written
+  shard by shard straight to its file format, so building never holds the collection in RAM; ``hnsw``:
+  ``IndexHNSWFlat``; ``ivfpq``: ``IVF<nlist>,PQ<m>`` on vectors zero-padded to a multiple of ``m``);
+- ``<modality>.inclusion.faiss``: an exact inner-product (flat) index over the inclusion candidate features
+  ``[mu, mu^2, exp(lv), sum lv]`` and ``<modality>.mean_variance.npy`` (see :mod:`probclip.search.vectors`);
+
+and records them under ``indexes`` in ``manifest.json``. Flat files are read memory-mapped.
+
+``kind="auto"`` chooses the way autofaiss does, from the row count and a memory budget: ``flat`` up to
+``AUTO_FLAT_ROWS`` rows, else ``hnsw`` while its vectors and graph fit the budget, else ``ivfpq`` with the largest
+code that fits.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import struct
+from pathlib import Path
+
+import faiss
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import InputError, UsageError
+from .layout import MODALITIES, StoredRows, read_manifest, write_manifest
+from .milvus import build_milvus
+from .vectors import augment_gallery, inclusion_item_features
+
+__all__ = [
+    "AUTO_FLAT_ROWS",
+    "HNSW_M",
+    "KINDS",
+    "FlatFileWriter",
+    "build_index",
+    "choose_kind",
+    "estimate_bytes",
+    "parse_memory",
+]
+
+KINDS = ("auto", "flat", "hnsw", "ivfpq")
+BACKENDS = ("faiss", "milvus")
+AUTO_FLAT_ROWS = 100_000
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 128
+PQ_CODE_SIZES = (64, 48, 32, 16, 8)
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30, "t": 2**40,
+          "tb": 2**40}
+
+
+def parse_memory(value: int | str | None) -> int:
+    """Bytes from ``4GB``, ``512M``, ``1.5G`` or an int; ``None`` -> half of this machine's RAM."""
+    if value is None:
+        try:
+            return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+        except (ValueError, OSError, AttributeError):
+            return 4 * 2**30
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+    if not match or match.group(2).lower() not in _UNITS or float(match.group(1)) <= 0:
+        raise UsageError(f"--memory-budget must be a positive size such as 4GB, 512MB or 1073741824; got {value!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def estimate_bytes(kind: str, rows: int, dim: int, code_size: int = 64) -> int:
+    """RAM of a CSD index of ``rows`` augmented vectors of ``dim + 1`` floats (flat, hnsw) or PQ codes (ivfpq)."""
+    if kind == "flat":
+        return rows * (dim + 1) * 4
+    if kind == "hnsw":
+        return rows * ((dim + 1) * 4 + HNSW_M * 2 * 4 * 5 // 4)
+    if kind == "ivfpq":
+        return rows * (code_size + 8)
+    raise UsageError(f"kind must be one of {list(KINDS[1:])}; got {kind!r}")
+
+
+def choose_kind(rows: int, dim: int, memory_budget: int) -> tuple[str, int]:
+    """``(kind, pq code size)`` for ``kind="auto"`` (see the module docstring)."""
+    if rows <= AUTO_FLAT_ROWS:
+        return "flat", 0
+    if estimate_bytes("hnsw", rows, dim) <= memory_budget:
+        return "hnsw", 0
+    for code in PQ_CODE_SIZES:
+        if estimate_bytes("ivfpq", rows, dim, code) <= memory_budget:
+            return "ivfpq", code
+    raise UsageError(f"--memory-budget {memory_budget} bytes is too small for {rows} rows (an IVF-PQ index of "
+                     f"{PQ_CODE_SIZES[-1]}-byte codes needs {estimate_bytes('ivfpq', rows, dim, PQ_CODE_SIZES[-1])})")
+
+
+class FlatFileWriter:
+    """Write a FAISS ``IndexFlatL2`` / ``IndexFlatIP`` file chunk by chunk (the file format of ``faiss.write_index``).
+
+    Layout: fourcc, ``d`` int32, ``ntotal`` int64, two int64 fields, ``is_trained`` byte, ``metric`` int32, then
+    the vector of ``ntotal * d`` float32 (its length as uint64 first). ``ntotal`` is patched in at ``close``.
+    """
+
+    def __init__(self, path: Path, dim: int, metric: str = "l2"):
+        self.path, self.dim, self.rows = Path(path), dim, 0
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.handle = open(self.tmp, "wb")
+        fourcc, metric_type = (b"IxF2", faiss.METRIC_L2) if metric == "l2" else (b"IxFI", faiss.METRIC_INNER_PRODUCT)
+        self.handle.write(fourcc + struct.pack("<iqqq?i", dim, 0, 1 << 20, 1 << 20, True, metric_type))
+        self._count_at = self.handle.tell()
+        self.handle.write(struct.pack("<Q", 0))
+
+    def add(self, vectors: np.ndarray) -> None:
+        """Append float32 ``[n, dim]`` rows."""
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"FlatFileWriter expects [n, {self.dim}] rows; got {vectors.shape}")
+        self.handle.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+        self.rows += vectors.shape[0]
+
+    def close(self) -> Path:
+        """Patch the row count in and move the file into place; returns its path."""
+        self.handle.seek(4 + 4)
+        self.handle.write(struct.pack("<q", self.rows))
+        self.handle.seek(self._count_at)
+        self.handle.write(struct.pack("<Q", self.rows * self.dim))
+        self.handle.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+
+def _sample_rows(stored: StoredRows, count: int) -> np.ndarray:
+    ids = np.unique(np.linspace(0, stored.rows - 1, num=min(count, stored.rows)).astype(np.int64))
+    return augment_gallery(stored.means(ids), stored.u[ids])
+
+
+def _build_csd(stored: StoredRows, kind: str, path: Path, code_size: int, bar) -> dict:
+    dim = stored.dim + 1
+    params: dict = {"dim": dim}
+    if kind == "flat":
+        writer = FlatFileWriter(path, dim, "l2")
+        for _, mean, _, u in stored.chunks():
+            writer.add(augment_gallery(mean, u))
+            bar.update(mean.shape[0])
+        writer.close()
+        return params
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, HNSW_M)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        params.update(m=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION, ef_search=HNSW_EF_SEARCH)
+    else:
+        code = max(1, min(code_size or PQ_CODE_SIZES[0], dim // 4))  # at least 4 dimensions per sub-quantizer
+        padded = math.ceil(dim / code) * code
+        nlist = max(1, min(int(4 * math.sqrt(stored.rows)), stored.rows // 39))
+        bits = 8 if stored.rows >= 256 * 39 else 4  # 8-bit codebooks need about 10k training rows
+        index = faiss.index_factory(padded, f"IVF{nlist},PQ{code}x{bits}")
+        train = _sample_rows(stored, max(256 * 64, 64 * nlist))
+        index.train(np.pad(train, ((0, 0), (0, padded - dim))))
+        params.update(pad_to=padded, nlist=nlist, code_size=code, bits=bits,
+                      nprobe=max(1, min(nlist, int(math.sqrt(nlist)) * 2)))
+    for _, mean, _, u in stored.chunks():
+        vectors = augment_gallery(mean, u)
+        if kind == "ivfpq":
+            vectors = np.pad(vectors, ((0, 0), (0, params["pad_to"] - dim)))
+        index.add(vectors)
+        bar.update(mean.shape[0])
+    tmp = path.with_name(path.name + ".tmp")
+    faiss.write_index(index, str(tmp))
+    os.replace(tmp, path)
+    return params
+
+
+def _build_inclusion(stored: StoredRows, path: Path, variance_path: Path) -> None:
+    total = np.zeros(stored.dim, dtype=np.float64)
+    for _, _, logvar, _ in stored.chunks():
+        total += np.exp(logvar.astype(np.float64)).sum(0)
+    np.save(variance_path, (total / stored.rows).astype(np.float32))
+    writer = FlatFileWriter(path, 3 * stored.dim + 1, "ip")
+    for _, mean, logvar, _ in stored.chunks():
+        writer.add(inclusion_item_features(mean, logvar))
+    writer.close()
+
+
+def build_index(collection_dir: str | Path, *, kind: str = "auto", memory_budget: int | str | None = None,
+                backend: str = "faiss", uri: str | None = None, progress: bool = True,
+                modalities: tuple[str, ...] | None = None, inclusion: bool = True) -> Path:
+    """Build the search indexes of every modality of ``collection_dir`` (see the module docstring); returns the dir.
+
+    ``backend="milvus"`` loads the augmented vectors into Milvus at ``uri`` (a Milvus Lite ``.db`` file or a
+    server address, see :mod:`probclip.search.milvus`) instead of writing a FAISS CSD index; the inclusion
+    candidate index is still written locally. ``inclusion=False`` skips the inclusion candidate index.
+    """
+    root = Path(collection_dir)
+    manifest = read_manifest(root)
+    if kind not in KINDS:
+        raise UsageError(f"--kind must be one of {list(KINDS)}; got {kind!r}")
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend must be one of {list(BACKENDS)}; got {backend!r}")
+    if backend == "milvus" and not uri:
+        raise UsageError("--backend milvus needs --uri (a Milvus Lite file such as ./collection.db, or "
+                         "http://host:19530 for a Milvus server)")
+    budget = parse_memory(memory_budget)
+    present = [m for m in MODALITIES if manifest.get("modalities", {}).get(m, {}).get("rows")]
+    if modalities is not None:
+        present = [m for m in modalities if m in present]
+    if not present:
+        raise InputError(f"collection {str(root)!r} is empty: no image or text rows to index")
+    index_dir = root / "index"
+    index_dir.mkdir(exist_ok=True)
+    for modality in present:
+        stored = StoredRows(root, manifest, modality)
+        stored.check_files()
+        entry: dict = {"backend": backend}
+        with tqdm(total=stored.rows, desc=f"indexing {modality}", unit="row", disable=not progress) as bar:
+            if backend == "milvus":
+                entry.update(build_milvus(stored, uri, root.name, modality))
+                entry["kind"] = "milvus"
+            else:
+                chosen, code = (kind, 0) if kind != "auto" else choose_kind(stored.rows, stored.dim, budget)
+                if kind != "auto" and estimate_bytes(chosen, stored.rows, stored.dim) > budget and chosen != "flat":
+                    raise UsageError(f"a {chosen} index of {stored.rows} rows needs about "
+                                     f"{estimate_bytes(chosen, stored.rows, stored.dim)} bytes, over the memory budget "
+                                     f"{budget}; raise --memory-budget or use --kind ivfpq")
+                path = index_dir / f"{modality}.{chosen}.faiss"
+                entry.update(kind=chosen, file=str(path.relative_to(root)),
+                             params=_build_csd(stored, chosen, path, code, bar))
+        if inclusion:
+            incl, variance = index_dir / f"{modality}.inclusion.faiss", index_dir / f"{modality}.mean_variance.npy"
+            _build_inclusion(stored, incl, variance)
+            entry.update(inclusion_file=str(incl.relative_to(root)), mean_variance_file=str(variance.relative_to(root)))
+        entry["rows"] = stored.rows
+        manifest = read_manifest(root)
+        manifest.setdefault("indexes", {})[modality] = entry
+        write_manifest(root, manifest)
+    return root

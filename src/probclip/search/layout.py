@@ -1,0 +1,260 @@
+"""The on-disk collection format: shard files, the manifest, and memory-mapped reading of stored rows.
+
+A collection directory holds, per modality (``image`` -> prefix ``img``, ``text`` -> prefix ``text``), shards of
+at most ``shard_rows`` rows each (the clip-retrieval layout, with log-variances beside the means)::
+
+    img_emb/img_emb_N.npy          [n, D] unit-norm means, float16 (or float32)
+    img_logvar/img_logvar_N.npy    [n, D] log-variances, same dtype
+    text_emb/text_emb_N.npy, text_logvar/text_logvar_N.npy
+    metadata/metadata_N.parquet       image rows: row_id, source, caption, u (float32), offset, size
+    metadata/text_metadata_N.parquet  text rows:  row_id, source, caption, u (float32), offset, size
+    manifest.json                  format version, model, dtype, counts per shard, skipped inputs, indexes
+    index/                         what ``probclip index`` builds
+
+``u = sum_d exp(logvar_d)`` is computed from the float32 log-variances before they are stored, so it is exact
+whatever the storage dtype. Row ids are global positions ``0 .. rows-1`` in shard order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from ..embedding import ProbEmbedding
+from ..errors import InputError, UsageError
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "MODALITIES",
+    "PREFIXES",
+    "StoredRows",
+    "check_modality",
+    "emb_path",
+    "logvar_path",
+    "metadata_path",
+    "read_manifest",
+    "write_json_atomic",
+    "write_manifest",
+]
+
+FORMAT = "probclip-collection"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+MODALITIES = ("image", "text")
+PREFIXES = {"image": "img", "text": "text"}
+
+
+def check_modality(modality: str) -> str:
+    """Return ``modality`` if it is ``image`` or ``text``; else raise ``UsageError``."""
+    if modality not in MODALITIES:
+        raise UsageError(f"modality must be one of {list(MODALITIES)}; got {modality!r}")
+    return modality
+
+
+def emb_path(root: Path, modality: str, shard: int) -> Path:
+    """``root/img_emb/img_emb_<shard>.npy`` (or the text one)."""
+    p = PREFIXES[modality]
+    return Path(root) / f"{p}_emb" / f"{p}_emb_{shard}.npy"
+
+
+def logvar_path(root: Path, modality: str, shard: int) -> Path:
+    """``root/img_logvar/img_logvar_<shard>.npy`` (or the text one)."""
+    p = PREFIXES[modality]
+    return Path(root) / f"{p}_logvar" / f"{p}_logvar_{shard}.npy"
+
+
+def metadata_path(root: Path, modality: str, shard: int) -> Path:
+    """``root/metadata/metadata_<shard>.parquet`` for images, ``text_metadata_<shard>.parquet`` for texts."""
+    name = f"metadata_{shard}.parquet" if modality == "image" else f"text_metadata_{shard}.parquet"
+    return Path(root) / "metadata" / name
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON to ``path`` through a temporary file and a rename (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_manifest(root: Path, manifest: dict) -> None:
+    """Write ``root/manifest.json`` atomically."""
+    write_json_atomic(Path(root) / MANIFEST_NAME, manifest)
+
+
+def read_manifest(root: str | Path) -> dict:
+    """Read and check ``root/manifest.json``; ``InputError`` for a missing, corrupt or newer-format manifest."""
+    root = Path(root)
+    path = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise InputError(f"collection directory {str(root)!r} does not exist; create one with `probclip embed`")
+    if not path.is_file():
+        raise InputError(f"{path} not found: {str(root)!r} is not a finished collection (run `probclip embed` "
+                         f"with --out {root}, or rerun it to finish an interrupted run)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path} is not valid JSON ({err}); rerun `probclip embed` to rewrite it") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise InputError(f"{path} is not a probclip collection manifest (expected \"format\": \"{FORMAT}\")")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise InputError(f"{path} has format version {version!r}, newer than this probclip reads "
+                         f"(<= {FORMAT_VERSION}); upgrade probclip")
+    return manifest
+
+
+@dataclass
+class _Shard:
+    index: int
+    first_row: int
+    rows: int
+
+
+class StoredRows:
+    """Memory-mapped stored rows of one modality: means, log-variances, ``u`` and metadata by global row id.
+
+    ``rows``: number of rows; ``dim``: D; ``u``: float32 ``[rows]`` (read from the metadata once, in RAM).
+    Missing or truncated shards raise ``InputError`` naming the file.
+    """
+
+    def __init__(self, root: str | Path, manifest: dict, modality: str):
+        self.root = Path(root)
+        self.modality = check_modality(modality)
+        info = manifest.get("modalities", {}).get(modality)
+        if not info or not info.get("rows"):
+            counts = {m: v.get("rows", 0) for m, v in manifest.get("modalities", {}).items()}
+            raise InputError(f"collection {str(self.root)!r} holds no {modality} rows (rows per modality: {counts})")
+        self.rows = int(info["rows"])
+        self.dim = int(manifest["model"]["embed_dim"])
+        self.dtype = np.dtype(manifest["dtype"])
+        self.shards = [_Shard(int(s["index"]), int(s["first_row"]), int(s["rows"])) for s in info["shards"]]
+        self.shards = [s for s in self.shards if s.rows > 0]
+        self._starts = np.array([s.first_row for s in self.shards], dtype=np.int64)
+        self._means: dict[int, np.ndarray] = {}
+        self._logvars: dict[int, np.ndarray] = {}
+        self._u: np.ndarray | None = None
+        self._tables: dict = {}
+
+    # ------------------------------------------------------------------ shard files
+    def _open(self, path: Path, rows: int) -> np.ndarray:
+        if not path.is_file():
+            raise InputError(f"shard {path} is missing from collection {str(self.root)!r}; rerun `probclip embed`")
+        try:
+            array = np.load(path, mmap_mode="r")
+        except (ValueError, OSError, EOFError) as err:
+            raise InputError(f"shard {path} is truncated or corrupt ({err}); rerun `probclip embed`") from err
+        if array.shape != (rows, self.dim) or array.dtype != self.dtype:
+            raise InputError(f"shard {path} holds {array.dtype} {tuple(array.shape)}; the manifest expects "
+                             f"{self.dtype} ({rows}, {self.dim}); rerun `probclip embed`")
+        return array
+
+    def means_of_shard(self, k: int) -> np.ndarray:
+        """Memory-mapped ``[n, D]`` means of the k-th non-empty shard (storage dtype)."""
+        if k not in self._means:
+            s = self.shards[k]
+            self._means[k] = self._open(emb_path(self.root, self.modality, s.index), s.rows)
+        return self._means[k]
+
+    def logvars_of_shard(self, k: int) -> np.ndarray:
+        """Memory-mapped ``[n, D]`` log-variances of the k-th non-empty shard (storage dtype)."""
+        if k not in self._logvars:
+            s = self.shards[k]
+            self._logvars[k] = self._open(logvar_path(self.root, self.modality, s.index), s.rows)
+        return self._logvars[k]
+
+    def check_files(self) -> None:
+        """Open every shard once (raises ``InputError`` for a missing or truncated one)."""
+        for k in range(len(self.shards)):
+            self.means_of_shard(k)
+            self.logvars_of_shard(k)
+            path = metadata_path(self.root, self.modality, self.shards[k].index)
+            if not path.is_file():
+                raise InputError(f"metadata shard {path} is missing from collection {str(self.root)!r}")
+
+    # ------------------------------------------------------------------ rows
+    def _locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.rows):
+            bad = ids[(ids < 0) | (ids >= self.rows)][:5].tolist()
+            raise UsageError(f"row ids must lie in [0, {self.rows - 1}]; got {bad}")
+        shard = np.searchsorted(self._starts, ids, side="right") - 1
+        return shard, ids - self._starts[shard]
+
+    def _gather(self, ids, getter) -> np.ndarray:
+        shard, local = self._locate(ids)
+        out = np.empty((shard.size, self.dim), dtype=np.float32)
+        for k in np.unique(shard):
+            sel = shard == k
+            out[sel] = getter(int(k))[local[sel]]
+        return out
+
+    def means(self, ids) -> np.ndarray:
+        """float32 ``[len(ids), D]`` stored means of the given rows."""
+        return self._gather(ids, self.means_of_shard)
+
+    def logvars(self, ids) -> np.ndarray:
+        """float32 ``[len(ids), D]`` stored log-variances of the given rows."""
+        return self._gather(ids, self.logvars_of_shard)
+
+    def embedding(self, ids) -> ProbEmbedding:
+        """The stored rows as a float32 ``ProbEmbedding [len(ids), D]``."""
+        return ProbEmbedding(torch.from_numpy(self.means(ids)), torch.from_numpy(self.logvars(ids)))
+
+    def chunks(self):
+        """Yield ``(first_row, means float32 [n, D], logvars float32 [n, D], u float32 [n])`` shard by shard."""
+        u = self.u
+        for k, shard in enumerate(self.shards):
+            yield (shard.first_row, np.asarray(self.means_of_shard(k), dtype=np.float32),
+                   np.asarray(self.logvars_of_shard(k), dtype=np.float32),
+                   u[shard.first_row: shard.first_row + shard.rows])
+
+    @property
+    def u(self) -> np.ndarray:
+        """float32 ``[rows]``: each row's uncertainty ``sum exp(logvar)`` as stored in the metadata."""
+        if self._u is None:
+            self._u = np.concatenate([self.read_metadata(k, columns=["u"])["u"].to_numpy(zero_copy_only=False)
+                                      for k in range(len(self.shards))]).astype(np.float32)
+            if self._u.shape != (self.rows,):
+                raise InputError(f"collection {str(self.root)!r}: metadata holds {self._u.shape[0]} {self.modality} "
+                                 f"rows, the manifest {self.rows}")
+        return self._u
+
+    def read_metadata(self, k: int, columns: list[str] | None = None):
+        """The k-th non-empty shard's metadata as a ``pyarrow.Table``."""
+        if columns is None and k in self._tables:
+            return self._tables[k]
+        path = metadata_path(self.root, self.modality, self.shards[k].index)
+        if not path.is_file():
+            raise InputError(f"metadata shard {path} is missing from collection {str(self.root)!r}")
+        try:
+            table = pq.read_table(path, columns=columns, memory_map=True)
+        except (OSError, ValueError) as err:
+            raise InputError(f"metadata shard {path} is truncated or corrupt ({err}); rerun `probclip embed`") from err
+        if table.num_rows != self.shards[k].rows:
+            raise InputError(f"metadata shard {path} holds {table.num_rows} rows, the manifest "
+                             f"{self.shards[k].rows}; rerun `probclip embed`")
+        if columns is None:
+            self._tables[k] = table  # memory-mapped: kept open so that result metadata costs no re-read
+        return table
+
+    def metadata(self, ids) -> list[dict]:
+        """One dict per row id (``row_id``, ``source``, ``caption``, ``u``, ``offset``, ``size``), in order."""
+        shard, local = self._locate(ids)
+        out: list[dict | None] = [None] * shard.size
+        for k in np.unique(shard):
+            positions = np.nonzero(shard == k)[0]
+            table = self.read_metadata(int(k)).take(local[positions])
+            for pos, row in zip(positions, table.to_pylist(), strict=False):
+                row["u"] = float(row["u"])
+                out[pos] = row
+        return out  # type: ignore[return-value]

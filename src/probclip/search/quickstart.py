@@ -1,0 +1,81 @@
+"""``prepare_quickstart_collection``: the synthetic world's test split, embedded and indexed with a quickstart model.
+
+The only module of the search package that imports the synthetic world.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from ..errors import InputError
+from ..synthetic.evaluation import build_evaluation_set
+from ..synthetic.world import render_scene
+from .embed import embed_collection
+from .index import build_index
+from .layout import MANIFEST_NAME, read_manifest
+
+__all__ = ["QUICKSTART_SCENES", "prepare_quickstart_collection", "write_synthetic_test_split"]
+
+#: Test scenes of the synthetic world put in the quickstart collection (the quickstart evaluates on the same 500).
+QUICKSTART_SCENES = 500
+
+
+def write_synthetic_test_split(out_dir: str | Path, seed: int = 0, num_scenes: int = QUICKSTART_SCENES) -> Path:
+    """Write the synthetic world's held-out test scenes as PNG files and ``captions.csv`` (image, caption, level).
+
+    Every scene is listed with the captions drawn for it, one per level from full scene (5) to general (0).
+    Returns the CSV path. Idempotent: an existing ``captions.csv`` is kept.
+    """
+    out = Path(out_dir)
+    table = out / "captions.csv"
+    if table.is_file():
+        return table
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    eval_set = build_evaluation_set(seed, num_scenes=num_scenes, num_degraded=0, num_zeroshot=1)
+    rows = []
+    for i, (scene, caption_ids) in enumerate(zip(eval_set.scenes, eval_set.image_captions, strict=True)):
+        name = f"images/test_{i:05d}.png"
+        render_scene(scene).save(out / name)
+        # the full-scene caption first: it becomes the image row's caption
+        for j in sorted(caption_ids, key=lambda c: -eval_set.captions[c].level):
+            rows.append((name, eval_set.captions[j].text, eval_set.captions[j].level))
+    tmp = table.with_name(table.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "caption", "level"])
+        writer.writerows(rows)
+    tmp.replace(table)
+    return table
+
+
+def _quickstart_seed(quickstart_dir: Path) -> int:
+    metrics = quickstart_dir / "metrics.json"
+    if metrics.is_file():
+        return int(json.loads(metrics.read_text(encoding="utf-8")).get("config", {}).get("seed", 0))
+    return 0
+
+
+def prepare_quickstart_collection(quickstart_dir: str | Path, *, progress: bool = True) -> Path:
+    """Make ``quickstart_dir/collection`` searchable; returns that folder. Idempotent.
+
+    Given the folder ``probclip quickstart --out DIR`` wrote (``DIR/model`` holds the trained model), writes the
+    synthetic world's test split to ``DIR/search-data`` (the quickstart's seed), embeds it with ``DIR/model`` and
+    builds flat indexes for images and captions; each step is skipped when already done.
+    """
+    root = Path(quickstart_dir)
+    model_dir = root / "model"
+    if not (model_dir / "config.json").is_file():
+        raise InputError(f"{str(root)!r} holds no quickstart model ({model_dir}/config.json is missing); run "
+                         f"`probclip quickstart --out {root}` first")
+    collection = root / "collection"
+    if (collection / MANIFEST_NAME).is_file():
+        manifest = read_manifest(collection)
+        rows = {m: v.get("rows") for m, v in manifest.get("modalities", {}).items()}
+        if rows and all(manifest.get("indexes", {}).get(m, {}).get("rows") == n for m, n in rows.items()):
+            return collection
+    data = write_synthetic_test_split(root / "search-data", seed=_quickstart_seed(root))
+    embed_collection(str(model_dir), data, collection, num_workers=0, batch_size=100, progress=progress)
+    build_index(collection, kind="flat", progress=progress)
+    return collection

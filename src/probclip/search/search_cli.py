@@ -1,0 +1,87 @@
+"""``probclip search DIR --text ... | --image FILE``: query a collection and print a table (or JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+
+from ..errors import InputError, UsageError
+from ..transforms import ImageLoadError, load_image
+from .cli_errors import run_reporting_errors
+from .layout import MODALITIES
+from .results import SCORES, SearchResults
+from .searcher import SearchIndex
+
+__all__ = ["build_parser", "format_table", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``probclip search``."""
+    parser = argparse.ArgumentParser(
+        prog="probclip search",
+        description="Search an indexed collection with a caption or an image. Scores: csd (closed-form sampled "
+                    "distance, lower is closer), mean (cosine of means), includes (items included in the query: "
+                    "more specific), included (items that include the query: more general).")
+    parser.add_argument("collection", help="collection folder (embedded and indexed)")
+    query = parser.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text", help="a caption to search with")
+    query.add_argument("--image", help="an image file to search with")
+    parser.add_argument("--modality", choices=MODALITIES, default=None,
+                        help="what to search: image or text rows (default: images for --text, texts for --image)")
+    parser.add_argument("--k", type=int, default=10, help="results (default 10)")
+    parser.add_argument("--score", choices=SCORES, default="csd", help="ranking score (default csd)")
+    parser.add_argument("--max-uncertainty", type=float, default=None, help="keep items with u at most this")
+    parser.add_argument("--uncertainty-quantile", type=float, default=None,
+                        help="keep items with u below this quantile of the collection's u (0-1]")
+    parser.add_argument("--eps", type=float, default=0.0, help="inclusion test log-precision offset (default 0)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def format_table(results: SearchResults, query_u: float | None = None) -> str:
+    """A readable table: rank, score, uncertainty u, caption or source."""
+    arrow = "higher is better" if results.higher_is_better else "lower is closer"
+    how = "exact" if results.exact else "approximate candidates, exact re-rank"
+    lines = [f"score: {results.score} ({arrow}; {how})"]
+    if query_u is not None:
+        lines.append(f"query uncertainty u = {query_u:.4g}")
+    lines.append(f"{'rank':>4}  {'score':>10}  {'u':>9}  item")
+    for rank, (score, u, meta) in enumerate(
+            zip(results.scores, results.uncertainty, results.metadata, strict=True), 1):
+        label = meta.get("caption") or meta.get("source") or ""
+        source = meta.get("source") or ""
+        if meta.get("caption") and source and meta.get("offset", -1) == -1 and "/" in source:
+            label = f"{meta['caption']}  [{meta['source'].rsplit('/', 1)[-1]}]"
+        lines.append(f"{rank:>4}  {score:>10.4f}  {u:>9.4g}  {label}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``probclip search``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        modality = args.modality or ("image" if args.text is not None else "text")
+        index = SearchIndex.load(args.collection, modality)
+        if args.text is not None:
+            if not args.text.strip():
+                raise UsageError("--text must not be empty; give a caption such as 'a red square'")
+            query = args.text
+        else:
+            try:
+                query = load_image(args.image)
+            except ImageLoadError as err:
+                raise InputError(str(err)) from err
+        embedding = index.encode(query)
+        results = index.search(embedding, k=args.k, score=args.score, max_uncertainty=args.max_uncertainty,
+                               uncertainty_quantile=args.uncertainty_quantile, eps=args.eps)[0]
+        query_u = float(embedding.uncertainty[0])
+        if args.json:
+            print(json.dumps({"index": index.name, "query_u": query_u, **results.to_dict()}, indent=2))
+        else:
+            print(f"{index.name}: {index.rows} rows, {index.kind} index, model {index.model_name}")
+            print(format_table(results, query_u))
+        return 0
+
+    return run_reporting_errors("search", body)

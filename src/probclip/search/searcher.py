@@ -1,0 +1,353 @@
+"""``SearchIndex``: search a collection by CSD, cosine of means or the inclusion test, with its uncertainty.
+
+Every score is computed exactly at the end: an index proposes candidates (all of them for a flat index, the
+best ``k x oversample`` for the approximate kinds), and the candidates are re-ranked from the stored rows
+(means and log-variances in float32, ``u`` as stored in float32), ties broken by row id. The flat CSD index and
+Milvus (exact L2) give the exact CSD top-k; the inclusion test, which has no exact vector-search form, is re-ranked
+from the candidates of an inner-product index over an approximation and of the CSD index, or scanned exhaustively
+when the collection is small (``exhaustive``).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+from PIL import Image
+
+from ..embedding import ProbEmbedding
+from ..errors import InputError, UsageError
+from ..tokenizers import get_tokenizer
+from ..transforms import ToRGB, image_transform
+from .embed import load_model
+from .layout import StoredRows, check_modality, read_manifest
+from .milvus import MilvusSearcher
+from .model_id import model_fingerprint
+from .results import HIGHER_IS_BETTER, SCORES, SearchResults
+from .vectors import augment_query, inclusion_query_weights, inclusion_test
+
+__all__ = ["DEFAULT_OVERSAMPLE", "EXHAUSTIVE_ELEMENTS", "SearchIndex"]
+
+#: Candidates per wanted result for the approximate kinds and the inclusion test.
+DEFAULT_OVERSAMPLE = {"flat": 10, "milvus": 10, "hnsw": 4, "ivfpq": 16}
+#: Extra candidates of an exact index, so that float32 rounding in the index cannot change the exact top-k.
+EXACT_MARGIN = 16
+#: Collections of at most this many stored elements (rows x D) are scanned exhaustively by the inclusion test.
+EXHAUSTIVE_ELEMENTS = 2**22
+#: Rows per block of an exhaustive scan.
+SCAN_ROWS = 65536
+
+
+def _top(scores: np.ndarray, ids: np.ndarray, k: int, higher: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` of ``(scores, ids)``, ties broken by the smaller row id."""
+    order = np.lexsort((ids, -scores if higher else scores))[:k]
+    return ids[order], scores[order]
+
+
+class SearchIndex:
+    """A searchable modality of a collection (see the module docstring). Build with :meth:`load`.
+
+    Attributes: ``name`` (``<folder>/<modality>``), ``modality``, ``rows``, ``dim``, ``kind`` (``flat``, ``hnsw``,
+    ``ivfpq``, ``milvus``), ``exact`` (True when the CSD ranking is exact), ``model_name``, ``model_fingerprint``.
+    """
+
+    def __init__(self, root: Path, manifest: dict, modality: str, model=None):
+        self.root, self.manifest, self.modality = root, manifest, modality
+        self.stored = StoredRows(root, manifest, modality)
+        entry = manifest.get("indexes", {}).get(modality)
+        if not entry:
+            raise InputError(f"collection {str(root)!r} has no {modality} index; run `probclip index {root}` first")
+        if int(entry.get("rows", -1)) != self.stored.rows:
+            raise InputError(f"the {modality} index of {str(root)!r} covers {entry.get('rows')} rows, the collection "
+                             f"{self.stored.rows}; rebuild it with `probclip index {root}`")
+        self.entry = entry
+        self.name = f"{root.resolve().name}/{modality}"
+        self.rows, self.dim = self.stored.rows, self.stored.dim
+        self.kind = str(entry["kind"])
+        self.exact = self.kind in ("flat", "milvus")
+        record = manifest["model"]
+        self.model_name, self.model_fingerprint = str(record["name"]), str(record["fingerprint"])
+        self._model = None
+        if model is not None:
+            self._check_model(model)
+            self._model = model.eval()
+        self._csd_index = None
+        self._inclusion_index = None
+        self._milvus = None
+        self._tokenizer = None
+
+    # ------------------------------------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, collection_dir: str | Path, modality: str = "image", model=None) -> SearchIndex:
+        """Open the ``modality`` index of a collection (files memory-mapped); ``model`` encodes text/image queries."""
+        check_modality(modality)
+        root = Path(collection_dir)
+        return cls(root, read_manifest(root), modality, model)
+
+    def _check_model(self, model) -> None:
+        found = model_fingerprint(model)
+        if found != self.model_fingerprint:
+            raise UsageError(f"the model's fingerprint {found} differs from the collection's "
+                             f"{self.model_fingerprint} ({self.model_name}): queries must be encoded with the model "
+                             "that embedded the collection")
+
+    @property
+    def model(self):
+        """The model of the collection (loaded from the manifest's ``model.source`` on first use)."""
+        if self._model is None:
+            source = self.manifest["model"].get("source")
+            if not source:
+                raise UsageError(f"collection {str(self.root)!r} names no loadable model (it was embedded with an "
+                                 "in-memory model); pass model= to SearchIndex.load")
+            model, _ = load_model(source)
+            self._check_model(model)
+            self._model = model
+        return self._model
+
+    def _file(self, key: str) -> str:
+        path = self.root / self.entry[key]
+        if not path.is_file():
+            raise InputError(f"index file {path} is missing; rebuild it with `probclip index {self.root}`")
+        return str(path)
+
+    def _read_faiss(self, key: str):
+        path = self._file(key)
+        flags = faiss.IO_FLAG_MMAP_IFC if self.kind in ("flat", "hnsw") or key != "file" else faiss.IO_FLAG_MMAP
+        try:
+            return faiss.read_index(path, flags)
+        except RuntimeError as err:
+            raise InputError(f"index file {path} is truncated or corrupt; rebuild it with "
+                             f"`probclip index {self.root}` ({str(err).splitlines()[0][:200]})") from err
+
+    @property
+    def csd_index(self):
+        """The FAISS CSD index (memory-mapped), or None for Milvus."""
+        if self._csd_index is None and self.kind != "milvus":
+            self._csd_index = self._read_faiss("file")
+            if self._csd_index.ntotal != self.rows:
+                raise InputError(f"index {self._file('file')} holds {self._csd_index.ntotal} rows, the collection "
+                                 f"{self.rows}; rebuild it with `probclip index {self.root}`")
+        return self._csd_index
+
+    # ------------------------------------------------------------------------------------------------ queries
+    def encode(self, query) -> ProbEmbedding:
+        """A query as a float32 CPU ``ProbEmbedding [Q, D]``: an embedding, text(s) or PIL image(s)."""
+        if isinstance(query, ProbEmbedding):
+            emb = query.detach().cpu().float()
+            emb = emb if emb.mean.dim() == 2 else ProbEmbedding(emb.mean.reshape(1, -1), emb.logvar.reshape(1, -1))
+        elif isinstance(query, str) or (isinstance(query, (list, tuple)) and query
+                                        and all(isinstance(q, str) for q in query)):
+            texts = [query] if isinstance(query, str) else list(query)
+            model = self.model
+            with torch.inference_mode():
+                if self._tokenizer is None:  # built once: a BPE tokenizer takes ~0.3 s to build
+                    self._tokenizer = get_tokenizer(model)
+                emb = model.encode_text(self._tokenizer(texts).to(next(model.parameters()).device))
+        elif isinstance(query, Image.Image) or (isinstance(query, (list, tuple)) and query
+                                                and all(isinstance(q, Image.Image) for q in query)):
+            images = [query] if isinstance(query, Image.Image) else list(query)
+            model = self.model
+            transform, to_rgb = image_transform(model.config.vision), ToRGB()
+            pixels = torch.stack([transform(to_rgb(im)) for im in images])
+            with torch.inference_mode():
+                emb = model.encode_image(pixels.to(next(model.parameters()).device))
+        else:
+            raise UsageError("query must be a ProbEmbedding, a str or list of str, or a PIL image or list of them; "
+                             f"got {type(query).__name__}")
+        emb = emb.detach().cpu().float()
+        if emb.mean.shape[-1] != self.dim:
+            raise UsageError(f"query dimension {emb.mean.shape[-1]} differs from the index's {self.dim} "
+                             f"({self.model_name}); encode queries with the collection's model")
+        if not (np.isfinite(emb.mean.numpy()).all() and np.isfinite(emb.logvar.numpy()).all()):
+            raise UsageError("query holds NaN or infinite values; finite means and log-variances are required")
+        return emb
+
+    # ------------------------------------------------------------------------------------------------ search
+    def _allowed(self, max_uncertainty, uncertainty_quantile) -> np.ndarray | None:
+        bound = None
+        if uncertainty_quantile is not None:
+            if not 0 < float(uncertainty_quantile) <= 1:
+                raise UsageError(f"uncertainty_quantile must lie in (0, 1]; got {uncertainty_quantile!r}")
+            bound = float(np.quantile(self.stored.u, float(uncertainty_quantile)))
+        if max_uncertainty is not None:
+            bound = float(max_uncertainty) if bound is None else min(bound, float(max_uncertainty))
+        return None if bound is None else self.stored.u <= np.float32(bound)
+
+    def _faiss_candidates(self, index, vectors: np.ndarray, n: int, allowed: np.ndarray | None,
+                          params: dict) -> np.ndarray:
+        kwargs = {}
+        keep = None
+        if allowed is not None or params:
+            if self.kind == "hnsw" and index is self.csd_index:
+                sp = faiss.SearchParametersHNSW()
+                sp.efSearch = max(int(params.get("ef_search", 64)), n)
+            elif self.kind == "ivfpq" and index is self.csd_index:
+                sp = faiss.SearchParametersIVF()
+                sp.nprobe = int(params.get("nprobe", 1))
+            else:
+                sp = faiss.SearchParameters()
+            if allowed is not None:
+                keep = np.packbits(allowed, bitorder="little")
+                sp.sel = faiss.IDSelectorBitmap(allowed.size, faiss.swig_ptr(keep))
+            kwargs["params"] = sp
+        _, ids = index.search(np.ascontiguousarray(vectors, dtype=np.float32), min(n, index.ntotal), **kwargs)
+        return ids
+
+    def _csd_candidates(self, mean: np.ndarray, n: int, allowed) -> list[np.ndarray]:
+        if self.kind == "milvus":
+            bound = None if allowed is None else float(self.stored.u[allowed].max()) if allowed.any() else -1.0
+            return self._milvus_searcher().search(augment_query(mean), n, bound)
+        params = dict(self.entry.get("params", {}))
+        ids = self._faiss_candidates(self.csd_index, augment_query(mean, params.get("pad_to")), n, allowed, params)
+        return [row[row >= 0] for row in ids]
+
+    def _milvus_searcher(self):
+        if self._milvus is None:
+            self._milvus = MilvusSearcher(self.entry["uri"], self.entry["collection"])
+        return self._milvus
+
+    def _scan_ids(self, allowed) -> list[np.ndarray]:
+        """All (allowed) row ids in blocks, for exhaustive scans."""
+        ids = np.arange(self.rows, dtype=np.int64) if allowed is None else np.nonzero(allowed)[0]
+        return [ids[i: i + SCAN_ROWS] for i in range(0, ids.size, SCAN_ROWS)]
+
+    def _exact(self, score: str, query: ProbEmbedding, ids: np.ndarray, eps: float) -> np.ndarray:
+        """Exact scores of one query ``[1, D]`` against rows ``ids`` (float64 for csd/mean)."""
+        if ids.size == 0:
+            return np.zeros(0)
+        if score in ("csd", "mean"):
+            means = self.stored.means(ids).astype(np.float64)
+            q = query.mean.numpy()[0].astype(np.float64)
+            if score == "csd":
+                u_q = float(np.exp(query.logvar.numpy()[0].astype(np.float64)).sum())
+                return ((means - q) ** 2).sum(1) + u_q + self.stored.u[ids]
+            norms = np.linalg.norm(means, axis=1) * np.linalg.norm(q)
+            return means @ q / np.where(norms > 0, norms, 1.0)
+        means, logvars = self.stored.means(ids), self.stored.logvars(ids)
+        q_mean, q_logvar = query.mean.numpy(), query.logvar.numpy()
+        if score == "includes":
+            return inclusion_test(means, logvars, q_mean, q_logvar, eps)
+        return inclusion_test(q_mean, q_logvar, means, logvars, eps)
+
+    def _mean_scan(self, mean: np.ndarray, n: int, allowed) -> list[np.ndarray]:
+        """Exact top-n by cosine of means from the flat index's vectors (memory-mapped), ``[Q]`` id arrays."""
+        index = self.csd_index
+        data = faiss.rev_swig_ptr(faiss.downcast_index(index).get_xb(), index.ntotal * index.d)
+        data = data.reshape(index.ntotal, index.d)
+        best_ids = [np.zeros(0, np.int64) for _ in range(mean.shape[0])]
+        best_scores = [np.zeros(0, np.float32) for _ in range(mean.shape[0])]
+        for block in self._scan_ids(allowed):
+            rows = data[block[0]: block[-1] + 1][block - block[0], :-1]
+            sims = (rows @ mean.T) / np.maximum(np.linalg.norm(rows, axis=1), 1e-12)[:, None]
+            for qi in range(mean.shape[0]):
+                ids = np.concatenate([best_ids[qi], block])
+                scores = np.concatenate([best_scores[qi], sims[:, qi]])
+                best_ids[qi], best_scores[qi] = _top(scores, ids, n, higher=True)
+        return best_ids
+
+    def _inclusion_candidates(self, query: ProbEmbedding, score: str, n: int, allowed, eps: float):
+        if self._inclusion_index is None:
+            if "inclusion_file" not in self.entry:
+                return [np.zeros(0, np.int64)] * query.mean.shape[0]
+            self._inclusion_index = self._read_faiss("inclusion_file")
+            self._mean_variance = np.load(self._file("mean_variance_file"))
+        weights = inclusion_query_weights(query.mean.numpy(), query.logvar.numpy(), self._mean_variance, score, eps)
+        ids = self._faiss_candidates(self._inclusion_index, weights, n, allowed, {})
+        return [row[row >= 0] for row in ids]
+
+    def search(self, query, k: int = 10, score: str = "csd", *, max_uncertainty: float | None = None,
+               uncertainty_quantile: float | None = None, eps: float = 0.0, oversample: int | None = None,
+               exhaustive: bool | None = None) -> list[SearchResults]:
+        """Search with one or more queries; returns one :class:`SearchResults` per query, best first.
+
+        Args:
+            query: a ``ProbEmbedding`` (``[D]`` or ``[Q, D]``), a str or list of str, a PIL image or list of them.
+            k: results per query. score: ``csd``, ``mean``, ``includes`` or ``included`` (see ``SCORES``).
+            max_uncertainty: keep only items with ``u <= max_uncertainty``.
+            uncertainty_quantile: keep only items with ``u`` at most the q-quantile of the collection's ``u``.
+            eps: log-precision offset of the inclusion test (0: the means matter; training used -10 / -20).
+            oversample: candidates per result for approximate kinds and the inclusion test.
+            exhaustive: scan every row for the inclusion test (default: when rows x D <= ``EXHAUSTIVE_ELEMENTS``).
+        """
+        if score not in SCORES:
+            raise UsageError(f"score must be one of {list(SCORES)}; got {score!r}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise UsageError(f"k must be a positive integer; got {k!r}")
+        if oversample is not None and (isinstance(oversample, bool) or not isinstance(oversample, int)
+                                       or oversample < 1):
+            raise UsageError(f"oversample must be a positive integer; got {oversample!r}")
+        emb = self.encode(query)
+        allowed = self._allowed(max_uncertainty, uncertainty_quantile)
+        k = int(min(k, self.rows))
+        over = oversample or DEFAULT_OVERSAMPLE.get(self.kind, 10)
+        mean = emb.mean.numpy()
+        exact = self.exact
+        if score == "csd":
+            n = k + EXACT_MARGIN if self.exact else k * over
+            candidates = self._csd_candidates(mean, n, allowed)
+        elif score == "mean":
+            if self.kind == "flat":
+                candidates = self._mean_scan(mean, k + EXACT_MARGIN, allowed)
+            else:
+                candidates = self._csd_candidates(mean, k * over, allowed)
+                exact = False
+        else:
+            scan = exhaustive if exhaustive is not None else self.rows * self.dim <= EXHAUSTIVE_ELEMENTS
+            if scan:
+                candidates = [np.concatenate(self._scan_ids(allowed) or [np.zeros(0, np.int64)])] * len(emb)
+            else:
+                by_test = self._inclusion_candidates(emb, score, k * over, allowed, eps)
+                by_csd = self._csd_candidates(mean, k * over, allowed)
+                candidates = [np.union1d(a, b) for a, b in zip(by_test, by_csd, strict=False)]
+            exact = bool(scan)
+        higher = HIGHER_IS_BETTER[score]
+        out = []
+        for qi, ids in enumerate(candidates):
+            ids = np.unique(np.asarray(ids, dtype=np.int64))
+            if allowed is not None:
+                ids = ids[allowed[ids]]
+            scores = np.concatenate([self._exact(score, emb[qi: qi + 1], block, eps)
+                                     for block in [ids[i: i + SCAN_ROWS] for i in range(0, ids.size, SCAN_ROWS)]]
+                                    or [np.zeros(0)])
+            top_ids, top_scores = _top(scores, ids, k, higher)
+            out.append(SearchResults(ids=top_ids.astype(np.int64), scores=top_scores.astype(np.float32),
+                                     uncertainty=self.stored.u[top_ids].astype(np.float32), metadata=[],
+                                     score=score, higher_is_better=higher, exact=exact))
+        metadata = self.metadata(np.concatenate([r.ids for r in out]))  # one read for every query's results
+        start = 0
+        for r in out:
+            r.metadata, start = metadata[start: start + len(r)], start + len(r)
+        return out
+
+    # ------------------------------------------------------------------------------------------------ rows
+    def metadata(self, ids: Sequence[int] | np.ndarray) -> list[dict]:
+        """One metadata dict per row id (``row_id``, ``source``, ``caption``, ``u``, ``offset``, ``size``)."""
+        return self.stored.metadata(np.asarray(ids, dtype=np.int64))
+
+    def embedding(self, ids: Sequence[int] | np.ndarray | int) -> ProbEmbedding:
+        """The stored rows as a float32 ``ProbEmbedding [len(ids), D]`` (search with it to find similar items)."""
+        return self.stored.embedding(np.atleast_1d(np.asarray(ids, dtype=np.int64)))
+
+    def open_image(self, row_id: int) -> Image.Image | None:
+        """The image of an image row, read from the file or shard member its metadata names; None for text rows."""
+        if self.modality != "image":
+            return None
+        meta = self.metadata([int(row_id)])[0]
+        source, offset, size = meta["source"], int(meta.get("offset", -1)), int(meta.get("size", -1))
+        path = Path(source.split("::", 1)[0] if offset >= 0 else source)
+        try:
+            with open(path, "rb") as handle:
+                if offset >= 0:
+                    handle.seek(offset)
+                    raw = handle.read(size)
+                else:
+                    raw = handle.read()
+            with Image.open(io.BytesIO(raw)) as image:
+                image.load()
+                return ToRGB()(image)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            raise InputError(f"cannot read the image of row {row_id} from {source!r}: {err}") from err

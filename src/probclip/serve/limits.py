@@ -1,0 +1,100 @@
+"""Bounds on what a client may send: request bytes, upload bytes, decoded image pixels, k, text length.
+
+An image is opened lazily (Pillow reads only the header), its width x height is checked against
+``max_image_pixels`` and only then is it decoded, so a small file that would decode to a huge bitmap is
+refused before any pixel memory is allocated.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import InputError
+
+__all__ = ["ServiceLimits", "ImageTooLargeError", "decode_image_bytes", "image_header_size"]
+
+#: Image formats the service decodes (Pillow format names).
+ACCEPTED_IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """What one request may carry.
+
+    Attributes:
+        max_request_bytes: bytes of one request body (JSON or multipart), checked while it streams in.
+        max_image_bytes: bytes of one encoded image (after base64 decoding for JSON).
+        max_image_pixels: decoded width x height of one query image, checked from the header before decoding.
+        max_k: the largest ``k`` a search may ask for.
+        max_text_chars: characters of one text query.
+        max_thumbnail_px: the largest side of a thumbnail the image endpoint returns.
+    """
+
+    max_request_bytes: int = 16 * 1024 * 1024
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_k: int = 1000
+    max_text_chars: int = 2000
+    max_thumbnail_px: int = 512
+
+    def __post_init__(self):
+        for name in ("max_request_bytes", "max_image_bytes", "max_image_pixels", "max_k", "max_text_chars",
+                     "max_thumbnail_px"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ServiceLimits.{name} must be a positive integer; got {value!r}")
+
+
+class ImageTooLargeError(InputError):
+    """An image whose bytes or decoded pixels exceed the service's limits (HTTP 413)."""
+
+
+def image_header_size(data: bytes) -> tuple[str, int, int]:
+    """Read an encoded image's header only; returns ``(format, width, height)`` without decoding pixels.
+
+    Raises ``InputError`` when the bytes are not an image in one of ``ACCEPTED_IMAGE_FORMATS``.
+    """
+    try:
+        with warnings.catch_warnings():
+            # The service applies its own, lower pixel bound right below; Pillow's bomb warning adds nothing.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=ACCEPTED_IMAGE_FORMATS) as image:
+                return image.format, image.width, image.height
+    except Image.DecompressionBombError as err:
+        raise ImageTooLargeError(f"image refused before decoding: {err}") from err
+    except UnidentifiedImageError as err:
+        raise InputError(
+            f"the uploaded bytes are not a readable image; accepted formats: {', '.join(ACCEPTED_IMAGE_FORMATS)}"
+        ) from err
+
+
+def decode_image_bytes(data: bytes, limits: ServiceLimits) -> Image.Image:
+    """Decode an uploaded image within ``limits``; returns an RGB PIL image.
+
+    Raises ``ImageTooLargeError`` for too many bytes or pixels (checked before decoding) and ``InputError``
+    for bytes that are not a readable image.
+    """
+    if len(data) == 0:
+        raise InputError("the image is empty (0 bytes); send a PNG, JPEG, GIF, WebP or BMP file")
+    if len(data) > limits.max_image_bytes:
+        raise ImageTooLargeError(
+            f"image of {len(data)} bytes refused: the limit is {limits.max_image_bytes} bytes"
+        )
+    fmt, width, height = image_header_size(data)
+    if width * height > limits.max_image_pixels:
+        raise ImageTooLargeError(
+            f"image of {width} x {height} = {width * height} pixels refused before decoding: the limit is "
+            f"{limits.max_image_pixels} pixels"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=ACCEPTED_IMAGE_FORMATS) as image:
+                image.load()
+                return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:
+        raise InputError(f"the {fmt} image could not be decoded (truncated or corrupt): {err}") from err

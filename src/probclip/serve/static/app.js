@@ -1,0 +1,217 @@
+// probclip search page: plain JavaScript, no build step. Talks to the service's JSON API on the same origin.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { index: null, text: null, item: null, file: null, score: "csd", k: 24, uq: 100 };
+let indices = [];
+let requestSeq = 0;
+
+function fmt(x, digits = 4) {
+  if (x === null || x === undefined || Number.isNaN(x)) return "–";
+  const a = Math.abs(x);
+  return a !== 0 && (a < 1e-4 || a >= 1e6) ? x.toExponential(digits - 1) : String(Number(x.toPrecision(digits)));
+}
+
+function showError(message) {
+  const el = $("error");
+  el.textContent = message || "";
+  el.hidden = !message;
+}
+
+// ---------------------------------------------------------------- URL <-> state
+function stateToURL(push) {
+  const p = new URLSearchParams();
+  if (state.index) p.set("index", state.index);
+  if (state.text) p.set("q", state.text);
+  if (state.item) p.set("item", `${state.item.index}:${state.item.row_id}`);
+  if (state.score !== "csd") p.set("score", state.score);
+  if (state.k !== 24) p.set("k", String(state.k));
+  if (state.uq < 100) p.set("uq", String(state.uq));
+  const url = `${location.pathname}${p.toString() ? "?" + p.toString() : ""}`;
+  if (url !== location.pathname + location.search) (push ? history.pushState : history.replaceState).call(history, null, "", url);
+}
+
+function stateFromURL() {
+  const p = new URLSearchParams(location.search);
+  state.index = p.get("index") || state.index;
+  state.text = p.get("q");
+  state.item = null;
+  const item = p.get("item");
+  if (item && item.lastIndexOf(":") > 0) {
+    const cut = item.lastIndexOf(":");
+    state.item = { index: item.slice(0, cut), row_id: Number(item.slice(cut + 1)) };
+  }
+  state.file = null;
+  state.score = ["csd", "mean", "includes", "included"].includes(p.get("score")) ? p.get("score") : "csd";
+  state.k = Number(p.get("k")) || 24;
+  state.uq = Math.min(100, Math.max(5, Number(p.get("uq")) || 100));
+  syncControls();
+}
+
+function syncControls() {
+  if (state.index) $("index").value = state.index;
+  $("q").value = state.text || "";
+  const kSelect = $("k");
+  if (![...kSelect.options].some((o) => Number(o.value) === state.k)) kSelect.add(new Option(String(state.k)));
+  kSelect.value = String(state.k);
+  $("uq").value = String(state.uq);
+  $("uq-out").textContent = String(state.uq);
+  document.querySelectorAll(".score").forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.score === state.score)));
+}
+
+// ---------------------------------------------------------------- requests
+async function api(path, options) {
+  const response = await fetch(path, { credentials: "same-origin", ...options });
+  const body = response.headers.get("content-type")?.includes("json") ? await response.json() : await response.text();
+  if (!response.ok) throw new Error((body && body.detail) || `HTTP ${response.status}`);
+  return body;
+}
+
+function hasQuery() { return Boolean(state.text || state.item || state.file); }
+
+async function runSearch(push = true) {
+  if (!hasQuery()) return;
+  stateToURL(push);
+  const seq = ++requestSeq;
+  const options = { k: state.k, score: state.score, index: state.index };
+  if (state.uq < 100) options.uncertainty_quantile = state.uq / 100;
+  let init;
+  if (state.file) {
+    const form = new FormData();
+    form.append("image", state.file);
+    for (const [key, value] of Object.entries(options)) form.append(key, String(value));
+    init = { method: "POST", body: form };
+  } else {
+    const body = { ...options };
+    if (state.text) body.text = state.text; else body.item = state.item;
+    init = { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) };
+  }
+  $("status").textContent = "searching…";
+  showError("");
+  try {
+    const data = await api("/search", init);
+    if (seq === requestSeq) render(data);
+  } catch (err) {
+    if (seq === requestSeq) { showError(err.message); $("status").textContent = ""; }
+  }
+}
+
+// ---------------------------------------------------------------- rendering
+function describeQuery(q) {
+  if (q.kind === "text") return `“${q.text}”`;
+  if (q.kind === "item") return `item ${q.row_id} of ${q.index}`;
+  if (q.kind === "image") return `uploaded image (${q.width}×${q.height})`;
+  return "embedding";
+}
+
+const SCORE_NAMES = { csd: "similar (CSD)", mean: "cosine", includes: "more specific", included: "more general" };
+
+function render(data) {
+  const status = $("status");
+  status.textContent = "";
+  const lead = document.createElement("span");
+  const quality = data.exact ? "exact ranking" : "approximate ranking: may miss items";
+  lead.textContent = `${data.results.length} results for ${describeQuery(data.query)} · ${SCORE_NAMES[data.score]} · `;
+  const q = document.createElement("span");
+  q.textContent = quality;
+  if (!data.exact) q.className = "approx";
+  const tail = document.createElement("span");
+  const qu = data.query.uncertainty !== undefined ? ` · query u ${fmt(data.query.uncertainty)}` : "";
+  tail.textContent = ` · ${data.took_ms.toFixed(1)} ms${qu}`;
+  status.append(lead, q, tail);
+
+  const grid = $("results");
+  grid.replaceChildren();
+  const template = $("card-template");
+  for (const hit of data.results) {
+    const card = template.content.firstElementChild.cloneNode(true);
+    card.dataset.rowId = String(hit.row_id);
+    const caption = hit.metadata.caption ?? hit.metadata.text ?? "";
+    if (hit.image_url) {
+      const img = document.createElement("img");
+      img.src = hit.image_url;
+      img.alt = caption || `image ${hit.row_id}`;
+      img.loading = "lazy";
+      card.querySelector(".visual").append(img);
+    }
+    card.querySelector(".caption").textContent = caption;
+    card.querySelector(".scoreval").textContent = `${data.score} ${fmt(hit.score)}`;
+    card.querySelector(".rowid").textContent = `#${hit.row_id}`;
+    const pct = hit.uncertainty_percentile === null ? null : Math.round(hit.uncertainty_percentile * 100);
+    const bar = card.querySelector(".ubar");
+    const fill = card.querySelector(".ufill");
+    fill.style.width = `${pct === null ? 0 : Math.max(2, pct)}%`;
+    if (pct !== null && pct >= 66) fill.classList.add("high"); else if (pct !== null && pct >= 33) fill.classList.add("mid");
+    bar.setAttribute("aria-valuenow", String(pct ?? 0));
+    bar.title = pct === null ? `u = ${fmt(hit.uncertainty)}` : `u = ${fmt(hit.uncertainty)}: more uncertain than ${pct}% of the index`;
+    card.querySelector(".ulabel").textContent = `u ${fmt(hit.uncertainty)}${pct === null ? "" : ` · p${pct} of index`}`;
+    const open = () => {
+      state.item = { index: data.index, row_id: hit.row_id };
+      state.text = null; state.file = null; state.score = "csd";
+      syncControls();
+      runSearch(true);
+    };
+    card.addEventListener("click", open);
+    card.addEventListener("keydown", (e) => { if (e.key === "Enter") open(); });
+    grid.append(card);
+  }
+}
+
+// ---------------------------------------------------------------- wiring
+function useFile(file) {
+  if (!file) return;
+  state.file = file; state.text = null; state.item = null;
+  $("q").value = "";
+  runSearch(true);
+}
+
+async function init() {
+  try {
+    indices = await api("/indices");
+  } catch (err) {
+    showError(err.message);
+    return;
+  }
+  const select = $("index");
+  for (const info of indices) {
+    const kind = info.exact ? "exact" : `approximate (${info.kind})`;
+    select.add(new Option(`${info.name} · ${info.rows} ${info.modality}s · ${kind}`, info.name));
+  }
+  state.index = indices.length ? indices[0].name : null;
+  stateFromURL();
+
+  $("search-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = $("q").value.trim();
+    if (!text) return;
+    state.text = text; state.item = null; state.file = null;
+    runSearch(true);
+  });
+  select.addEventListener("change", () => { state.index = select.value; runSearch(true); });
+  $("k").addEventListener("change", () => { state.k = Number($("k").value); runSearch(true); });
+  document.querySelectorAll(".score").forEach((button) => button.addEventListener("click", () => {
+    state.score = button.dataset.score;
+    syncControls();
+    runSearch(true);
+  }));
+  let sliderTimer = null;
+  $("uq").addEventListener("input", () => {
+    state.uq = Number($("uq").value);
+    $("uq-out").textContent = String(state.uq);
+    clearTimeout(sliderTimer);
+    sliderTimer = setTimeout(() => runSearch(false), 200);
+  });
+  $("file").addEventListener("change", (e) => useFile(e.target.files[0]));
+  const drop = $("drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    useFile(e.dataTransfer.files[0]);
+  });
+  window.addEventListener("popstate", () => { stateFromURL(); runSearch(false); });
+  if (hasQuery()) runSearch(false);
+}
+
+document.addEventListener("DOMContentLoaded", init);
