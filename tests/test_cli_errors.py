@@ -323,6 +323,11 @@ CASES = [
      "--levels"),
     ("synth-older-shards", ["synth", "--out", "{tmp}/shards", "--count", "2"], setup_older_shards, 2, "00007.tar"),
     ("synth-out-is-file", ["synth", "--out", "{tmp}/shards", "--count", "2"], setup_out_is_file, 2, "shards"),
+    # search and serve (more rows belong with their commands' own tests)
+    ("embed-unknown-option", ["embed", "--bogus-flag"], None, 2, "probclip embed --help"),
+    ("index-unknown-option", ["index", "--bogus-flag"], None, 2, "probclip index --help"),
+    ("search-unknown-option", ["search", "--bogus-flag"], None, 2, "probclip search --help"),
+    ("serve-unknown-option", ["serve", "--bogus-flag"], None, 2, "probclip serve --help"),
     # quickstart
     ("quickstart-steps-zero", ["quickstart", "--out", "{tmp}/q", "--steps", "0"], None, 2, "--steps"),
     ("quickstart-minutes-inf", ["quickstart", "--out", "{tmp}/q", "--minutes", "inf"], None, 2, "--minutes"),
