@@ -5,6 +5,9 @@ Every pairwise function takes ``a`` with N embeddings and ``b`` with M embedding
 CSD and 2-Wasserstein reduce to matrix products (memory O(N*M)); the inclusion test and the Monte-Carlo
 match probability, which do not separate over dimensions, run in row chunks whose size is set by
 ``max_chunk_elements`` (elements of the temporary ``[n, M, D]`` block).
+
+Inputs of different dtypes are promoted to a common one; float16 and bfloat16 inputs are computed and returned in
+float32 (:func:`computation_dtype`), so half-precision embeddings never overflow silently. Non-finite inputs raise.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 from .embedding import ProbEmbedding
 
 __all__ = [
+    "computation_dtype",
     "csd",
     "csd_paired",
     "inclusion_score",
@@ -27,7 +31,17 @@ __all__ = [
 DEFAULT_MAX_CHUNK_ELEMENTS = 2**25
 
 
-def _check_pair(a: ProbEmbedding, b: ProbEmbedding, fn: str, paired: bool = False) -> None:
+def computation_dtype(a: torch.dtype, b: torch.dtype) -> torch.dtype:
+    """The dtype distances are computed (and returned) in: the promoted dtype of both sides, at least float32, so
+    that float16 / bfloat16 embeddings neither overflow (``exp(logvar)`` exceeds float16's 65504 at logvar 11.1)
+    nor lose the small differences between close distances."""
+    dtype = torch.promote_types(a, b)
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _check_pair(a: ProbEmbedding, b: ProbEmbedding, fn: str,
+                paired: bool = False) -> tuple[ProbEmbedding, ProbEmbedding]:
+    """Validate two embedding batches; returns both cast to :func:`computation_dtype`."""
     for name, e in (("a", a), ("b", b)):
         if not isinstance(e, ProbEmbedding):
             raise TypeError(f"{fn}: argument {name} must be a ProbEmbedding, got {type(e).__name__}")
@@ -38,6 +52,10 @@ def _check_pair(a: ProbEmbedding, b: ProbEmbedding, fn: str, paired: bool = Fals
         raise ValueError(f"{fn}: embedding sizes differ: a has D={a.dim}, b has D={b.dim}")
     if paired and a.shape[0] != b.shape[0]:
         raise ValueError(f"{fn}: paired inputs need the same batch size; got {a.shape[0]} and {b.shape[0]}")
+    if a.device != b.device:
+        raise ValueError(f"{fn}: a is on {a.device} and b on {b.device}; move both to one device")
+    dtype = computation_dtype(a.dtype, b.dtype)
+    return a.to(dtype), b.to(dtype)
 
 
 def _row_chunk(n_cols: int, dim: int, max_chunk_elements: int) -> int:
@@ -52,7 +70,7 @@ def csd(a: ProbEmbedding, b: ProbEmbedding) -> torch.Tensor:
     ``CSD(a_i, b_j) = ||mu_i - mu_j||^2 + sum_d (exp(lv_i,d) + exp(lv_j,d))``; with unit means this is
     ``2 - 2 mu_i.mu_j + u_i + u_j``. Computed with one matrix product: memory O(N*M).
     """
-    _check_pair(a, b, "csd")
+    a, b = _check_pair(a, b, "csd")
     sq_a = a.mean.pow(2).sum(-1)
     sq_b = b.mean.pow(2).sum(-1)
     dist = (sq_a + a.uncertainty)[:, None] + (sq_b + b.uncertainty)[None, :] - 2.0 * a.mean @ b.mean.T
@@ -61,7 +79,7 @@ def csd(a: ProbEmbedding, b: ProbEmbedding) -> torch.Tensor:
 
 def csd_paired(a: ProbEmbedding, b: ProbEmbedding) -> torch.Tensor:
     """CSD between matching rows of ``a`` and ``b`` (both ``[N, D]``), ``[N]``."""
-    _check_pair(a, b, "csd_paired", paired=True)
+    a, b = _check_pair(a, b, "csd_paired", paired=True)
     return (a.mean - b.mean).pow(2).sum(-1) + a.uncertainty + b.uncertainty
 
 
@@ -82,7 +100,7 @@ def inclusion_score_paired(a: ProbEmbedding, b: ProbEmbedding, eps: float = 0.0)
     ``c = mu1^2 P1 + mu2^2 P2 / 2`` and ``test = -2 lv1 - lv2 - log(a)/2 + b^2/(4a) - c``.
     Larger means "more included". ``eps`` is the log-precision offset (0 in analyses, -10..-100 in training).
     """
-    _check_pair(a, b, "inclusion_score_paired", paired=True)
+    a, b = _check_pair(a, b, "inclusion_score_paired", paired=True)
     return _inclusion_terms(a.mean, a.logvar, b.mean, b.logvar, eps).mean(-1)
 
 
@@ -98,7 +116,7 @@ def inclusion_score(
     full ``[N, M, D]`` tensor). A scoring function: its intermediates are updated in place, so it is not
     meant for backpropagation (the losses use their own inclusion term).
     """
-    _check_pair(a, b, "inclusion_score")
+    a, b = _check_pair(a, b, "inclusion_score")
     mu1, lv1, mu2, lv2 = a.mean, a.logvar, b.mean, b.logvar
     dim = mu1.shape[-1]
     p1 = torch.exp(-lv1 + eps)  # [N, D]
@@ -134,7 +152,7 @@ def match_probability(
     Draws ``n_samples`` samples ``z ~ N(mu, diag(exp(lv)))`` per embedding and returns
     ``mean_{s, s'} sigmoid(-scale * ||z_a,s - z_b,s'||_2 + shift)``. Deterministic for a given ``generator``.
     """
-    _check_pair(a, b, "match_probability")
+    a, b = _check_pair(a, b, "match_probability")
     if n_samples < 1:
         raise ValueError(f"match_probability: n_samples must be >= 1; got {n_samples}")
     std_a = (a.logvar / 2).exp()
@@ -163,7 +181,7 @@ def wasserstein2(a: ProbEmbedding, b: ProbEmbedding, squared: bool = False) -> t
     ``W2^2 = ||mu_a - mu_b||^2 + ||sigma_a - sigma_b||^2`` with ``sigma = exp(lv / 2)``. Returns ``W2``,
     or ``W2^2`` when ``squared``. Computed with matrix products: memory O(N*M).
     """
-    _check_pair(a, b, "wasserstein2")
+    a, b = _check_pair(a, b, "wasserstein2")
     sa, sb = (a.logvar / 2).exp(), (b.logvar / 2).exp()
     xa = torch.cat([a.mean, sa], dim=-1)
     xb = torch.cat([b.mean, sb], dim=-1)

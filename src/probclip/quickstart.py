@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from .cli import run_command
+from .errors import UsageError
 from .jsonsafe import json_safe
 from .synthetic import build_evaluation_set, evaluate_synthetic, world_vocabulary
 from .synthetic.report import write_report
@@ -76,8 +78,8 @@ PROLIP_LOSS = {"inclusion_alpha_occ": 0.01, "inclusion_alpha_occ_text": 1.0, "in
 
 def steps_for_budget(minutes: float) -> int:
     """Training steps per model for a total budget of ``minutes`` (both models, evaluation and report included)."""
-    if not isinstance(minutes, (int, float)) or isinstance(minutes, bool) or not minutes > 0:
-        raise ValueError(f"--minutes must be a number > 0; got {minutes!r}")
+    if not isinstance(minutes, (int, float)) or isinstance(minutes, bool) or not 0 < minutes < math.inf:
+        raise UsageError(f"--minutes must be a finite number > 0; got {minutes!r}")
     return max(1, math.floor((60.0 * minutes - OVERHEAD_SECONDS) / ASSUMED_STEP_SECONDS))
 
 
@@ -101,7 +103,7 @@ def quickstart_config(objective: str, steps: int, seed: int, output_dir: str | P
         "run": {
             "steps": steps, "output_dir": str(output_dir), "device": "cpu", "precision": "fp32", "seed": seed,
             "log_every": max(1, min(50, steps // 10)), "progress": "plain", "save_every": 0, "keep_last": 1,
-            "tensorboard": False, "cpu_threads": threads,
+            "tensorboard": False, "cpu_threads": threads, "overwrite": True,  # a re-run replaces the demo's runs
         },
     })
 
@@ -206,16 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``probclip quickstart``; returns the exit status."""
+    """Run ``probclip quickstart``; returns the exit status (errors: one line on stderr)."""
+    return run_command("quickstart", _quickstart_command, sys.argv[1:] if argv is None else list(argv))
+
+
+def _quickstart_command(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.steps is not None and args.steps < 1:
-            raise ValueError(f"--steps must be >= 1; got {args.steps}")
-        if args.seed < 0:
-            raise ValueError(f"--seed must be >= 0; got {args.seed}")
-        steps = args.steps if args.steps is not None else steps_for_budget(args.minutes)
-    except ValueError as err:
-        print(f"probclip quickstart: {err}", file=sys.stderr)
-        return 2
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be >= 1; got {args.steps}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0; got {args.seed}")
+    if args.threads < 1:
+        raise UsageError(f"--threads must be >= 1; got {args.threads}")
+    steps = args.steps if args.steps is not None else steps_for_budget(args.minutes)
     run_quickstart(args.out, steps, args.seed, args.threads)
     return 0

@@ -18,6 +18,7 @@ from typing import Any
 import ftfy
 import torch
 
+from .errors import InputError
 from .models.config import (
     WORD_SPECIAL_TOKENS,
     ProbCLIPConfig,
@@ -43,7 +44,7 @@ __all__ = [
 _ASCII_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
-class TextTooLongError(ValueError):
+class TextTooLongError(InputError, ValueError):
     """A text has more tokens than the context length and truncation was refused."""
 
 

@@ -12,44 +12,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
+
+from .image_decoding import ImageLoadError, ToRGB, decode_image
 
 __all__ = ["ImageLoadError", "ToRGB", "image_transform", "load_image"]
 
 _INTERPOLATIONS = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
-
-
-class ImageLoadError(OSError):
-    """An image file could not be read or decoded (the message names the file)."""
-
-
-class ToRGB(torch.nn.Module):
-    """Convert a PIL image of any mode (L, LA, La, P, PA, RGBA, RGBa, CMYK, YCbCr, LAB, HSV, I;16, I, F, 1) to RGB;
-    transparent areas become white."""
-
-    def forward(self, image: Image.Image) -> Image.Image:
-        if not isinstance(image, Image.Image):
-            raise TypeError(f"expected a PIL.Image.Image; got {type(image).__name__}")
-        if image.mode == "RGB":
-            return image
-        if image.mode == "P" and "transparency" in image.info:
-            image = image.convert("RGBA")
-        elif image.mode in ("La", "RGBa"):  # premultiplied alpha: un-premultiply first
-            image = image.convert("LA" if image.mode == "La" else "RGBA")
-        if image.mode in ("RGBA", "LA", "PA"):
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert("RGB")
-        if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-            # 16-bit / 32-bit greyscale: rescale to 8 bits before conversion.
-            array = np.asarray(image, dtype=np.float64)
-            peak = array.max() if array.size and array.max() > 0 else 1.0
-            return Image.fromarray((array / peak * 255.0).round().astype(np.uint8), mode="L").convert("RGB")
-        return image.convert("RGB")
 
 
 def _field(cfg: Any, name: str):
@@ -95,18 +67,9 @@ def image_transform(
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open and fully decode an image file; returns an RGB PIL image.
+    """Open and fully decode an image file; returns an upright RGB PIL image (``probclip.image_decoding``).
 
-    Raises ``ImageLoadError`` (naming the file) for a missing, unreadable, unknown-format or truncated file.
+    Raises ``ImageLoadError`` (naming the file) for a missing, unreadable, unknown-format or truncated file, and
+    ``LimitExceededError`` for one with more pixels than the limit (checked before decoding).
     """
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return ToRGB()(image)
-    except FileNotFoundError as err:
-        raise ImageLoadError(f"image file not found: {path}") from err
-    except UnidentifiedImageError as err:
-        raise ImageLoadError(f"cannot identify image file {path}: not an image or an unsupported format") from err
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageLoadError(f"cannot read image file {path} (truncated or corrupt): {err}") from err
+    return decode_image(Path(path))

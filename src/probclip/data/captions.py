@@ -6,10 +6,13 @@ import json
 import random
 from typing import Any
 
+from ..errors import InputError
+from ..limits import check_caption_length
+
 __all__ = ["CaptionError", "captions_from_payload", "split_captions", "draw_caption"]
 
 
-class CaptionError(ValueError):
+class CaptionError(InputError, ValueError):
     """A sample's caption payload holds no usable caption (the message says what was found)."""
 
 
@@ -52,6 +55,8 @@ def captions_from_payload(extension: str, payload: bytes, separator: str | None 
         captions = split_captions(text, separator)
     if not captions:
         raise CaptionError(f"{extension} caption payload is empty")
+    for caption in captions:
+        check_caption_length(caption, f"{extension} caption")
     return captions
 
 

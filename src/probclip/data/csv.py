@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..limits import LimitExceededError, check_caption_length
+from ..textfiles import read_csv_table
 from ..transforms import ImageLoadError, load_image
 from .captions import split_captions
 from .samples import DatasetError, SampleError
@@ -34,22 +35,20 @@ def read_pair_table(path: str | os.PathLike, image_column: str, caption_column: 
     if not path.is_file():
         raise FileNotFoundError(f"CSV/TSV table not found: {path}")
     root = Path(image_root) if image_root is not None else path.parent
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle, delimiter=_separator_for(path, separator))
-        columns = reader.fieldnames or []
-        for column, role in ((image_column, "image"), (caption_column, "caption")):
-            if column not in columns:
-                raise DatasetError(
-                    f"{path} has no {role} column {column!r}; its columns are {columns} "
-                    f"(set data.csv_{role}_column, and data.csv_separator if the separator is not "
-                    f"{_separator_for(path, separator)!r})"
-                )
-        rows = []
-        for row in reader:
-            image = (row.get(image_column) or "").strip()
-            captions = split_captions(row.get(caption_column) or "", caption_separator)
-            image_path = image if os.path.isabs(image) else str(root / image)
-            rows.append((image_path, captions))
+    columns, table = read_csv_table(path, _separator_for(path, separator))
+    for column, role in ((image_column, "image"), (caption_column, "caption")):
+        if column not in columns:
+            raise DatasetError(
+                f"{path} has no {role} column {column!r}; its columns are {columns} "
+                f"(set data.csv_{role}_column, and data.csv_separator if the separator is not "
+                f"{_separator_for(path, separator)!r})"
+            )
+    rows = []
+    for row in table:
+        image = (row.get(image_column) or "").strip()
+        captions = split_captions(row.get(caption_column) or "", caption_separator)
+        image_path = image if os.path.isabs(image) else str(root / image)
+        rows.append((image_path, captions))
     if not rows:
         raise DatasetError(f"{path} has no data rows: the dataset is empty")
     return rows
@@ -75,7 +74,9 @@ class CsvPairs:
         if not captions:
             raise SampleError(f"{image_path}: empty caption cell")
         try:
+            for caption in captions:
+                check_caption_length(caption, f"{image_path} caption")
             image = load_image(image_path)
-        except ImageLoadError as err:
+        except (ImageLoadError, LimitExceededError) as err:
             raise SampleError(str(err)) from err
         return image, captions, image_path

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from ..errors import UsageError
 from .samples import (
     READ_ERRORS,
     DatasetError,
@@ -50,7 +51,7 @@ class StepBatchSampler(torch.utils.data.Sampler):
 
     def __init__(self, global_batch: int, rank: int, world_size: int, start_step: int = 0):
         if global_batch % world_size:
-            raise ValueError(f"global batch {global_batch} is not divisible by the world size {world_size}")
+            raise UsageError(f"global batch {global_batch} is not divisible by the world size {world_size}")
         self.global_batch, self.rank, self.start_step = global_batch, rank, start_step
         self.local_batch = global_batch // world_size
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -12,7 +11,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..transforms import ToRGB
+from ..errors import InputError
+from ..image_decoding import ImageLoadError, ToRGB, decode_image
+from ..limits import LimitExceededError
 from .captions import draw_caption
 
 __all__ = [
@@ -37,11 +38,11 @@ READ_ERRORS = (
 )
 
 
-class SampleError(ValueError):
+class SampleError(InputError, ValueError):
     """A sample is unusable (no image, no caption, undecodable payload); the message names the sample."""
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError, ValueError):
     """A whole dataset is unusable before training starts (empty, or a table without the configured column);
     the message names it."""
 
@@ -53,16 +54,14 @@ def derive_seed(*parts: int) -> int:
 
 
 def decode_image_bytes(payload: bytes, name: str = "image") -> Image.Image:
-    """Fully decode an encoded image (jpg/png/webp/...) into an RGB PIL image.
+    """Fully decode an encoded image (jpg/png/webp/...) into an upright RGB PIL image (``probclip.image_decoding``).
 
-    Raises ``SampleError`` naming ``name`` when the bytes are not a readable image.
+    Raises ``SampleError`` naming ``name`` when the bytes are not a readable image or exceed the pixel limit.
     """
     try:
-        with Image.open(io.BytesIO(payload)) as image:
-            image.load()
-            return ToRGB()(image)
-    except READ_ERRORS as err:
-        raise SampleError(f"cannot decode {name}: {type(err).__name__}: {err}") from err
+        return decode_image(payload, name)
+    except (ImageLoadError, LimitExceededError) as err:
+        raise SampleError(str(err)) from err
 
 
 @dataclass

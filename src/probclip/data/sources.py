@@ -17,6 +17,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from ..errors import UsageError
+from ..limits import set_limits
 from .csv import CsvPairs
 from .datasets import (
     IndexedPairDataset,
@@ -176,8 +177,10 @@ def build_train_batches(data, collator: PairCollator, *, seed: int, rank: int = 
         source: an already built source (default: ``build_source(data, seed)``).
     """
     if data.batch_size % world_size:
-        raise ValueError(f"data.batch_size {data.batch_size} must be divisible by the number of processes {world_size}")
+        raise UsageError(f"data.batch_size {data.batch_size} must be divisible by the number of processes {world_size}")
     local_batch = data.batch_size // world_size
+    set_limits(max_image_pixels=data.max_image_pixels, max_member_bytes=data.max_member_bytes,
+               max_caption_chars=data.max_caption_chars)  # inherited by the forked loader workers
     source = build_source(data, seed) if source is None else source
     workers = data.num_workers
     common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=False,
@@ -185,7 +188,7 @@ def build_train_batches(data, collator: PairCollator, *, seed: int, rank: int = 
     if isinstance(source, StreamSource):
         slots = world_size * max(workers, 1)
         if source.max_slots is not None and slots > source.max_slots:
-            raise ValueError(
+            raise UsageError(
                 f"{source.max_slots} shard(s) cannot feed {world_size} process(es) x {max(workers, 1)} worker(s) "
                 "without resampling; set data.resample: true, or use fewer workers or more shards"
             )
@@ -194,7 +197,7 @@ def build_train_batches(data, collator: PairCollator, *, seed: int, rank: int = 
         if resume_state and resume_state.get("kind") == "stream":
             if int(resume_state.get("num_workers", -1)) != max(workers, 1):
                 recorded = resume_state.get("num_workers")
-                raise ValueError(
+                raise UsageError(
                     f"the checkpoint's data position was recorded with {recorded} worker(s) per process; resume "
                     f"with data.num_workers: {recorded if recorded != 1 else 0}"
                 )

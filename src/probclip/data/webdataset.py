@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 
 import braceexpand
 
+from ..errors import InputError
+from ..limits import LimitExceededError, check_member_size
 from .captions import CaptionError, captions_from_payload
 from .samples import READ_ERRORS, SampleError, decode_image_bytes
 
@@ -23,11 +25,12 @@ __all__ = [
     "check_local_shards",
     "iter_tar_records",
     "record_to_sample",
+    "split_member_name",
     "shuffled",
 ]
 
 
-class ShardError(FileNotFoundError):
+class ShardError(InputError, FileNotFoundError):
     """A shard is missing or holds no sample (the message names it)."""
 
 
@@ -78,7 +81,7 @@ def check_local_shards(urls: Sequence[str], image_keys: Sequence[str], caption_k
         )
 
 
-def _split_member_name(name: str) -> tuple[str, str]:
+def split_member_name(name: str) -> tuple[str, str]:
     """``dir/000123.jpg`` -> (``dir/000123``, ``jpg``); the extension is everything after the first dot of the base."""
     directory, base = os.path.split(name)
     if "." not in base:
@@ -120,17 +123,25 @@ def iter_tar_records(url: str) -> Iterator[dict]:
             for member in archive:
                 if not member.isfile():
                     continue
-                key, extension = _split_member_name(member.name)
+                key, extension = split_member_name(member.name)
                 if key.startswith("__") or not extension:
                     continue
-                handle = archive.extractfile(member)
-                payload = handle.read() if handle is not None else b""
+                too_large = None
+                try:
+                    check_member_size(member.size, f"{url}:{member.name}")
+                    handle = archive.extractfile(member)
+                    payload = handle.read() if handle is not None else b""
+                except LimitExceededError as err:  # not read: the decoder skips, counts and names the sample
+                    too_large, payload = str(err), b""
                 if current is not None and current["__key__"] != key:
                     yield current
                     current = None
                 if current is None:
                     current = {"__key__": key, "__url__": url}
-                current[extension] = payload
+                if too_large is not None:
+                    current.setdefault("__too_large__", []).append(too_large)
+                else:
+                    current[extension] = payload
             end = archive.offset  # where the end-of-archive block starts (or where the data stopped)
             uncompressed = getattr(archive.fileobj, "comptype", "tar") == "tar"
         while stream.read(1 << 16):
@@ -162,6 +173,8 @@ def record_to_sample(record: dict, image_keys: Sequence[str], caption_keys: Sequ
     """A tar record -> ``(PIL image, captions)``; raises ``SampleError`` naming the shard and key if unusable."""
     if "__bad_shard__" in record:
         raise SampleError(record["__bad_shard__"])
+    if "__too_large__" in record:
+        raise SampleError("; ".join(record["__too_large__"]))
     name = f"{record.get('__url__', '?')}:{record.get('__key__', '?')}"
     image_key = _first_key(record, image_keys)
     caption_key = _first_key(record, caption_keys)

@@ -14,7 +14,11 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import ProbclipError, UsageError
+from ..cli import run_command
+from ..devices import check_device
+from ..errors import InputError, ProbclipError, UsageError
+from ..limits import current_limits, set_limits
+from ..textfiles import read_text_file
 from .bprw import BPRWSettings
 from .eccv import evaluate_eccv
 from .encode import load_eval_model
@@ -58,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--max-image-pixels", type=int, default=None,
+                        help="refuse (skip, count and name) images with more pixels, checked before decoding "
+                             "(default 50000000)")
     zs = parser.add_argument_group("zeroshot")
     zs.add_argument(
         "--templates",
@@ -95,7 +102,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.task == "zeroshot":
         templates = None
         if args.templates is not None:
-            templates = [t.strip() for t in args.templates.read_text(encoding="utf-8").splitlines() if t.strip()]
+            templates = [t.strip() for t in read_text_file(args.templates).splitlines() if t.strip()]
         return evaluate_zeroshot(model, args.data, options, support=args.support, bprw=BPRWSettings(shots=args.shots),
                                  support_split=args.support_split, templates=templates)
     if args.task == "retrieval":
@@ -143,10 +150,24 @@ def run_suite_from_args(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``probclip eval``; returns the process exit code."""
+    """Entry point of ``probclip eval``; returns the process exit code (errors: one line on stderr)."""
+    return run_command("eval", _eval_command, sys.argv[1:] if argv is None else argv)
+
+
+def _eval_command(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    _check_args(args)
+    for option, value in (("--batch-size", args.batch_size), ("--shots", args.shots), ("--steps", args.steps)):
+        if value < 1:
+            raise UsageError(f"{option} must be an integer >= 1; got {value}")
+    if args.workers < 0:
+        raise UsageError(f"--workers must be an integer >= 0; got {args.workers}")
+    check_device(args.device, "--device")
+    pixels = current_limits().max_image_pixels if args.max_image_pixels is None else args.max_image_pixels
+    if pixels < 1:
+        raise UsageError(f"--max-image-pixels must be an integer >= 1; got {pixels}")
+    previous = set_limits(current_limits(), max_image_pixels=pixels)
     try:
-        _check_args(args)
         if args.suite is not None:
             summary = run_suite_from_args(args)
             out = args.out or Path(f"eval-{args.suite}")
@@ -156,12 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         results = run(args)
         out = args.out or Path(f"eval-{args.task}")
         write_task_report(out, results)
-    except ProbclipError as err:
-        print(f"probclip eval: {err}", file=sys.stderr)
-        return err.exit_code
-    except (ValueError, FileNotFoundError) as err:
-        print(f"probclip eval: {err}", file=sys.stderr)
-        return 1
+    except ProbclipError:
+        raise
+    except ValueError as err:  # the readers and tasks report unusable data sets as ValueError
+        raise InputError(str(err)) from err
+    finally:
+        set_limits(previous)
     print(_summary(results))
     print(f"results: {out / 'results.json'}, report: {out / 'report.html'}")
     return 0

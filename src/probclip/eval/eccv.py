@@ -19,7 +19,6 @@ R and can never be retrieved, so ECCV numbers stay comparable with published one
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..textfiles import read_json_file
 from .encode import Embeddings, EvalModel, embedding_uncertainty
+from .image_check import skipped_report
 from .metrics import DEFAULT_MAX_CHUNK_ELEMENTS, metrics_from_ranks, uncertainty_bins
 from .options import EvalOptions
 from .readers import RetrievalData, read_retrieval
@@ -69,7 +70,7 @@ class CocoGroundTruth:
 
 
 def _read_id_map(path: Path) -> dict[int, list[int]]:
-    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw = read_json_file(path)
     return {int(k): [int(v) for v in values] for k, values in raw.items()}
 
 
@@ -267,7 +268,7 @@ def attach_coco_caption_ids(data: RetrievalData, coco_captions_json: str | Path)
     """
     if data.image_ids is None:
         raise ValueError("matching COCO caption ids needs COCO image ids (the Karpathy JSON 'cocoid' field)")
-    raw = json.loads(Path(coco_captions_json).read_text(encoding="utf-8"))
+    raw = read_json_file(coco_captions_json)
     if "annotations" not in raw:
         raise ValueError(f"{coco_captions_json} is not a COCO captions file: no 'annotations' list")
 
@@ -331,6 +332,7 @@ def evaluate_eccv(
     metrics = coco_eccv_metrics(images, texts, data.image_ids, data.caption_ids, ground_truth=ground_truth)
     results = {"task": "eccv", "model": model.name, "probabilistic": model.probabilistic,
                "n_images": len(data.items), "n_captions": len(data.captions), "metrics": metrics}
+    results["skipped_images"] = skipped_report(data)
     if options.out_dir is not None:
         out_dir = Path(options.out_dir)
         plots = []

@@ -31,6 +31,7 @@ from .encode import (
     encode_images,
     encode_texts,
 )
+from .image_check import skipped_report
 from .metrics import uncertainty_bins
 from .options import EvalOptions
 from .readers import HierarCapsData, read_hierarcaps
@@ -127,6 +128,7 @@ def evaluate_hierarcaps(
     metrics = hierarcaps_metrics(images, captions, gallery_texts, data.chains, empty, n_steps, n_bins)
     results = {"task": "hierarcaps", "model": model.name, "probabilistic": model.probabilistic,
                "n_images": len(data.items), "n_captions": len(gallery_texts), "n_steps": n_steps, "metrics": metrics}
+    results["skipped_images"] = skipped_report(data)
     if options.out_dir is not None:
         out_dir = Path(options.out_dir)
         bars = {

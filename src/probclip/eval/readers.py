@@ -21,15 +21,21 @@ Layouts:
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import tarfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image
+
+from ..data.captions import CaptionError, captions_from_payload
+from ..data.webdataset import split_member_name
+from ..errors import InputError
+from ..image_decoding import decode_image
+from ..limits import check_member_size
+from ..textfiles import read_csv_table, read_json_file, read_text_file
+from .image_check import drop_unreadable_images
 
 __all__ = [
     "ImageItem",
@@ -75,9 +81,19 @@ class ImageItem:
             return handle.read(self.size)
 
     def open(self):
-        """The image as an RGB ``PIL.Image``."""
-        with Image.open(io.BytesIO(self.read_bytes())) as img:
-            return img.convert("RGB")
+        """The image as an upright RGB ``PIL.Image``, decoded like training images (``probclip.image_decoding``).
+
+        Raises ``ImageLoadError`` / ``LimitExceededError`` naming the item when it cannot or may not be decoded.
+        """
+        if self.size is not None:
+            check_member_size(self.size, self.key)
+        return decode_image(self.read_bytes() if self.offset is not None else self.path, self.key)
+
+    def check(self) -> None:
+        """Decode the image (at reduced scale where the format allows) and raise like :meth:`open` if it fails."""
+        if self.size is not None:
+            check_member_size(self.size, self.key)
+        decode_image(self.read_bytes() if self.offset is not None else self.path, self.key, draft=(64, 64))
 
 
 @dataclass
@@ -88,6 +104,8 @@ class ClassificationData:
     labels: list[int]
     classnames: list[str]
     templates: list[str]
+    skipped: list[dict] = field(default_factory=list)
+    checked: bool = False
 
     def __post_init__(self) -> None:
         if len(self.items) != len(self.labels):
@@ -109,6 +127,8 @@ class ClassificationData:
 class RetrievalData:
     """Images and captions; ``caption_image[k]`` is the index of the image that caption k describes.
 
+    ``skipped``: the unreadable images removed by the reader (``{"image": key, "error": message}``).
+
     ``image_ids`` / ``caption_ids`` are optional external ids (e.g. COCO ids for ECCV Caption).
     """
 
@@ -117,6 +137,8 @@ class RetrievalData:
     caption_image: torch.Tensor
     image_ids: list[int] | None = None
     caption_ids: list[int] | None = None
+    skipped: list[dict] = field(default_factory=list)
+    checked: bool = False
 
     def __post_init__(self) -> None:
         self.caption_image = torch.as_tensor(self.caption_image, dtype=torch.long)
@@ -147,11 +169,13 @@ class HierarCapsData:
     items: list[ImageItem]
     chains: list[list[str]]
     ids: list[str] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    checked: bool = False
 
 
 # ----------------------------------------------------------------------------- helpers
 def _read_lines(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in read_text_file(path).splitlines() if line.strip()]
 
 
 def _require_dir(path: Path, what: str) -> Path:
@@ -168,13 +192,10 @@ def _tar_samples(shard: Path) -> dict[str, dict[str, tarfile.TarInfo]]:
         for member in tar:
             if not member.isfile():
                 continue
-            name = member.name
-            base = name.rsplit("/", 1)[-1]
-            if "." not in base:
+            key, ext = split_member_name(member.name)  # the grouping rule of training's tar reader
+            if key.startswith("__") or not ext:
                 continue
-            stem, ext = base.split(".", 1)
-            key = name[: len(name) - len(base)] + stem
-            samples.setdefault(key, {})[ext.lower()] = member
+            samples.setdefault(key, {})[ext] = member
     return samples
 
 
@@ -232,10 +253,14 @@ def read_image_folder(root: str | Path, templates: list[str] | None = None) -> C
         classnames = [p.name.replace("_", " ") for p in folders]
     items, labels = [], []
     for label, folder in enumerate(folders):
+        before = len(items)
         for path in sorted(folder.iterdir()):
             if path.suffix.lower() in IMAGE_EXTENSIONS:
                 items.append(ImageItem(key=str(path.resolve()), path=path))
                 labels.append(label)
+        if len(items) == before:
+            warnings.warn(f"class folder {folder} holds no image ({', '.join(IMAGE_EXTENSIONS)}); its class stays a "
+                          "candidate of every prediction but is never a label", RuntimeWarning, stacklevel=2)
     return ClassificationData(items, labels, classnames, _templates_for(root, templates))
 
 
@@ -273,8 +298,8 @@ def read_classification(
     root = Path(root)
     has_shards = any(root.glob("*.tar")) or (root / split).is_dir() and any((root / split).glob("*.tar"))
     if has_shards:
-        return read_wds_classification(root, split, templates)
-    return read_image_folder(root, templates)
+        return drop_unreadable_images(read_wds_classification(root, split, templates))
+    return drop_unreadable_images(read_image_folder(root, templates))
 
 
 # ----------------------------------------------------------------------------- retrieval
@@ -285,13 +310,18 @@ def read_karpathy_json(path: str | Path, image_root: str | Path | None = None, s
     Caption ids are taken from a sentence's ``id`` field when present (COCO caption ids).
     """
     path = Path(path)
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = read_json_file(path)
     if not isinstance(data, dict) or "images" not in data:
         raise ValueError(f"{path} is not a Karpathy split JSON: expected an object with an 'images' list")
     root = Path(image_root) if image_root is not None else path.parent
     items, captions, caption_image, image_ids, caption_ids = [], [], [], [], []
     splits = set()
-    for entry in data["images"]:
+    for number, entry in enumerate(data["images"]):
+        if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str) or not isinstance(
+                entry.get("sentences"), list) or not all(isinstance(s, dict) and isinstance(s.get("raw"), str)
+                                                         for s in entry["sentences"]):
+            raise InputError(f"{path}: images[{number}] needs a 'filename' string and a 'sentences' list of "
+                             f"{{'raw': caption}} objects; got {str(entry)[:120]}")
         splits.add(entry.get("split"))
         if entry.get("split") != split:
             continue
@@ -323,15 +353,22 @@ def _pick_column(header: list[str], options: tuple[str, ...], path: Path) -> str
     raise ValueError(f"{path} needs one of the columns {list(options)}; its header is {header}")
 
 
+def _int_cell(row: dict, column: str, path: Path) -> int | None:
+    value = (row.get(column) or "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError as err:
+        raise InputError(f"{path}: column {column!r} must hold integers; got {value!r}") from err
+
+
 def read_retrieval_csv(path: str | Path, image_root: str | Path | None = None) -> RetrievalData:
     """Read a CSV (comma- or tab-separated) with one row per caption; rows of one image share its path."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    dialect = csv.excel_tab if "\t" in text.splitlines()[0] else csv.excel
-    rows = list(csv.DictReader(io.StringIO(text), dialect=dialect))
+    header, rows = read_csv_table(path)
     if not rows:
         raise ValueError(f"{path} has no data rows")
-    header = list(rows[0].keys())
     image_col = _pick_column(header, ("image", "filepath"), path)
     caption_col = _pick_column(header, ("caption", "title"), path)
     root = Path(image_root) if image_root is not None else path.parent
@@ -345,10 +382,10 @@ def read_retrieval_csv(path: str | Path, image_root: str | Path | None = None) -
                 raise FileNotFoundError(f"image {str(image_path)!r} listed in {path} does not exist")
             index_of[rel] = len(items)
             items.append(ImageItem(key=str(image_path.resolve()), path=image_path))
-            image_ids.append(int(row["image_id"]) if row.get("image_id") else None)
+            image_ids.append(_int_cell(row, "image_id", path))
         captions.append(row[caption_col].strip())
         caption_image.append(index_of[rel])
-        caption_ids.append(int(row["caption_id"]) if row.get("caption_id") else None)
+        caption_ids.append(_int_cell(row, "caption_id", path))
     return RetrievalData(
         items,
         captions,
@@ -359,15 +396,15 @@ def read_retrieval_csv(path: str | Path, image_root: str | Path | None = None) -
 
 
 def _captions_from_member(raw: bytes, ext: str, where: str) -> list[str]:
-    text = raw.decode("utf-8")
-    if ext == "txt":
-        return [line.strip() for line in text.splitlines() if line.strip()]
-    value = json.loads(text)
-    if isinstance(value, dict):
-        value = value.get("captions")
-    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
-        raise ValueError(f"{where}.json must hold a list of captions or an object with a 'captions' list")
-    return [c.strip() for c in value if c.strip()]
+    """Captions of a ``txt`` (one per line) or ``json`` member, parsed by training's caption reader."""
+    try:
+        return captions_from_payload(ext, raw, separator="\n" if ext == "txt" else None)
+    except CaptionError:
+        return []  # reported by the caller as "no caption"
+    except UnicodeDecodeError as err:
+        raise InputError(f"{where}.{ext}: byte {err.start} is not UTF-8 text") from err
+    except json.JSONDecodeError as err:
+        raise InputError(f"{where}.{ext} line {err.lineno} column {err.colno}: malformed JSON ({err.msg})") from err
 
 
 def read_wds_retrieval(root: str | Path, split: str = "test") -> RetrievalData:
@@ -400,13 +437,13 @@ def read_retrieval(path: str | Path, image_root: str | Path | None = None, split
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".json":
-        return read_karpathy_json(path, image_root, split)
+        return drop_unreadable_images(read_karpathy_json(path, image_root, split))
     if suffix in (".csv", ".tsv"):
-        return read_retrieval_csv(path, image_root)
+        return drop_unreadable_images(read_retrieval_csv(path, image_root))
     if suffix == ".tar" or path.is_dir():
         if path.is_dir() and (path / "image").is_dir() and (path / "caption").is_dir():
             return read_urban1k(path)
-        return read_wds_retrieval(path, split)
+        return drop_unreadable_images(read_wds_retrieval(path, split))
     raise ValueError(
         f"cannot tell the retrieval layout of {str(path)!r}: expected a Karpathy .json, a .csv/.tsv, "
         f"a webdataset folder or .tar shard, or an Urban-1k folder (image/ and caption/)"
@@ -429,7 +466,7 @@ def read_urban1k(root: str | Path) -> RetrievalData:
         captions.append(" ".join(caption_path.read_text(encoding="utf-8").split()))
     if not items:
         raise FileNotFoundError(f"no images in {image_dir}")
-    return RetrievalData(items, captions, torch.arange(len(items)))
+    return drop_unreadable_images(RetrievalData(items, captions, torch.arange(len(items))))
 
 
 def read_hierarcaps(path: str | Path, image_root: str | Path | None = None) -> HierarCapsData:
@@ -440,11 +477,10 @@ def read_hierarcaps(path: str | Path, image_root: str | Path | None = None) -> H
     """
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    header, rows = read_csv_table(path, ",")
     if not rows:
         raise ValueError(f"{path} has no data rows")
-    missing = {"id", "captions", "image_url"} - set(rows[0].keys())
+    missing = {"id", "captions", "image_url"} - set(header)
     if missing:
         raise ValueError(f"{path} needs the columns id, captions, image_url; missing {sorted(missing)}")
     items, chains, ids = [], [], []
@@ -460,4 +496,4 @@ def read_hierarcaps(path: str | Path, image_root: str | Path | None = None) -> H
         items.append(ImageItem(key=str(image_path.resolve()), path=image_path))
         chains.append(chain)
         ids.append(row["id"])
-    return HierarCapsData(items, chains, ids)
+    return drop_unreadable_images(HierarCapsData(items, chains, ids))

@@ -17,6 +17,7 @@ import torch
 from .benchmark_wds import is_benchmark_retrieval, read_benchmark_retrieval
 from .encode import Embeddings, EvalModel, embedding_uncertainty, encode_images, encode_texts
 from .examples import retrieval_examples
+from .image_check import skipped_report
 from .metrics import DEFAULT_MAX_CHUNK_ELEMENTS, metrics_from_ranks, uncertainty_bins
 from .options import EvalOptions
 from .readers import RetrievalData, read_retrieval, read_urban1k
@@ -132,6 +133,7 @@ def evaluate_retrieval(
         "n_captions": len(data.captions),
         "metrics": metrics,
     }
+    results["skipped_images"] = skipped_report(data)
     if options.out_dir is not None:
         results["plots"] = _write_plots(metrics, Path(options.out_dir), task)
         results["examples"] = retrieval_examples(data, images, texts, options.out_dir)

@@ -15,7 +15,6 @@ queries whose top-1 item is an adversarial one.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -24,7 +23,9 @@ from pathlib import Path
 import torch
 
 from ..embedding import ProbEmbedding
+from ..textfiles import read_json_file, read_text_file
 from .encode import Embeddings, EvalModel, encode_image_dataset, encode_texts
+from .image_check import skipped_report
 from .options import EvalOptions
 from .readers import ImageItem, RetrievalData, read_retrieval
 from .report import plot_bars, write_results
@@ -40,9 +41,9 @@ _WORD = re.compile(r"[A-Za-z]+")
 def load_replacements(path: str | Path) -> dict[str, list[str]] | list[str]:
     """Read a replacement list: JSON ``{word: [replacements]}`` or text with one word per line."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = read_text_file(path)
     if path.suffix.lower() == ".json":
-        table = json.loads(text)
+        table = read_json_file(path)
         if not isinstance(table, dict) or not all(
             isinstance(v, list) and v and all(isinstance(w, str) for w in v) for v in table.values()
         ):
@@ -170,6 +171,7 @@ def evaluate_rococo(
                "n_images": len(data.items), "n_captions": len(data.captions),
                "n_adversarial_captions": len(adversarial), "n_mixed_images": len(data.items),
                "mix_weight": mix_weight, "seed": seed, "adversarial_examples": adversarial[:5], "metrics": metrics}
+    results["skipped_images"] = skipped_report(data)
     if options.out_dir is not None:
         out_dir = Path(options.out_dir)
         bars = {f"{m} {d} {k}": v[k] for m, per in metrics.items() for d, v in per.items()

@@ -29,6 +29,7 @@ from .encode import (
     encode_images,
     encode_texts,
 )
+from .image_check import skipped_report
 from .metrics import mean_per_class_recall, topk_accuracy, uncertainty_bins
 from .options import EvalOptions
 from .readers import ClassificationData, read_classification
@@ -180,6 +181,7 @@ def evaluate_zeroshot(
     if bprw_info is not None:
         bprw_info["gain_acc1"] = {m: metrics["bprw"][m]["acc1"] - metrics["mean"][m]["acc1"] for m in metrics["bprw"]}
         results["bprw"] = bprw_info
+    results["skipped_images"] = skipped_report(data, support_data)
     if options.out_dir is not None:
         out_dir = Path(options.out_dir)
         bars = {f"{combo}/{method}": v["acc1"] for combo, per in metrics.items() for method, v in per.items()}

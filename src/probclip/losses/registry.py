@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from ..errors import UsageError
 from .base import PairLoss
 from .baselines import CLIPLoss, SigLIPLoss
@@ -40,4 +42,11 @@ def build_loss(name: str, **kwargs) -> PairLoss:
     key = str(name).lower()
     if key not in LOSSES:
         raise UsageError(f"unknown loss {name!r}; accepted names: {', '.join(list_losses())}")
-    return LOSSES[key](**kwargs)
+    accepted = [p for p in inspect.signature(LOSSES[key]).parameters if p not in ("self", "args", "kwargs")]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise UsageError(f"loss {key!r} has no argument(s) {unknown}; accepted: {accepted}")
+    try:
+        return LOSSES[key](**kwargs)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"loss {key!r} with arguments {kwargs}: {err}") from err

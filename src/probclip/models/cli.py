@@ -8,12 +8,13 @@ import sys
 
 import torch
 
+from ..cli import run_command
+from ..errors import InputError, ProbclipError
 from .config import ProbCLIPConfig
-from .factory import load_pretrained_model
+from .convert import convert_checkpoint
 from .hub import resolve_model_config
 from .model import ProbCLIP
 from .registry import get_model_config, list_models
-from .released import save_released
 
 
 def _summary(config: ProbCLIPConfig) -> str:
@@ -41,7 +42,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``probclip models``; returns the exit status."""
+    """Entry point of ``probclip models``; returns the exit status (errors: one line on stderr)."""
+    return run_command("models", _models_command, sys.argv[1:] if argv is None else argv)
+
+
+def _models_command(argv: list[str]) -> int:
     args = _build_parser().parse_args(argv)
     action = args.action or "list"
     try:
@@ -57,13 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         elif action == "show":
             print(json.dumps(resolve_model_config(args.source).to_dict(), indent=2, sort_keys=True))
         elif action == "convert":
-            model = load_pretrained_model(args.source)
-            if args.to == "released":
-                save_released(model, args.dest)
-            else:
-                model.save_pretrained(args.dest)
+            convert_checkpoint(args.source, args.dest, args.to)
             print(f"wrote {args.to} checkpoint to {args.dest}")
-    except (KeyError, ValueError, FileNotFoundError, OSError) as err:
-        print(f"probclip models: error: {err}", file=sys.stderr)
-        return 1
+    except ProbclipError:
+        raise
+    except (KeyError, ValueError) as err:  # a checkpoint whose config or keys cannot be read or converted
+        raise InputError(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)) from err
     return 0

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import huggingface_hub  # the module, not its function: tests replace snapshot_download
 
+from ..errors import UsageError
 from .config import ProbCLIPConfig
 from .loading import read_config_file
 from .registry import UnknownModelError, get_model_config, list_models
@@ -36,7 +37,7 @@ def resolve_checkpoint_dir(path_or_hub_id: str | os.PathLike, revision: str | No
     if name.startswith(HF_HUB_PREFIX):
         repo_id = name[len(HF_HUB_PREFIX):]
         if repo_id.count("/") != 1:
-            raise ValueError(f"hub id must look like 'hf-hub:owner/repo'; got {name!r}")
+            raise UsageError(f"hub id must look like 'hf-hub:owner/repo'; got {name!r}")
         folder = huggingface_hub.snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
                                                    allow_patterns=HUB_FILES)
         return Path(folder)

@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from ..errors import InputError
 from .config import CONFIG_FORMAT, ProbCLIPConfig
 from .released import (
     config_from_released,
@@ -16,10 +18,11 @@ from .released import (
     released_to_probclip_state_dict,
 )
 
-__all__ = ["CheckpointMismatchError", "load_state_dict_strict", "read_checkpoint_dir", "read_config_file"]
+__all__ = ["CheckpointMismatchError", "load_safetensors", "load_state_dict_strict", "read_checkpoint_dir",
+           "read_config_file"]
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(InputError, ValueError):
     """A checkpoint's keys or shapes do not match the model. Attributes list each difference."""
 
     def __init__(self, missing: list, unexpected: list, mismatched: list, source: str = "checkpoint"):
@@ -48,7 +51,23 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict, source: str = "ch
     ]
     if missing or unexpected or mismatched:
         raise CheckpointMismatchError(missing, unexpected, mismatched, source)
+    wrong_kind = [f"{k} ({state_dict[k].dtype})" for k in sorted(expected)
+                  if expected[k].is_floating_point() and not state_dict[k].is_floating_point()]
+    if wrong_kind:
+        raise InputError(f"{source} holds non-floating-point tensors where the model has floating-point weights: "
+                         f"{wrong_kind[:5]}{' ...' if len(wrong_kind) > 5 else ''}; the checkpoint is not a model "
+                         "of this kind or was written wrongly")
     model.load_state_dict(state_dict, strict=True)
+
+
+def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a ``.safetensors`` file (on the CPU); a corrupt or truncated file raises ``InputError`` naming
+    it. safetensors holds tensors only: loading one never runs code."""
+    path = Path(path)
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:
+        raise InputError(f"{path} is not a readable safetensors file (corrupt or truncated): {err}") from err
 
 
 def read_config_file(path: str | Path) -> ProbCLIPConfig:
@@ -63,8 +82,11 @@ def _parse_config(config_path: Path) -> tuple[ProbCLIPConfig, str]:
         )
     try:
         raw = json.loads(config_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise InputError(f"{config_path} is not UTF-8 text (bad byte at offset {err.start}); expected a JSON "
+                         "config") from err
     except json.JSONDecodeError as err:
-        raise ValueError(f"{config_path} is not valid JSON: {err}") from err
+        raise InputError(f"{config_path} line {err.lineno} column {err.colno}: malformed JSON ({err.msg})") from err
     if is_released_config(raw):
         return config_from_released(raw, name=config_path.parent.name), "released"
     if isinstance(raw, dict) and raw.get("format") == CONFIG_FORMAT:
@@ -88,7 +110,7 @@ def read_checkpoint_dir(directory: str | Path) -> tuple[ProbCLIPConfig, dict[str
         raise FileNotFoundError(
             f"{weights_path} not found; a checkpoint directory needs config.json and model.safetensors"
         )
-    state_dict = load_file(str(weights_path))
+    state_dict = load_safetensors(weights_path)
     if layout == "released":
         state_dict = released_to_probclip_state_dict(state_dict)
     return config, state_dict, layout

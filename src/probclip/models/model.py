@@ -16,6 +16,7 @@ from torch import nn
 from ..embedding import ProbEmbedding
 from .config import ProbCLIPConfig
 from .hub import resolve_checkpoint_dir
+from .inputs import check_image_input, check_token_input
 from .loading import load_state_dict_strict, read_checkpoint_dir
 from .text import TextTower
 from .vision import VisionTower
@@ -67,11 +68,13 @@ class ProbCLIP(
         ``keep_patches``: optional integer tensor ``[B, K]`` of patch indices (0..num_patches-1) to keep, for a
         masked view; CLS and UNC are always kept.
         """
+        check_image_input(images)
         mean, logvar = self.visual(images, keep_patches)
         return ProbEmbedding(F.normalize(mean, dim=-1), logvar)
 
     def encode_text(self, tokens: torch.Tensor) -> ProbEmbedding:
         """``tokens [B, L]`` (L <= context length) -> ``ProbEmbedding [B, D]`` with unit-norm mean."""
+        check_token_input(tokens)
         mean, logvar = self.text(tokens)
         return ProbEmbedding(F.normalize(mean, dim=-1), logvar)
 

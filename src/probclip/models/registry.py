@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from importlib import resources
 
+from ..errors import InputError
 from .config import ProbCLIPConfig
 
 __all__ = ["UnknownModelError", "list_models", "get_model_config", "register_model_config"]
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(InputError, KeyError):
     """A model name that is not registered; the message lists the registered ones."""
 
     def __str__(self) -> str:  # KeyError would quote the whole message

@@ -6,17 +6,19 @@ import argparse
 import os
 import sys
 
-from ..data import DatasetError, SampleError, ShardError
+from ..cli import run_command
 from .config import load_config, parse_override_args
-from .loop import TrainingStopped, train
+from .loop import train
 
 __all__ = ["main"]
 
 _EPILOG = """\
 Overrides: any config key as --section.key VALUE (YAML-parsed), e.g.
-  --optim.lr 1e-4 --run.steps 2000 --data.paths '[shards/{00000..00099}.tar]' --loss.kwargs '{vib_beta: 0}'
+  --optim.lr 1e-4 --run.steps 2000 --data.paths 'shards/{00000..00099}.tar' --loss.kwargs '{vib_beta: 0}'
+A list of several patterns: --data.paths '["a/{000..009}.tar", "b/{000..009}.tar"]' (quote braces inside a list).
 Sections: model, data, loss, masking, optim, run, eval (see docs/training.md).
-Resume the newest checkpoint of the run directory with --resume latest.
+Resume the newest checkpoint of the run directory with --resume latest; start over in a directory that holds
+checkpoints only with --run.overwrite true. Errors print one line; --debug (or PROBCLIP_DEBUG=1) adds the traceback.
 Many processes: torchrun --nproc_per_node N -m probclip.train --config FILE.yaml
 """
 
@@ -37,31 +39,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, train, print where the model is; returns the exit status."""
+    """Parse arguments, train, print where the model is; returns the exit status (errors: one line on stderr)."""
+    return run_command("train", _train_command, sys.argv[1:] if argv is None else argv)
 
+
+def _train_command(argv: list[str]) -> int:
     parser = _parser()
-    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    try:
-        overrides = parse_override_args(rest)
-    except ValueError as err:
-        parser.error(str(err))
+    args, rest = parser.parse_known_args(argv)
+    overrides = parse_override_args(rest)
     if args.resume is not None:
         overrides.setdefault("run", {})["resume"] = args.resume
     if args.output_dir is not None:
         overrides.setdefault("run", {})["output_dir"] = args.output_dir
-    try:
-        config = load_config(args.config, overrides)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"probclip train: {err}", file=sys.stderr)
-        return 2
+    config = load_config(args.config, overrides)
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
-    try:
-        result = train(config)
-    except (TrainingStopped, ShardError, DatasetError, SampleError, FileNotFoundError) as err:
-        print(f"probclip train: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
+    result = train(config)
     if int(os.environ.get("RANK", "0")) == 0:
         print(
             f"trained {result.steps} steps ({result.samples} samples) in {result.seconds:.1f} s; "

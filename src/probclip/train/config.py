@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,9 @@ from ..config_fields import check_known_keys
 from ..data.masking import IMAGE_MASK_MODES, TEXT_MASK_MODES
 from ..data.sources import list_sources
 from ..errors import UsageError
+from ..limits import DEFAULT_LIMITS
 from ..losses import list_losses
+from ..models.registry import list_models
 
 __all__ = [
     "ModelSection",
@@ -33,6 +36,9 @@ __all__ = [
     "RunSection",
     "EvalSection",
     "TrainConfig",
+    "ConfigFileNotFoundError",
+    "check_field_types",
+    "read_yaml_file",
     "load_config",
     "apply_overrides",
     "parse_override_args",
@@ -40,6 +46,10 @@ __all__ = [
 
 INIT_KINDS = ("scratch", "pretrained", "open_clip")
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class ConfigFileNotFoundError(UsageError, FileNotFoundError):
+    """The training config file does not exist (a usage error: exit status 2)."""
 
 
 def _fail(section: str, key: str, value: Any, accepted: str) -> None:
@@ -53,8 +63,34 @@ def _check_choice(section: str, key: str, value: Any, choices: Sequence[str]) ->
 
 def _check_positive(section: str, key: str, value: Any, allow_zero: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        _fail(section, key, value, "a number >= 0" if allow_zero else "a number > 0")
+    if not ok or not math.isfinite(value):
+        _fail(section, key, value, "a finite number >= 0" if allow_zero else "a finite number > 0")
+
+
+#: What a field's annotation accepts (a value of the wrong type is refused, never coerced).
+_TYPE_CHECKS = {
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+              "a finite number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "list": (lambda v: isinstance(v, (list, tuple, str)), "a list"),
+    "dict": (lambda v: isinstance(v, dict), "a mapping"),
+}
+
+
+def check_field_types(section: str, obj: Any) -> None:
+    """Raise ``UsageError`` for a field of the dataclass ``obj`` whose value does not have the annotated type
+    (``bool`` fields take only true/false, ``float`` fields only finite numbers, ``X | None`` also null)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        kinds = [part.strip() for part in str(f.type).split("|")]
+        if value is None and "None" in kinds:
+            continue
+        checks = [_TYPE_CHECKS[k] for k in kinds if k in _TYPE_CHECKS]
+        if checks and not any(check(value) for check, _ in checks):
+            accepted = " or ".join([what for _, what in checks] + (["null"] if "None" in kinds else []))
+            _fail(section, f.name, value, accepted)
 
 
 def _check_int(section: str, key: str, value: Any, minimum: int) -> None:
@@ -108,6 +144,8 @@ class ModelSection:
 
     def validate(self) -> None:
         _check_choice("model", "init", self.init, INIT_KINDS)
+        if self.init in ("scratch", "open_clip") and self.name not in list_models():
+            _fail("model", "name", self.name, f"a registered model name, one of {list_models()}")
         if self.init == "pretrained" and not self.pretrained:
             _fail(
                 "model",
@@ -146,6 +184,9 @@ class DataSection:
         train_augment: random resized crop instead of a centre crop.
         max_bad_fraction: stop the run when more than this fraction of samples read so far were unreadable
             (after the first 1000 samples); 1 never stops.
+        max_image_pixels, max_member_bytes, max_caption_chars: resource limits (``probclip.limits``): an image
+            with more pixels (checked before decoding), a tar member with more bytes, or a caption with more
+            characters is skipped, counted and named like any unreadable sample.
     """
 
     source: str = "synthetic"
@@ -164,9 +205,14 @@ class DataSection:
     synthetic: dict = field(default_factory=dict)
     train_augment: bool = False
     max_bad_fraction: float = 1.0
+    max_image_pixels: int = DEFAULT_LIMITS.max_image_pixels
+    max_member_bytes: int = DEFAULT_LIMITS.max_member_bytes
+    max_caption_chars: int = DEFAULT_LIMITS.max_caption_chars
 
     def validate(self) -> None:
         _check_choice("data", "source", self.source, list_sources())  # built-in and registered sources
+        for key in ("max_image_pixels", "max_member_bytes", "max_caption_chars"):
+            _check_int("data", key, getattr(self, key), 1)
         if isinstance(self.paths, str):
             self.paths = [self.paths]
         if self.source in ("webdataset", "csv") and not self.paths:
@@ -259,7 +305,8 @@ class OptimSection:
     def validate(self) -> None:
         _check_positive("optim", "lr", self.lr)
         _check_positive("optim", "min_lr", self.min_lr, allow_zero=True)
-        if not (isinstance(self.betas, (list, tuple)) and len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
+        if not (isinstance(self.betas, (list, tuple)) and len(self.betas) == 2
+                and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in self.betas)):
             _fail("optim", "betas", self.betas, "two numbers in [0, 1)")
         _check_positive("optim", "eps", self.eps)
         _check_positive("optim", "weight_decay", self.weight_decay, allow_zero=True)
@@ -284,6 +331,10 @@ class RunSection:
             terminal, plain lines otherwise), ``bar``, ``plain`` or ``none``.
         save_every: steps between checkpoints (0: only the final one); ``keep_last``: checkpoints kept.
         resume: ``null``, ``latest`` (newest checkpoint in ``output_dir``) or a checkpoint directory.
+        overwrite: start over in an ``output_dir`` that holds an earlier run (its checkpoints, log and config are
+            removed); without it such a start is refused.
+        allow_config_change: resume even when the model, batch size, data source, shard list or worker count
+            differ from the checkpoint's (the differences are logged); without it such a resume is refused.
         max_nonfinite_steps: stop after this many consecutive steps with a non-finite loss (each is skipped).
         eval_every: steps between evaluation-hook calls (0: never).
         tensorboard: write TensorBoard scalars.
@@ -306,6 +357,8 @@ class RunSection:
     save_every: int = 500
     keep_last: int = 2
     resume: str | None = None
+    overwrite: bool = False
+    allow_config_change: bool = False
     max_nonfinite_steps: int = 10
     eval_every: int = 0
     tensorboard: bool = True
@@ -378,8 +431,10 @@ class TrainConfig:
     eval: EvalSection = field(default_factory=EvalSection)
 
     def validate(self) -> TrainConfig:
-        """Check every section; raises ``ValueError`` naming the bad key, its value and what is accepted."""
+        """Check every section; raises ``UsageError`` (a ``ValueError``) naming the bad key, its value and what is
+        accepted."""
         for name in _SECTIONS:
+            check_field_types(name, getattr(self, name))
             getattr(self, name).validate()
         return self
 
@@ -392,7 +447,7 @@ class TrainConfig:
         """Build and validate from a nested dict; unknown sections or keys raise ``ValueError`` naming them."""
         data = copy.deepcopy(data or {})
         if not isinstance(data, dict):
-            raise ValueError(f"a training config must be a mapping of sections; got {type(data).__name__}")
+            raise UsageError(f"a training config must be a mapping of sections; got {type(data).__name__}")
         unknown = sorted(set(data) - set(_SECTIONS))
         if unknown:
             raise UsageError(f"unknown config sections {unknown}; known sections are {list(_SECTIONS)}")
@@ -400,7 +455,7 @@ class TrainConfig:
         for name, section_cls in _SECTIONS.items():
             values = data.get(name) or {}
             if not isinstance(values, dict):
-                raise ValueError(f"config section {name!r} must be a mapping; got {values!r}")
+                raise UsageError(f"config section {name!r} must be a mapping; got {values!r}")
             check_known_keys(section_cls, values, f"section {name!r}")
             sections[name] = section_cls(**_coerce_floats(section_cls, values))
         return cls(**sections).validate()
@@ -434,30 +489,50 @@ def parse_override_args(args: Sequence[str]) -> dict:
     while index < len(items):
         arg = items[index]
         if not arg.startswith("--") or "." not in arg:
-            raise ValueError(
-                f"unexpected argument {arg!r}; overrides look like --section.key value (e.g. --optim.lr 1e-4)"
-            )
+            raise UsageError(f"unexpected argument {arg!r}; overrides look like --section.key value "
+                             "(e.g. --optim.lr 1e-4)")
         if "=" in arg:
             dotted, raw = arg[2:].split("=", 1)
             index += 1
         else:
             if index + 1 >= len(items):
-                raise ValueError(f"override {arg!r} has no value; write {arg} VALUE")
+                raise UsageError(f"override {arg!r} has no value; write {arg} VALUE")
             dotted, raw = arg[2:], items[index + 1]
             index += 2
         parts = dotted.split(".")
         if len(parts) != 2 or not all(parts):
-            raise ValueError(f"override {arg!r} must name exactly one section and one key: --section.key")
+            raise UsageError(f"override {arg!r} must name exactly one section and one key: --section.key")
         section, key = parts
-        overrides.setdefault(section, {})[key] = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as err:
+            raise UsageError(f"--{dotted} {raw!r} is not a YAML value ({_yaml_problem(err)}); quote strings, "
+                             "write lists as '[a, b]' and mappings as '{key: value}'") from err
+        overrides.setdefault(section, {})[key] = value
     return overrides
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{getattr(err, 'problem', None) or err}"
+
+
+def read_yaml_file(path: Path) -> Any:
+    """Parse a YAML file; raises ``UsageError`` naming the file (and line) when it is not UTF-8 or not YAML."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path} is not UTF-8 text (byte {err.start}); save the config as UTF-8 YAML") from err
+    except yaml.YAMLError as err:
+        raise UsageError(f"{path} is not valid YAML: {_yaml_problem(err)}") from err
 
 
 def _merge(base: dict, changes: dict) -> dict:
     merged = copy.deepcopy(base)
     for section, values in changes.items():
         if not isinstance(values, dict):
-            raise ValueError(f"override for section {section!r} must be a mapping; got {values!r}")
+            raise UsageError(f"override for section {section!r} must be a mapping; got {values!r}")
         merged.setdefault(section, {})
         if merged[section] is None:
             merged[section] = {}
@@ -475,16 +550,16 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] | dict 
     """Read a YAML training config (or start from defaults when ``path`` is None) and apply overrides.
 
     ``overrides`` is a list of ``--section.key value`` arguments or a ``{section: {key: value}}`` dict.
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for unknown or invalid keys.
+    Raises ``UsageError`` (a ``ValueError``) for a missing or unparsable file and for unknown or invalid keys.
     """
     data: dict = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"training config {path} not found")
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            raise ConfigFileNotFoundError(f"training config {path} not found (--config takes a YAML file)")
+        loaded = read_yaml_file(path)
         if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"{path} must hold a mapping of sections (model, data, ...); got {type(loaded).__name__}")
+            raise UsageError(f"{path} must hold a mapping of sections (model, data, ...); got {type(loaded).__name__}")
         data = loaded or {}
     if overrides:
         if not isinstance(overrides, dict):

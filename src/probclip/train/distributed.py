@@ -8,6 +8,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..devices import check_device
+from ..errors import UsageError
+
 __all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "average_gradients", "all_reduce_mean",
            "broadcast_object", "gather_objects", "barrier"]
 
@@ -36,7 +39,8 @@ class DistInfo:
 def _pick_device(device: str, local_rank: int) -> torch.device:
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("run.device is 'cuda' but no CUDA device is available; use run.device: cpu or auto")
+            raise UsageError("run.device is 'cuda' but no CUDA device is available; use run.device: cpu or auto")
+        check_device(f"cuda:{local_rank}", f"run.device (this process's LOCAL_RANK {local_rank})")
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
@@ -54,7 +58,7 @@ def init_distributed(device: str = "auto", backend: str = "auto") -> DistInfo:
     if world_size > 1 and not dist.is_initialized():
         chosen = backend if backend != "auto" else ("nccl" if torch_device.type == "cuda" else "gloo")
         if chosen == "nccl" and torch_device.type != "cuda":
-            raise RuntimeError("run.dist_backend 'nccl' needs CUDA devices; use gloo for CPU runs")
+            raise UsageError("run.dist_backend 'nccl' needs CUDA devices; use gloo for CPU runs")
         dist.init_process_group(backend=chosen, device_id=torch_device if chosen == "nccl" else None)
     if dist.is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()

@@ -21,17 +21,19 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..data.samples import PairCollator
 from ..data.sources import TrainBatches, build_train_batches
+from ..errors import InputError, UsageError
 from ..losses import NonFiniteLossError, PairLoss, build_loss
 from ..models import load_pretrained_model
 from ..tokenizers import Tokenizer, get_tokenizer
 from ..transforms import image_transform
 from .checkpoint import (
+    NonFiniteWeightsError,
     atomic_write_text,
     capture_rng_state,
-    load_training_state,
+    load_resume_state,
     prune_checkpoints,
-    resolve_resume,
     restore_rng_state,
+    samples_before,
     save_checkpoint,
 )
 from .config import TrainConfig
@@ -48,6 +50,7 @@ from .evaluation import build_eval_fn
 from .model_init import build_model, freeze_towers
 from .optim import build_optimizer, clamp_logit_scale, learning_rate, set_learning_rate
 from .precision import autocast_factory, uses_grad_scaler
+from .run_dir import RunLock, guard_run_directory
 from .run_log import RunLogger
 from .step import TrainingForward, ViewGeometry, build_step_inputs, forward_backward
 
@@ -57,7 +60,7 @@ __all__ = ["Run", "StepInfo", "TrainResult", "TrainingStopped", "build_run", "ru
 _MAX_RANK_ERRORS = 8
 
 
-class TrainingStopped(RuntimeError):
+class TrainingStopped(InputError, RuntimeError):
     """The run stopped on an error condition (too many consecutive non-finite losses, too many bad samples)."""
 
 
@@ -136,6 +139,8 @@ class Run:
     geometry: ViewGeometry
     start_step: int = 0
     eval_fn: Callable[[Any, int], dict] | None = None
+    lock: RunLock | None = None  # held by the main process until the run ends
+    samples_offset: int = 0  # samples seen = samples_offset + step * global batch (a resumed batch-size change)
 
 
 @dataclass
@@ -217,7 +222,7 @@ def _restore_training_state(state: dict | None, optimizer, scaler, dist_info: Di
         scaler.load_state_dict(state["scaler"])
     ranks_data = state.get("data") or []
     if len(ranks_data) != dist_info.world_size:
-        raise ValueError(
+        raise UsageError(
             f"checkpoint {resume_dir} was written by {len(ranks_data)} process(es); resume it with the same "
             f"number (now {dist_info.world_size})"
         )
@@ -228,7 +233,7 @@ def _restore_training_state(state: dict | None, optimizer, scaler, dist_info: Di
 def _check_masking(config: TrainConfig, model, tokenizer, uses_masks: bool) -> None:
     masking = config.masking
     if uses_masks and masking.text_mask_prob > 0 and masking.text_mask_mode == "replace" and tokenizer.mask_id is None:
-        raise ValueError(
+        raise UsageError(
             f"masked text views need a mask token, but the tokenizer of {model.config.name or 'this model'} has "
             "none; set masking.text_mask_prob: 0, masking.text_mask_mode: drop, or give the model a text.mask_id"
         )
@@ -246,8 +251,8 @@ def build_run(config: TrainConfig, dist_info: DistInfo, *, eval_fn: Callable | N
     if dist_info.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
     barrier()
-    resume_dir = resolve_resume(run.resume, output_dir)
-    state = load_training_state(resume_dir) if resume_dir is not None else None
+    resume_dir, state = load_resume_state(run.resume, output_dir)
+    lock = guard_run_directory(config, output_dir, resume_dir, state, dist_info.world_size, dist_info.is_main)
     start_step = int(state["step"]) if state else 0
     logger = RunLogger(output_dir, run.steps, run.progress, run.tensorboard, enabled=dist_info.is_main,
                        start_step=start_step)
@@ -287,10 +292,13 @@ def build_run(config: TrainConfig, dist_info: DistInfo, *, eval_fn: Callable | N
             loss_fn=loss_fn, optimizer=optimizer, scaler=scaler,
             autocast=autocast_factory(dist_info.device, run.precision), batches=batches, tokenizer=tokenizer,
             uses_masks=uses_masks, logger=logger, output_dir=output_dir, config_yaml=config_yaml,
-            geometry=ViewGeometry.of(model, tokenizer), start_step=start_step, eval_fn=eval_fn,
+            geometry=ViewGeometry.of(model, tokenizer), start_step=start_step, eval_fn=eval_fn, lock=lock,
+            samples_offset=samples_before(state, config.data.batch_size),
         )
     except BaseException:
         logger.close()
+        if lock is not None:
+            lock.release()
         raise
 
 
@@ -330,6 +338,8 @@ def train(
             return run_loop(run, callbacks)
         finally:
             run.logger.close()
+            if run.lock is not None:
+                run.lock.release()
     finally:
         if owns_process_group:
             cleanup_distributed()
@@ -352,7 +362,8 @@ def run_loop(run: Run, callbacks: Sequence[Callable[[StepInfo], bool | None]] = 
         _count_nonfinite(run, window, step, skipped, bad_component, terms)
         if step % run.config.run.log_every == 0 or step == steps:
             _log_step(run, window, step, lr, terms, skipped)
-        info = StepInfo(step, steps, step * global_batch, time.perf_counter() - window.started, lr,
+        info = StepInfo(step, steps, run.samples_offset + step * global_batch,
+                        time.perf_counter() - window.started, lr,
                         terms.get("loss", float("nan")), terms, skipped, run.model)
         reason = _stop_reason(run, window, info, callbacks)
         if reason != "completed" and step < steps:
@@ -366,7 +377,8 @@ def run_loop(run: Run, callbacks: Sequence[Callable[[StepInfo], bool | None]] = 
     last_checkpoint = _checkpoint(run, step)
     _evaluate(run, step)
     return TrainResult(
-        model=run.model, steps=step, seconds=time.perf_counter() - window.started, samples=step * global_batch,
+        model=run.model, steps=step, seconds=time.perf_counter() - window.started,
+        samples=run.samples_offset + step * global_batch,
         log_path=run.logger.path, output_dir=run.output_dir,
         checkpoint=Path(last_checkpoint) if last_checkpoint else None, stop_reason=stop_reason,
         skipped_samples=window.skipped_total, nonfinite_steps=window.nonfinite_steps,
@@ -454,7 +466,7 @@ def _log_step(run: Run, window: LogWindow, step: int, lr: float, terms: dict, sk
     now = time.perf_counter()
     record = {
         "step": step,
-        "samples": step * global_batch,
+        "samples": run.samples_offset + step * global_batch,
         "lr": lr,
         **means,
         "logit_scale": float(run.model.logit_scale.detach()),
@@ -489,7 +501,7 @@ def _checkpoint(run: Run, at_step: int) -> str | None:
         optim, steps = run.config.optim, run.config.run.steps
         training_state = {
             "step": at_step,
-            "samples": at_step * run.config.data.batch_size,
+            "samples": run.samples_offset + at_step * run.config.data.batch_size,
             "optimizer": run.optimizer.state_dict(),
             "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
             "schedule": {"kind": optim.schedule, "warmup_steps": optim.warmup_steps, "total_steps": steps},
@@ -497,9 +509,14 @@ def _checkpoint(run: Run, at_step: int) -> str | None:
             "rng": [s["rng"] for s in states],
             "world_size": run.dist.world_size,
         }
-        path = save_checkpoint(run.output_dir, at_step, run.model, training_state, run.config_yaml)
-        prune_checkpoints(run.output_dir, run.config.run.keep_last)
-        run.logger.event("checkpoint", step=at_step, path=str(path))
+        try:
+            path = save_checkpoint(run.output_dir, at_step, run.model, training_state, run.config_yaml)
+        except NonFiniteWeightsError as err:  # a diverged model: keep the last good checkpoint
+            run.logger.event("checkpoint_refused", step=at_step, reason=str(err))
+            run.logger.message(f"warning: {err}")
+        else:
+            prune_checkpoints(run.output_dir, run.config.run.keep_last)
+            run.logger.event("checkpoint", step=at_step, path=str(path))
     barrier()
     return broadcast_object(str(path) if path else None)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import UsageError
 from ..models import (
     create_model,
     extend_context_length,
@@ -51,7 +52,7 @@ def build_model(section, log=print):
     if section.init == "pretrained":
         model = load_pretrained_model(section.pretrained)
         if section.overrides:
-            raise ValueError(
+            raise UsageError(
                 "model.overrides cannot change a pretrained checkpoint's architecture; remove them or use init: scratch"
             )
         log(f"model: loaded {section.pretrained} ({model.num_parameters / 1e6:.2f}M parameters)")

@@ -1,0 +1,447 @@
+"""One-line errors: every bad input across the command line ends with exactly one line on stderr that names the bad
+value, exit status 2 (usage, configuration) or 1 (data, runtime), and no traceback.
+
+The table is meant to grow: a new subcommand adds its rows (argv with ``{tmp}`` standing for a fresh folder, an
+optional set-up that writes the bad input there, the expected status and a text the message must contain).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import probclip
+from probclip.cli import INTERNAL_ERROR, SUBCOMMANDS, main
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = ["train", "--run.progress", "none", "--run.tensorboard", "false", "--run.steps", "1",
+         "--run.output_dir", "{tmp}/run", "--model.name", "ProLIP-Tiny-Word"]
+#: A CUDA device this machine does not have (none on a CPU machine; index 64 on a GPU machine).
+NO_SUCH_CUDA = "cuda:64"
+
+
+# ----------------------------------------------------------------------------------------- set-ups of bad inputs
+def _write(path: Path, data: bytes | str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+    return path
+
+
+def _png(path: Path, size=(8, 8)) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (200, 10, 10)).save(path)
+    return path
+
+
+def _tiny_model_dir(path: Path) -> Path:
+    probclip.create_model("ProLIP-Tiny").save_pretrained(path)
+    return path
+
+
+def setup_yaml_syntax(tmp: Path) -> None:
+    _write(tmp / "bad.yaml", "run:\n  steps: [1, 2\n")
+
+
+def setup_yaml_latin1(tmp: Path) -> None:
+    _write(tmp / "bad.yaml", "run:\n  output_dir: caf\xe9\n".encode("latin-1"))
+
+
+def setup_yaml_list(tmp: Path) -> None:
+    _write(tmp / "bad.yaml", "- run\n- data\n")
+
+
+def setup_csv_missing_column(tmp: Path) -> None:
+    _png(tmp / "0.png")
+    _write(tmp / "pairs.csv", "image,text\n0.png,a red square\n")
+
+
+def setup_csv_latin1(tmp: Path) -> None:
+    _png(tmp / "0.png")
+    _write(tmp / "pairs.csv", "filepath,caption\n0.png,a caf\xe9 sign\n".encode("latin-1"))
+
+
+def setup_csv_unterminated_quote(tmp: Path) -> None:
+    _png(tmp / "0.png")
+    _write(tmp / "pairs.csv", 'filepath,caption\n0.png,"a red square\n0.png,a blue one\n')
+
+
+def setup_csv_extra_cells(tmp: Path) -> None:
+    _png(tmp / "0.png")
+    _write(tmp / "pairs.csv", "filepath,caption\n0.png,a red, square\n")
+
+
+def setup_existing_run(tmp: Path) -> None:
+    (tmp / "run" / "checkpoints" / "step_00000002").mkdir(parents=True)
+    _write(tmp / "run" / "train_config.yaml", "run: {}\n")
+
+
+def setup_locked_run(tmp: Path) -> None:
+    import socket
+
+    (tmp / "run").mkdir()
+    _write(tmp / "run" / "run.lock", json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "token": "x",
+                                                 "started": "earlier"}))
+
+
+def setup_output_is_file(tmp: Path) -> None:
+    _write(tmp / "run", "not a folder")
+
+
+def _checkpoint(tmp: Path, state: dict | bytes, batch_size: int = 8) -> Path:
+    ckpt = tmp / "run" / "checkpoints" / "step_00000002"
+    _tiny_model_dir(ckpt)
+    if isinstance(state, bytes):
+        _write(ckpt / "training_state.pt", state)
+    else:
+        torch.save(state, ckpt / "training_state.pt")
+    _write(ckpt / "train_config.yaml", f"model: {{name: ProLIP-Tiny-Word}}\ndata: {{batch_size: {batch_size}}}\n")
+    return ckpt
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def setup_crafted_state(tmp: Path) -> None:
+    import pickle
+
+    _checkpoint(tmp, pickle.dumps({"step": 2, "payload": _RunsCode()}))
+
+
+def setup_changed_batch_size(tmp: Path) -> None:
+    _checkpoint(tmp, {"step": 2, "samples": 32, "world_size": 1}, batch_size=16)
+
+
+def setup_model_dir(tmp: Path) -> None:
+    _tiny_model_dir(tmp / "model")
+
+
+def setup_truncated_safetensors(tmp: Path) -> None:
+    model = _tiny_model_dir(tmp / "model")
+    weights = (model / "model.safetensors").read_bytes()
+    _write(model / "model.safetensors", weights[: len(weights) // 2])
+
+
+def setup_garbage_safetensors(tmp: Path) -> None:
+    _write(_tiny_model_dir(tmp / "model") / "model.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+
+
+def setup_malformed_config_json(tmp: Path) -> None:
+    config = _tiny_model_dir(tmp / "model") / "config.json"
+    _write(config, config.read_text()[:-20])
+
+
+def setup_latin1_config_json(tmp: Path) -> None:
+    _write(_tiny_model_dir(tmp / "model") / "config.json", '{"name": "caf\xe9"}'.encode("latin-1"))
+
+
+def setup_integer_weights(tmp: Path) -> None:
+    from safetensors.torch import load_file
+
+    model = _tiny_model_dir(tmp / "model")
+    state = load_file(str(model / "model.safetensors"))
+    save_file({k: v.to(torch.int32) if k == "logit_scale" else v for k, v in state.items()},
+              str(model / "model.safetensors"))
+
+
+def setup_retrieval_missing_column(tmp: Path) -> None:
+    setup_model_dir(tmp)
+    _png(tmp / "data" / "0.png")
+    _write(tmp / "data" / "pairs.csv", "picture,words\n0.png,a red square\n")
+
+
+def setup_retrieval_latin1(tmp: Path) -> None:
+    setup_model_dir(tmp)
+    _png(tmp / "data" / "0.png")
+    _write(tmp / "data" / "pairs.csv", "image,caption\n0.png,caf\xe9\n".encode("latin-1"))
+
+
+def setup_karpathy_malformed(tmp: Path) -> None:
+    setup_model_dir(tmp)
+    _write(tmp / "data" / "k.json", '{"images": [\n  {"filename": "0.png",\n')
+
+
+def setup_karpathy_missing_field(tmp: Path) -> None:
+    setup_model_dir(tmp)
+    _png(tmp / "data" / "0.png")
+    _write(tmp / "data" / "k.json", json.dumps({"images": [{"filename": "0.png", "split": "test"}]}))
+
+
+def setup_empty_image_folder(tmp: Path) -> None:
+    setup_model_dir(tmp)
+    (tmp / "data").mkdir()
+
+
+def setup_all_images_corrupt(tmp: Path) -> None:
+    setup_model_dir(tmp)
+    _write(tmp / "data" / "cat" / "0.png", b"not a png")
+
+
+def setup_convert_dest_taken(tmp: Path) -> None:
+    setup_model_dir(tmp)
+    _write(tmp / "taken" / "notes.txt", "keep me")
+
+
+def setup_older_shards(tmp: Path) -> None:
+    _write(tmp / "shards" / "00007.tar", b"")
+
+
+def setup_out_is_file(tmp: Path) -> None:
+    _write(tmp / "shards", "a file")
+
+
+def setup_missing_shard(tmp: Path) -> None:
+    (tmp / "shards").mkdir()
+
+
+def setup_bad_member(tmp: Path) -> None:
+    shard = tmp / "shards" / "00000.tar"
+    shard.parent.mkdir()
+    with tarfile.open(shard, "w") as tar:
+        for name, payload in (("a.txt", b"caption"),):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            import io
+
+            tar.addfile(info, io.BytesIO(payload))
+
+
+# ------------------------------------------------------------------------------------------------------ the table
+#: (id, argv, set-up or None, exit status, text the one line must contain)
+CASES = [
+    # the dispatcher
+    ("unknown-command", ["trian"], None, 2, "'trian'"),
+    ("debug-unknown-command", ["--debug", "trian"], None, 2, "'trian'"),
+    # train: options and configuration (exit 2)
+    ("train-stray-argument", ["train", "stray"], None, 2, "'stray'"),
+    ("train-unknown-option", ["train", "--nope"], None, 2, "'--nope'"),
+    ("train-missing-config", ["train", "--config", "{tmp}/absent.yaml"], None, 2, "absent.yaml"),
+    ("train-yaml-syntax", ["train", "--config", "{tmp}/bad.yaml"], setup_yaml_syntax, 2, "bad.yaml"),
+    ("train-yaml-not-utf8", ["train", "--config", "{tmp}/bad.yaml"], setup_yaml_latin1, 2, "UTF-8"),
+    ("train-yaml-not-mapping", ["train", "--config", "{tmp}/bad.yaml"], setup_yaml_list, 2, "mapping"),
+    ("train-unknown-section", [*TRAIN, "--optimiser.lr", "1"], None, 2, "optimiser"),
+    ("train-unknown-key", [*TRAIN, "--optim.lrr", "1"], None, 2, "lrr"),
+    ("train-lr-nan", [*TRAIN, "--optim.lr", "nan"], None, 2, "optim.lr"),
+    ("train-lr-inf", [*TRAIN, "--optim.lr", "inf"], None, 2, "optim.lr"),
+    ("train-lr-text", [*TRAIN, "--optim.lr", "fast"], None, 2, "'fast'"),
+    ("train-not-boolean", [*TRAIN, "--run.overwrite", "maybe"], None, 2, "run.overwrite"),
+    ("train-steps-float", [*TRAIN, "--run.steps", "2.5"], None, 2, "run.steps"),
+    ("train-batch-zero", [*TRAIN, "--data.batch_size", "0"], None, 2, "data.batch_size"),
+    ("train-betas-text", [*TRAIN, "--optim.betas", "[a, b]"], None, 2, "optim.betas"),
+    ("train-unknown-model", [*TRAIN, "--model.name", "ProLIP-Huge"], None, 2, "ProLIP-Huge"),
+    ("train-unknown-loss", [*TRAIN, "--loss.name", "infonce"], None, 2, "infonce"),
+    ("train-unknown-loss-kwarg", [*TRAIN, "--loss.kwargs", "{vib_betta: 0}"], None, 2, "vib_betta"),
+    ("train-bad-yaml-override", [*TRAIN, "--data.paths", "[s/{0..1}.tar]"], None, 2, "--data.paths"),
+    ("train-no-such-cuda", [*TRAIN, "--run.device", "cuda"], None, 2, "cuda"),
+    ("train-existing-run", TRAIN, setup_existing_run, 2, "--resume latest"),
+    ("train-locked-run", TRAIN, setup_locked_run, 2, "in use by process"),
+    ("train-config-change", [*TRAIN, "--resume", "latest", "--data.batch_size", "8"], setup_changed_batch_size, 2,
+     "data.batch_size: 16 -> 8"),
+    # train: data and files (exit 1)
+    ("train-output-is-file", TRAIN, setup_output_is_file, 1, "run"),
+    ("train-output-under-file", [*TRAIN[:-4], "--run.output_dir", "/dev/null/run", *TRAIN[-2:]], None, 1,
+     "/dev/null/run"),
+    ("train-missing-table", [*TRAIN, "--data.source", "csv", "--data.paths", "{tmp}/absent.csv"], None, 1,
+     "absent.csv"),
+    ("train-csv-missing-column", [*TRAIN, "--data.source", "csv", "--data.paths", "{tmp}/pairs.csv"],
+     setup_csv_missing_column, 1, "'filepath'"),
+    ("train-csv-not-utf8", [*TRAIN, "--data.source", "csv", "--data.paths", "{tmp}/pairs.csv"], setup_csv_latin1, 1,
+     "pairs.csv line 2"),
+    ("train-csv-unterminated-quote", [*TRAIN, "--data.source", "csv", "--data.paths", "{tmp}/pairs.csv"],
+     setup_csv_unterminated_quote, 1, "unterminated quote"),
+    ("train-csv-extra-cells", [*TRAIN, "--data.source", "csv", "--data.paths", "{tmp}/pairs.csv"],
+     setup_csv_extra_cells, 1, "pairs.csv line 2"),
+    ("train-missing-shard", [*TRAIN, "--data.source", "webdataset", "--data.paths", "{tmp}/shards/00000.tar"],
+     setup_missing_shard, 1, "00000.tar"),
+    ("train-shard-without-images", [*TRAIN, "--data.source", "webdataset", "--data.paths", "{tmp}/shards/00000.tar"],
+     setup_bad_member, 1, "00000.tar"),
+    ("train-resume-not-checkpoint", [*TRAIN, "--resume", "{tmp}"], None, 1, "not a checkpoint directory"),
+    ("train-crafted-state", [*TRAIN, "--resume", "latest"], setup_crafted_state, 1, "training_state.pt"),
+    # eval (exit 2 for options, 1 for models and data)
+    ("eval-missing-model", ["eval", "--task", "zeroshot", "--data", "{tmp}"], None, 2, "--model"),
+    ("eval-unknown-task", ["eval", "--model", "m", "--task", "bogus", "--data", "{tmp}"], None, 2, "'bogus'"),
+    ("eval-missing-data", ["eval", "--model", "m", "--task", "zeroshot", "--data", "{tmp}/absent"], None, 2,
+     "absent"),
+    ("eval-batch-zero", ["eval", "--model", "m", "--task", "zeroshot", "--data", "{tmp}", "--batch-size", "0"],
+     None, 2, "--batch-size"),
+    ("eval-batch-text", ["eval", "--model", "m", "--task", "zeroshot", "--data", "{tmp}", "--batch-size", "x"],
+     None, 2, "'x'"),
+    ("eval-no-such-cuda", ["eval", "--model", "m", "--task", "zeroshot", "--data", "{tmp}", "--device",
+                           NO_SUCH_CUDA], None, 2, NO_SUCH_CUDA),
+    ("eval-pixel-limit-zero", ["eval", "--model", "m", "--task", "zeroshot", "--data", "{tmp}", "--max-image-pixels",
+                               "0"], None, 2, "--max-image-pixels"),
+    ("eval-missing-model-dir", ["eval", "--model", "{tmp}/nomodel", "--task", "zeroshot", "--data", "{tmp}"], None,
+     1, "nomodel"),
+    ("eval-truncated-safetensors", ["eval", "--model", "{tmp}/model", "--task", "zeroshot", "--data", "{tmp}"],
+     setup_truncated_safetensors, 1, "model.safetensors"),
+    ("eval-garbage-safetensors", ["eval", "--model", "{tmp}/model", "--task", "zeroshot", "--data", "{tmp}"],
+     setup_garbage_safetensors, 1, "model.safetensors"),
+    ("eval-malformed-config", ["eval", "--model", "{tmp}/model", "--task", "zeroshot", "--data", "{tmp}"],
+     setup_malformed_config_json, 1, "config.json line"),
+    ("eval-config-not-utf8", ["eval", "--model", "{tmp}/model", "--task", "zeroshot", "--data", "{tmp}"],
+     setup_latin1_config_json, 1, "config.json"),
+    ("eval-integer-weights", ["eval", "--model", "{tmp}/model", "--task", "zeroshot", "--data", "{tmp}"],
+     setup_integer_weights, 1, "logit_scale"),
+    ("eval-csv-missing-column", ["eval", "--model", "{tmp}/model", "--task", "retrieval", "--data",
+                                 "{tmp}/data/pairs.csv"], setup_retrieval_missing_column, 1, "pairs.csv"),
+    ("eval-csv-not-utf8", ["eval", "--model", "{tmp}/model", "--task", "retrieval", "--data",
+                           "{tmp}/data/pairs.csv"], setup_retrieval_latin1, 1, "pairs.csv line 2"),
+    ("eval-json-malformed", ["eval", "--model", "{tmp}/model", "--task", "retrieval", "--data", "{tmp}/data/k.json"],
+     setup_karpathy_malformed, 1, "k.json line"),
+    ("eval-json-missing-field", ["eval", "--model", "{tmp}/model", "--task", "retrieval", "--data",
+                                 "{tmp}/data/k.json"], setup_karpathy_missing_field, 1, "sentences"),
+    ("eval-no-class-folders", ["eval", "--model", "{tmp}/model", "--task", "zeroshot", "--data", "{tmp}/data"],
+     setup_empty_image_folder, 1, "no class sub-folders"),
+    ("eval-every-image-corrupt", ["eval", "--model", "{tmp}/model", "--task", "zeroshot", "--data", "{tmp}/data"],
+     setup_all_images_corrupt, 1, "0.png"),
+    # models
+    ("models-unknown-action", ["models", "shwo"], None, 2, "'shwo'"),
+    ("models-unknown-source", ["models", "show", "ProLIP-Huge"], None, 1, "ProLIP-Huge"),
+    ("models-convert-bad-layout", ["models", "convert", "a", "b", "--to", "onnx"], None, 2, "'onnx'"),
+    ("models-convert-missing-source", ["models", "convert", "{tmp}/absent", "{tmp}/out", "--to", "probclip"], None,
+     1, "absent"),
+    ("models-convert-dest-taken", ["models", "convert", "{tmp}/model", "{tmp}/taken", "--to", "probclip"],
+     setup_convert_dest_taken, 2, "taken"),
+    ("models-convert-truncated", ["models", "convert", "{tmp}/model", "{tmp}/out", "--to", "probclip"],
+     setup_truncated_safetensors, 1, "model.safetensors"),
+    # synth
+    ("synth-count-zero", ["synth", "--out", "{tmp}/shards", "--count", "0"], None, 2, "--count"),
+    ("synth-count-text", ["synth", "--out", "{tmp}/shards", "--count", "many"], None, 2, "'many'"),
+    ("synth-levels-text", ["synth", "--out", "{tmp}/shards", "--count", "2", "--levels", "a,b"], None, 2,
+     "--levels"),
+    ("synth-older-shards", ["synth", "--out", "{tmp}/shards", "--count", "2"], setup_older_shards, 2, "00007.tar"),
+    ("synth-out-is-file", ["synth", "--out", "{tmp}/shards", "--count", "2"], setup_out_is_file, 2, "shards"),
+    # search and serve (more rows belong with their commands' own tests)
+    ("embed-unknown-option", ["embed", "--bogus-flag"], None, 2, "probclip embed --help"),
+    ("index-unknown-option", ["index", "--bogus-flag"], None, 2, "probclip index --help"),
+    ("search-unknown-option", ["search", "--bogus-flag"], None, 2, "probclip search --help"),
+    ("serve-unknown-option", ["serve", "--bogus-flag"], None, 2, "probclip serve --help"),
+    # quickstart
+    ("quickstart-steps-zero", ["quickstart", "--out", "{tmp}/q", "--steps", "0"], None, 2, "--steps"),
+    ("quickstart-minutes-inf", ["quickstart", "--out", "{tmp}/q", "--minutes", "inf"], None, 2, "--minutes"),
+    ("quickstart-minutes-text", ["quickstart", "--out", "{tmp}/q", "--minutes", "soon"], None, 2, "'soon'"),
+]
+
+
+def test_the_table_covers_every_command_on_this_branch():
+    assert len(CASES) >= 40
+    covered = {argv[1] if argv[0] == "--debug" else argv[0] for _, argv, *_ in CASES}
+    assert set(SUBCOMMANDS) <= covered, set(SUBCOMMANDS) - covered
+
+
+@pytest.mark.parametrize("case_id, argv, setup, status, named", CASES, ids=[c[0] for c in CASES])
+def test_a_bad_input_ends_in_one_line(case_id, argv, setup, status, named, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PROBCLIP_DEBUG", raising=False)
+    if "cuda" in case_id:
+        monkeypatch.setenv("LOCAL_RANK", "64")  # this process's CUDA device does not exist, GPU machine or not
+    if setup is not None:
+        setup(tmp_path)
+    capsys.readouterr()
+    code = main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert code == status, err
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert lines[0].startswith("probclip"), lines[0]
+    assert named.replace("{tmp}", str(tmp_path)) in lines[0], lines[0]
+    assert not (tmp_path / "pwned").exists()  # nothing loaded ran code
+
+
+def test_an_internal_error_is_reported_as_a_bug_with_its_traceback(capsys, monkeypatch):
+    from probclip import cli
+
+    def broken(argv):
+        raise ZeroDivisionError("division by zero in a helper")
+
+    assert cli.run_command("train", broken, []) == INTERNAL_ERROR
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError" in err
+    assert err.splitlines()[-1].startswith("probclip train: internal error")
+
+
+def test_debug_flag_and_environment_show_the_traceback(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("PROBCLIP_DEBUG", raising=False)
+    argv = ["train", "--config", str(tmp_path / "absent.yaml")]
+    assert main(["--debug", *argv]) == 2
+    assert "Traceback" in capsys.readouterr().err
+    assert main([*argv, "--debug"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+    monkeypatch.setenv("PROBCLIP_DEBUG", "1")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.splitlines()[-1].startswith("probclip train:")
+    monkeypatch.setenv("PROBCLIP_DEBUG", "0")
+    assert main(argv) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_warnings_print_in_one_line(capsys):
+    import warnings
+
+    from probclip.cli import run_command
+
+    def warns(argv):
+        warnings.warn("something to know\nacross two lines", RuntimeWarning, stacklevel=1)
+        return 0
+
+    assert run_command("models", warns, []) == 0
+    assert capsys.readouterr().err == "probclip models: warning: RuntimeWarning: something to know across two lines\n"
+
+
+@pytest.mark.parametrize("entry", [["-m", "probclip.cli", "train"], ["-m", "probclip.train"]])
+def test_console_entry_and_torchrun_entry_behave_alike(entry, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), HF_HUB_OFFLINE="1")
+    env.pop("PROBCLIP_DEBUG", None)
+    started = time.time()
+    done = subprocess.run([sys.executable, *entry, "--optim.lr", "inf", "--run.output_dir", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        "probclip train: optim.lr = inf is not valid; expected a finite number"], done.stderr
+    assert time.time() - started < 120
+
+
+def test_help_brace_example_works_as_printed(tmp_path, capsys):
+    from probclip.train.cli import _EPILOG
+    from probclip.train.config import load_config, parse_override_args
+
+    example = next(line for line in _EPILOG.splitlines() if "--data.paths" in line and "{00000..00099}" in line)
+    import shlex
+
+    config = load_config(None, parse_override_args(shlex.split(example)))
+    from probclip.data import expand_shard_urls
+
+    urls = expand_shard_urls(config.data.paths)
+    assert len(urls) == 100 and urls[0] == "shards/00000.tar" and urls[-1] == "shards/00099.tar"
+    listed = next(line for line in _EPILOG.splitlines() if '"a/{000..009}.tar"' in line)
+    config = load_config(None, parse_override_args(shlex.split(listed.split("(")[0].split(":", 1)[1])))
+    assert len(expand_shard_urls(config.data.paths)) == 20
+
+
+def test_a_batch_the_processes_cannot_share_is_a_usage_error():
+    from probclip.data.sources import build_train_batches
+    from probclip.errors import UsageError
+    from probclip.train.config import DataSection
+
+    with pytest.raises(UsageError, match="data.batch_size 8 must be divisible by the number of processes 3"):
+        build_train_batches(DataSection(batch_size=8), collator=None, seed=0, rank=0, world_size=3)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["eval", "--help"], ["models", "list"]])
+def test_help_and_listing_still_exit_0(argv, capsys):
+    assert main(argv) == 0
+    assert capsys.readouterr().err == ""
