@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Sequence
 
-from .cli_errors import run_reporting_errors
+from ..cli import run_command
 from .embed import DEFAULT_SHARD_ROWS, DTYPES, MODALITY_CHOICES, default_num_workers, embed_collection
 from .layout import MANIFEST_NAME
 
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _run(argv: list[str]) -> int:
     """Run ``probclip embed``; returns the exit status."""
     args = build_parser().parse_args(argv)
 
@@ -57,4 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"collection: {out}")
         return 0
 
-    return run_reporting_errors("embed", body)
+    return body()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``probclip embed``; returns the exit status (a user error: one line on stderr)."""
+    return run_command("embed", _run, sys.argv[1:] if argv is None else list(argv))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
-from .cli_errors import run_reporting_errors
+from ..cli import run_command
 from .index import BACKENDS, KINDS, build_index
 from .layout import read_manifest
 
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _run(argv: list[str]) -> int:
     """Run ``probclip index``; returns the exit status."""
     args = build_parser().parse_args(argv)
 
@@ -42,4 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{modality}: {entry['kind']} index of {entry['rows']} rows: {where}")
         return 0
 
-    return run_reporting_errors("index", body)
+    return body()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``probclip index``; returns the exit status (a user error: one line on stderr)."""
+    return run_command("index", _run, sys.argv[1:] if argv is None else list(argv))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 
+from ..cli import run_command
 from ..errors import InputError, UsageError
 from ..transforms import ImageLoadError, load_image
-from .cli_errors import run_reporting_errors
 from .layout import MODALITIES
 from .results import SCORES, SearchResults
 from .searcher import SearchIndex
@@ -57,7 +58,7 @@ def format_table(results: SearchResults, query_u: float | None = None) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _run(argv: list[str]) -> int:
     """Run ``probclip search``; returns the exit status."""
     args = build_parser().parse_args(argv)
 
@@ -84,4 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_table(results, query_u))
         return 0
 
-    return run_reporting_errors("search", body)
+    return body()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``probclip search``; returns the exit status (a user error: one line on stderr)."""
+    return run_command("search", _run, sys.argv[1:] if argv is None else list(argv))
