@@ -19,7 +19,8 @@ import faiss
 import torch
 import uvicorn
 
-from ..errors import ProbclipError, UsageError
+from ..cli import run_command
+from ..errors import UsageError
 from ..search import SearchIndex, prepare_quickstart_collection
 from ..search.embed import load_model
 from ..search.layout import MANIFEST_NAME, MODALITIES, read_manifest
@@ -188,15 +189,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_command(argv: list[str]) -> int:
+    return run(build_parser().parse_args(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except ProbclipError as err:
-        print(f"probclip serve: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        return 130
+    """Run ``probclip serve``; returns the exit status (a user error: one line on stderr)."""
+    return run_command("serve", _serve_command, sys.argv[1:] if argv is None else list(argv))
 
 
 if __name__ == "__main__":  # pragma: no cover
