@@ -62,3 +62,12 @@ def brute_inclusion(q_mean, q_logvar, gallery_mean, gallery_logvar, direction: s
     if direction == "includes":
         return probclip.inclusion_score(g, q, eps=eps)[:, 0].numpy()
     return probclip.inclusion_score(q, g, eps=eps)[0].numpy()
+
+
+def brute_directional_inclusion(q_mean, q_logvar, gallery_mean, gallery_logvar, direction: str,
+                                eps: float = 0.0) -> np.ndarray:
+    """The test in ``direction`` where it beats the reverse test, -inf elsewhere (the directional ranking)."""
+    reverse = {"includes": "included", "included": "includes"}[direction]
+    asked = brute_inclusion(q_mean, q_logvar, gallery_mean, gallery_logvar, direction, eps).astype(np.float64)
+    other = brute_inclusion(q_mean, q_logvar, gallery_mean, gallery_logvar, reverse, eps)
+    return np.where(asked > other, asked, -np.inf)

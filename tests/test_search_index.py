@@ -11,7 +11,15 @@ import probclip
 from probclip.errors import InputError, UsageError
 from probclip.search import SearchIndex, build_index
 from probclip.search.index import FlatFileWriter, choose_kind, parse_memory
-from search_helpers import brute_csd, brute_inclusion, brute_topk, make_collection, random_gaussians, stored
+from search_helpers import (
+    brute_csd,
+    brute_directional_inclusion,
+    brute_inclusion,
+    brute_topk,
+    make_collection,
+    random_gaussians,
+    stored,
+)
 
 
 def _query(seed: int, dim: int = 16, count: int = 5) -> probclip.ProbEmbedding:
@@ -74,14 +82,14 @@ def test_approximate_kinds_rerank_exactly(tmp_path, kind, min_recall):
 
 
 @pytest.mark.parametrize("direction", ["includes", "included"])
-def test_inclusion_search_exhaustive_is_exact_and_candidates_recall(tmp_path, direction):
+def test_raw_inclusion_search_exhaustive_is_exact_and_candidates_recall(tmp_path, direction):
     path, mean, logvar = make_collection(tmp_path / "c", n=2000, shard_rows=500)
     build_index(path, kind="flat", progress=False)
     index = SearchIndex.load(path, "image")
     g_mean, g_logvar, _ = stored(mean, logvar, "float16")
     query = _query(4, count=10)
-    exhaustive = index.search(query, k=10, score=direction, exhaustive=True)
-    candidates = index.search(query, k=10, score=direction, exhaustive=False)
+    exhaustive = index.search(query, k=10, score=direction, exhaustive=True, directional=False)
+    candidates = index.search(query, k=10, score=direction, exhaustive=False, directional=False)
     hits = 0
     for q in range(10):
         ref = brute_inclusion(query.mean[q].numpy(), query.logvar[q].numpy(), g_mean, g_logvar, direction)
@@ -91,6 +99,32 @@ def test_inclusion_search_exhaustive_is_exact_and_candidates_recall(tmp_path, di
         np.testing.assert_allclose(candidates[q].scores, ref[candidates[q].ids], rtol=1e-5, atol=1e-4)
         hits += len(set(candidates[q].ids.tolist()) & set(expected.tolist()))
     assert hits / 100 >= 0.9
+
+
+@pytest.mark.parametrize("direction", ["includes", "included"])
+def test_directional_inclusion_search_keeps_only_items_passing_the_check(tmp_path, direction):
+    path, mean, logvar = make_collection(tmp_path / "c", n=2000, shard_rows=500)
+    build_index(path, kind="flat", progress=False)
+    index = SearchIndex.load(path, "image")
+    g_mean, g_logvar, _ = stored(mean, logvar, "float16")
+    query = _query(4, count=10)
+    exhaustive = index.search(query, k=10, score=direction, exhaustive=True)
+    candidates = index.search(query, k=10, score=direction, exhaustive=False)
+    raw = index.search(query, k=10, score=direction, exhaustive=True, directional=False)
+    hits = total = differs = 0
+    for q in range(10):
+        ref = brute_directional_inclusion(query.mean[q].numpy(), query.logvar[q].numpy(), g_mean, g_logvar,
+                                          direction)
+        expected = brute_topk(ref, 10, higher=True)
+        expected = expected[np.isfinite(ref[expected])]  # fewer than k items may pass the check
+        np.testing.assert_array_equal(exhaustive[q].ids, expected)
+        assert np.isfinite(ref[candidates[q].ids]).all()  # nothing failing the check is returned
+        np.testing.assert_allclose(candidates[q].scores, ref[candidates[q].ids], rtol=1e-5, atol=1e-4)
+        hits += len(set(candidates[q].ids.tolist()) & set(expected.tolist()))
+        total += len(expected)
+        differs += not np.array_equal(raw[q].ids, exhaustive[q].ids)
+    assert total >= 50 and hits / total >= 0.9
+    assert differs >= 1  # the check changes the ranking on this gallery
 
 
 def test_uncertainty_filter_keeps_only_low_u_items(tmp_path):
@@ -174,3 +208,38 @@ def test_flat_file_writer_matches_faiss_and_kind_choice():
     assert choose_kind(1_000_000, 768, parse_memory("1GB")) == ("ivfpq", 64)
     with pytest.raises(UsageError, match="memory-budget"):
         parse_memory("lots")
+
+
+def test_directional_inclusion_finds_the_general_and_the_specific_of_a_hierarchy(tmp_path):
+    """Nested Gaussians around one concept (general ⊃ middle ⊃ specific) among unrelated items: from the middle
+    one, ``included`` (more general) puts the general item first and never lists the specific one, ``includes``
+    (more specific) the reverse, while the raw test puts the specific item first in both directions."""
+    from probclip.search.writer import write_collection
+
+    rng = np.random.default_rng(3)
+    dim = 16
+    concept = rng.standard_normal(dim)
+    concept /= np.linalg.norm(concept)
+    others = rng.standard_normal((20, dim))
+    others /= np.linalg.norm(others, axis=1, keepdims=True)
+    mean = np.vstack([others[:10], np.tile(concept, (3, 1)), others[10:]]).astype(np.float32)
+    logvar = np.full((23, dim), -4.0, np.float32)
+    logvar[10:13] = [[-1.0], [-3.0], [-5.0]]  # rows 10, 11, 12: general, middle, specific
+    names = [f"other {i}" for i in range(10)] + ["general", "middle", "specific"]
+    names += [f"other {i}" for i in range(10, 20)]
+    record = {"name": "hierarchy", "config_hash": "0" * 16, "fingerprint": "f" * 16, "embed_dim": dim,
+              "source": None}
+    write_collection(tmp_path / "c", {"text": (mean, logvar)}, model=record, dtype="float32", shard_rows=64,
+                     captions={"text": names})
+    build_index(tmp_path / "c", kind="flat", progress=False)
+    index = SearchIndex.load(tmp_path / "c", "text")
+    query = index.embedding([11])
+    for exhaustive in (True, False):
+        general = index.search(query, k=5, score="included", exhaustive=exhaustive)[0]
+        specific = index.search(query, k=5, score="includes", exhaustive=exhaustive)[0]
+        general, specific = [m["caption"] for m in general.metadata], [m["caption"] for m in specific.metadata]
+        assert general[0] == "general" and "specific" not in general and "middle" not in general
+        assert specific[0] == "specific" and "general" not in specific and "middle" not in specific
+    for score in ("included", "includes"):
+        raw = index.search(query, k=3, score=score, exhaustive=True, directional=False)[0]
+        assert raw.metadata[0]["caption"] == "specific"

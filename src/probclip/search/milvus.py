@@ -78,9 +78,13 @@ class MilvusSearcher:
                              "`probclip index DIR --backend milvus --uri URI`")
         self.client.load_collection(name)
 
-    def search(self, queries: np.ndarray, n: int, max_u: float | None) -> list[np.ndarray]:
-        """Row ids of the ``n`` nearest rows per query (``[Q, D + 1]``), optionally only rows with ``u <= max_u``."""
+    def search(self, queries: np.ndarray, n: int, min_u: float | None = None,
+               max_u: float | None = None) -> list[np.ndarray]:
+        """Row ids of the ``n`` nearest rows per query (``[Q, D + 1]``), optionally only rows with ``u`` in
+        ``[min_u, max_u]``."""
+        bounds = [f"u >= {float(min_u)!r}"] if min_u is not None else []
+        bounds += [f"u <= {float(max_u)!r}"] if max_u is not None else []
         hits = self.client.search(self.name, data=[q.tolist() for q in queries], limit=int(min(n, 16384)),
-                                  filter="" if max_u is None else f"u <= {float(max_u)!r}",
+                                  filter=" and ".join(bounds),
                                   search_params={"metric_type": "L2"}, anns_field="vector")
         return [np.array([h["id"] for h in row], dtype=np.int64) for row in hits]

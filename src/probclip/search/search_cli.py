@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="probclip search",
         description="Search an indexed collection with a caption or an image. Scores: csd (closed-form sampled "
                     "distance, lower is closer), mean (cosine of means), includes (items included in the query: "
-                    "more specific), included (items that include the query: more general).")
+                    "more specific), included (items that include the query: more general); the inclusion scores "
+                    "keep only items for which the test holds in the direction asked.")
     parser.add_argument("collection", help="collection folder (embedded and indexed)")
     query = parser.add_mutually_exclusive_group(required=True)
     query.add_argument("--text", help="a caption to search with")
@@ -36,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--uncertainty-quantile", type=float, default=None,
                         help="keep items with u below this quantile of the collection's u (0-1]")
     parser.add_argument("--eps", type=float, default=0.0, help="inclusion test log-precision offset (default 0)")
+    parser.add_argument("--no-direction-check", action="store_true",
+                        help="includes/included: rank every item by the raw test, also items for which the reverse "
+                             "test is higher")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
@@ -55,6 +59,8 @@ def format_table(results: SearchResults, query_u: float | None = None) -> str:
         if meta.get("caption") and source and meta.get("offset", -1) == -1 and "/" in source:
             label = f"{meta['caption']}  [{meta['source'].rsplit('/', 1)[-1]}]"
         lines.append(f"{rank:>4}  {score:>10.4f}  {u:>9.4g}  {label}")
+    if not len(results):
+        lines.append("(no item qualifies)")
     return "\n".join(lines)
 
 
@@ -76,7 +82,8 @@ def _run(argv: list[str]) -> int:
                 raise InputError(str(err)) from err
         embedding = index.encode(query)
         results = index.search(embedding, k=args.k, score=args.score, max_uncertainty=args.max_uncertainty,
-                               uncertainty_quantile=args.uncertainty_quantile, eps=args.eps)[0]
+                               uncertainty_quantile=args.uncertainty_quantile, eps=args.eps,
+                               directional=not args.no_direction_check)[0]
         query_u = float(embedding.uncertainty[0])
         if args.json:
             print(json.dumps({"index": index.name, "query_u": query_u, **results.to_dict()}, indent=2))

@@ -3,9 +3,15 @@
 Every score is computed exactly at the end: an index proposes candidates (all of them for a flat index, the
 best ``k x oversample`` for the approximate kinds), and the candidates are re-ranked from the stored rows
 (means and log-variances in float32, ``u`` as stored in float32), ties broken by row id. The flat CSD index and
-Milvus (exact L2) give the exact CSD top-k; the inclusion test, which has no exact vector-search form, is re-ranked
-from the candidates of an inner-product index over an approximation and of the CSD index, or scanned exhaustively
-when the collection is small (``exhaustive``).
+Milvus (exact L2) give the exact CSD top-k; the inclusion test, which has no exact vector-search form, is scanned
+exhaustively when the collection is small (``exhaustive``) and otherwise re-ranked from three candidate sources: an
+inner-product index over an approximation of the test (one per direction), the CSD index, and the rows nearest to
+the query on the uncertainty scale.
+
+The inclusion scores keep only the items for which the test holds in the direction asked (``directional``, the
+default): ``includes`` keeps items with ``test(item in query) > test(query in item)``, the comparison ProLIP's
+inclusion loss trains, and ranks them by ``test(item in query)``; ``included`` the reverse. The raw test alone
+rewards every low-variance item near the query, so without the check both directions list the most specific items.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ DEFAULT_OVERSAMPLE = {"flat": 10, "milvus": 10, "hnsw": 4, "ivfpq": 16}
 EXACT_MARGIN = 16
 #: Collections of at most this many stored elements (rows x D) are scanned exhaustively by the inclusion test.
 EXHAUSTIVE_ELEMENTS = 2**22
+#: For a directional inclusion search, rows taken on each side of the query's ``u``, per candidate.
+U_NEIGHBOURS = 4
 #: Rows per block of an exhaustive scan.
 SCAN_ROWS = 65536
 
@@ -76,7 +84,8 @@ class SearchIndex:
             self._check_model(model)
             self._model = model.eval()
         self._csd_index = None
-        self._inclusion_index = None
+        self._inclusion_indexes: dict = {}
+        self._u_order = None
         self._milvus = None
         self._tokenizer = None
 
@@ -199,8 +208,13 @@ class SearchIndex:
 
     def _csd_candidates(self, mean: np.ndarray, n: int, allowed) -> list[np.ndarray]:
         if self.kind == "milvus":
-            bound = None if allowed is None else float(self.stored.u[allowed].max()) if allowed.any() else -1.0
-            return self._milvus_searcher().search(augment_query(mean), n, bound)
+            if allowed is None:
+                return self._milvus_searcher().search(augment_query(mean), n)
+            if not allowed.any():
+                return [np.zeros(0, np.int64)] * mean.shape[0]
+            # every filter is a threshold on u, so the allowed rows are exactly those with u in [min, max]
+            kept = self.stored.u[allowed]
+            return self._milvus_searcher().search(augment_query(mean), n, float(kept.min()), float(kept.max()))
         params = dict(self.entry.get("params", {}))
         ids = self._faiss_candidates(self.csd_index, augment_query(mean, params.get("pad_to")), n, allowed, params)
         return [row[row >= 0] for row in ids]
@@ -215,23 +229,35 @@ class SearchIndex:
         ids = np.arange(self.rows, dtype=np.int64) if allowed is None else np.nonzero(allowed)[0]
         return [ids[i: i + SCAN_ROWS] for i in range(0, ids.size, SCAN_ROWS)]
 
-    def _exact(self, score: str, query: ProbEmbedding, ids: np.ndarray, eps: float) -> np.ndarray:
-        """Exact scores of one query ``[1, D]`` against rows ``ids`` (float64 for csd/mean)."""
+    def _exact(self, score: str, query: ProbEmbedding, ids: np.ndarray, eps: float,
+               directional: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Exact scores of one query ``[1, D]`` against rows ``ids`` (float64) and a mask of the rows that qualify.
+
+        The mask is all True except for a directional inclusion score, where it keeps the rows for which the test
+        in the direction asked beats the reverse test.
+        """
         if ids.size == 0:
-            return np.zeros(0)
+            return np.zeros(0), np.zeros(0, dtype=bool)
         if score in ("csd", "mean"):
-            means = self.stored.means(ids).astype(np.float64)
-            q = query.mean.numpy()[0].astype(np.float64)
-            if score == "csd":
-                u_q = float(np.exp(query.logvar.numpy()[0].astype(np.float64)).sum())
-                return ((means - q) ** 2).sum(1) + u_q + self.stored.u[ids]
-            norms = np.linalg.norm(means, axis=1) * np.linalg.norm(q)
-            return means @ q / np.where(norms > 0, norms, 1.0)
+            return self._exact_distance(score, query, ids), np.ones(ids.size, dtype=bool)
         means, logvars = self.stored.means(ids), self.stored.logvars(ids)
         q_mean, q_logvar = query.mean.numpy(), query.logvar.numpy()
-        if score == "includes":
-            return inclusion_test(means, logvars, q_mean, q_logvar, eps)
-        return inclusion_test(q_mean, q_logvar, means, logvars, eps)
+        pair = (means, logvars), (q_mean, q_logvar)  # score "includes": test(item in query)
+        inner, outer = pair if score == "includes" else pair[::-1]
+        asked = inclusion_test(*inner, *outer, eps)
+        if not directional:
+            return asked, np.ones(ids.size, dtype=bool)
+        return asked, asked > inclusion_test(*outer, *inner, eps)
+
+    def _exact_distance(self, score: str, query: ProbEmbedding, ids: np.ndarray) -> np.ndarray:
+        """CSD or cosine of means of one query ``[1, D]`` against rows ``ids``, float64."""
+        means = self.stored.means(ids).astype(np.float64)
+        q = query.mean.numpy()[0].astype(np.float64)
+        if score == "csd":
+            u_q = float(np.exp(query.logvar.numpy()[0].astype(np.float64)).sum())
+            return ((means - q) ** 2).sum(1) + u_q + self.stored.u[ids]
+        norms = np.linalg.norm(means, axis=1) * np.linalg.norm(q)
+        return means @ q / np.where(norms > 0, norms, 1.0)
 
     def _mean_scan(self, mean: np.ndarray, n: int, allowed) -> list[np.ndarray]:
         """Exact top-n by cosine of means from the flat index's vectors (memory-mapped), ``[Q]`` id arrays."""
@@ -250,18 +276,35 @@ class SearchIndex:
         return best_ids
 
     def _inclusion_candidates(self, query: ProbEmbedding, score: str, n: int, allowed, eps: float):
-        if self._inclusion_index is None:
-            if "inclusion_file" not in self.entry:
+        """Top ``n`` rows per query by the inner-product approximation of the test (empty without its index)."""
+        if score not in self._inclusion_indexes:
+            key = f"{score}_file"
+            if key not in self.entry:  # built with --no-inclusion, or by an older probclip
                 return [np.zeros(0, np.int64)] * query.mean.shape[0]
-            self._inclusion_index = self._read_faiss("inclusion_file")
+            self._inclusion_indexes[score] = self._read_faiss(key)
             self._mean_variance = np.load(self._file("mean_variance_file"))
         weights = inclusion_query_weights(query.mean.numpy(), query.logvar.numpy(), self._mean_variance, score, eps)
-        ids = self._faiss_candidates(self._inclusion_index, weights, n, allowed, {})
+        ids = self._faiss_candidates(self._inclusion_indexes[score], weights, n, allowed, {})
         return [row[row >= 0] for row in ids]
+
+    def _uncertainty_neighbours(self, query: ProbEmbedding, n: int, allowed) -> list[np.ndarray]:
+        """Per query, the ``n`` allowed rows just below and the ``n`` just above the query's ``u``.
+
+        Where the means barely differ, the directional inclusion ranking is decided at the boundary of the check:
+        the best items are the least (``included``) or most (``includes``) uncertain that still pass it, which
+        sit next to the query on the uncertainty scale.
+        """
+        if self._u_order is None:
+            self._u_order = np.argsort(self.stored.u, kind="stable")
+        order = self._u_order if allowed is None else self._u_order[allowed[self._u_order]]
+        sorted_u = self.stored.u[order]
+        u_q = np.exp(query.logvar.numpy().astype(np.float64)).sum(1).astype(np.float32)
+        at = np.searchsorted(sorted_u, u_q)
+        return [order[max(0, i - n): i + n] for i in at]
 
     def search(self, query, k: int = 10, score: str = "csd", *, max_uncertainty: float | None = None,
                uncertainty_quantile: float | None = None, eps: float = 0.0, oversample: int | None = None,
-               exhaustive: bool | None = None) -> list[SearchResults]:
+               exhaustive: bool | None = None, directional: bool = True) -> list[SearchResults]:
         """Search with one or more queries; returns one :class:`SearchResults` per query, best first.
 
         Args:
@@ -272,6 +315,8 @@ class SearchIndex:
             eps: log-precision offset of the inclusion test (0: the means matter; training used -10 / -20).
             oversample: candidates per result for approximate kinds and the inclusion test.
             exhaustive: scan every row for the inclusion test (default: when rows x D <= ``EXHAUSTIVE_ELEMENTS``).
+            directional: for ``includes`` / ``included``, keep only the items for which the test in the direction
+                asked beats the reverse test (see the module docstring); a query can then get fewer than ``k``.
         """
         if score not in SCORES:
             raise UsageError(f"score must be one of {list(SCORES)}; got {score!r}")
@@ -303,6 +348,9 @@ class SearchIndex:
                 by_test = self._inclusion_candidates(emb, score, k * over, allowed, eps)
                 by_csd = self._csd_candidates(mean, k * over, allowed)
                 candidates = [np.union1d(a, b) for a, b in zip(by_test, by_csd, strict=False)]
+                if directional:
+                    by_u = self._uncertainty_neighbours(emb, k * over * U_NEIGHBOURS, allowed)
+                    candidates = [np.union1d(a, b) for a, b in zip(candidates, by_u, strict=True)]
             exact = bool(scan)
         higher = HIGHER_IS_BETTER[score]
         out = []
@@ -310,10 +358,11 @@ class SearchIndex:
             ids = np.unique(np.asarray(ids, dtype=np.int64))
             if allowed is not None:
                 ids = ids[allowed[ids]]
-            scores = np.concatenate([self._exact(score, emb[qi: qi + 1], block, eps)
-                                     for block in [ids[i: i + SCAN_ROWS] for i in range(0, ids.size, SCAN_ROWS)]]
-                                    or [np.zeros(0)])
-            top_ids, top_scores = _top(scores, ids, k, higher)
+            blocks = [self._exact(score, emb[qi: qi + 1], ids[i: i + SCAN_ROWS], eps, directional)
+                      for i in range(0, ids.size, SCAN_ROWS)]
+            scores = np.concatenate([b[0] for b in blocks] or [np.zeros(0)])
+            keep = np.concatenate([b[1] for b in blocks] or [np.zeros(0, dtype=bool)])
+            top_ids, top_scores = _top(scores[keep], ids[keep], k, higher)
             out.append(SearchResults(ids=top_ids.astype(np.int64), scores=top_scores.astype(np.float32),
                                      uncertainty=self.stored.u[top_ids].astype(np.float32), metadata=[],
                                      score=score, higher_is_better=higher, exact=exact))

@@ -1,22 +1,27 @@
 """The vector forms that turn uncertainty-aware scores into plain vector searches.
 
 - CSD as an L2 search: gallery ``[mu, sqrt(u)]``, query ``[mu_q, 0]``; then ``||x - q||^2 = CSD - u_q`` exactly.
-- Candidates for the inclusion test: per dimension the test is (``s`` = variance, item ``x``, query ``q``)::
+- Candidates for the inclusion test: per dimension the test is (``s`` = variance, ``p = 1/s``, item ``x``, query
+  ``q``)::
 
       includes (x in q):  -1.5 lv_x - 0.5 log(s_x + 2 s_q) - e^eps (mu_x - mu_q)^2 / (s_x + 2 s_q) + const(q)
       included (q in x):  -0.5 lv_x - 0.5 log(s_q + 2 s_x) - e^eps (mu_x - mu_q)^2 / (s_q + 2 s_x) + const(q)
 
-  The item and the query are coupled through ``s_x + 2 s_q``. Freezing the item variance in the denominators at the
-  collection's mean variance ``s_bar`` (first order in ``s_x - s_bar`` for the log) makes each an inner product of
-  item features ``[mu, mu^2, s, sum(lv)]`` (3D + 1) with query weights: an exact maximum-inner-product search over
-  an approximation, used only to propose candidates that are then re-ranked with the exact test.
+  The item and the query are coupled through ``s_x + 2 s_q`` and ``s_q + 2 s_x``. Each direction freezes the
+  coupling where the items it looks for make it small: ``includes`` (items less uncertain than the query) freezes
+  the item variance at the collection's mean ``s_bar`` (first order in ``s_x - s_bar`` for the log), giving item
+  features ``[mu, mu^2, s, sum(lv)]``; ``included`` (items more uncertain) freezes the ratio ``s_q / s_x`` at
+  ``r = s_q / s_bar``, so that ``s_q + 2 s_x ~ (2 + r) s_x``, giving item features ``[mu p, mu^2 p, p, sum(lv)]``.
+  Either is an exact maximum-inner-product search (``3D + 1`` floats a row) over an approximation, used only to
+  propose candidates that are then re-ranked with the exact test.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["augment_gallery", "augment_query", "inclusion_item_features", "inclusion_query_weights", "inclusion_test"]
+__all__ = ["INCLUSION_DIRECTIONS", "augment_gallery", "augment_query", "inclusion_item_features",
+           "inclusion_query_weights", "inclusion_test"]
 
 
 def augment_gallery(mean: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -35,33 +40,50 @@ def augment_query(mean: np.ndarray, pad_to: int | None = None) -> np.ndarray:
     return out
 
 
-def inclusion_item_features(mean: np.ndarray, logvar: np.ndarray) -> np.ndarray:
-    """float32 ``[n, 3D + 1]``: ``[mu, mu^2, exp(lv), sum_d lv]`` of gallery items (inputs float32 ``[n, D]``)."""
+INCLUSION_DIRECTIONS = ("includes", "included")
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in INCLUSION_DIRECTIONS:
+        raise ValueError(f"direction must be one of {list(INCLUSION_DIRECTIONS)}; got {direction!r}")
+
+
+def inclusion_item_features(mean: np.ndarray, logvar: np.ndarray, direction: str = "includes") -> np.ndarray:
+    """float32 ``[n, 3D + 1]`` candidate features of gallery items (inputs ``[n, D]``) for one direction.
+
+    ``includes``: ``[mu, mu^2, exp(lv), sum_d lv]``; ``included``: ``[mu p, mu^2 p, p, sum_d lv]`` with
+    ``p = exp(-lv)``.
+    """
+    _check_direction(direction)
     mean = mean.astype(np.float32, copy=False)
     logvar = logvar.astype(np.float32, copy=False)
-    return np.concatenate([mean, mean * mean, np.exp(logvar), logvar.sum(-1, keepdims=True)], axis=1)
+    weight = np.exp(logvar) if direction == "includes" else np.exp(-logvar)
+    if direction == "includes":
+        return np.concatenate([mean, mean * mean, weight, logvar.sum(-1, keepdims=True)], axis=1)
+    return np.concatenate([mean * weight, mean * mean * weight, weight, logvar.sum(-1, keepdims=True)], axis=1)
 
 
 def inclusion_query_weights(mean: np.ndarray, logvar: np.ndarray, mean_variance: np.ndarray, direction: str,
                             eps: float = 0.0) -> np.ndarray:
     """float32 ``[q, 3D + 1]`` query weights; ``features @ weights.T`` approximates the test up to a per-query constant.
 
-    ``direction``: ``includes`` (items included in the query) or ``included`` (items that include the query).
+    ``direction``: ``includes`` (items included in the query) or ``included`` (items that include the query); the
+    features are :func:`inclusion_item_features` of the same direction.
     ``mean_variance``: float32 ``[D]``, the collection's mean per-dimension variance.
     """
+    _check_direction(direction)
     mean = mean.astype(np.float64)
     s_q = np.exp(logvar.astype(np.float64))
     s_bar = mean_variance.astype(np.float64)[None, :]
     scale = np.exp(eps)
-    if direction == "includes":
-        den, log_coef, lv_coef = s_bar + 2 * s_q, -0.5, -1.5
-    elif direction == "included":
-        den, log_coef, lv_coef = s_q + 2 * s_bar, -1.0, -0.5
-    else:
-        raise ValueError(f"direction must be 'includes' or 'included'; got {direction!r}")
-    weights = np.concatenate([2 * scale * mean / den, -scale / den, log_coef / den,
-                              np.full((mean.shape[0], 1), lv_coef)], axis=1)
-    return weights.astype(np.float32)
+    rows = np.ones((mean.shape[0], 1))
+    if direction == "includes":  # test(x in q) with s_x frozen at s_bar in the coupled terms
+        den = s_bar + 2 * s_q
+        parts = [2 * scale * mean / den, -scale / den, -0.5 / den, -1.5 * rows]
+    else:  # test(q in x) with s_q / s_x frozen at r = s_q / s_bar: 1 / (s_q + 2 s_x) ~ p_x / (2 + r)
+        den = 2 + s_q / s_bar
+        parts = [2 * scale * mean / den, -scale / den, -scale * mean * mean / den, -1.0 * rows]
+    return np.concatenate(parts, axis=1).astype(np.float32)
 
 
 def inclusion_test(mu1: np.ndarray, lv1: np.ndarray, mu2: np.ndarray, lv2: np.ndarray, eps: float = 0.0) -> np.ndarray:
