@@ -56,7 +56,8 @@ class SearchRequest(BaseModel):
         "csd",
         description="csd: closed-form sampled distance (lower is closer); mean: cosine of the means; "
                     "includes: items included in the query (more specific); included: items that include the "
-                    "query (more general)",
+                    "query (more general); both keep only items for which the inclusion test holds in that "
+                    "direction, so fewer than k may come back",
     )
     max_uncertainty: float | None = Field(None, gt=0, description="keep only items whose uncertainty u is below this")
     uncertainty_quantile: float | None = Field(
