@@ -61,6 +61,7 @@ __all__ = [
     "read_urban1k",
     "read_hierarcaps",
     "iter_shard_samples",
+    "require_samples",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -197,9 +198,10 @@ def _require_dir(path: Path, what: str) -> Path:
 
 
 def iter_shard_samples(shard: Path, text_keys: Sequence[str], skipped: list[dict],
-                       image_keys: Sequence[str] = SHARD_IMAGE_KEYS) -> Iterator[tuple[ImageItem, str, bytes]]:
-    """``(image item, text extension, text bytes)`` per sample of an uncompressed tar shard, read by training's tar
-    reader (image members are left unread: the item reads them later from their place in the shard).
+                       image_keys: Sequence[str] = SHARD_IMAGE_KEYS) -> Iterator[tuple[ImageItem, str, dict]]:
+    """``(image item, text extension, record)`` per sample of an uncompressed tar shard, read by training's tar
+    reader: ``record[text extension]`` is the text member's bytes (other members too, by extension); image members
+    are left unread, and the item reads its image later from its place in the shard.
 
     The samples the reader rejects, and a shard that breaks off, are appended to ``skipped`` as
     ``{"image": "<shard>::<key>" or "<shard>", "error": message}``.
@@ -212,7 +214,7 @@ def iter_shard_samples(shard: Path, text_keys: Sequence[str], skipped: list[dict
             skipped.append({"image": name, "error": str(err)})
             continue
         span = record[image_key]
-        yield ImageItem(name, shard, span.offset, span.size), text_key, record[text_key]
+        yield ImageItem(name, shard, span.offset, span.size), text_key, record
 
 
 def _shards(root: Path, split: str | None) -> list[Path]:
@@ -278,13 +280,13 @@ def read_wds_classification(
     classnames = _read_lines(names_file)
     items, labels, skipped = [], [], []
     for shard in _shards(root, split):
-        for item, _, payload in iter_shard_samples(shard, ("cls",), skipped):
-            label_text = payload.decode("utf-8", errors="replace").strip()
+        for item, _, record in iter_shard_samples(shard, ("cls",), skipped):
+            label_text = record["cls"].decode("utf-8", errors="replace").strip()
             if not label_text.lstrip("-").isdigit():
                 raise ValueError(f"{item.key}.cls must hold an integer class index; got {label_text!r}")
             items.append(item)
             labels.append(int(label_text))
-    _require_samples(items, skipped, root)
+    require_samples(items, skipped, root)
     return ClassificationData(items, labels, classnames, _templates_for(root, templates), skipped)
 
 
@@ -392,7 +394,8 @@ def read_retrieval_csv(path: str | Path, image_root: str | Path | None = None) -
     )
 
 
-def _require_samples(items: list, skipped: list[dict], where: Path) -> None:
+def require_samples(items: list, skipped: list[dict], where: Path) -> None:
+    """Raise ``InputError`` naming the first skipped sample when a shard reader found no usable sample."""
     if not items:
         first = f"; first: {skipped[0]['image']}: {skipped[0]['error']}" if skipped else ""
         raise InputError(f"no usable sample in the shards of {str(where)!r} ({len(skipped)} skipped{first})")
@@ -420,16 +423,16 @@ def read_wds_retrieval(root: str | Path, split: str = "test") -> RetrievalData:
     shards = [root] if root.is_file() else _shards(_require_dir(root, "webdataset retrieval root"), split)
     items, captions, caption_image, skipped = [], [], [], []
     for shard in shards:
-        for item, text_ext, payload in iter_shard_samples(shard, ("txt", "json"), skipped):
+        for item, text_ext, record in iter_shard_samples(shard, ("txt", "json"), skipped):
             try:
-                caps = _shard_captions(payload, text_ext)
+                caps = _shard_captions(record[text_ext], text_ext)
             except SampleError as err:
                 skipped.append({"image": item.key, "error": f"{item.key}.{err}"})
                 continue
             caption_image.extend([len(items)] * len(caps))
             items.append(item)
             captions.extend(caps)
-    _require_samples(items, skipped, root)
+    require_samples(items, skipped, root)
     return RetrievalData(items, captions, torch.tensor(caption_image), skipped=skipped)
 
 
