@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
 import pytest
 import torch
 
+import probclip
 from probclip.data import SampleError
 from probclip.data.webdataset import iter_shard_records, record_to_sample
 from probclip.errors import UsageError
@@ -18,6 +20,7 @@ from probclip.eval import readers
 from probclip.eval.options import EvalOptions
 from probclip.eval.retrieval import evaluate_retrieval
 from probclip.limits import current_limits, set_limits
+from probclip.search.inputs import list_inputs
 from test_eval_fixtures import build_wds_classification, captions_for, colour_eval_model, image_bytes
 
 LONG = "a red square " * (current_limits().max_caption_chars // 13 + 1)  # just over the caption length limit
@@ -107,6 +110,16 @@ def test_training_and_evaluation_read_the_same_samples_from_a_shard(tmp_path):
     assert [s["image"].split("::")[1] for s in data.skipped] == ["nocap", "big"]
     assert len(train_skips) == 2 and "no caption member" in train_skips[0] and "big.jpg" in train_skips[1]
     assert "no caption member" in data.skipped[0]["error"] and "exceeds the limit" in data.skipped[1]["error"]
+    listed = list_inputs(shard)  # probclip embed lists leniently, but with the same grouping and skips
+    assert [item.key.split("::")[1] for item in listed.images] == ["a", "b", "nocap", "c", "big"]
+    assert [t.text for t in listed.texts] == ["a red square", "red", "green", "a leaf", "blue", "padded"]
+
+
+def test_only_the_shared_reader_opens_tar_shards_for_reading():
+    package = Path(probclip.__file__).parent
+    openers = sorted(p.relative_to(package).as_posix() for p in package.rglob("*.py")
+                     if re.search(r"tarfile\.open\((?![^)]*\"w)", p.read_text(encoding="utf-8")))
+    assert openers == ["data/webdataset.py"]
 
 
 def test_an_over_long_caption_in_a_csv_set_is_dropped_and_named(tmp_path):

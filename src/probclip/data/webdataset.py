@@ -145,7 +145,8 @@ def iter_tar_records(url: str, unread: Collection[str] = ()) -> Iterator[dict]:
 
     ``unread``: extensions whose members are not read but recorded as a :class:`MemberSpan` (random access later;
     only an uncompressed local shard allows it, else ``ShardError``). A member that the file does not hold to its
-    end breaks the shard off as reading it would.
+    end breaks the shard off as reading it would. A member over ``data.max_member_bytes`` is not read and is named
+    in the record's ``__too_large__`` list (an unread one keeps its span; reading it later is refused too).
     """
     import webdataset  # heavy; only reading shards needs it
 
@@ -162,18 +163,18 @@ def iter_tar_records(url: str, unread: Collection[str] = ()) -> Iterator[dict]:
                 key, extension = split_member_name(member.name)
                 if key.startswith("__") or not extension:
                     continue
-                too_large = None
+                too_large, payload = None, None
+                if extension in unread:
+                    if member.offset_data + member.size > file_size:
+                        raise tarfile.ReadError(f"{url}:{member.name} is cut short: the shard ends inside it")
+                    payload = MemberSpan(member.offset_data, member.size)
                 try:
                     check_member_size(member.size, f"{url}:{member.name}")
-                    if extension in unread:
-                        if member.offset_data + member.size > file_size:
-                            raise tarfile.ReadError(f"{url}:{member.name} is cut short: the shard ends inside it")
-                        payload = MemberSpan(member.offset_data, member.size)
-                    else:
+                    if payload is None:
                         handle = archive.extractfile(member)
                         payload = handle.read() if handle is not None else b""
                 except LimitExceededError as err:  # not read: the decoder skips, counts and names the sample
-                    too_large, payload = str(err), b""
+                    too_large = str(err)
                 if current is not None and current["__key__"] != key:
                     yield current
                     current = None
@@ -181,7 +182,7 @@ def iter_tar_records(url: str, unread: Collection[str] = ()) -> Iterator[dict]:
                     current = {"__key__": key, "__url__": url}
                 if too_large is not None:
                     current.setdefault("__too_large__", []).append(too_large)
-                else:
+                if payload is not None:  # an unread member over the limit keeps its span (reading it is refused)
                     current[extension] = payload
             end = archive.offset  # where the end-of-archive block starts (or where the data stopped)
         while stream.read(1 << 16):

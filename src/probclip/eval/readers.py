@@ -51,6 +51,7 @@ __all__ = [
     "RetrievalData",
     "HierarCapsData",
     "IMAGE_EXTENSIONS",
+    "SHARD_IMAGE_KEYS",
     "read_image_folder",
     "read_wds_classification",
     "read_classification",
