@@ -14,15 +14,15 @@ Layouts:
   ``image_id`` and ``caption_id`` columns.
 - webdataset retrieval: shards with ``<key>.<image ext>`` and ``<key>.txt`` (captions, one per line)
   or ``<key>.json`` (a list of captions, or an object with a ``captions`` list).
+- Urban-1k: ``ROOT/image/<name>.jpg`` and ``ROOT/caption/<name>.txt``.
+- HierarCaps: CSV ``id,captions,image_url`` with captions joined by ``" => "``; images are found under
+  an image root by the basename of ``image_url``.
 
 Webdataset shards are read by training's tar reader (``probclip.data.webdataset``): the same grouping of members
 into samples and the same skips. A sample it rejects (no image or caption member, a member over
 ``data.max_member_bytes``, unparsable captions) and a shard that is unreadable or cut short are skipped and named
 in ``skipped``, like an image that cannot be decoded; captions over ``data.max_caption_chars`` are skipped and
-named in ``skipped_captions`` (``probclip.eval.caption_check``).
-- Urban-1k: ``ROOT/image/<name>.jpg`` and ``ROOT/caption/<name>.txt``.
-- HierarCaps: CSV ``id,captions,image_url`` with captions joined by ``" => "``; images are found under
-  an image root by the basename of ``image_url``.
+named in ``skipped_captions`` (``probclip.eval.caption_check``), in every retrieval layout.
 """
 
 from __future__ import annotations
