@@ -64,7 +64,8 @@ def drop_overlong_captions(data: Any) -> Any:
         return data
     owners = data.caption_image.tolist()
     with_caption = {image for k, image in enumerate(owners) if k not in problems}
-    empty = {i: f"no caption left: all {owners.count(i)} exceed the length limit (data.max_caption_chars)"
+    empty = {i: f"no caption left: each of its {owners.count(i)} caption(s) exceeds the length limit "
+                f"(data.max_caption_chars)"
              for i in range(len(data.items)) if i not in with_caption}
     skipped_captions = list(data.skipped_captions) + [problems[k] for k in sorted(problems)]
     if empty:
