@@ -21,7 +21,7 @@ from probclip.eval.options import EvalOptions
 from probclip.eval.retrieval import evaluate_retrieval
 from probclip.limits import current_limits, set_limits
 from probclip.search.inputs import list_inputs
-from test_eval_fixtures import build_wds_classification, captions_for, colour_eval_model, image_bytes
+from test_eval_fixtures import build_hierarcaps, build_wds_classification, captions_for, colour_eval_model, image_bytes
 
 LONG = "a red square " * (current_limits().max_caption_chars // 13 + 1)  # just over the caption length limit
 
@@ -154,3 +154,13 @@ def test_a_shard_cut_short_at_a_member_boundary_keeps_its_complete_samples(tmp_p
     assert [item.key.split("::")[1] for item in data.items] == ["a", "b"]
     assert len(data.skipped) == 1 and "end-of-archive" in data.skipped[0]["error"]
     assert torch.equal(data.caption_image, torch.tensor([0, 1]))
+
+
+def test_a_hierarcaps_chain_with_an_over_long_level_loses_its_image(tmp_path):
+    csv_path = build_hierarcaps(tmp_path)
+    lines = csv_path.read_text().splitlines()
+    lines[2] = lines[2].replace("green square thing =>", f"{LONG} =>")  # row id 1
+    csv_path.write_text("\n".join(lines) + "\n")
+    data = readers.read_hierarcaps(csv_path, image_root=tmp_path / "imgs")
+    assert len(data.items) == 11 and "1" not in data.ids
+    assert len(data.skipped) == 1 and "level 2: caption of" in data.skipped[0]["error"]
