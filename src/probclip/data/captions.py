@@ -9,7 +9,7 @@ from typing import Any
 from ..errors import InputError
 from ..limits import check_caption_length
 
-__all__ = ["CaptionError", "captions_from_payload", "split_captions", "draw_caption"]
+__all__ = ["CaptionError", "parse_caption_payload", "captions_from_payload", "split_captions", "draw_caption"]
 
 
 class CaptionError(InputError, ValueError):
@@ -40,11 +40,12 @@ def _captions_from_json(value: Any) -> list[str]:
     raise CaptionError(f"json caption must be a string, a list of strings or an object; got {type(value).__name__}")
 
 
-def captions_from_payload(extension: str, payload: bytes, separator: str | None = None) -> list[str]:
+def parse_caption_payload(extension: str, payload: bytes, separator: str | None = None) -> list[str]:
     """Captions stored in a webdataset member: ``txt`` (UTF-8 text) or ``json`` (string, list, or object with a
-    ``captions``/``caption``/``text`` field, as img2dataset writes).
+    ``captions``/``caption``/``text`` field, as img2dataset writes), not yet checked against the length limit.
 
-    Returns a non-empty list of non-empty strings; raises ``CaptionError`` otherwise.
+    Returns a non-empty list of non-empty strings; raises ``CaptionError`` otherwise (``UnicodeDecodeError`` /
+    ``json.JSONDecodeError`` for bytes that are not UTF-8 text / JSON).
     """
     text = payload.decode("utf-8")
     if extension == "json":
@@ -55,6 +56,13 @@ def captions_from_payload(extension: str, payload: bytes, separator: str | None 
         captions = split_captions(text, separator)
     if not captions:
         raise CaptionError(f"{extension} caption payload is empty")
+    return captions
+
+
+def captions_from_payload(extension: str, payload: bytes, separator: str | None = None) -> list[str]:
+    """:func:`parse_caption_payload`, refusing the whole payload (``LimitExceededError``) when a caption is longer
+    than ``data.max_caption_chars`` (training skips such a sample; evaluation drops only the long caption)."""
+    captions = parse_caption_payload(extension, payload, separator)
     for caption in captions:
         check_caption_length(caption, f"{extension} caption")
     return captions

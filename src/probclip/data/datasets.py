@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import random
-import tarfile
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -32,7 +31,7 @@ from .samples import (
     SampleError,
     derive_seed,
 )
-from .webdataset import iter_tar_records, shard_stream, shuffled
+from .webdataset import iter_shard_records, shard_stream, shuffled
 
 __all__ = ["IndexedPairDataset", "StepBatchSampler", "StreamingPairDataset", "MAX_ERRORS_PER_BATCH"]
 
@@ -189,10 +188,6 @@ class StreamingPairDataset(IterableDataset):
                 samples, errors, skipped = [], [], 0
 
 
-#: Key of the marker record standing for a shard that could not be read (decoding it raises ``SampleError``).
-BAD_SHARD_KEY = "__bad_shard__"
-
-
 def shard_records(
     urls: Sequence[str], resample: bool, shuffle_buffer: int, seed: int
 ) -> Callable[[int, int], Iterator]:
@@ -216,10 +211,7 @@ def shard_records(
 
         def records() -> Iterator:
             for url in shard_iter:
-                try:
-                    yield from iter_tar_records(url)
-                except (OSError, tarfile.TarError) as err:
-                    yield {BAD_SHARD_KEY: f"shard {url} unreadable: {type(err).__name__}: {err}"}
+                yield from iter_shard_records(url)
 
         return shuffled(records(), shuffle_buffer, random.Random(derive_seed(seed, slot, epoch, 7)))
 

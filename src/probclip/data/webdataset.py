@@ -3,6 +3,12 @@
 A sample needs one image member (``jpg``/``jpeg``/``png``/``webp`` by default) and one caption member
 (``txt`` or ``json``); other members (``json`` metadata when ``txt`` is present, ``.parquet`` side files) are
 ignored. Shards are opened with ``webdataset.gopen`` so local paths, ``pipe:`` commands and URLs work.
+
+This is the one tar reader of probclip: training streams records from it (:func:`iter_shard_records`), and
+evaluation and ``probclip embed`` list shards with it too, leaving image members unread and keeping their place in
+the shard (:class:`MemberSpan`) to read them later. Which members form a sample, what is skipped (hidden
+``__*`` members, members without an extension, members over ``data.max_member_bytes``, a shard that is unreadable
+or cut short) and which members are the image and the caption (:func:`sample_member_keys`) is decided here.
 """
 
 from __future__ import annotations
@@ -10,7 +16,8 @@ from __future__ import annotations
 import os
 import random
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
 
 import braceexpand
 
@@ -20,18 +27,41 @@ from .captions import CaptionError, captions_from_payload
 from .samples import READ_ERRORS, SampleError, decode_image_bytes
 
 __all__ = [
+    "BAD_SHARD_KEY",
+    "MemberSpan",
     "ShardError",
     "expand_shard_urls",
     "check_local_shards",
     "iter_tar_records",
+    "iter_shard_records",
+    "sample_member_keys",
+    "record_name",
     "record_to_sample",
     "split_member_name",
     "shuffled",
 ]
 
 
+#: Key of the marker record standing for a shard that could not be read (decoding it raises ``SampleError``).
+BAD_SHARD_KEY = "__bad_shard__"
+
+
 class ShardError(InputError, FileNotFoundError):
     """A shard is missing or holds no sample (the message names it)."""
+
+
+@dataclass(frozen=True)
+class MemberSpan:
+    """Where an unread member's bytes lie in an uncompressed local shard: ``size`` bytes from byte ``offset``."""
+
+    offset: int
+    size: int
+
+    def read(self, path: str | os.PathLike) -> bytes:
+        """The member's bytes, read from the shard file at ``path``."""
+        with open(path, "rb") as handle:
+            handle.seek(self.offset)
+            return handle.read(self.size)
 
 
 def expand_shard_urls(paths: Sequence[str]) -> list[str]:
@@ -105,13 +135,18 @@ class _CountingReader:
         self.raw.close()
 
 
-def iter_tar_records(url: str) -> Iterator[dict]:
+def iter_tar_records(url: str, unread: Collection[str] = ()) -> Iterator[dict]:
     """Stream the samples of one tar shard: ``{"__key__": key, "__url__": url, ext: bytes, ...}``.
 
     Consecutive members with the same key form one record. Raises ``OSError``/``tarfile.TarError`` if the
     shard itself cannot be read (callers count and skip it); the records read before the break are yielded
     first. An uncompressed shard must end with tar's end-of-archive block: one cut short at a member boundary
     (which ``tarfile`` alone takes for the end) raises ``tarfile.ReadError`` after its complete records.
+
+    ``unread``: extensions whose members are not read but recorded as a :class:`MemberSpan` (random access later;
+    only an uncompressed local shard allows it, else ``ShardError``). A member that the file does not hold to its
+    end breaks the shard off as reading it would. A member over ``data.max_member_bytes`` is not read and is named
+    in the record's ``__too_large__`` list (an unread one keeps its span; reading it later is refused too).
     """
     import webdataset  # heavy; only reading shards needs it
 
@@ -120,19 +155,26 @@ def iter_tar_records(url: str) -> Iterator[dict]:
     current: dict | None = None
     try:
         with tarfile.open(fileobj=stream, mode="r|*") as archive:
+            uncompressed = getattr(archive.fileobj, "comptype", "tar") == "tar"
+            file_size = _random_access_size(url, uncompressed) if unread else 0
             for member in archive:
                 if not member.isfile():
                     continue
                 key, extension = split_member_name(member.name)
                 if key.startswith("__") or not extension:
                     continue
-                too_large = None
+                too_large, payload = None, None
+                if extension in unread:
+                    if member.offset_data + member.size > file_size:
+                        raise tarfile.ReadError(f"{url}:{member.name} is cut short: the shard ends inside it")
+                    payload = MemberSpan(member.offset_data, member.size)
                 try:
                     check_member_size(member.size, f"{url}:{member.name}")
-                    handle = archive.extractfile(member)
-                    payload = handle.read() if handle is not None else b""
+                    if payload is None:
+                        handle = archive.extractfile(member)
+                        payload = handle.read() if handle is not None else b""
                 except LimitExceededError as err:  # not read: the decoder skips, counts and names the sample
-                    too_large, payload = str(err), b""
+                    too_large = str(err)
                 if current is not None and current["__key__"] != key:
                     yield current
                     current = None
@@ -140,10 +182,9 @@ def iter_tar_records(url: str) -> Iterator[dict]:
                     current = {"__key__": key, "__url__": url}
                 if too_large is not None:
                     current.setdefault("__too_large__", []).append(too_large)
-                else:
+                if payload is not None:  # an unread member over the limit keeps its span (reading it is refused)
                     current[extension] = payload
             end = archive.offset  # where the end-of-archive block starts (or where the data stopped)
-            uncompressed = getattr(archive.fileobj, "comptype", "tar") == "tar"
         while stream.read(1 << 16):
             pass
         if uncompressed and stream.count - end < tarfile.BLOCKSIZE:
@@ -161,6 +202,24 @@ def iter_tar_records(url: str) -> Iterator[dict]:
         yield current
 
 
+def _random_access_size(url: str, uncompressed: bool) -> int:
+    if not (_is_local(url) and uncompressed):
+        raise ShardError(f"{url}: reading members later needs an uncompressed local .tar shard; "
+                         "this one is compressed or remote")
+    return os.path.getsize(_local_path(url))
+
+
+def iter_shard_records(url: str, unread: Collection[str] = ()) -> Iterator[dict]:
+    """:func:`iter_tar_records`, with a shard that cannot be read (or breaks off) ending in one marker record
+    ``{BAD_SHARD_KEY: message, "__url__": url}`` that :func:`sample_member_keys` rejects like a bad sample."""
+    try:
+        yield from iter_tar_records(url, unread)
+    except ShardError:
+        raise
+    except (OSError, tarfile.TarError) as err:
+        yield {BAD_SHARD_KEY: f"shard {url} unreadable: {type(err).__name__}: {err}", "__url__": url}
+
+
 def _first_key(record: dict, keys: Sequence[str]) -> str | None:
     for key in keys:
         if key in record:
@@ -168,14 +227,22 @@ def _first_key(record: dict, keys: Sequence[str]) -> str | None:
     return None
 
 
-def record_to_sample(record: dict, image_keys: Sequence[str], caption_keys: Sequence[str],
-                     caption_separator: str | None = None):
-    """A tar record -> ``(PIL image, captions)``; raises ``SampleError`` naming the shard and key if unusable."""
-    if "__bad_shard__" in record:
-        raise SampleError(record["__bad_shard__"])
+def record_name(record: dict) -> str:
+    """``<shard url>:<key>``, the name of a record in messages."""
+    return f"{record.get('__url__', '?')}:{record.get('__key__', '?')}"
+
+
+def sample_member_keys(record: dict, image_keys: Sequence[str], caption_keys: Sequence[str]) -> tuple[str, str]:
+    """The extensions of a record's image and caption members (the first present of each list).
+
+    Raises ``SampleError`` naming the shard and key for a bad-shard marker, a member over the size limit, or a
+    missing image or caption member: the sample is skipped.
+    """
+    if BAD_SHARD_KEY in record:
+        raise SampleError(record[BAD_SHARD_KEY])
     if "__too_large__" in record:
         raise SampleError("; ".join(record["__too_large__"]))
-    name = f"{record.get('__url__', '?')}:{record.get('__key__', '?')}"
+    name = record_name(record)
     image_key = _first_key(record, image_keys)
     caption_key = _first_key(record, caption_keys)
     if image_key is None:
@@ -185,6 +252,14 @@ def record_to_sample(record: dict, image_keys: Sequence[str], caption_keys: Sequ
         )
     if caption_key is None:
         raise SampleError(f"{name}: no caption member (looked for {list(caption_keys)})")
+    return image_key, caption_key
+
+
+def record_to_sample(record: dict, image_keys: Sequence[str], caption_keys: Sequence[str],
+                     caption_separator: str | None = None):
+    """A tar record -> ``(PIL image, captions)``; raises ``SampleError`` naming the shard and key if unusable."""
+    image_key, caption_key = sample_member_keys(record, image_keys, caption_keys)
+    name = record_name(record)
     image = decode_image_bytes(record[image_key], f"{name}.{image_key}")
     try:
         captions = captions_from_payload(caption_key, record[caption_key], caption_separator)

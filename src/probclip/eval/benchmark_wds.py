@@ -14,12 +14,14 @@ DataComp's download script writes it)::
 As in CLIP_benchmark: shards are read in the order ``0..n-1`` given by ``nshards.txt`` (folders without
 it: every ``*.tar``, in numeric order of their names); a sample's image is its first member among
 ``webp, png, jpg, jpeg``; a retrieval sample's captions are the lines of its ``.txt`` (``str.splitlines``).
+Shards are read by training's tar reader (``probclip.eval.readers.iter_shard_samples``): a sample without an image
+or a ``.cls`` / ``.txt`` member, and a shard that breaks off, are skipped and named in ``skipped`` like an image that
+cannot be decoded or a caption over the length limit (``skipped_captions``).
 """
 
 from __future__ import annotations
 
 import io
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +29,9 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .readers import ClassificationData, ImageItem, RetrievalData
+from .caption_check import drop_overlong_captions
+from .image_check import drop_unreadable_images
+from .readers import ClassificationData, RetrievalData, iter_shard_samples, require_samples
 
 __all__ = [
     "IMAGE_MEMBER_ORDER",
@@ -100,45 +104,6 @@ def dataset_type(root: str | Path) -> str:
     return path.read_text(encoding="utf-8").strip().lower() if path.is_file() else "classification"
 
 
-def _samples(shard: Path) -> list[tuple[str, dict[str, tarfile.TarInfo]]]:
-    """``(key, {extension: member})`` per sample of an uncompressed shard, in archive order.
-
-    As webdataset groups them: the key is the member path up to the first dot of its file name, and
-    a sample is a run of consecutive members with the same key.
-    """
-    samples: list[tuple[str, dict[str, tarfile.TarInfo]]] = []
-    try:
-        with tarfile.open(shard, "r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                directory, _, base = member.name.rpartition("/")
-                if "." not in base:
-                    continue
-                stem, ext = base.split(".", 1)
-                key = f"{directory}/{stem}" if directory else stem
-                if not samples or samples[-1][0] != key:
-                    samples.append((key, {}))
-                samples[-1][1][ext.lower()] = member
-    except (tarfile.TarError, OSError) as err:
-        raise InputError(f"cannot read shard {shard}: {err}") from err
-    return samples
-
-
-def _member_bytes(shard: Path, member: tarfile.TarInfo) -> bytes:
-    with open(shard, "rb") as handle:
-        handle.seek(member.offset_data)
-        return handle.read(member.size)
-
-
-def _image_item(shard: Path, key: str, members: dict[str, tarfile.TarInfo]) -> ImageItem | None:
-    for ext in IMAGE_MEMBER_ORDER:
-        if ext in members:
-            member = members[ext]
-            return ImageItem(f"{shard.resolve()}::{key}", shard, member.offset_data, member.size)
-    return None
-
-
 def _read_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
 
@@ -154,43 +119,44 @@ def read_benchmark_classification(root: str | Path, split: str = "test") -> Benc
     if not templates_file.is_file():
         raise InputError(f"classification data set {str(root)!r} has no {_TEMPLATES_FILE} (templates with {{c}})")
     templates = [t for t in _read_lines(templates_file) if t]
-    items, labels, rows = [], [], []
+    items, labels, rows, skipped = [], [], [], []
     for shard in list_shards(root, split):
-        for key, members in _samples(shard):
-            item = _image_item(shard, key, members)
-            if item is None or "cls" not in members:
-                raise InputError(f"sample {key!r} in {shard} needs an image ({', '.join(IMAGE_MEMBER_ORDER)}) and a "
-                                 f".cls member; it has {sorted(members)}")
-            text = _member_bytes(shard, members["cls"]).decode("utf-8").strip()
+        for item, _, record in iter_shard_samples(shard, ("cls",), skipped, image_keys=IMAGE_MEMBER_ORDER):
+            text = record["cls"].decode("utf-8", errors="replace").strip()
             if not text.isdigit():
-                raise InputError(f"{shard}::{key}.cls must hold a non-negative class index; got {text!r}")
+                raise InputError(f"{item.key}.cls must hold a non-negative class index; got {text!r}")
             items.append(item)
             labels.append(int(text))
-            if "npy" in members:
-                rows.append(np.load(io.BytesIO(_member_bytes(shard, members["npy"])), allow_pickle=False).reshape(-1))
+            if "npy" in record:
+                rows.append(np.load(io.BytesIO(record["npy"]), allow_pickle=False).reshape(-1))
+    require_samples(items, skipped, root)
     if rows and len(rows) != len(items):
         raise InputError(f"{root}: {len(rows)} of {len(items)} samples carry .npy metadata; all or none must")
     try:
-        data = ClassificationData(items, labels, classnames, templates)
+        data = ClassificationData(items, labels, classnames, templates, skipped)
     except ValueError as err:
         raise InputError(f"{root}: {err}") from err
-    return BenchmarkClassification(data, np.stack(rows) if rows else None)
+    metadata = np.stack(rows) if rows else None
+    checked = drop_unreadable_images(data)
+    if metadata is not None and len(checked.items) < len(items):
+        kept = {id(item) for item in checked.items}  # the same objects, in the same order
+        metadata = metadata[[i for i, item in enumerate(items) if id(item) in kept]]
+    return BenchmarkClassification(checked, metadata)
 
 
 def read_benchmark_retrieval(root: str | Path, split: str = "test") -> RetrievalData:
     """Images and their ``.txt`` captions (``str.splitlines``, as CLIP_benchmark reads them)."""
     root = Path(root)
-    items, captions, caption_image = [], [], []
+    items, captions, caption_image, skipped = [], [], [], []
     for shard in list_shards(root, split):
-        for key, members in _samples(shard):
-            item = _image_item(shard, key, members)
-            if item is None or "txt" not in members:
-                raise InputError(f"sample {key!r} in {shard} needs an image ({', '.join(IMAGE_MEMBER_ORDER)}) and a "
-                                 f".txt member of captions; it has {sorted(members)}")
-            lines = _member_bytes(shard, members["txt"]).decode("utf-8").splitlines()
+        for item, _, record in iter_shard_samples(shard, ("txt",), skipped, image_keys=IMAGE_MEMBER_ORDER):
+            lines = record["txt"].decode("utf-8", errors="replace").splitlines()
             if not lines:
-                raise InputError(f"sample {key!r} in {shard} has no caption")
+                skipped.append({"image": item.key, "error": f"{item.key}.txt holds no caption"})
+                continue
             caption_image.extend([len(items)] * len(lines))
             items.append(item)
             captions.extend(lines)
-    return RetrievalData(items, captions, torch.tensor(caption_image))
+    require_samples(items, skipped, root)
+    data = RetrievalData(items, captions, torch.tensor(caption_image), skipped=skipped)
+    return drop_unreadable_images(drop_overlong_captions(data))

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..textfiles import read_json_file
+from .caption_check import skipped_captions_report
 from .encode import Embeddings, EvalModel, embedding_uncertainty
 from .image_check import skipped_report
 from .metrics import DEFAULT_MAX_CHUNK_ELEMENTS, metrics_from_ranks, uncertainty_bins
@@ -333,6 +334,7 @@ def evaluate_eccv(
     results = {"task": "eccv", "model": model.name, "probabilistic": model.probabilistic,
                "n_images": len(data.items), "n_captions": len(data.captions), "metrics": metrics}
     results["skipped_images"] = skipped_report(data)
+    results["skipped_captions"] = skipped_captions_report(data)
     if options.out_dir is not None:
         out_dir = Path(options.out_dir)
         plots = []

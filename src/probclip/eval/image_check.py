@@ -17,7 +17,7 @@ import torch
 
 from ..errors import InputError
 
-__all__ = ["unreadable_images", "drop_unreadable_images", "skipped_report"]
+__all__ = ["unreadable_images", "drop_images", "drop_unreadable_images", "skipped_report"]
 
 
 def _problem(item) -> str | None:
@@ -48,9 +48,18 @@ def drop_unreadable_images(data: Any) -> Any:
     if not bad:
         data.checked = True
         return data
-    keep = [i for i in range(len(data.items)) if i not in bad]
-    skipped = list(data.skipped) + [{"image": data.items[i].key, "error": bad[i]} for i in sorted(bad)]
-    changes: dict[str, Any] = {"items": [data.items[i] for i in keep], "skipped": skipped, "checked": True}
+    return dataclasses.replace(drop_images(data, bad), checked=True)
+
+
+def drop_images(data: Any, problems: dict[int, str]) -> Any:
+    """A copy of ``data`` without the images ``{index: reason}`` of ``problems`` (with their captions, labels or
+    chains), each listed in ``skipped`` as ``{"image": key, "error": reason}``.
+
+    Raises ``InputError`` when no image would be left.
+    """
+    keep = [i for i in range(len(data.items)) if i not in problems]
+    skipped = list(data.skipped) + [{"image": data.items[i].key, "error": problems[i]} for i in sorted(problems)]
+    changes: dict[str, Any] = {"items": [data.items[i] for i in keep], "skipped": skipped}
     if hasattr(data, "labels"):
         changes["labels"] = [data.labels[i] for i in keep]
     if hasattr(data, "chains"):
@@ -68,8 +77,9 @@ def drop_unreadable_images(data: Any) -> Any:
         if data.caption_ids is not None:
             changes["caption_ids"] = [data.caption_ids[k] for k in kept_captions]
     if not changes["items"]:
-        raise InputError(f"no image of the evaluation set can be read ({len(bad)} unreadable; first: "
-                         f"{skipped[0]['image']}: {skipped[0]['error']})")
+        first = skipped[len(data.skipped)]
+        raise InputError(f"no image of the evaluation set can be used ({len(problems)} skipped; first: "
+                         f"{first['image']}: {first['error']})")
     return dataclasses.replace(data, **changes)
 
 

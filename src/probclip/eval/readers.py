@@ -17,24 +17,32 @@ Layouts:
 - Urban-1k: ``ROOT/image/<name>.jpg`` and ``ROOT/caption/<name>.txt``.
 - HierarCaps: CSV ``id,captions,image_url`` with captions joined by ``" => "``; images are found under
   an image root by the basename of ``image_url``.
+
+Webdataset shards are read by training's tar reader (``probclip.data.webdataset``): the same grouping of members
+into samples and the same skips. A sample it rejects (no image or caption member, a member over
+``data.max_member_bytes``, unparsable captions) and a shard that is unreadable or cut short are skipped and named
+in ``skipped``, like an image that cannot be decoded; captions over ``data.max_caption_chars`` are skipped and
+named in ``skipped_captions`` (``probclip.eval.caption_check``), in every retrieval layout.
 """
 
 from __future__ import annotations
 
 import json
-import tarfile
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..data.captions import CaptionError, captions_from_payload
-from ..data.webdataset import split_member_name
+from ..data.captions import CaptionError, parse_caption_payload
+from ..data.samples import SampleError
+from ..data.webdataset import MemberSpan, iter_shard_records, sample_member_keys
 from ..errors import InputError
 from ..image_decoding import decode_image
 from ..limits import check_member_size
 from ..textfiles import read_csv_table, read_json_file, read_text_file
+from .caption_check import check_class_prompts, drop_overlong_captions
 from .image_check import drop_unreadable_images
 
 __all__ = [
@@ -43,6 +51,7 @@ __all__ = [
     "RetrievalData",
     "HierarCapsData",
     "IMAGE_EXTENSIONS",
+    "SHARD_IMAGE_KEYS",
     "read_image_folder",
     "read_wds_classification",
     "read_classification",
@@ -52,9 +61,12 @@ __all__ = [
     "read_retrieval",
     "read_urban1k",
     "read_hierarcaps",
+    "iter_shard_samples",
+    "require_samples",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp")
 CLASSNAMES_FILE = "classnames.txt"
 TEMPLATES_FILE = "zeroshot_classification_templates.txt"
 DEFAULT_TEMPLATES = ("a photo of a {c}.",)
@@ -74,11 +86,9 @@ class ImageItem:
 
     def read_bytes(self) -> bytes:
         """The encoded image file (JPEG/PNG/...) as bytes."""
-        with open(self.path, "rb") as handle:
-            if self.offset is None:
-                return handle.read()
-            handle.seek(self.offset)
-            return handle.read(self.size)
+        if self.offset is None:
+            return Path(self.path).read_bytes()
+        return MemberSpan(self.offset, self.size).read(self.path)
 
     def open(self):
         """The image as an upright RGB ``PIL.Image``, decoded like training images (``probclip.image_decoding``).
@@ -121,6 +131,7 @@ class ClassificationData:
         for t in self.templates:
             if "{c}" not in t:
                 raise ValueError(f"every template needs the placeholder '{{c}}'; got {t!r}")
+        check_class_prompts(self.classnames, self.templates)
 
 
 @dataclass
@@ -128,6 +139,7 @@ class RetrievalData:
     """Images and captions; ``caption_image[k]`` is the index of the image that caption k describes.
 
     ``skipped``: the unreadable images removed by the reader (``{"image": key, "error": message}``).
+    ``skipped_captions``: the over-long captions removed (``{"image": key, "caption_index": i, "error": message}``).
 
     ``image_ids`` / ``caption_ids`` are optional external ids (e.g. COCO ids for ECCV Caption).
     """
@@ -138,6 +150,7 @@ class RetrievalData:
     image_ids: list[int] | None = None
     caption_ids: list[int] | None = None
     skipped: list[dict] = field(default_factory=list)
+    skipped_captions: list[dict] = field(default_factory=list)
     checked: bool = False
 
     def __post_init__(self) -> None:
@@ -185,24 +198,24 @@ def _require_dir(path: Path, what: str) -> Path:
     return path
 
 
-def _tar_samples(shard: Path) -> dict[str, dict[str, tarfile.TarInfo]]:
-    """Members of one uncompressed tar shard grouped by sample key (name up to the first dot)."""
-    samples: dict[str, dict[str, tarfile.TarInfo]] = {}
-    with tarfile.open(shard, "r:") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, ext = split_member_name(member.name)  # the grouping rule of training's tar reader
-            if key.startswith("__") or not ext:
-                continue
-            samples.setdefault(key, {})[ext] = member
-    return samples
+def iter_shard_samples(shard: Path, text_keys: Sequence[str], skipped: list[dict],
+                       image_keys: Sequence[str] = SHARD_IMAGE_KEYS) -> Iterator[tuple[ImageItem, str, dict]]:
+    """``(image item, text extension, record)`` per sample of an uncompressed tar shard, read by training's tar
+    reader: ``record[text extension]`` is the text member's bytes (other members too, by extension); image members
+    are left unread, and the item reads its image later from its place in the shard.
 
-
-def _read_member(shard: Path, member: tarfile.TarInfo) -> bytes:
-    with open(shard, "rb") as handle:
-        handle.seek(member.offset_data)
-        return handle.read(member.size)
+    The samples the reader rejects, and a shard that breaks off, are appended to ``skipped`` as
+    ``{"image": "<shard>::<key>" or "<shard>", "error": message}``.
+    """
+    for record in iter_shard_records(str(shard), unread=image_keys):
+        name = f"{shard.resolve()}::{record['__key__']}" if "__key__" in record else str(shard.resolve())
+        try:
+            image_key, text_key = sample_member_keys(record, image_keys, text_keys)
+        except SampleError as err:
+            skipped.append({"image": name, "error": str(err)})
+            continue
+        span = record[image_key]
+        yield ImageItem(name, shard, span.offset, span.size), text_key, record
 
 
 def _shards(root: Path, split: str | None) -> list[Path]:
@@ -215,13 +228,6 @@ def _shards(root: Path, split: str | None) -> list[Path]:
                 return shards
     where = " or ".join(repr(str(c)) for c in candidates)
     raise FileNotFoundError(f"no .tar shards found in {where}")
-
-
-def _image_member(members: dict[str, tarfile.TarInfo]) -> tuple[str, tarfile.TarInfo] | None:
-    for ext in ("jpg", "jpeg", "png", "webp", "bmp"):
-        if ext in members:
-            return ext, members[ext]
-    return None
 
 
 def _templates_for(root: Path, templates: list[str] | None) -> list[str]:
@@ -273,22 +279,16 @@ def read_wds_classification(
     if not names_file.is_file():
         raise FileNotFoundError(f"webdataset classification needs {names_file} (one class name per line)")
     classnames = _read_lines(names_file)
-    items, labels = [], []
+    items, labels, skipped = [], [], []
     for shard in _shards(root, split):
-        for key, members in _tar_samples(shard).items():
-            image = _image_member(members)
-            if image is None or "cls" not in members:
-                raise ValueError(
-                    f"sample {key!r} in {shard} needs an image (jpg/png/webp) and a .cls member; "
-                    f"has {sorted(members)}"
-                )
-            label_text = _read_member(shard, members["cls"]).decode("utf-8").strip()
+        for item, _, record in iter_shard_samples(shard, ("cls",), skipped):
+            label_text = record["cls"].decode("utf-8", errors="replace").strip()
             if not label_text.lstrip("-").isdigit():
-                raise ValueError(f"{shard}::{key}.cls must hold an integer class index; got {label_text!r}")
-            member = image[1]
-            items.append(ImageItem(f"{shard.resolve()}::{key}", shard, member.offset_data, member.size))
+                raise ValueError(f"{item.key}.cls must hold an integer class index; got {label_text!r}")
+            items.append(item)
             labels.append(int(label_text))
-    return ClassificationData(items, labels, classnames, _templates_for(root, templates))
+    require_samples(items, skipped, root)
+    return ClassificationData(items, labels, classnames, _templates_for(root, templates), skipped)
 
 
 def read_classification(
@@ -395,41 +395,46 @@ def read_retrieval_csv(path: str | Path, image_root: str | Path | None = None) -
     )
 
 
-def _captions_from_member(raw: bytes, ext: str, where: str) -> list[str]:
-    """Captions of a ``txt`` (one per line) or ``json`` member, parsed by training's caption reader."""
+def require_samples(items: list, skipped: list[dict], where: Path) -> None:
+    """Raise ``InputError`` naming the first skipped sample when a shard reader found no usable sample."""
+    if not items:
+        first = f"; first: {skipped[0]['image']}: {skipped[0]['error']}" if skipped else ""
+        raise InputError(f"no usable sample in the shards of {str(where)!r} ({len(skipped)} skipped{first})")
+
+
+def _shard_captions(payload: bytes, ext: str) -> list[str]:
+    """Captions of a ``txt`` (one per line) or ``json`` member, parsed by training's caption parser; raises
+    ``SampleError`` naming the problem when there is none."""
     try:
-        return captions_from_payload(ext, raw, separator="\n" if ext == "txt" else None)
-    except CaptionError:
-        return []  # reported by the caller as "no caption"
+        return parse_caption_payload(ext, payload, separator="\n" if ext == "txt" else None)
+    except CaptionError as err:
+        raise SampleError(f"{ext}: {err}") from err
     except UnicodeDecodeError as err:
-        raise InputError(f"{where}.{ext}: byte {err.start} is not UTF-8 text") from err
+        raise SampleError(f"{ext}: byte {err.start} is not UTF-8 text") from err
     except json.JSONDecodeError as err:
-        raise InputError(f"{where}.{ext} line {err.lineno} column {err.colno}: malformed JSON ({err.msg})") from err
+        raise SampleError(f"{ext} line {err.lineno} column {err.colno}: malformed JSON ({err.msg})") from err
 
 
 def read_wds_retrieval(root: str | Path, split: str = "test") -> RetrievalData:
-    """Read webdataset shards with several captions per image (``.txt`` one per line, or ``.json``)."""
+    """Read webdataset shards with several captions per image (``.txt`` one per line, or ``.json``).
+
+    Over-long captions are not removed here (:func:`read_retrieval` does, through ``drop_overlong_captions``).
+    """
     root = Path(root)
     shards = [root] if root.is_file() else _shards(_require_dir(root, "webdataset retrieval root"), split)
-    items, captions, caption_image = [], [], []
+    items, captions, caption_image, skipped = [], [], [], []
     for shard in shards:
-        for key, members in _tar_samples(shard).items():
-            image = _image_member(members)
-            text_ext = "txt" if "txt" in members else "json" if "json" in members else None
-            if image is None or text_ext is None:
-                raise ValueError(
-                    f"sample {key!r} in {shard} needs an image and a .txt or .json caption member; "
-                    f"has {sorted(members)}"
-                )
-            caps = _captions_from_member(_read_member(shard, members[text_ext]), text_ext, f"{shard}::{key}")
-            if not caps:
-                raise ValueError(f"sample {key!r} in {shard} has no caption")
-            index = len(items)
-            member = image[1]
-            items.append(ImageItem(f"{shard.resolve()}::{key}", shard, member.offset_data, member.size))
+        for item, text_ext, record in iter_shard_samples(shard, ("txt", "json"), skipped):
+            try:
+                caps = _shard_captions(record[text_ext], text_ext)
+            except SampleError as err:
+                skipped.append({"image": item.key, "error": f"{item.key}.{err}"})
+                continue
+            caption_image.extend([len(items)] * len(caps))
+            items.append(item)
             captions.extend(caps)
-            caption_image.extend([index] * len(caps))
-    return RetrievalData(items, captions, torch.tensor(caption_image))
+    require_samples(items, skipped, root)
+    return RetrievalData(items, captions, torch.tensor(caption_image), skipped=skipped)
 
 
 def read_retrieval(path: str | Path, image_root: str | Path | None = None, split: str = "test") -> RetrievalData:
@@ -437,13 +442,13 @@ def read_retrieval(path: str | Path, image_root: str | Path | None = None, split
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".json":
-        return drop_unreadable_images(read_karpathy_json(path, image_root, split))
+        return drop_unreadable_images(drop_overlong_captions(read_karpathy_json(path, image_root, split)))
     if suffix in (".csv", ".tsv"):
-        return drop_unreadable_images(read_retrieval_csv(path, image_root))
+        return drop_unreadable_images(drop_overlong_captions(read_retrieval_csv(path, image_root)))
     if suffix == ".tar" or path.is_dir():
         if path.is_dir() and (path / "image").is_dir() and (path / "caption").is_dir():
             return read_urban1k(path)
-        return drop_unreadable_images(read_wds_retrieval(path, split))
+        return drop_unreadable_images(drop_overlong_captions(read_wds_retrieval(path, split)))
     raise ValueError(
         f"cannot tell the retrieval layout of {str(path)!r}: expected a Karpathy .json, a .csv/.tsv, "
         f"a webdataset folder or .tar shard, or an Urban-1k folder (image/ and caption/)"
@@ -466,7 +471,7 @@ def read_urban1k(root: str | Path) -> RetrievalData:
         captions.append(" ".join(caption_path.read_text(encoding="utf-8").split()))
     if not items:
         raise FileNotFoundError(f"no images in {image_dir}")
-    return drop_unreadable_images(RetrievalData(items, captions, torch.arange(len(items))))
+    return drop_unreadable_images(drop_overlong_captions(RetrievalData(items, captions, torch.arange(len(items)))))
 
 
 def read_hierarcaps(path: str | Path, image_root: str | Path | None = None) -> HierarCapsData:
@@ -496,4 +501,4 @@ def read_hierarcaps(path: str | Path, image_root: str | Path | None = None) -> H
         items.append(ImageItem(key=str(image_path.resolve()), path=image_path))
         chains.append(chain)
         ids.append(row["id"])
-    return drop_unreadable_images(HierarCapsData(items, chains, ids))
+    return drop_unreadable_images(drop_overlong_captions(HierarCapsData(items, chains, ids)))

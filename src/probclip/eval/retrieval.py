@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .benchmark_wds import is_benchmark_retrieval, read_benchmark_retrieval
+from .caption_check import skipped_captions_report
 from .encode import Embeddings, EvalModel, embedding_uncertainty, encode_images, encode_texts
 from .examples import retrieval_examples
 from .image_check import skipped_report
@@ -134,6 +135,7 @@ def evaluate_retrieval(
         "metrics": metrics,
     }
     results["skipped_images"] = skipped_report(data)
+    results["skipped_captions"] = skipped_captions_report(data)
     if options.out_dir is not None:
         results["plots"] = _write_plots(metrics, Path(options.out_dir), task)
         results["examples"] = retrieval_examples(data, images, texts, options.out_dir)

@@ -24,6 +24,7 @@ import torch
 
 from ..embedding import ProbEmbedding
 from ..textfiles import read_json_file, read_text_file
+from .caption_check import skipped_captions_report
 from .encode import Embeddings, EvalModel, encode_image_dataset, encode_texts
 from .image_check import skipped_report
 from .options import EvalOptions
@@ -172,6 +173,7 @@ def evaluate_rococo(
                "n_adversarial_captions": len(adversarial), "n_mixed_images": len(data.items),
                "mix_weight": mix_weight, "seed": seed, "adversarial_examples": adversarial[:5], "metrics": metrics}
     results["skipped_images"] = skipped_report(data)
+    results["skipped_captions"] = skipped_captions_report(data)
     if options.out_dir is not None:
         out_dir = Path(options.out_dir)
         bars = {f"{m} {d} {k}": v[k] for m, per in metrics.items() for d, v in per.items()

@@ -8,8 +8,9 @@ skipped later, when it is decoded, and named in the manifest; nothing is checked
   paths relative to the file's folder (or ``image_root``);
 - a Karpathy split JSON (``images[*].{filepath?, filename, split, sentences[*].raw}``; every split unless one is
   named);
-- webdataset shards (a ``.tar`` file or a folder of them): ``<key>.<jpg|png|...>`` with ``<key>.txt`` (one caption a
-  line) and/or ``<key>.json`` (a list of captions, or an object with ``captions`` / ``caption``);
+- webdataset shards (a ``.tar`` file or a folder of them), read by training's tar reader: ``<key>.<jpg|png|...>``
+  with ``<key>.txt`` (one caption a line) and/or ``<key>.json`` (a list of captions, or an object with
+  ``captions`` / ``caption`` / ``text``);
 - a ``.txt`` file with one caption per line (texts only).
 
 The image rows are the distinct images in input order (caption: the first caption of the image); the text rows are
@@ -22,11 +23,14 @@ import csv
 import io
 import json
 import tarfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.captions import CaptionError, parse_caption_payload
+from ..data.webdataset import ShardError, iter_tar_records
 from ..errors import InputError, UsageError
-from ..eval.readers import IMAGE_EXTENSIONS, ImageItem
+from ..eval.readers import IMAGE_EXTENSIONS, SHARD_IMAGE_KEYS, ImageItem
 
 __all__ = ["CollectionInputs", "TextInput", "list_inputs", "image_source"]
 
@@ -114,48 +118,40 @@ def _list_karpathy(path: Path, image_root: Path, split: str | None, out, seen_im
         _add(out, seen_images, seen_texts, _file_item(image), captions)
 
 
-def _tar_members(shard: Path) -> dict[str, dict[str, tarfile.TarInfo]]:
-    samples: dict[str, dict[str, tarfile.TarInfo]] = {}
+def _member_captions(record: dict, ext: str) -> list[str]:
+    """Captions of a ``txt`` (one a line) or ``json`` member, parsed by training's caption parser; a member that
+    holds none is named in a warning and gives none."""
     try:
-        with tarfile.open(shard, "r:") as tar:
-            for member in tar:
-                base = member.name.rsplit("/", 1)[-1]
-                if not member.isfile() or "." not in base:
-                    continue
-                stem, ext = base.split(".", 1)
-                samples.setdefault(member.name[: len(member.name) - len(base)] + stem, {})[ext.lower()] = member
-    except (tarfile.TarError, OSError) as err:
-        raise InputError(f"cannot read webdataset shard {shard}: {err}") from err
-    return samples
-
-
-def _member_captions(shard: Path, member: tarfile.TarInfo, ext: str) -> list[str]:
-    with open(shard, "rb") as handle:
-        handle.seek(member.offset_data)
-        raw = handle.read(member.size).decode("utf-8", errors="replace")
-    if ext == "txt":
-        return [line.strip() for line in raw.splitlines() if line.strip()]
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
+        return parse_caption_payload(ext, record[ext], separator="\n" if ext == "txt" else None)
+    except (CaptionError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        warnings.warn(f"{record['__url__']}:{record['__key__']}.{ext}: no caption read ({err})", RuntimeWarning,
+                      stacklevel=2)
         return []
-    if isinstance(value, dict):
-        value = value.get("captions", [value["caption"]] if isinstance(value.get("caption"), str) else [])
-    return [c.strip() for c in value if isinstance(c, str) and c.strip()] if isinstance(value, list) else []
 
 
 def _list_shards(shards: list[Path], out, seen_images, seen_texts) -> None:
+    """Samples as training's tar reader groups them; image members stay unread (read when embedded, where one
+    that cannot be read or exceeds ``data.max_member_bytes`` is skipped and named in the manifest)."""
     for shard in shards:
-        for key, members in _tar_members(shard).items():
-            image = next(((e, members[e]) for e in ("jpg", "jpeg", "png", "webp", "bmp") if e in members), None)
-            captions = []  # the .txt caption first (img2dataset's caption: the image row's), then the .json ones
-            for ext in ("txt", "json"):
-                if ext in members:
-                    captions += [c for c in _member_captions(shard, members[ext], ext) if c not in captions]
-            item = None
-            if image is not None:
-                item = ImageItem(f"{shard.resolve()}::{key}", shard, image[1].offset_data, image[1].size)
-            _add(out, seen_images, seen_texts, item, captions)
+        try:
+            for record in iter_tar_records(str(shard), unread=SHARD_IMAGE_KEYS):
+                image = next((e for e in SHARD_IMAGE_KEYS if e in record), None)
+                for message in record.get("__too_large__", []):  # an over-limit image is named when embedded
+                    if image is None or f"{record['__key__']}.{image}: " not in message:
+                        warnings.warn(f"{message}; skipped", RuntimeWarning, stacklevel=2)
+                captions = []  # the .txt caption first (img2dataset's caption: the image row's), then the .json ones
+                for ext in ("txt", "json"):
+                    if ext in record:
+                        captions += [c for c in _member_captions(record, ext) if c not in captions]
+                item = None
+                if image is not None:
+                    span = record[image]
+                    item = ImageItem(f"{shard.resolve()}::{record['__key__']}", shard, span.offset, span.size)
+                _add(out, seen_images, seen_texts, item, captions)
+        except ShardError:
+            raise
+        except (tarfile.TarError, OSError) as err:
+            raise InputError(f"cannot read webdataset shard {shard}: {err}") from err
 
 
 def list_inputs(data: str | Path, *, image_root: str | Path | None = None,
