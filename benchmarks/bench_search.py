@@ -173,19 +173,30 @@ def _inclusion_compare(label: str, index: SearchIndex, query: probclip.ProbEmbed
     return results
 
 
-def part_inclusion(work: Path, n: int, dim: int, q: int, oversample: int, quickstart: str | None) -> dict:
+def part_inclusion(work: Path, n: int, dim: int, q: int, oversample: int, quickstart: str | None,
+                   synthetic_scenes: int = 0) -> dict:
     root = make_collection(work / f"incl-{n}", n, dim)
     build_index(root, kind="flat", progress=False)
     out = {"random": _inclusion_compare("random", SearchIndex.load(root, "image"), queries(q, dim), oversample)}
     if quickstart:
-        from probclip.search import prepare_quickstart_collection
+        from probclip.search import embed_collection, prepare_quickstart_collection
+        from probclip.search.quickstart import write_synthetic_test_split
 
-        collection = prepare_quickstart_collection(quickstart, progress=False)
-        texts = SearchIndex.load(collection, "text")
-        query = texts.embedding(np.arange(0, texts.rows, max(1, texts.rows // q))[:q])  # captions of every level
-        for modality in ("text", "image"):
-            index = SearchIndex.load(collection, modality)
-            out[f"synthetic-{modality}"] = _inclusion_compare(f"synthetic {modality}s", index, query, oversample)
+        collections = {"": prepare_quickstart_collection(quickstart, progress=False)}
+        if synthetic_scenes:  # a larger test split of the same world, embedded with the same model
+            data = write_synthetic_test_split(work / f"synth-{synthetic_scenes}", num_scenes=synthetic_scenes)
+            collection = work / f"synth-{synthetic_scenes}-collection"
+            if not (collection / "manifest.json").is_file():
+                embed_collection(str(Path(quickstart) / "model"), data, collection, batch_size=256, progress=False)
+                build_index(collection, kind="flat", progress=False)
+            collections[f"-{synthetic_scenes}"] = collection
+        for suffix, collection in collections.items():
+            texts = SearchIndex.load(collection, "text")
+            query = texts.embedding(np.arange(0, texts.rows, max(1, texts.rows // q))[:q])  # captions of all levels
+            for modality in ("text", "image"):
+                index = SearchIndex.load(collection, modality)
+                out[f"synthetic{suffix}-{modality}"] = _inclusion_compare(f"synthetic {modality}s", index, query,
+                                                                         oversample)
     return out
 
 
@@ -233,6 +244,8 @@ def main() -> None:
     parser.add_argument("--inclusion-queries", type=int, default=20)
     parser.add_argument("--inclusion-oversample", type=int, default=10)
     parser.add_argument("--quickstart", default=None, help="a `probclip quickstart --out` folder")
+    parser.add_argument("--synthetic-scenes", type=int, default=0,
+                        help="also a synthetic-world collection of this many test scenes (with --quickstart)")
     parser.add_argument("--embed-images", type=int, default=512)
     parser.add_argument("--embed-model", default="ProLIP-Small-Word")
     parser.add_argument("--embed-batch", type=int, default=64)
@@ -255,7 +268,7 @@ def main() -> None:
             numbers["hnsw"] = part_hnsw(work, args.hnsw_n, args.dim, args.queries, args.hnsw_oversample)
         if "inclusion" in parts:
             numbers["inclusion"] = part_inclusion(work, args.inclusion_n, args.dim, args.inclusion_queries,
-                                                  args.inclusion_oversample, args.quickstart)
+                                                  args.inclusion_oversample, args.quickstart, args.synthetic_scenes)
         if "embed" in parts:
             numbers["embed"] = part_embed(work, args.embed_images, args.embed_model, args.embed_batch,
                                           args.embed_workers)

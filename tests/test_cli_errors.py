@@ -218,7 +218,31 @@ def setup_bad_member(tmp: Path) -> None:
             tar.addfile(info, io.BytesIO(payload))
 
 
+def setup_captions(tmp: Path) -> None:
+    setup_model_dir(tmp)
+    _write(tmp / "captions.txt", "a red square\na blue circle\n")
+    (tmp / "empty").mkdir()
+
+
+def setup_collection(tmp: Path) -> None:
+    """A text collection embedded with the tiny model (no index yet)."""
+    from probclip.search import embed_collection
+
+    setup_captions(tmp)
+    embed_collection(str(tmp / "model"), tmp / "captions.txt", tmp / "c", num_workers=0, progress=False)
+
+
+def setup_indexed_collection(tmp: Path) -> None:
+    from probclip.search import build_index
+
+    setup_collection(tmp)
+    build_index(tmp / "c", kind="flat", progress=False)
+
+
 # ------------------------------------------------------------------------------------------------------ the table
+EMBED = ["embed", "--model", "{tmp}/model", "--out", "{tmp}/c"]
+SEARCH = ["search", "{tmp}/c", "--modality", "text"]
+
 #: (id, argv, set-up or None, exit status, text the one line must contain)
 CASES = [
     # the dispatcher
@@ -323,11 +347,36 @@ CASES = [
      "--levels"),
     ("synth-older-shards", ["synth", "--out", "{tmp}/shards", "--count", "2"], setup_older_shards, 2, "00007.tar"),
     ("synth-out-is-file", ["synth", "--out", "{tmp}/shards", "--count", "2"], setup_out_is_file, 2, "shards"),
-    # search and serve (more rows belong with their commands' own tests)
+    # embed, index, search, serve
     ("embed-unknown-option", ["embed", "--bogus-flag"], None, 2, "probclip embed --help"),
+    ("embed-missing-data", [*EMBED, "--data", "{tmp}/absent"], setup_captions, 1, "absent"),
+    ("embed-nothing-to-embed", [*EMBED, "--data", "{tmp}/empty"], setup_captions, 1, "holds no image and no caption"),
+    ("embed-unknown-model", ["embed", "--model", "ProLIP-Huge", "--data", "{tmp}/captions.txt", "--out", "{tmp}/c"],
+     setup_captions, 2, "ProLIP-Huge"),
+    ("embed-batch-zero", [*EMBED, "--data", "{tmp}/captions.txt", "--batch-size", "0"], setup_captions, 2,
+     "batch_size"),
+    ("embed-bad-dtype", [*EMBED, "--data", "{tmp}/captions.txt", "--dtype", "float8"], setup_captions, 2,
+     "'float8'"),
     ("index-unknown-option", ["index", "--bogus-flag"], None, 2, "probclip index --help"),
+    ("index-missing-collection", ["index", "{tmp}/absent"], None, 1, "absent"),
+    ("index-not-a-collection", ["index", "{tmp}/empty"], setup_captions, 1, "manifest.json"),
+    ("index-bad-kind", ["index", "{tmp}/c", "--kind", "lsh"], setup_collection, 2, "'lsh'"),
+    ("index-bad-memory-budget", ["index", "{tmp}/c", "--memory-budget", "lots"], setup_collection, 2, "'lots'"),
     ("search-unknown-option", ["search", "--bogus-flag"], None, 2, "probclip search --help"),
+    ("search-missing-collection", ["search", "{tmp}/absent", "--text", "a"], None, 1, "absent"),
+    ("search-not-indexed", [*SEARCH, "--text", "a"], setup_collection, 1, "probclip index"),
+    ("search-k-zero", [*SEARCH, "--text", "a", "--k", "0"], setup_indexed_collection, 2, "k must be"),
+    ("search-empty-text", [*SEARCH, "--text", " "], setup_indexed_collection, 2, "--text"),
+    ("search-image-not-an-image", [*SEARCH, "--image", "{tmp}/captions.txt"], setup_indexed_collection, 1,
+     "captions.txt"),
+    ("search-no-such-modality", ["search", "{tmp}/c", "--text", "a", "--modality", "image"], setup_indexed_collection,
+     1, "image"),
+    ("search-bad-quantile", [*SEARCH, "--text", "a", "--uncertainty-quantile", "2"], setup_indexed_collection, 2,
+     "uncertainty_quantile"),
     ("serve-unknown-option", ["serve", "--bogus-flag"], None, 2, "probclip serve --help"),
+    ("serve-missing-collection", ["serve", "{tmp}/absent"], None, 1, "absent"),
+    ("serve-not-a-collection", ["serve", "{tmp}/empty"], setup_captions, 1, "manifest.json"),
+    ("serve-port-out-of-range", ["serve", "{tmp}/c", "--port", "70000"], setup_indexed_collection, 2, "70000"),
     # quickstart
     ("quickstart-steps-zero", ["quickstart", "--out", "{tmp}/q", "--steps", "0"], None, 2, "--steps"),
     ("quickstart-minutes-inf", ["quickstart", "--out", "{tmp}/q", "--minutes", "inf"], None, 2, "--minutes"),

@@ -20,7 +20,7 @@ import torch
 import uvicorn
 
 from ..cli import run_command
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 from ..search import SearchIndex, prepare_quickstart_collection
 from ..search.embed import load_model
 from ..search.layout import MANIFEST_NAME, MODALITIES, read_manifest
@@ -40,14 +40,14 @@ def is_quickstart_dir(path: Path) -> bool:
 
 def _collection_dir(path: Path, progress: bool) -> Path:
     if not path.is_dir():
-        raise UsageError(f"{str(path)!r} is not a directory; expected a collection written by `probclip embed` "
+        raise InputError(f"{str(path)!r} is not a directory; expected a collection written by `probclip embed` "
                          "(with manifest.json) or a folder written by `probclip quickstart`")
     if is_quickstart_dir(path):
         print(f"probclip serve: {path} is a quickstart folder: preparing its collection (embedded and indexed once)",
               file=sys.stderr, flush=True)
         return Path(prepare_quickstart_collection(path, progress=progress))
     if not (path / MANIFEST_NAME).is_file():
-        raise UsageError(f"{str(path)!r} has no {MANIFEST_NAME}; expected a collection written by `probclip embed` "
+        raise InputError(f"{str(path)!r} has no {MANIFEST_NAME}; expected a collection written by `probclip embed` "
                          "and indexed by `probclip index`, or a folder written by `probclip quickstart`")
     return path
 
