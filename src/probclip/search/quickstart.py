@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from ..errors import InputError
-from ..synthetic.evaluation import build_evaluation_set
+from ..synthetic.evaluation import draw_scenes
 from ..synthetic.world import render_scene
 from .embed import embed_collection
 from .index import build_index
@@ -33,14 +33,14 @@ def write_synthetic_test_split(out_dir: str | Path, seed: int = 0, num_scenes: i
     if table.is_file():
         return table
     (out / "images").mkdir(parents=True, exist_ok=True)
-    eval_set = build_evaluation_set(seed, num_scenes=num_scenes, num_degraded=0, num_zeroshot=1)
+    scenes, drawn = draw_scenes(seed, num_scenes)
     rows = []
-    for i, (scene, caption_ids) in enumerate(zip(eval_set.scenes, eval_set.image_captions, strict=True)):
+    for i, (scene, captions) in enumerate(zip(scenes, drawn, strict=True)):
         name = f"images/test_{i:05d}.png"
         render_scene(scene).save(out / name)
         # the full-scene caption first: it becomes the image row's caption
-        for j in sorted(caption_ids, key=lambda c: -eval_set.captions[c].level):
-            rows.append((name, eval_set.captions[j].text, eval_set.captions[j].level))
+        for caption in sorted(captions, key=lambda c: -c.level):
+            rows.append((name, caption.text, caption.level))
     tmp = table.with_name(table.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)

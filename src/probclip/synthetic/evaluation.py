@@ -49,7 +49,8 @@ from .world import (
     truth_matrix,
 )
 
-__all__ = ["ZEROSHOT_TEMPLATES", "EvaluationSet", "build_evaluation_set", "encode_synthetic", "evaluate_synthetic"]
+__all__ = ["ZEROSHOT_TEMPLATES", "EvaluationSet", "build_evaluation_set", "draw_scenes", "encode_synthetic",
+           "evaluate_synthetic"]
 
 #: Prompt ensembles of the zero-shot classifiers of the main object's attribute ("{}" is the class value).
 ZEROSHOT_TEMPLATES = {
@@ -87,18 +88,25 @@ class EvaluationSet:
     degradation_kind: str = "noise"
 
 
-def build_evaluation_set(seed: int, num_scenes: int = 500, num_degraded: int = 200, num_zeroshot: int = 400,
-                         split: str = "test", degradation_kind: str = "noise",
-                         zeroshot_attribute: str = "colour") -> EvaluationSet:
-    """Draw the evaluation material from ``split`` (never the training split) with world seed ``seed``."""
-    if zeroshot_attribute not in ZEROSHOT_CLASSES:
-        raise ValueError(f"zeroshot_attribute {zeroshot_attribute!r} is not one of {sorted(ZEROSHOT_CLASSES)}")
+def draw_scenes(seed: int, num_scenes: int, split: str = "test",
+                degradation_kind: str = "noise") -> tuple[list[Scene], list[list[Caption]]]:
+    """The first ``num_scenes`` scenes of ``split`` with world seed ``seed``, and the captions drawn for each."""
     data = SyntheticDataset(seed=seed, split=split, size=num_scenes, degradation_kind=degradation_kind)
     scenes, drawn = [], []
     for i in range(num_scenes):
         scene, rng = data._scene_and_rng(i)
         scenes.append(scene)
         drawn.append(sample_captions(scene, rng))
+    return scenes, drawn
+
+
+def build_evaluation_set(seed: int, num_scenes: int = 500, num_degraded: int = 200, num_zeroshot: int = 400,
+                         split: str = "test", degradation_kind: str = "noise",
+                         zeroshot_attribute: str = "colour") -> EvaluationSet:
+    """Draw the evaluation material from ``split`` (never the training split) with world seed ``seed``."""
+    if zeroshot_attribute not in ZEROSHOT_CLASSES:
+        raise ValueError(f"zeroshot_attribute {zeroshot_attribute!r} is not one of {sorted(ZEROSHOT_CLASSES)}")
+    scenes, drawn = draw_scenes(seed, num_scenes, split, degradation_kind)
     by_text: dict[str, Caption] = {}
     for caps in drawn:
         for cap in caps:
