@@ -191,12 +191,11 @@ def part_inclusion(work: Path, n: int, dim: int, q: int, oversample: int, quicks
                 build_index(collection, kind="flat", progress=False)
             collections[f"-{synthetic_scenes}"] = collection
         for suffix, collection in collections.items():
-            texts = SearchIndex.load(collection, "text")
-            query = texts.embedding(np.arange(0, texts.rows, max(1, texts.rows // q))[:q])  # captions of all levels
-            for modality in ("text", "image"):
-                index = SearchIndex.load(collection, modality)
-                out[f"synthetic{suffix}-{modality}"] = _inclusion_compare(f"synthetic {modality}s", index, query,
-                                                                         oversample)
+            galleries = {m: SearchIndex.load(collection, m) for m in ("text", "image")}
+            spread = {m: g.embedding(np.arange(0, g.rows, max(1, g.rows // q))[:q]) for m, g in galleries.items()}
+            for gallery, asking in (("text", "text"), ("image", "text"), ("image", "image")):
+                out[f"synthetic{suffix}-{gallery}-by-{asking}"] = _inclusion_compare(
+                    f"synthetic {gallery}s by {asking}s", galleries[gallery], spread[asking], oversample)
     return out
 
 

@@ -109,7 +109,7 @@ def test_directional_inclusion_search_keeps_only_items_passing_the_check(tmp_pat
     g_mean, g_logvar, _ = stored(mean, logvar, "float16")
     query = _query(4, count=10)
     exhaustive = index.search(query, k=10, score=direction, exhaustive=True)
-    candidates = index.search(query, k=10, score=direction, exhaustive=False)
+    candidates = index.search(query, k=10, score=direction, exhaustive=False, oversample=2)
     raw = index.search(query, k=10, score=direction, exhaustive=True, directional=False)
     hits = total = differs = 0
     for q in range(10):
@@ -118,6 +118,9 @@ def test_directional_inclusion_search_keeps_only_items_passing_the_check(tmp_pat
         expected = brute_topk(ref, 10, higher=True)
         expected = expected[np.isfinite(ref[expected])]  # fewer than k items may pass the check
         np.testing.assert_array_equal(exhaustive[q].ids, expected)
+        assert exhaustive[q].exact
+        if candidates[q].exact:  # the candidate search deepened into a scan of every row
+            np.testing.assert_array_equal(candidates[q].ids, expected)
         assert np.isfinite(ref[candidates[q].ids]).all()  # nothing failing the check is returned
         np.testing.assert_allclose(candidates[q].scores, ref[candidates[q].ids], rtol=1e-5, atol=1e-4)
         hits += len(set(candidates[q].ids.tolist()) & set(expected.tolist()))
@@ -234,7 +237,7 @@ def test_directional_inclusion_finds_the_general_and_the_specific_of_a_hierarchy
     build_index(tmp_path / "c", kind="flat", progress=False)
     index = SearchIndex.load(tmp_path / "c", "text")
     query = index.embedding([11])
-    for exhaustive in (True, False):
+    for exhaustive in (True, False):  # 23 rows: the candidate path deepens to a scan
         general = index.search(query, k=5, score="included", exhaustive=exhaustive)[0]
         specific = index.search(query, k=5, score="includes", exhaustive=exhaustive)[0]
         general, specific = [m["caption"] for m in general.metadata], [m["caption"] for m in specific.metadata]
@@ -243,3 +246,24 @@ def test_directional_inclusion_finds_the_general_and_the_specific_of_a_hierarchy
     for score in ("included", "includes"):
         raw = index.search(query, k=3, score=score, exhaustive=True, directional=False)[0]
         assert raw.metadata[0]["caption"] == "specific"
+
+
+def test_directional_candidates_search_deeper_past_the_query_s_duplicates(tmp_path):
+    """150 exact copies of the query (which fail the direction check against it) crowd out the first candidates;
+    the search deepens (20 -> 80 -> 320 per source) until it reaches the items that qualify."""
+    from probclip.search.writer import write_collection
+
+    mean, logvar = random_gaussians(10000, 16, seed=5)
+    mean[:150], logvar[:150] = mean[0], logvar[0]  # rows 0-149: one item, 150 times
+    logvar[150:] += 1.0  # everything else more uncertain: candidates for "included"
+    record = {"name": "duplicates", "config_hash": "0" * 16, "fingerprint": "f" * 16, "embed_dim": 16,
+              "source": None}
+    write_collection(tmp_path / "c", {"image": (mean, logvar)}, model=record, dtype="float32", shard_rows=5000)
+    build_index(tmp_path / "c", kind="flat", progress=False)
+    index = SearchIndex.load(tmp_path / "c", "image")
+    query = index.embedding([0])
+    truth = index.search(query, k=10, score="included", exhaustive=True)[0]
+    found = index.search(query, k=10, score="included", exhaustive=False, oversample=2)[0]
+    assert len(truth) == 10 and truth.ids.min() >= 150
+    assert not found.exact
+    np.testing.assert_array_equal(found.ids, truth.ids)

@@ -43,9 +43,13 @@ DEFAULT_OVERSAMPLE = {"flat": 10, "milvus": 10, "hnsw": 4, "ivfpq": 16}
 #: Extra candidates of an exact index, so that float32 rounding in the index cannot change the exact top-k.
 EXACT_MARGIN = 16
 #: Collections of at most this many stored elements (rows x D) are scanned exhaustively by the inclusion test.
-EXHAUSTIVE_ELEMENTS = 2**22
+EXHAUSTIVE_ELEMENTS = 2**20
 #: For a directional inclusion search, rows taken on each side of the query's ``u``, per candidate.
 U_NEIGHBOURS = 4
+#: A directional inclusion search whose nearest candidates mostly fail the check searches this many times deeper,
+#: up to ``DEEPEN_LIMIT`` times its first depth.
+DEEPEN_FACTOR = 4
+DEEPEN_LIMIT = 64
 #: Rows per block of an exhaustive scan.
 SCAN_ROWS = 65536
 
@@ -302,6 +306,40 @@ class SearchIndex:
         at = np.searchsorted(sorted_u, u_q)
         return [order[max(0, i - n): i + n] for i in at]
 
+    def _rerank(self, query: ProbEmbedding, score: str, ids, allowed, eps: float, directional: bool):
+        """Exact scores of one query ``[1, D]`` over candidate ``ids``: ``(ids, scores, qualifying mask)``."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        if allowed is not None:
+            ids = ids[allowed[ids]]
+        blocks = [self._exact(score, query, ids[i: i + SCAN_ROWS], eps, directional)
+                  for i in range(0, ids.size, SCAN_ROWS)]
+        scores = np.concatenate([b[0] for b in blocks] or [np.zeros(0)])
+        keep = np.concatenate([b[1] for b in blocks] or [np.zeros(0, dtype=bool)])
+        return ids, scores, keep
+
+    def _deepened_candidates(self, query: ProbEmbedding, score: str, n: int, allowed, eps: float):
+        """Directional inclusion candidates of one query ``[1, D]``, re-ranked.
+
+        Returns ``(ids, scores, qualifying mask, scanned)``. Takes ``n`` candidates from the approximation index
+        and from the CSD index, and ``n x U_NEIGHBOURS`` on each side of the query's ``u``. When fewer than half of
+        the first two lists pass the direction check (the nearest rows are the query's own duplicates, or lie on
+        the wrong side), it searches ``DEEPEN_FACTOR`` times deeper, up to ``n x DEEPEN_LIMIT``; a depth that would
+        re-rank half of the rows scans them all instead (``scanned``: the ranking is then exact).
+        """
+        first = n
+        while True:
+            if 2 * n * (1 + U_NEIGHBOURS) * 2 >= self.rows:
+                ids = np.concatenate(self._scan_ids(allowed) or [np.zeros(0, np.int64)])
+                return (*self._rerank(query, score, ids, allowed, eps, True), True)
+            nearest = np.union1d(self._inclusion_candidates(query, score, n, allowed, eps)[0],
+                                 self._csd_candidates(query.mean.numpy(), n, allowed)[0])
+            ids = np.union1d(nearest, self._uncertainty_neighbours(query, n * U_NEIGHBOURS, allowed)[0])
+            ids, scores, keep = self._rerank(query, score, ids, allowed, eps, True)
+            passing = int(np.isin(nearest, ids[keep], assume_unique=True).sum())
+            if 2 * passing >= first or n >= first * DEEPEN_LIMIT:
+                return ids, scores, keep, False
+            n *= DEEPEN_FACTOR
+
     def search(self, query, k: int = 10, score: str = "csd", *, max_uncertainty: float | None = None,
                uncertainty_quantile: float | None = None, eps: float = 0.0, oversample: int | None = None,
                exhaustive: bool | None = None, directional: bool = True) -> list[SearchResults]:
@@ -344,28 +382,25 @@ class SearchIndex:
             scan = exhaustive if exhaustive is not None else self.rows * self.dim <= EXHAUSTIVE_ELEMENTS
             if scan:
                 candidates = [np.concatenate(self._scan_ids(allowed) or [np.zeros(0, np.int64)])] * len(emb)
+            elif directional:
+                candidates = [None] * len(emb)  # per query, deepened below
             else:
                 by_test = self._inclusion_candidates(emb, score, k * over, allowed, eps)
                 by_csd = self._csd_candidates(mean, k * over, allowed)
                 candidates = [np.union1d(a, b) for a, b in zip(by_test, by_csd, strict=False)]
-                if directional:
-                    by_u = self._uncertainty_neighbours(emb, k * over * U_NEIGHBOURS, allowed)
-                    candidates = [np.union1d(a, b) for a, b in zip(candidates, by_u, strict=True)]
             exact = bool(scan)
         higher = HIGHER_IS_BETTER[score]
         out = []
         for qi, ids in enumerate(candidates):
-            ids = np.unique(np.asarray(ids, dtype=np.int64))
-            if allowed is not None:
-                ids = ids[allowed[ids]]
-            blocks = [self._exact(score, emb[qi: qi + 1], ids[i: i + SCAN_ROWS], eps, directional)
-                      for i in range(0, ids.size, SCAN_ROWS)]
-            scores = np.concatenate([b[0] for b in blocks] or [np.zeros(0)])
-            keep = np.concatenate([b[1] for b in blocks] or [np.zeros(0, dtype=bool)])
+            one, scanned = emb[qi: qi + 1], False
+            if ids is None:
+                ids, scores, keep, scanned = self._deepened_candidates(one, score, k * over, allowed, eps)
+            else:
+                ids, scores, keep = self._rerank(one, score, ids, allowed, eps, directional)
             top_ids, top_scores = _top(scores[keep], ids[keep], k, higher)
             out.append(SearchResults(ids=top_ids.astype(np.int64), scores=top_scores.astype(np.float32),
                                      uncertainty=self.stored.u[top_ids].astype(np.float32), metadata=[],
-                                     score=score, higher_is_better=higher, exact=exact))
+                                     score=score, higher_is_better=higher, exact=exact or scanned))
         metadata = self.metadata(np.concatenate([r.ids for r in out]))  # one read for every query's results
         start = 0
         for r in out:
