@@ -317,22 +317,25 @@ class SearchIndex:
         keep = np.concatenate([b[1] for b in blocks] or [np.zeros(0, dtype=bool)])
         return ids, scores, keep
 
-    def _deepened_candidates(self, query: ProbEmbedding, score: str, n: int, allowed, eps: float):
+    def _deepened_candidates(self, query: ProbEmbedding, score: str, n: int, allowed, eps: float,
+                             nearest: np.ndarray | None = None):
         """Directional inclusion candidates of one query ``[1, D]``, re-ranked.
 
         Returns ``(ids, scores, qualifying mask, scanned)``. Takes ``n`` candidates from the approximation index
         and from the CSD index, and ``n x U_NEIGHBOURS`` on each side of the query's ``u``. When fewer than half of
         the first two lists pass the direction check (the nearest rows are the query's own duplicates, or lie on
         the wrong side), it searches ``DEEPEN_FACTOR`` times deeper, up to ``n x DEEPEN_LIMIT``; a depth that would
-        re-rank half of the rows scans them all instead (``scanned``: the ranking is then exact).
+        re-rank half of the rows scans them all instead (``scanned``: the ranking is then exact). ``nearest``: the
+        first depth's candidates of the two indexes, when already searched (in one batch for many queries).
         """
         first = n
         while True:
             if 2 * n * (1 + U_NEIGHBOURS) * 2 >= self.rows:
                 ids = np.concatenate(self._scan_ids(allowed) or [np.zeros(0, np.int64)])
                 return (*self._rerank(query, score, ids, allowed, eps, True), True)
-            nearest = np.union1d(self._inclusion_candidates(query, score, n, allowed, eps)[0],
-                                 self._csd_candidates(query.mean.numpy(), n, allowed)[0])
+            if nearest is None or n != first:
+                nearest = np.union1d(self._inclusion_candidates(query, score, n, allowed, eps)[0],
+                                     self._csd_candidates(query.mean.numpy(), n, allowed)[0])
             ids = np.union1d(nearest, self._uncertainty_neighbours(query, n * U_NEIGHBOURS, allowed)[0])
             ids, scores, keep = self._rerank(query, score, ids, allowed, eps, True)
             passing = int(np.isin(nearest, ids[keep], assume_unique=True).sum())
@@ -382,8 +385,10 @@ class SearchIndex:
             scan = exhaustive if exhaustive is not None else self.rows * self.dim <= EXHAUSTIVE_ELEMENTS
             if scan:
                 candidates = [np.concatenate(self._scan_ids(allowed) or [np.zeros(0, np.int64)])] * len(emb)
-            elif directional:
-                candidates = [None] * len(emb)  # per query, deepened below
+            elif directional:  # the first depth in one batch (each index read once), then deepened per query
+                by_test = self._inclusion_candidates(emb, score, k * over, allowed, eps)
+                by_csd = self._csd_candidates(mean, k * over, allowed)
+                candidates = [("deepen", np.union1d(a, b)) for a, b in zip(by_test, by_csd, strict=True)]
             else:
                 by_test = self._inclusion_candidates(emb, score, k * over, allowed, eps)
                 by_csd = self._csd_candidates(mean, k * over, allowed)
@@ -393,8 +398,8 @@ class SearchIndex:
         out = []
         for qi, ids in enumerate(candidates):
             one, scanned = emb[qi: qi + 1], False
-            if ids is None:
-                ids, scores, keep, scanned = self._deepened_candidates(one, score, k * over, allowed, eps)
+            if isinstance(ids, tuple):
+                ids, scores, keep, scanned = self._deepened_candidates(one, score, k * over, allowed, eps, ids[1])
             else:
                 ids, scores, keep = self._rerank(one, score, ids, allowed, eps, directional)
             top_ids, top_scores = _top(scores[keep], ids[keep], k, higher)
