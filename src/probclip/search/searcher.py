@@ -34,7 +34,7 @@ from .layout import StoredRows, check_modality, read_manifest
 from .milvus import MilvusSearcher
 from .model_id import model_fingerprint
 from .results import HIGHER_IS_BETTER, SCORES, SearchResults
-from .vectors import augment_query, inclusion_query_weights, inclusion_test
+from .vectors import augment_query, inclusion_query_weights, inclusion_test, inclusion_tests
 
 __all__ = ["DEFAULT_OVERSAMPLE", "EXHAUSTIVE_ELEMENTS", "SearchIndex"]
 
@@ -248,10 +248,10 @@ class SearchIndex:
         q_mean, q_logvar = query.mean.numpy(), query.logvar.numpy()
         pair = (means, logvars), (q_mean, q_logvar)  # score "includes": test(item in query)
         inner, outer = pair if score == "includes" else pair[::-1]
-        asked = inclusion_test(*inner, *outer, eps)
         if not directional:
-            return asked, np.ones(ids.size, dtype=bool)
-        return asked, asked > inclusion_test(*outer, *inner, eps)
+            return inclusion_test(*inner, *outer, eps), np.ones(ids.size, dtype=bool)
+        asked, reverse = inclusion_tests(*inner, *outer, eps)
+        return asked, asked > reverse
 
     def _exact_distance(self, score: str, query: ProbEmbedding, ids: np.ndarray) -> np.ndarray:
         """CSD or cosine of means of one query ``[1, D]`` against rows ``ids``, float64."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["INCLUSION_DIRECTIONS", "augment_gallery", "augment_query", "inclusion_item_features",
-           "inclusion_query_weights", "inclusion_test"]
+           "inclusion_query_weights", "inclusion_test", "inclusion_tests"]
 
 
 def augment_gallery(mean: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -84,6 +84,22 @@ def inclusion_query_weights(mean: np.ndarray, logvar: np.ndarray, mean_variance:
         den = 2 + s_q / s_bar
         parts = [2 * scale * mean / den, -scale / den, -scale * mean * mean / den, -1.0 * rows]
     return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def inclusion_tests(mu1: np.ndarray, lv1: np.ndarray, mu2: np.ndarray, lv2: np.ndarray,
+                    eps: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Both directions of :func:`inclusion_test` at once, ``(test(1 in 2), test(2 in 1))`` (the precisions shared)."""
+    mu1, lv1, mu2, lv2 = (np.asarray(x, dtype=np.float64) for x in (mu1, lv1, mu2, lv2))
+    p1, p2 = np.exp(-lv1 + eps), np.exp(-lv2 + eps)
+    m1p1, m2p2 = mu1 * p1, mu2 * p2
+    sq1, sq2 = mu1 * m1p1, mu2 * m2p2  # mu^2 p
+    out = []
+    for pa, pb, ma, mb, sa, sb, la, lb in ((p1, p2, m1p1, m2p2, sq1, sq2, lv1, lv2),
+                                           (p2, p1, m2p2, m1p1, sq2, sq1, lv2, lv1)):
+        a = pa + pb / 2
+        b = 2 * ma + mb
+        out.append((-2 * la - lb - np.log(a) / 2 + b * b / (4 * a) - sa - sb / 2).mean(-1))
+    return out[0], out[1]
 
 
 def inclusion_test(mu1: np.ndarray, lv1: np.ndarray, mu2: np.ndarray, lv2: np.ndarray, eps: float = 0.0) -> np.ndarray:
