@@ -5,9 +5,8 @@
 - ``<modality>.<kind>.faiss``: the CSD index over ``[mu, sqrt(u)]`` (``flat``: exact ``IndexFlatL2``, written
   shard by shard straight to its file format, so building never holds the collection in RAM; ``hnsw``:
   ``IndexHNSWFlat``; ``ivfpq``: ``IVF<nlist>,PQ<m>`` on vectors zero-padded to a multiple of ``m``);
-- ``<modality>.includes.faiss`` and ``<modality>.included.faiss``: exact inner-product (flat) indexes over the
-  inclusion candidate features of each direction, and ``<modality>.mean_variance.npy`` (see
-  :mod:`probclip.search.vectors`);
+- ``<modality>.inclusion.faiss``: an exact inner-product (flat) index over the inclusion candidate features
+  (``6D + 1`` floats a row), and ``<modality>.mean_variance.npy`` (see :mod:`probclip.search.vectors`);
 
 and records them under ``indexes`` in ``manifest.json``. Flat files are read memory-mapped.
 
@@ -31,7 +30,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError, UsageError
 from .layout import MODALITIES, StoredRows, read_manifest, write_manifest
 from .milvus import build_milvus
-from .vectors import INCLUSION_DIRECTIONS, augment_gallery, inclusion_item_features
+from .vectors import augment_gallery, inclusion_item_features
 
 __all__ = [
     "AUTO_FLAT_ROWS",
@@ -169,17 +168,16 @@ def _build_csd(stored: StoredRows, kind: str, path: Path, code_size: int, bar) -
     return params
 
 
-def _build_inclusion(stored: StoredRows, paths: dict[str, Path], variance_path: Path) -> None:
-    """The mean variance ``[D]`` and one candidate feature index per inclusion direction (``paths``)."""
+def _build_inclusion(stored: StoredRows, path: Path, variance_path: Path) -> None:
+    """The mean variance ``[D]`` and the inclusion candidate feature index (``6D + 1`` floats a row)."""
     total = np.zeros(stored.dim, dtype=np.float64)
     for _, _, logvar, _ in stored.chunks():
         total += np.exp(logvar.astype(np.float64)).sum(0)
     np.save(variance_path, (total / stored.rows).astype(np.float32))
-    for direction, path in paths.items():
-        writer = FlatFileWriter(path, 3 * stored.dim + 1, "ip")
-        for _, mean, logvar, _ in stored.chunks():
-            writer.add(inclusion_item_features(mean, logvar, direction))
-        writer.close()
+    writer = FlatFileWriter(path, 6 * stored.dim + 1, "ip")
+    for _, mean, logvar, _ in stored.chunks():
+        writer.add(inclusion_item_features(mean, logvar))
+    writer.close()
 
 
 def build_index(collection_dir: str | Path, *, kind: str = "auto", memory_budget: int | str | None = None,
@@ -226,11 +224,9 @@ def build_index(collection_dir: str | Path, *, kind: str = "auto", memory_budget
                 entry.update(kind=chosen, file=str(path.relative_to(root)),
                              params=_build_csd(stored, chosen, path, code, bar))
         if inclusion:
-            paths = {d: index_dir / f"{modality}.{d}.faiss" for d in INCLUSION_DIRECTIONS}
-            variance = index_dir / f"{modality}.mean_variance.npy"
-            _build_inclusion(stored, paths, variance)
-            entry.update({f"{d}_file": str(path.relative_to(root)) for d, path in paths.items()},
-                         mean_variance_file=str(variance.relative_to(root)))
+            incl, variance = index_dir / f"{modality}.inclusion.faiss", index_dir / f"{modality}.mean_variance.npy"
+            _build_inclusion(stored, incl, variance)
+            entry.update(inclusion_file=str(incl.relative_to(root)), mean_variance_file=str(variance.relative_to(root)))
         entry["rows"] = stored.rows
         manifest = read_manifest(root)
         manifest.setdefault("indexes", {})[modality] = entry

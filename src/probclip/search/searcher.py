@@ -44,10 +44,12 @@ DEFAULT_OVERSAMPLE = {"flat": 10, "milvus": 10, "hnsw": 4, "ivfpq": 16}
 EXACT_MARGIN = 16
 #: Collections of at most this many stored elements (rows x D) are scanned exhaustively by the inclusion test.
 EXHAUSTIVE_ELEMENTS = 2**20
+#: For a directional inclusion search, the weight of the approximate margin in the second approximate ranking.
+MARGIN_WEIGHT = 1.0
 #: For a directional inclusion search, rows taken on each side of the query's ``u``, per candidate.
 U_NEIGHBOURS = 4
-#: A directional inclusion search whose nearest candidates mostly fail the check searches this many times deeper,
-#: up to ``DEEPEN_LIMIT`` times its first depth.
+#: A directional inclusion search whose nearest candidates are mostly copies of the query searches this many times
+#: deeper, up to ``DEEPEN_LIMIT`` times its first depth.
 DEEPEN_FACTOR = 4
 DEEPEN_LIMIT = 64
 #: Rows per block of an exhaustive scan.
@@ -88,7 +90,7 @@ class SearchIndex:
             self._check_model(model)
             self._model = model.eval()
         self._csd_index = None
-        self._inclusion_indexes: dict = {}
+        self._inclusion_index = None
         self._u_order = None
         self._milvus = None
         self._tokenizer = None
@@ -235,23 +237,23 @@ class SearchIndex:
 
     def _exact(self, score: str, query: ProbEmbedding, ids: np.ndarray, eps: float,
                directional: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Exact scores of one query ``[1, D]`` against rows ``ids`` (float64) and a mask of the rows that qualify.
+        """Exact scores of one query ``[1, D]`` against rows ``ids`` (float64) and their margins (float64).
 
-        The mask is all True except for a directional inclusion score, where it keeps the rows for which the test
-        in the direction asked beats the reverse test.
+        A row qualifies when its margin is positive: for a directional inclusion score the margin is the test in
+        the direction asked minus the reverse test (0 for a copy of the query); otherwise it is +inf.
         """
         if ids.size == 0:
-            return np.zeros(0), np.zeros(0, dtype=bool)
+            return np.zeros(0), np.zeros(0)
         if score in ("csd", "mean"):
-            return self._exact_distance(score, query, ids), np.ones(ids.size, dtype=bool)
+            return self._exact_distance(score, query, ids), np.full(ids.size, np.inf)
         means, logvars = self.stored.means(ids), self.stored.logvars(ids)
         q_mean, q_logvar = query.mean.numpy(), query.logvar.numpy()
         pair = (means, logvars), (q_mean, q_logvar)  # score "includes": test(item in query)
         inner, outer = pair if score == "includes" else pair[::-1]
         if not directional:
-            return inclusion_test(*inner, *outer, eps), np.ones(ids.size, dtype=bool)
+            return inclusion_test(*inner, *outer, eps), np.full(ids.size, np.inf)
         asked, reverse = inclusion_tests(*inner, *outer, eps)
-        return asked, asked > reverse
+        return asked, asked - reverse
 
     def _exact_distance(self, score: str, query: ProbEmbedding, ids: np.ndarray) -> np.ndarray:
         """CSD or cosine of means of one query ``[1, D]`` against rows ``ids``, float64."""
@@ -279,17 +281,29 @@ class SearchIndex:
                 best_ids[qi], best_scores[qi] = _top(scores, ids, n, higher=True)
         return best_ids
 
-    def _inclusion_candidates(self, query: ProbEmbedding, score: str, n: int, allowed, eps: float):
-        """Top ``n`` rows per query by the inner-product approximation of the test (empty without its index)."""
-        if score not in self._inclusion_indexes:
-            key = f"{score}_file"
-            if key not in self.entry:  # built with --no-inclusion, or by an older probclip
+    def _inclusion_candidates(self, query: ProbEmbedding, score: str, n: int, allowed, eps: float,
+                              directional: bool = False) -> list[np.ndarray]:
+        """Per query, the top ``n`` rows by the inner-product approximation of the test, and (``directional``) the
+        top ``n`` by the approximate test plus its approximate margin over the reverse test (empty without the
+        index)."""
+        if self._inclusion_index is None:
+            if "inclusion_file" not in self.entry:  # built with --no-inclusion
                 return [np.zeros(0, np.int64)] * query.mean.shape[0]
-            self._inclusion_indexes[score] = self._read_faiss(key)
+            index = self._read_faiss("inclusion_file")
+            if index.d != 6 * self.dim + 1:
+                raise InputError(f"the inclusion index of {str(self.root)!r} has {index.d} features a row, this "
+                                 f"probclip reads {6 * self.dim + 1}; rebuild it with `probclip index {self.root}`")
+            self._inclusion_index = index
             self._mean_variance = np.load(self._file("mean_variance_file"))
-        weights = inclusion_query_weights(query.mean.numpy(), query.logvar.numpy(), self._mean_variance, score, eps)
-        ids = self._faiss_candidates(self._inclusion_indexes[score], weights, n, allowed, {})
-        return [row[row >= 0] for row in ids]
+        mean, logvar = query.mean.numpy(), query.logvar.numpy()
+        weights = [inclusion_query_weights(mean, logvar, self._mean_variance, score, eps)]
+        if directional:
+            weights.append(inclusion_query_weights(mean, logvar, self._mean_variance, score, eps,
+                                                   margin_weight=MARGIN_WEIGHT))
+        ids = [row[row >= 0] for row in self._faiss_candidates(self._inclusion_index, np.concatenate(weights), n,
+                                                               allowed, {})]
+        q = query.mean.shape[0]
+        return [np.unique(np.concatenate([ids[i + j * q] for j in range(len(weights))])) for i in range(q)]
 
     def _uncertainty_neighbours(self, query: ProbEmbedding, n: int, allowed) -> list[np.ndarray]:
         """Per query, the ``n`` allowed rows just below and the ``n`` just above the query's ``u``.
@@ -307,24 +321,25 @@ class SearchIndex:
         return [order[max(0, i - n): i + n] for i in at]
 
     def _rerank(self, query: ProbEmbedding, score: str, ids, allowed, eps: float, directional: bool):
-        """Exact scores of one query ``[1, D]`` over candidate ``ids``: ``(ids, scores, qualifying mask)``."""
+        """Exact scores of one query ``[1, D]`` over candidate ``ids``: ``(ids, scores, margins)`` (see ``_exact``)."""
         ids = np.unique(np.asarray(ids, dtype=np.int64))
         if allowed is not None:
             ids = ids[allowed[ids]]
         blocks = [self._exact(score, query, ids[i: i + SCAN_ROWS], eps, directional)
                   for i in range(0, ids.size, SCAN_ROWS)]
         scores = np.concatenate([b[0] for b in blocks] or [np.zeros(0)])
-        keep = np.concatenate([b[1] for b in blocks] or [np.zeros(0, dtype=bool)])
-        return ids, scores, keep
+        margins = np.concatenate([b[1] for b in blocks] or [np.zeros(0)])
+        return ids, scores, margins
 
     def _deepened_candidates(self, query: ProbEmbedding, score: str, n: int, allowed, eps: float,
                              nearest: np.ndarray | None = None):
         """Directional inclusion candidates of one query ``[1, D]``, re-ranked.
 
-        Returns ``(ids, scores, qualifying mask, scanned)``. Takes ``n`` candidates from the approximation index
-        and from the CSD index, and ``n x U_NEIGHBOURS`` on each side of the query's ``u``. When fewer than half of
-        the first two lists pass the direction check (the nearest rows are the query's own duplicates, or lie on
-        the wrong side), it searches ``DEEPEN_FACTOR`` times deeper, up to ``n x DEEPEN_LIMIT``; a depth that would
+        Returns ``(ids, scores, margins, scanned)``. Takes ``n`` candidates from the approximation index and from
+        the CSD index, and ``n x U_NEIGHBOURS`` on each side of the query's ``u``. When more than half of the first
+        two lists are copies of the query (margin exactly 0: a stored item searched with, in a collection with many
+        duplicates), they hide the rows that qualify: it searches ``DEEPEN_FACTOR`` times deeper, up to
+        ``n x DEEPEN_LIMIT``; a depth that would
         re-rank half of the rows scans them all instead (``scanned``: the ranking is then exact). ``nearest``: the
         first depth's candidates of the two indexes, when already searched (in one batch for many queries).
         """
@@ -334,13 +349,13 @@ class SearchIndex:
                 ids = np.concatenate(self._scan_ids(allowed) or [np.zeros(0, np.int64)])
                 return (*self._rerank(query, score, ids, allowed, eps, True), True)
             if nearest is None or n != first:
-                nearest = np.union1d(self._inclusion_candidates(query, score, n, allowed, eps)[0],
+                nearest = np.union1d(self._inclusion_candidates(query, score, n, allowed, eps, True)[0],
                                      self._csd_candidates(query.mean.numpy(), n, allowed)[0])
             ids = np.union1d(nearest, self._uncertainty_neighbours(query, n * U_NEIGHBOURS, allowed)[0])
-            ids, scores, keep = self._rerank(query, score, ids, allowed, eps, True)
-            passing = int(np.isin(nearest, ids[keep], assume_unique=True).sum())
-            if 2 * passing >= first or n >= first * DEEPEN_LIMIT:
-                return ids, scores, keep, False
+            ids, scores, margins = self._rerank(query, score, ids, allowed, eps, True)
+            copies = int(np.isin(nearest, ids[margins == 0], assume_unique=True).sum())
+            if 2 * copies <= nearest.size or n >= first * DEEPEN_LIMIT:
+                return ids, scores, margins, False
             n *= DEEPEN_FACTOR
 
     def search(self, query, k: int = 10, score: str = "csd", *, max_uncertainty: float | None = None,
@@ -386,7 +401,7 @@ class SearchIndex:
             if scan:
                 candidates = [np.concatenate(self._scan_ids(allowed) or [np.zeros(0, np.int64)])] * len(emb)
             elif directional:  # the first depth in one batch (each index read once), then deepened per query
-                by_test = self._inclusion_candidates(emb, score, k * over, allowed, eps)
+                by_test = self._inclusion_candidates(emb, score, k * over, allowed, eps, True)
                 by_csd = self._csd_candidates(mean, k * over, allowed)
                 candidates = [("deepen", np.union1d(a, b)) for a, b in zip(by_test, by_csd, strict=True)]
             else:
@@ -399,9 +414,10 @@ class SearchIndex:
         for qi, ids in enumerate(candidates):
             one, scanned = emb[qi: qi + 1], False
             if isinstance(ids, tuple):
-                ids, scores, keep, scanned = self._deepened_candidates(one, score, k * over, allowed, eps, ids[1])
+                ids, scores, margins, scanned = self._deepened_candidates(one, score, k * over, allowed, eps, ids[1])
             else:
-                ids, scores, keep = self._rerank(one, score, ids, allowed, eps, directional)
+                ids, scores, margins = self._rerank(one, score, ids, allowed, eps, directional)
+            keep = margins > 0
             top_ids, top_scores = _top(scores[keep], ids[keep], k, higher)
             out.append(SearchResults(ids=top_ids.astype(np.int64), scores=top_scores.astype(np.float32),
                                      uncertainty=self.stored.u[top_ids].astype(np.float32), metadata=[],

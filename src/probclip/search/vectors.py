@@ -9,11 +9,13 @@
 
   The item and the query are coupled through ``s_x + 2 s_q`` and ``s_q + 2 s_x``. Each direction freezes the
   coupling where the items it looks for make it small: ``includes`` (items less uncertain than the query) freezes
-  the item variance at the collection's mean ``s_bar`` (first order in ``s_x - s_bar`` for the log), giving item
-  features ``[mu, mu^2, s, sum(lv)]``; ``included`` (items more uncertain) freezes the ratio ``s_q / s_x`` at
-  ``r = s_q / s_bar``, so that ``s_q + 2 s_x ~ (2 + r) s_x``, giving item features ``[mu p, mu^2 p, p, sum(lv)]``.
-  Either is an exact maximum-inner-product search (``3D + 1`` floats a row) over an approximation, used only to
-  propose candidates that are then re-ranked with the exact test.
+  the item variance at the collection's mean ``s_bar`` (first order in ``s_x - s_bar`` for the log), linear in
+  ``[mu, mu^2, s, sum(lv)]``; ``included`` (items more uncertain) freezes the ratio ``s_q / s_x`` at
+  ``r = s_q / s_bar``, so that ``s_q + 2 s_x ~ (2 + r) s_x``, linear in ``[mu p, mu^2 p, p, sum(lv)]``. One item
+  feature row ``[mu, mu^2, s, mu p, mu^2 p, p, sum(lv)]`` (``6D + 1`` floats) serves both directions, and also
+  their difference: a query can ask for the approximate test plus the approximate margin over the reverse test
+  (the direction check), all as exact maximum-inner-product searches over approximations, used only to propose
+  candidates that are then re-ranked with the exact test.
 """
 
 from __future__ import annotations
@@ -48,42 +50,49 @@ def _check_direction(direction: str) -> None:
         raise ValueError(f"direction must be one of {list(INCLUSION_DIRECTIONS)}; got {direction!r}")
 
 
-def inclusion_item_features(mean: np.ndarray, logvar: np.ndarray, direction: str = "includes") -> np.ndarray:
-    """float32 ``[n, 3D + 1]`` candidate features of gallery items (inputs ``[n, D]``) for one direction.
-
-    ``includes``: ``[mu, mu^2, exp(lv), sum_d lv]``; ``included``: ``[mu p, mu^2 p, p, sum_d lv]`` with
-    ``p = exp(-lv)``.
-    """
-    _check_direction(direction)
+def inclusion_item_features(mean: np.ndarray, logvar: np.ndarray) -> np.ndarray:
+    """float32 ``[n, 6D + 1]`` candidate features of gallery items (inputs ``[n, D]``):
+    ``[mu, mu^2, s, mu p, mu^2 p, p, sum_d lv]`` with ``s = exp(lv)``, ``p = exp(-lv)``."""
     mean = mean.astype(np.float32, copy=False)
     logvar = logvar.astype(np.float32, copy=False)
-    weight = np.exp(logvar) if direction == "includes" else np.exp(-logvar)
-    if direction == "includes":
-        return np.concatenate([mean, mean * mean, weight, logvar.sum(-1, keepdims=True)], axis=1)
-    return np.concatenate([mean * weight, mean * mean * weight, weight, logvar.sum(-1, keepdims=True)], axis=1)
+    s, p = np.exp(logvar), np.exp(-logvar)
+    square = mean * mean
+    return np.concatenate([mean, square, s, mean * p, square * p, p, logvar.sum(-1, keepdims=True)], axis=1)
+
+
+def _direction_weights(mean: np.ndarray, s_q: np.ndarray, s_bar: np.ndarray, direction: str,
+                       scale: float) -> np.ndarray:
+    """float64 ``[q, 6D + 1]``: the approximate test of one direction, up to a per-query constant."""
+    zeros = np.zeros_like(mean)
+    if direction == "includes":  # test(x in q), s_x frozen at s_bar in the coupled terms
+        den = s_bar + 2 * s_q
+        blocks = [2 * scale * mean / den, -scale / den, -0.5 / den, zeros, zeros, zeros]
+        lv = -1.5
+    else:  # test(q in x), s_q / s_x frozen at r = s_q / s_bar: 1 / (s_q + 2 s_x) ~ p_x / (2 + r)
+        den = 2 + s_q / s_bar
+        blocks = [zeros, zeros, zeros, 2 * scale * mean / den, -scale / den, -scale * mean * mean / den]
+        lv = -1.0
+    return np.concatenate([*blocks, np.full((mean.shape[0], 1), lv)], axis=1)
 
 
 def inclusion_query_weights(mean: np.ndarray, logvar: np.ndarray, mean_variance: np.ndarray, direction: str,
-                            eps: float = 0.0) -> np.ndarray:
-    """float32 ``[q, 3D + 1]`` query weights; ``features @ weights.T`` approximates the test up to a per-query constant.
+                            eps: float = 0.0, margin_weight: float = 0.0) -> np.ndarray:
+    """float32 ``[q, 6D + 1]`` query weights for :func:`inclusion_item_features`.
 
-    ``direction``: ``includes`` (items included in the query) or ``included`` (items that include the query); the
-    features are :func:`inclusion_item_features` of the same direction.
-    ``mean_variance``: float32 ``[D]``, the collection's mean per-dimension variance.
+    ``features @ weights.T`` approximates, up to a per-query constant, the test in ``direction`` (``includes``:
+    items included in the query; ``included``: items that include the query) plus ``margin_weight`` times its
+    margin over the reverse test. ``mean_variance``: float32 ``[D]``, the collection's mean per-dimension variance.
     """
     _check_direction(direction)
     mean = mean.astype(np.float64)
     s_q = np.exp(logvar.astype(np.float64))
     s_bar = mean_variance.astype(np.float64)[None, :]
-    scale = np.exp(eps)
-    rows = np.ones((mean.shape[0], 1))
-    if direction == "includes":  # test(x in q) with s_x frozen at s_bar in the coupled terms
-        den = s_bar + 2 * s_q
-        parts = [2 * scale * mean / den, -scale / den, -0.5 / den, -1.5 * rows]
-    else:  # test(q in x) with s_q / s_x frozen at r = s_q / s_bar: 1 / (s_q + 2 s_x) ~ p_x / (2 + r)
-        den = 2 + s_q / s_bar
-        parts = [2 * scale * mean / den, -scale / den, -scale * mean * mean / den, -1.0 * rows]
-    return np.concatenate(parts, axis=1).astype(np.float32)
+    scale = float(np.exp(eps))
+    reverse = "included" if direction == "includes" else "includes"
+    asked = _direction_weights(mean, s_q, s_bar, direction, scale)
+    if margin_weight:
+        asked = (1 + margin_weight) * asked - margin_weight * _direction_weights(mean, s_q, s_bar, reverse, scale)
+    return asked.astype(np.float32)
 
 
 def inclusion_tests(mu1: np.ndarray, lv1: np.ndarray, mu2: np.ndarray, lv2: np.ndarray,
