@@ -283,9 +283,9 @@ class SearchIndex:
 
     def _inclusion_candidates(self, query: ProbEmbedding, score: str, n: int, allowed, eps: float,
                               directional: bool = False) -> list[np.ndarray]:
-        """Per query, the top ``n`` rows by the inner-product approximation of the test, and (``directional``) the
-        top ``n`` by the approximate test plus its approximate margin over the reverse test (empty without the
-        index)."""
+        """Per query, the top ``n`` rows by the inner-product approximation of the test, and (``directional``
+        ``included``) the top ``n`` by the approximate test plus its approximate margin over the reverse test (empty
+        without the index)."""
         if self._inclusion_index is None:
             if "inclusion_file" not in self.entry:  # built with --no-inclusion
                 return [np.zeros(0, np.int64)] * query.mean.shape[0]
@@ -297,7 +297,7 @@ class SearchIndex:
             self._mean_variance = np.load(self._file("mean_variance_file"))
         mean, logvar = query.mean.numpy(), query.logvar.numpy()
         weights = [inclusion_query_weights(mean, logvar, self._mean_variance, score, eps)]
-        if directional:
+        if directional and score == "included":  # "includes" finds its items without it (and at half the cost)
             weights.append(inclusion_query_weights(mean, logvar, self._mean_variance, score, eps,
                                                    margin_weight=MARGIN_WEIGHT))
         ids = [row[row >= 0] for row in self._faiss_candidates(self._inclusion_index, np.concatenate(weights), n,
