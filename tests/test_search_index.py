@@ -270,3 +270,14 @@ def test_directional_candidates_search_deeper_past_the_query_s_duplicates(tmp_pa
     assert len(truth) == 10 and truth.ids.min() >= 150
     assert not found.exact
     np.testing.assert_array_equal(found.ids, truth.ids)
+
+
+def test_rebuilding_an_index_removes_the_files_it_replaces(tmp_path):
+    path, _, _ = make_collection(tmp_path / "c", n=300)
+    build_index(path, kind="hnsw", progress=False)
+    names = sorted(p.name for p in (path / "index").iterdir())
+    assert names == ["image.hnsw.faiss", "image.inclusion.faiss", "image.mean_variance.npy"]
+    (path / "index" / "image.includes.faiss").write_bytes(b"an older layout")
+    build_index(path, kind="flat", progress=False, inclusion=False)
+    assert sorted(p.name for p in (path / "index").iterdir()) == ["image.flat.faiss"]
+    assert SearchIndex.load(path, "image").search(_query(1), k=3)[0].exact

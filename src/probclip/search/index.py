@@ -231,4 +231,13 @@ def build_index(collection_dir: str | Path, *, kind: str = "auto", memory_budget
         manifest = read_manifest(root)
         manifest.setdefault("indexes", {})[modality] = entry
         write_manifest(root, manifest)
+        _remove_stale_files(root, index_dir, modality, entry)
     return root
+
+
+def _remove_stale_files(root: Path, index_dir: Path, modality: str, entry: dict) -> None:
+    """Delete this modality's index files that the new entry does not name (another kind, an older layout)."""
+    current = {str(v) for k, v in entry.items() if k.endswith("_file") or k == "file"}
+    for path in index_dir.glob(f"{modality}.*"):
+        if path.is_file() and str(path.relative_to(root)) not in current:
+            path.unlink()
