@@ -214,7 +214,8 @@ def part_embed(work: Path, count: int, model_name: str, batch: int, workers: int
     from PIL import Image
 
     folder = work / "embed-images"
-    folder.mkdir(exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # a --work folder may hold another run's images
+    folder.mkdir()
     rng = np.random.default_rng(0)
     for i in range(count):
         Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(folder / f"{i:05d}.jpg", quality=90)
