@@ -1,5 +1,7 @@
 """The Milvus backend, on Milvus Lite (a local .db file): the same top-k as the FAISS flat index."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -13,10 +15,11 @@ pytest.importorskip("pymilvus", reason="the Milvus backend is the optional extra
 
 def test_milvus_lite_returns_the_flat_index_top_k(tmp_path):
     path, _, _ = make_collection(tmp_path / "c", n=700, shard_rows=256, duplicates=20)
+    shutil.copytree(path, tmp_path / "m")  # the same collection, to be indexed in Milvus
     build_index(path, kind="flat", progress=False)
     flat = SearchIndex.load(path, "image")
-    build_index(path, backend="milvus", uri=str(tmp_path / "milvus.db"), progress=False)
-    milvus = SearchIndex.load(path, "image")
+    build_index(tmp_path / "m", backend="milvus", uri=str(tmp_path / "milvus.db"), progress=False)
+    milvus = SearchIndex.load(tmp_path / "m", "image")
     assert milvus.kind == "milvus" and milvus.exact
     mean, logvar = random_gaussians(6, 16, seed=9)
     query = probclip.ProbEmbedding.cat([probclip.ProbEmbedding(torch.from_numpy(mean), torch.from_numpy(logvar)),

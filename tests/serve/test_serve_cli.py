@@ -77,11 +77,12 @@ def test_serve_a_quickstart_folder_on_loopback_with_the_key_from_the_environment
     assert process.returncode in (0, -signal.SIGINT, 130)
 
 
-def test_serve_errors_are_one_line_with_exit_status_2(tmp_path, capsys, tiny_collection):
-    assert probclip_main(["serve", str(tmp_path / "missing")]) == 2
+def test_serve_errors_are_one_line_with_their_exit_status(tmp_path, capsys, tiny_collection):
+    # a missing or unusable collection is a data error (1), like in `probclip index` and `probclip search`
+    assert probclip_main(["serve", str(tmp_path / "missing")]) == 1
     assert "is not a directory" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert probclip_main(["serve", str(tmp_path / "empty"), "--port", "0"]) == 2
+    assert probclip_main(["serve", str(tmp_path / "empty"), "--port", "0"]) == 1
     err = capsys.readouterr().err
     assert "has no manifest.json" in err and len(err.strip().splitlines()) == 1
     with socket.socket() as busy:
