@@ -386,7 +386,7 @@ class SearchIndex:
         k = int(min(k, self.rows))
         over = oversample or DEFAULT_OVERSAMPLE.get(self.kind, 10)
         mean = emb.mean.numpy()
-        exact = self.exact
+        exact, deepen = self.exact, False
         if score == "csd":
             n = k + EXACT_MARGIN if self.exact else k * over
             candidates = self._csd_candidates(mean, n, allowed)
@@ -400,21 +400,18 @@ class SearchIndex:
             scan = exhaustive if exhaustive is not None else self.rows * self.dim <= EXHAUSTIVE_ELEMENTS
             if scan:
                 candidates = [np.concatenate(self._scan_ids(allowed) or [np.zeros(0, np.int64)])] * len(emb)
-            elif directional:  # the first depth in one batch (each index read once), then deepened per query
-                by_test = self._inclusion_candidates(emb, score, k * over, allowed, eps, True)
+            else:  # the first depth in one batch (each index read once); a directional search deepens per query
+                by_test = self._inclusion_candidates(emb, score, k * over, allowed, eps, directional)
                 by_csd = self._csd_candidates(mean, k * over, allowed)
-                candidates = [("deepen", np.union1d(a, b)) for a, b in zip(by_test, by_csd, strict=True)]
-            else:
-                by_test = self._inclusion_candidates(emb, score, k * over, allowed, eps)
-                by_csd = self._csd_candidates(mean, k * over, allowed)
-                candidates = [np.union1d(a, b) for a, b in zip(by_test, by_csd, strict=False)]
+                candidates = [np.union1d(a, b) for a, b in zip(by_test, by_csd, strict=True)]
+                deepen = directional
             exact = bool(scan)
         higher = HIGHER_IS_BETTER[score]
         out = []
         for qi, ids in enumerate(candidates):
             one, scanned = emb[qi: qi + 1], False
-            if isinstance(ids, tuple):
-                ids, scores, margins, scanned = self._deepened_candidates(one, score, k * over, allowed, eps, ids[1])
+            if deepen:
+                ids, scores, margins, scanned = self._deepened_candidates(one, score, k * over, allowed, eps, ids)
             else:
                 ids, scores, margins = self._rerank(one, score, ids, allowed, eps, directional)
             keep = margins > 0

@@ -95,20 +95,28 @@ def inclusion_query_weights(mean: np.ndarray, logvar: np.ndarray, mean_variance:
     return asked.astype(np.float32)
 
 
+def _precision_terms(mu: np.ndarray, lv: np.ndarray, eps: float) -> tuple[np.ndarray, ...]:
+    """float64 ``(mu, lv, p, mu p, mu^2 p)`` with ``p = exp(-lv + eps)``: what the test needs of one side."""
+    mu, lv = np.asarray(mu, dtype=np.float64), np.asarray(lv, dtype=np.float64)
+    p = np.exp(-lv + eps)
+    mp = mu * p
+    return mu, lv, p, mp, mu * mp
+
+
+def _test_from_terms(inner: tuple[np.ndarray, ...], outer: tuple[np.ndarray, ...]) -> np.ndarray:
+    """test(inner in outer), mean over the last axis, from :func:`_precision_terms` of both sides."""
+    _, lv1, p1, mp1, sq1 = inner
+    _, lv2, p2, mp2, sq2 = outer
+    a = p1 + p2 / 2
+    b = 2 * mp1 + mp2
+    return (-2 * lv1 - lv2 - np.log(a) / 2 + b * b / (4 * a) - sq1 - sq2 / 2).mean(-1)
+
+
 def inclusion_tests(mu1: np.ndarray, lv1: np.ndarray, mu2: np.ndarray, lv2: np.ndarray,
                     eps: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Both directions of :func:`inclusion_test` at once, ``(test(1 in 2), test(2 in 1))`` (the precisions shared)."""
-    mu1, lv1, mu2, lv2 = (np.asarray(x, dtype=np.float64) for x in (mu1, lv1, mu2, lv2))
-    p1, p2 = np.exp(-lv1 + eps), np.exp(-lv2 + eps)
-    m1p1, m2p2 = mu1 * p1, mu2 * p2
-    sq1, sq2 = mu1 * m1p1, mu2 * m2p2  # mu^2 p
-    out = []
-    for pa, pb, ma, mb, sa, sb, la, lb in ((p1, p2, m1p1, m2p2, sq1, sq2, lv1, lv2),
-                                           (p2, p1, m2p2, m1p1, sq2, sq1, lv2, lv1)):
-        a = pa + pb / 2
-        b = 2 * ma + mb
-        out.append((-2 * la - lb - np.log(a) / 2 + b * b / (4 * a) - sa - sb / 2).mean(-1))
-    return out[0], out[1]
+    one, two = _precision_terms(mu1, lv1, eps), _precision_terms(mu2, lv2, eps)
+    return _test_from_terms(one, two), _test_from_terms(two, one)
 
 
 def inclusion_test(mu1: np.ndarray, lv1: np.ndarray, mu2: np.ndarray, lv2: np.ndarray, eps: float = 0.0) -> np.ndarray:
@@ -117,9 +125,4 @@ def inclusion_test(mu1: np.ndarray, lv1: np.ndarray, mu2: np.ndarray, lv2: np.nd
     The formula of :func:`probclip.inclusion_score` (mean over dimensions), for re-ranking a few candidates
     without the thread start-up cost of a torch call.
     """
-    mu1, lv1, mu2, lv2 = (np.asarray(x, dtype=np.float64) for x in (mu1, lv1, mu2, lv2))
-    p1, p2 = np.exp(-lv1 + eps), np.exp(-lv2 + eps)
-    a = p1 + p2 / 2
-    b = 2 * mu1 * p1 + mu2 * p2
-    c = mu1**2 * p1 + mu2**2 * p2 / 2
-    return (-2 * lv1 - lv2 - np.log(a) / 2 + b**2 / (4 * a) - c).mean(-1)
+    return _test_from_terms(_precision_terms(mu1, lv1, eps), _precision_terms(mu2, lv2, eps))
