@@ -8,23 +8,27 @@ import csv
 import io
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .limits import current_limits, read_bounded
 
-__all__ = ["TextFileError", "read_text_file", "read_json_file", "read_csv_table"]
+__all__ = ["TextFileError", "read_text_file", "read_json_file", "parse_json_text", "read_csv_table"]
 
 
 class TextFileError(InputError, ValueError):
     """A text file is not UTF-8, or not valid JSON / CSV (the message names the file and the line)."""
 
 
-def read_text_file(path: str | os.PathLike) -> str:
+def read_text_file(path: str | os.PathLike, max_bytes: int | None = None) -> str:
     """The UTF-8 text of ``path``; raises ``TextFileError`` naming the file and line of the first bad byte
-    (a missing file raises ``FileNotFoundError``)."""
+    (a missing file raises ``FileNotFoundError``), and ``LimitExceededError`` for a file over ``max_bytes``
+    (default: the ``max_text_file_bytes`` limit; a device or pipe is not read past it)."""
     path = Path(path)
-    raw = path.read_bytes()
+    limit = current_limits().max_text_file_bytes if max_bytes is None else max_bytes
+    raw = read_bounded(path, limit, "max_text_file_bytes")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -33,13 +37,21 @@ def read_text_file(path: str | os.PathLike) -> str:
                             "UTF-8") from err
 
 
-def read_json_file(path: str | os.PathLike) -> Any:
-    """The parsed JSON of ``path``; raises ``TextFileError`` naming the file, line and column when malformed."""
-    text = read_text_file(path)
+def parse_json_text(text: str, name: str) -> Any:
+    """Parse JSON text; raises ``TextFileError`` naming ``name``, the line and column when malformed, and when
+    nested too deeply for the parser (a crafted ``[[[[...]]]]``)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise TextFileError(f"{path} line {err.lineno} column {err.colno}: malformed JSON ({err.msg})") from err
+        raise TextFileError(f"{name} line {err.lineno} column {err.colno}: malformed JSON ({err.msg})") from err
+    except RecursionError as err:
+        raise TextFileError(f"{name}: JSON nested too deeply to parse (over about {sys.getrecursionlimit()} "
+                            "levels); expected a flat configuration or listing") from err
+
+
+def read_json_file(path: str | os.PathLike) -> Any:
+    """The parsed JSON of ``path``; raises ``TextFileError`` naming the file, line and column when malformed."""
+    return parse_json_text(read_text_file(path), str(path))
 
 
 def read_csv_table(path: str | os.PathLike, delimiter: str | None = None) -> tuple[list[str], list[dict]]:

@@ -180,7 +180,8 @@ def build_train_batches(data, collator: PairCollator, *, seed: int, rank: int = 
         raise UsageError(f"data.batch_size {data.batch_size} must be divisible by the number of processes {world_size}")
     local_batch = data.batch_size // world_size
     set_limits(max_image_pixels=data.max_image_pixels, max_member_bytes=data.max_member_bytes,
-               max_caption_chars=data.max_caption_chars)  # inherited by the forked loader workers
+               max_caption_chars=data.max_caption_chars,
+               max_image_aspect_ratio=data.max_image_aspect_ratio)  # inherited by the forked loader workers
     source = build_source(data, seed) if source is None else source
     workers = data.num_workers
     common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=False,

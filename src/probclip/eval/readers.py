@@ -36,12 +36,19 @@ from pathlib import Path
 import torch
 
 from ..data.captions import CaptionError, parse_caption_payload
+from ..data.listings import (
+    IMAGE_EXTENSIONS,
+    SHARD_IMAGE_KEYS,
+    ImageItem,
+    ListingError,
+    read_caption_table,
+    read_karpathy_entries,
+)
 from ..data.samples import SampleError
-from ..data.webdataset import MemberSpan, iter_shard_records, sample_member_keys
+from ..data.webdataset import iter_shard_records, sample_member_keys
 from ..errors import InputError
-from ..image_decoding import decode_image
-from ..limits import check_member_size
-from ..textfiles import read_csv_table, read_json_file, read_text_file
+from ..limits import current_limits
+from ..textfiles import read_csv_table, read_text_file
 from .caption_check import check_class_prompts, drop_overlong_captions
 from .image_check import drop_unreadable_images
 
@@ -65,45 +72,9 @@ __all__ = [
     "require_samples",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp")
 CLASSNAMES_FILE = "classnames.txt"
 TEMPLATES_FILE = "zeroshot_classification_templates.txt"
 DEFAULT_TEMPLATES = ("a photo of a {c}.",)
-
-
-@dataclass(frozen=True)
-class ImageItem:
-    """One image on disk: a plain file (``offset is None``) or a member of an uncompressed tar shard.
-
-    ``key`` identifies the sample in its data set (file path, or ``<shard>::<member key>``).
-    """
-
-    key: str
-    path: Path
-    offset: int | None = None
-    size: int | None = None
-
-    def read_bytes(self) -> bytes:
-        """The encoded image file (JPEG/PNG/...) as bytes."""
-        if self.offset is None:
-            return Path(self.path).read_bytes()
-        return MemberSpan(self.offset, self.size).read(self.path)
-
-    def open(self):
-        """The image as an upright RGB ``PIL.Image``, decoded like training images (``probclip.image_decoding``).
-
-        Raises ``ImageLoadError`` / ``LimitExceededError`` naming the item when it cannot or may not be decoded.
-        """
-        if self.size is not None:
-            check_member_size(self.size, self.key)
-        return decode_image(self.read_bytes() if self.offset is not None else self.path, self.key)
-
-    def check(self) -> None:
-        """Decode the image (at reduced scale where the format allows) and raise like :meth:`open` if it fails."""
-        if self.size is not None:
-            check_member_size(self.size, self.key)
-        decode_image(self.read_bytes() if self.offset is not None else self.path, self.key, draft=(64, 64))
 
 
 @dataclass
@@ -306,35 +277,28 @@ def read_classification(
 def read_karpathy_json(path: str | Path, image_root: str | Path | None = None, split: str = "test") -> RetrievalData:
     """Read a Karpathy split JSON (COCO or Flickr30k); images at ``image_root/[filepath/]filename``.
 
-    ``image_root`` defaults to the JSON's folder. ``image_ids`` are the ``cocoid`` values when present.
-    Caption ids are taken from a sentence's ``id`` field when present (COCO caption ids).
+    The entries are read and checked by ``probclip.data.listings.read_karpathy_entries`` (a malformed entry is a
+    ``ListingError`` naming it). ``image_root`` defaults to the JSON's folder. ``image_ids`` are the ``cocoid``
+    values when present; caption ids are the sentences' ``id`` fields when present (COCO caption ids).
     """
     path = Path(path)
-    data = read_json_file(path)
-    if not isinstance(data, dict) or "images" not in data:
-        raise ValueError(f"{path} is not a Karpathy split JSON: expected an object with an 'images' list")
+    entries = read_karpathy_entries(path)
     root = Path(image_root) if image_root is not None else path.parent
     items, captions, caption_image, image_ids, caption_ids = [], [], [], [], []
     splits = set()
-    for number, entry in enumerate(data["images"]):
-        if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str) or not isinstance(
-                entry.get("sentences"), list) or not all(isinstance(s, dict) and isinstance(s.get("raw"), str)
-                                                         for s in entry["sentences"]):
-            raise InputError(f"{path}: images[{number}] needs a 'filename' string and a 'sentences' list of "
-                             f"{{'raw': caption}} objects; got {str(entry)[:120]}")
-        splits.add(entry.get("split"))
-        if entry.get("split") != split:
+    for entry in entries:
+        splits.add(entry.split)
+        if entry.split != split:
             continue
-        image_path = root / entry.get("filepath", "") / entry["filename"]
+        image_path = root / entry.relative_path
         if not image_path.is_file():
             raise FileNotFoundError(f"image {str(image_path)!r} listed in {path} does not exist (image root {root})")
         index = len(items)
         items.append(ImageItem(key=str(image_path.resolve()), path=image_path))
-        image_ids.append(entry.get("cocoid"))
-        for sentence in entry["sentences"]:
-            captions.append(sentence["raw"].strip())
-            caption_image.append(index)
-            caption_ids.append(sentence.get("id"))
+        image_ids.append(entry.cocoid)
+        captions.extend(entry.captions)
+        caption_image.extend([index] * len(entry.captions))
+        caption_ids.extend(entry.caption_ids)
     if not items:
         raise ValueError(f"{path} has no image in split {split!r}; splits present: {sorted(map(str, splits))}")
     return RetrievalData(
@@ -346,46 +310,31 @@ def read_karpathy_json(path: str | Path, image_root: str | Path | None = None, s
     )
 
 
-def _pick_column(header: list[str], options: tuple[str, ...], path: Path) -> str:
-    for name in options:
-        if name in header:
-            return name
-    raise ValueError(f"{path} needs one of the columns {list(options)}; its header is {header}")
-
-
-def _int_cell(row: dict, column: str, path: Path) -> int | None:
-    value = (row.get(column) or "").strip()
-    if not value:
-        return None
-    try:
-        return int(value)
-    except ValueError as err:
-        raise InputError(f"{path}: column {column!r} must hold integers; got {value!r}") from err
-
-
 def read_retrieval_csv(path: str | Path, image_root: str | Path | None = None) -> RetrievalData:
-    """Read a CSV (comma- or tab-separated) with one row per caption; rows of one image share its path."""
+    """Read a CSV (comma- or tab-separated) with one row per caption; rows of one image share its path.
+
+    The rows are read and checked by ``probclip.data.listings.read_caption_table``.
+    """
     path = Path(path)
-    header, rows = read_csv_table(path)
+    rows = read_caption_table(path)
     if not rows:
         raise ValueError(f"{path} has no data rows")
-    image_col = _pick_column(header, ("image", "filepath"), path)
-    caption_col = _pick_column(header, ("caption", "title"), path)
     root = Path(image_root) if image_root is not None else path.parent
     index_of: dict[str, int] = {}
     items, captions, caption_image, image_ids, caption_ids = [], [], [], [], []
     for row in rows:
-        rel = row[image_col]
-        if rel not in index_of:
-            image_path = root / rel
+        if not row.image:
+            raise ListingError(f"{path} line {row.line}: the image cell is empty; every row needs an image path")
+        if row.image not in index_of:
+            image_path = root / row.image
             if not image_path.is_file():
                 raise FileNotFoundError(f"image {str(image_path)!r} listed in {path} does not exist")
-            index_of[rel] = len(items)
+            index_of[row.image] = len(items)
             items.append(ImageItem(key=str(image_path.resolve()), path=image_path))
-            image_ids.append(_int_cell(row, "image_id", path))
-        captions.append(row[caption_col].strip())
-        caption_image.append(index_of[rel])
-        caption_ids.append(_int_cell(row, "caption_id", path))
+            image_ids.append(row.image_id)
+        captions.append(row.caption)
+        caption_image.append(index_of[row.image])
+        caption_ids.append(row.caption_id)
     return RetrievalData(
         items,
         captions,
@@ -468,7 +417,8 @@ def read_urban1k(root: str | Path) -> RetrievalData:
         if not caption_path.is_file():
             raise FileNotFoundError(f"Urban-1k image {image_path.name} has no caption file {caption_path}")
         items.append(ImageItem(key=str(image_path.resolve()), path=image_path))
-        captions.append(" ".join(caption_path.read_text(encoding="utf-8").split()))
+        text = read_text_file(caption_path, max_bytes=current_limits().max_member_bytes)  # one caption file
+        captions.append(" ".join(text.split()))
     if not items:
         raise FileNotFoundError(f"no images in {image_dir}")
     return drop_unreadable_images(drop_overlong_captions(RetrievalData(items, captions, torch.arange(len(items)))))

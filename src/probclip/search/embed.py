@@ -13,24 +13,23 @@ slot is filled with zeros so that every batch has the same composition in every 
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.listings import ImageItem
 from ..errors import InputError, UsageError
-from ..eval.readers import ImageItem
+from ..image_decoding import ImageLoadError
+from ..limits import LimitExceededError
 from ..models import create_model_from_pretrained
 from ..tokenizers import get_tokenizer
 from ..train.distributed import barrier, init_distributed
-from ..transforms import ToRGB, image_transform
+from ..transforms import image_transform
 from .inputs import CollectionInputs, image_source, list_inputs
 from .layout import (
     MANIFEST_NAME,
@@ -77,20 +76,16 @@ class _ImageRows(torch.utils.data.Dataset):
 
     def __init__(self, items: list[ImageItem], preprocess, image_size: int):
         self.items, self.preprocess, self.size = items, preprocess, image_size
-        self.to_rgb = ToRGB()
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int):
         item = self.items[index]
-        try:
-            with Image.open(io.BytesIO(item.read_bytes())) as image:
-                image.load()
-                return self.preprocess(self.to_rgb(image)), ""
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            message = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the file", f"{type(err).__name__}: {err}")
-            message = message.splitlines()[0][:300]
+        try:  # the one decoder (probclip.image_decoding): EXIF orientation, alpha over white, size limits
+            return self.preprocess(item.open()), ""
+        except (ImageLoadError, LimitExceededError, OSError) as err:
+            message = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
             return torch.zeros(3, self.size, self.size), message
 
 

@@ -1,7 +1,10 @@
 """What ``probclip embed`` reads: the images and texts of a data path, listed without opening any image.
 
-Layouts (the same as the evaluation readers', read leniently: a listed image that is missing or unreadable is
-skipped later, when it is decoded, and named in the manifest; nothing is checked here but the listing itself):
+Layouts (the same as the evaluation readers', read by the same listing readers, ``probclip.data.listings``, with
+the same checks: a malformed entry, a missing column or a non-UTF-8 file is a one-line data error). A listed image
+that is missing or unreadable is skipped later, when it is decoded, and named in the manifest. A caption longer
+than ``max_caption_chars`` is left out and named in a warning; caption files are read within ``max_member_bytes``
+(``photo.txt``) or ``max_text_file_bytes`` (a listing).
 
 - a folder of images (searched recursively; ``photo.jpg`` takes its caption from ``photo.txt`` when present);
 - a CSV/TSV file with an image column (``image`` / ``filepath``) and a caption column (``caption`` / ``title``),
@@ -19,8 +22,6 @@ the distinct captions in input order (source: the first image they describe, if 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import tarfile
 import warnings
@@ -28,9 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.captions import CaptionError, parse_caption_payload
+from ..data.listings import (
+    IMAGE_EXTENSIONS,
+    SHARD_IMAGE_KEYS,
+    ImageItem,
+    read_caption_lines,
+    read_caption_table,
+    read_karpathy_entries,
+)
 from ..data.webdataset import ShardError, iter_tar_records
 from ..errors import InputError, UsageError
-from ..eval.readers import IMAGE_EXTENSIONS, SHARD_IMAGE_KEYS, ImageItem
+from ..limits import LimitExceededError, check_caption_length, current_limits, read_bounded
 
 __all__ = ["CollectionInputs", "TextInput", "list_inputs", "image_source"]
 
@@ -50,6 +59,8 @@ class CollectionInputs:
     images: list[ImageItem] = field(default_factory=list)
     image_captions: list[str | None] = field(default_factory=list)
     texts: list[TextInput] = field(default_factory=list)
+    #: captions left out for their length: ``{"source": image or file, "error": message}``
+    skipped_captions: list[dict] = field(default_factory=list)
 
 
 def image_source(item: ImageItem) -> str:
@@ -57,12 +68,21 @@ def image_source(item: ImageItem) -> str:
     return item.key
 
 
-def _add(out: CollectionInputs, seen_images: dict, seen_texts: set, item: ImageItem | None, captions: list[str]):
+def _add(out: CollectionInputs, seen_images: dict, seen_texts: set, item: ImageItem | None, captions: list[str],
+         where: str = ""):
+    kept = []
+    for caption in captions:
+        try:
+            check_caption_length(caption, f"{item.key if item is not None else where} caption")
+        except LimitExceededError as err:
+            out.skipped_captions.append({"source": item.key if item is not None else where, "error": str(err)})
+            continue
+        kept.append(caption)
     if item is not None and item.key not in seen_images:
         seen_images[item.key] = len(out.images)
         out.images.append(item)
-        out.image_captions.append(captions[0] if captions else None)
-    for caption in captions:
+        out.image_captions.append(kept[0] if kept else None)
+    for caption in kept:
         if caption and caption not in seen_texts:
             seen_texts.add(caption)
             out.texts.append(TextInput(caption, item.key if item is not None else ""))
@@ -72,50 +92,36 @@ def _file_item(path: Path) -> ImageItem:
     return ImageItem(key=str(path.resolve()), path=path)
 
 
+def _side_captions(path: Path) -> list[str]:
+    """The captions of ``photo.txt`` beside ``photo.jpg`` (one a line; read within ``max_member_bytes``, bytes that
+    are not UTF-8 replaced)."""
+    side = path.with_suffix(".txt")
+    if not side.is_file():
+        return []
+    text = read_bounded(side, current_limits().max_member_bytes, "data.max_member_bytes").decode("utf-8", "replace")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def _list_folder(root: Path, out, seen_images, seen_texts) -> None:
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()):
-        side = path.with_suffix(".txt")
-        captions = [line.strip() for line in side.read_text(encoding="utf-8", errors="replace").splitlines()
-                    if line.strip()] if side.is_file() else []
-        _add(out, seen_images, seen_texts, _file_item(path), captions)
-
-
-def _pick(header: list[str], options: tuple[str, ...], path: Path) -> str:
-    for name in options:
-        if name in header:
-            return name
-    raise InputError(f"{path} needs one of the columns {list(options)}; its header is {header}")
+        _add(out, seen_images, seen_texts, _file_item(path), _side_captions(path))
 
 
 def _list_csv(path: Path, image_root: Path, out, seen_images, seen_texts) -> None:
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines()
-    if not lines:
-        raise InputError(f"{path} is empty; expected a header with image and caption columns")
-    dialect = csv.excel_tab if path.suffix.lower() == ".tsv" or "\t" in lines[0] else csv.excel
-    reader = csv.DictReader(io.StringIO(text), dialect=dialect)
-    header = list(reader.fieldnames or [])
-    image_col = _pick(header, ("image", "filepath"), path)
-    caption_col = _pick(header, ("caption", "title"), path)
-    for row in reader:
-        rel = (row.get(image_col) or "").strip()
-        caption = (row.get(caption_col) or "").strip()
-        _add(out, seen_images, seen_texts, _file_item(image_root / rel) if rel else None, [caption] if caption else [])
+    rows = read_caption_table(path)
+    if not rows:
+        raise InputError(f"{path} has a header but no data rows")
+    for row in rows:
+        item = _file_item(image_root / row.image) if row.image else None
+        _add(out, seen_images, seen_texts, item, [row.caption] if row.caption else [], f"{path} line {row.line}")
 
 
 def _list_karpathy(path: Path, image_root: Path, split: str | None, out, seen_images, seen_texts) -> None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path} is not valid JSON ({err}); expected a Karpathy split JSON") from err
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise InputError(f"{path} is not a Karpathy split JSON: expected an object with an 'images' list")
-    for entry in data["images"]:
-        if split is not None and entry.get("split") != split:
+    for entry in read_karpathy_entries(path):
+        if split is not None and entry.split != split:
             continue
-        image = image_root / entry.get("filepath", "") / entry["filename"]
-        captions = [s["raw"].strip() for s in entry.get("sentences", []) if s.get("raw", "").strip()]
-        _add(out, seen_images, seen_texts, _file_item(image), captions)
+        _add(out, seen_images, seen_texts, _file_item(image_root / entry.relative_path),
+             [c for c in entry.captions if c])
 
 
 def _member_captions(record: dict, ext: str) -> list[str]:
@@ -177,11 +183,14 @@ def list_inputs(data: str | Path, *, image_root: str | Path | None = None,
     elif suffix == ".json":
         _list_karpathy(path, root, split, out, seen_images, seen_texts)
     elif suffix == ".txt":
-        captions = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        _add(out, seen_images, seen_texts, None, captions)
+        _add(out, seen_images, seen_texts, None, read_caption_lines(path), str(path))
     else:
         raise UsageError(f"cannot tell the layout of --data {str(path)!r}: expected an image folder, a .csv/.tsv, a "
                          "Karpathy .json, webdataset .tar shards (or a folder of them) or a .txt file of captions")
+    if out.skipped_captions:
+        first = out.skipped_captions[0]["error"]
+        warnings.warn(f"{len(out.skipped_captions)} caption(s) over max_caption_chars left out (first: {first})",
+                      RuntimeWarning, stacklevel=2)
     if not out.images and not out.texts:
         raise InputError(f"--data {str(path)!r} holds no image and no caption")
     return out

@@ -184,9 +184,10 @@ class DataSection:
         train_augment: random resized crop instead of a centre crop.
         max_bad_fraction: stop the run when more than this fraction of samples read so far were unreadable
             (after the first 1000 samples); 1 never stops.
-        max_image_pixels, max_member_bytes, max_caption_chars: resource limits (``probclip.limits``): an image
-            with more pixels (checked before decoding), a tar member with more bytes, or a caption with more
-            characters is skipped, counted and named like any unreadable sample.
+        max_image_pixels, max_image_aspect_ratio, max_member_bytes, max_caption_chars: resource limits
+            (``probclip.limits``): an image with more pixels or a longer shape (checked before decoding), a file or
+            tar member with more bytes, or a caption with more characters is skipped, counted and named like any
+            unreadable sample.
     """
 
     source: str = "synthetic"
@@ -206,6 +207,7 @@ class DataSection:
     train_augment: bool = False
     max_bad_fraction: float = 1.0
     max_image_pixels: int = DEFAULT_LIMITS.max_image_pixels
+    max_image_aspect_ratio: float = DEFAULT_LIMITS.max_image_aspect_ratio
     max_member_bytes: int = DEFAULT_LIMITS.max_member_bytes
     max_caption_chars: int = DEFAULT_LIMITS.max_caption_chars
 
@@ -213,6 +215,9 @@ class DataSection:
         _check_choice("data", "source", self.source, list_sources())  # built-in and registered sources
         for key in ("max_image_pixels", "max_member_bytes", "max_caption_chars"):
             _check_int("data", key, getattr(self, key), 1)
+        ratio = self.max_image_aspect_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio < 1:
+            _fail("data", "max_image_aspect_ratio", ratio, "a finite number >= 1")
         if isinstance(self.paths, str):
             self.paths = [self.paths]
         if self.source in ("webdataset", "csv") and not self.paths:
