@@ -16,7 +16,6 @@ rewards every low-variance item near the query, so without the check both direct
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data.listings import ImageItem
 from ..embedding import ProbEmbedding
 from ..errors import InputError, UsageError
 from ..tokenizers import get_tokenizer
@@ -435,21 +435,15 @@ class SearchIndex:
         return self.stored.embedding(np.atleast_1d(np.asarray(ids, dtype=np.int64)))
 
     def open_image(self, row_id: int) -> Image.Image | None:
-        """The image of an image row, read from the file or shard member its metadata names; None for text rows."""
+        """The image of an image row, read from the file or shard member its metadata names and decoded by the one
+        decoder (``probclip.image_decoding``: EXIF orientation, alpha over white, size limits); None for text rows."""
         if self.modality != "image":
             return None
         meta = self.metadata([int(row_id)])[0]
         source, offset, size = meta["source"], int(meta.get("offset", -1)), int(meta.get("size", -1))
         path = Path(source.split("::", 1)[0] if offset >= 0 else source)
+        item = ImageItem(source, path, offset, size) if offset >= 0 else ImageItem(source, path)
         try:
-            with open(path, "rb") as handle:
-                if offset >= 0:
-                    handle.seek(offset)
-                    raw = handle.read(size)
-                else:
-                    raw = handle.read()
-            with Image.open(io.BytesIO(raw)) as image:
-                image.load()
-                return ToRGB()(image)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            return item.open()
+        except (InputError, OSError) as err:
             raise InputError(f"cannot read the image of row {row_id} from {source!r}: {err}") from err

@@ -1,8 +1,9 @@
 """Bounds on what a client may send: request bytes, upload bytes, decoded image pixels, k, text length.
 
-An image is opened lazily (Pillow reads only the header), its width x height is checked against
-``max_image_pixels`` and only then is it decoded, so a small file that would decode to a huge bitmap is
-refused before any pixel memory is allocated.
+An uploaded image is decoded by the one decoder, ``probclip.image_decoding.decode_image`` (EXIF orientation, alpha
+over white, the same conversions as training and ``probclip embed``): its width x height and aspect ratio are
+checked from the header and only then is it decoded, so a small file that would decode to a huge bitmap, or resize
+to one, is refused before any pixel memory is allocated.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
+from ..image_decoding import ImageLoadError, decode_image
+from ..limits import LimitExceededError
 
 __all__ = ["ServiceLimits", "ImageTooLargeError", "decode_image_bytes", "image_header_size"]
 
@@ -73,10 +76,11 @@ def image_header_size(data: bytes) -> tuple[str, int, int]:
 
 
 def decode_image_bytes(data: bytes, limits: ServiceLimits) -> Image.Image:
-    """Decode an uploaded image within ``limits``; returns an RGB PIL image.
+    """Decode an uploaded image within ``limits`` with the one decoder (``probclip.image_decoding``); returns an
+    upright RGB PIL image.
 
-    Raises ``ImageTooLargeError`` for too many bytes or pixels (checked before decoding) and ``InputError``
-    for bytes that are not a readable image.
+    Raises ``ImageTooLargeError`` for too many bytes, pixels or too long a shape (checked before decoding) and
+    ``InputError`` for bytes that are not a readable image.
     """
     if len(data) == 0:
         raise InputError("the image is empty (0 bytes); send a PNG, JPEG, GIF, WebP or BMP file")
@@ -91,10 +95,9 @@ def decode_image_bytes(data: bytes, limits: ServiceLimits) -> Image.Image:
             f"{limits.max_image_pixels} pixels"
         )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=ACCEPTED_IMAGE_FORMATS) as image:
-                image.load()
-                return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as err:
-        raise InputError(f"the {fmt} image could not be decoded (truncated or corrupt): {err}") from err
+        return decode_image(data, f"the uploaded {fmt} image", max_pixels=limits.max_image_pixels,
+                            max_bytes=limits.max_image_bytes, formats=ACCEPTED_IMAGE_FORMATS)
+    except LimitExceededError as err:  # the aspect ratio (a 100000 x 1 image would resize to 22,400,000 x 224)
+        raise ImageTooLargeError(str(err)) from err
+    except ImageLoadError as err:
+        raise InputError(str(err).splitlines()[0]) from err
