@@ -13,8 +13,10 @@ or cut short) and which members are the image and the caption (:func:`sample_mem
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
+import re
 import tarfile
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 import braceexpand
 
 from ..errors import InputError
-from ..limits import LimitExceededError, check_member_size
+from ..limits import LimitExceededError, check_member_size, current_limits
 from .captions import CaptionError, captions_from_payload
 from .samples import READ_ERRORS, SampleError, decode_image_bytes
 
@@ -64,12 +66,33 @@ class MemberSpan:
             return handle.read(self.size)
 
 
+_NUMERIC_RANGE = re.compile(r"\{(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?\}")
+
+
+def _numeric_range_product(pattern: str) -> int:
+    """How many names the numeric ranges ``{a..b}`` / ``{a..b..step}`` of a brace pattern make together (an upper
+    bound of its expansion's size when ranges are nested), computed without expanding anything."""
+    count = 1
+    for start, stop, step in _NUMERIC_RANGE.findall(pattern):
+        count *= abs(int(stop) - int(start)) // max(1, abs(int(step or 1))) + 1
+    return count
+
+
 def expand_shard_urls(paths: Sequence[str]) -> list[str]:
     """Expand brace patterns (``data/{000..009}.tar``) and ``::``-joined lists into a flat list of shard URLs."""
     urls: list[str] = []
+    limit = current_limits().max_shards
     for path in paths:
         for part in str(path).split("::"):
-            urls.extend(braceexpand.braceexpand(part.strip()))
+            # braceexpand builds each range in full: a pattern such as {0..9999999999} is counted, then refused
+            named = _numeric_range_product(part)
+            if named > limit:
+                raise LimitExceededError(f"data.paths pattern {part.strip()[:200]!r} names {named} shards, over the "
+                                         f"limit of {limit} (max_shards); not expanded")
+            urls.extend(itertools.islice(braceexpand.braceexpand(part.strip()), limit + 1 - len(urls)))
+            if len(urls) > limit:
+                raise LimitExceededError(f"data.paths {str(list(paths))[:200]} names more than {limit} shards, the "
+                                         "limit (max_shards); not expanded further")
     if not urls:
         raise ShardError(f"no shard URLs in {list(paths)!r}")
     return urls

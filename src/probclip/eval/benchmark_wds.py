@@ -29,6 +29,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..limits import check_shard_count
+from ..textfiles import read_text_file
 from .caption_check import drop_overlong_captions
 from .image_check import drop_unreadable_images
 from .readers import ClassificationData, RetrievalData, iter_shard_samples, require_samples
@@ -84,9 +86,10 @@ def list_shards(root: str | Path, split: str = "test") -> list[Path]:
         raise InputError(f"webdataset split folder {str(folder)!r} does not exist (split {split!r})")
     count_file = folder / "nshards.txt"
     if count_file.is_file():
-        text = count_file.read_text(encoding="utf-8").strip()
-        if not text.isdigit() or int(text) < 1:
-            raise InputError(f"{count_file} must hold a positive number of shards; got {text!r}")
+        text = read_text_file(count_file, max_bytes=4096).strip()
+        if not (text.isascii() and text.isdigit()) or int(text) < 1:
+            raise InputError(f"{count_file} must hold a positive number of shards; got {text[:40]!r}")
+        check_shard_count(int(text), str(count_file))
         shards = [folder / f"{i}.tar" for i in range(int(text))]
         missing = [s.name for s in shards if not s.is_file()]
         if missing:

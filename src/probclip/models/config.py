@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config_fields import from_known_fields
+from ..limits import check_parameter_count
 
 __all__ = [
     "OPENAI_CLIP_MEAN",
@@ -185,11 +186,27 @@ class ProbCLIPConfig:
             )
         if self.format != CONFIG_FORMAT:
             raise ValueError(f"ProbCLIPConfig.format must be {CONFIG_FORMAT!r}; got {self.format!r}")
+        check_parameter_count(self.parameter_count(), f"model config {self.name or '(unnamed)'}")
         if self.released_compat and self.text.width != self.embed_dim:
             raise ValueError(
                 "released_compat=True computes the text log-variance from the projected mean, which needs "
                 f"text.width == embed_dim; got text.width={self.text.width}, embed_dim={self.embed_dim}"
             )
+
+    def parameter_count(self) -> int:
+        """The number of parameters this config describes, counted from its sizes alone (nothing is allocated):
+        patch and token embeddings, positions, every transformer block (attention and MLP), the heads. It is within
+        a few percent of the built model's count and serves to refuse a config too large to build."""
+        def blocks(width: int, layers: int, mlp_ratio: float) -> int:
+            hidden = int(width * mlp_ratio)
+            return layers * (4 * width * width + 4 * width + 2 * width * hidden + hidden + width + 4 * width)
+
+        v, t, d = self.vision, self.text, self.embed_dim
+        vision = (3 * v.patch_size**2 * v.width + (v.num_patches + 2) * v.width + 2 * v.width
+                  + blocks(v.width, v.layers, v.mlp_ratio) + 4 * v.width + 2 * v.width * d)
+        text = (t.vocab_size * t.width + (t.context_length + 2) * t.width + 2 * t.width
+                + blocks(t.width, t.layers, t.mlp_ratio) + 2 * t.width + 2 * t.width * d)
+        return int(vision + text)
 
     def to_dict(self) -> dict:
         """A JSON-ready nested dict (tuples become lists)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -11,6 +10,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import InputError
+from ..textfiles import read_json_file
 from .config import CONFIG_FORMAT, ProbCLIPConfig
 from .released import (
     config_from_released,
@@ -80,13 +80,7 @@ def _parse_config(config_path: Path) -> tuple[ProbCLIPConfig, str]:
         raise FileNotFoundError(
             f"{config_path} not found; a checkpoint directory needs config.json and model.safetensors"
         )
-    try:
-        raw = json.loads(config_path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise InputError(f"{config_path} is not UTF-8 text (bad byte at offset {err.start}); expected a JSON "
-                         "config") from err
-    except json.JSONDecodeError as err:
-        raise InputError(f"{config_path} line {err.lineno} column {err.colno}: malformed JSON ({err.msg})") from err
+    raw = read_json_file(config_path)  # UTF-8, within max_text_file_bytes, not nested too deeply
     if is_released_config(raw):
         return config_from_released(raw, name=config_path.parent.name), "released"
     if isinstance(raw, dict) and raw.get("format") == CONFIG_FORMAT:

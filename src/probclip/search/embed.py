@@ -89,6 +89,27 @@ class _ImageRows(torch.utils.data.Dataset):
             return torch.zeros(3, self.size, self.size), message
 
 
+def check_finite_weights(model: nn.Module) -> None:
+    """Raise ``InputError`` naming the first parameter of ``model`` that holds NaN or infinity: such weights give
+    non-finite embeddings, which must never reach a collection."""
+    for name, parameter in model.named_parameters():
+        if not bool(torch.isfinite(parameter).all()):
+            bad = int((~torch.isfinite(parameter)).sum())
+            raise InputError(f"the model's parameter {name!r} holds {bad} NaN or infinite value(s) of "
+                             f"{parameter.numel()}; a model with non-finite weights gives meaningless embeddings, "
+                             "so nothing was embedded")
+
+
+def _check_finite(emb, names: list[str], modality: str) -> None:
+    """Raise ``InputError`` when a batch's embeddings hold NaN or infinity, naming the first input."""
+    finite = torch.isfinite(emb.mean).all(-1) & torch.isfinite(emb.logvar).all(-1)
+    if not bool(finite.all()):
+        first = int((~finite).nonzero()[0, 0])
+        raise InputError(f"the model gave a non-finite {modality} embedding for {int((~finite).sum())} of "
+                         f"{finite.numel()} inputs of a batch (first: {names[first]!r}); nothing non-finite is "
+                         "stored, so the embedding stopped")
+
+
 def _item_fields(item: ImageItem) -> tuple[int, int]:
     return (-1, -1) if item.offset is None else (int(item.offset), int(item.size))
 
@@ -109,6 +130,7 @@ def _embed_images(model, inputs: CollectionInputs, out: Path, shards: list[int],
     owner = {b: s for s in shards for b in range(*ranges[s])}
     for batch_indices, (pixels, errors) in zip(batches, loader, strict=False):
         emb = model.encode_image(pixels.to(device))
+        _check_finite(emb, [image_source(inputs.images[i]) for i in batch_indices], "image")
         s = owner[batch_indices[0]]
         means, logvars, errs = pending[s]
         means.append(emb.mean.float().cpu().numpy())
@@ -137,6 +159,7 @@ def _embed_texts(model, inputs: CollectionInputs, out: Path, shards: list[int], 
         means, logvars = [], []
         for b in range(0, len(texts), batch_size):
             emb = model.encode_text(tokenizer([t.text for t in texts[b:b + batch_size]]).to(device))
+            _check_finite(emb, [t.text[:80] for t in texts[b:b + batch_size]], "text")
             means.append(emb.mean.float().cpu().numpy())
             logvars.append(emb.logvar.float().cpu().numpy())
             bar.update(len(texts[b:b + batch_size]))
@@ -185,6 +208,7 @@ def embed_collection(model: nn.Module | str, data: str | Path, out_dir: str | Pa
     if isinstance(model, (str, Path)):
         model, model_source = load_model(str(model))
     model.eval()
+    check_finite_weights(model)
     dist = init_distributed("cpu" if not torch.cuda.is_available() else "auto")
     if dist.device.type == "cuda":
         model = model.to(dist.device)

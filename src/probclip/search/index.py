@@ -132,12 +132,22 @@ def _sample_rows(stored: StoredRows, count: int) -> np.ndarray:
     return augment_gallery(stored.means(ids), stored.u[ids])
 
 
+def _check_rows(stored: StoredRows, first: int, mean: np.ndarray, logvar: np.ndarray, u: np.ndarray) -> None:
+    """Raise ``InputError`` when stored rows hold NaN or infinity: they would be indexed and found by every query."""
+    bad = ~(np.isfinite(mean).all(1) & np.isfinite(logvar).all(1) & np.isfinite(u))
+    if bad.any():
+        raise InputError(f"{stored.root}: {int(bad.sum())} stored {stored.modality} row(s) hold NaN or infinite "
+                         f"values (first: row {first + int(np.flatnonzero(bad)[0])}); embed the collection again with "
+                         "a model whose weights are finite")
+
+
 def _build_csd(stored: StoredRows, kind: str, path: Path, code_size: int, bar) -> dict:
     dim = stored.dim + 1
     params: dict = {"dim": dim}
     if kind == "flat":
         writer = FlatFileWriter(path, dim, "l2")
-        for _, mean, _, u in stored.chunks():
+        for first, mean, logvar, u in stored.chunks():
+            _check_rows(stored, first, mean, logvar, u)
             writer.add(augment_gallery(mean, u))
             bar.update(mean.shape[0])
         writer.close()
@@ -156,7 +166,8 @@ def _build_csd(stored: StoredRows, kind: str, path: Path, code_size: int, bar) -
         index.train(np.pad(train, ((0, 0), (0, padded - dim))))
         params.update(pad_to=padded, nlist=nlist, code_size=code, bits=bits,
                       nprobe=max(1, min(nlist, int(math.sqrt(nlist)) * 2)))
-    for _, mean, _, u in stored.chunks():
+    for first, mean, logvar, u in stored.chunks():
+        _check_rows(stored, first, mean, logvar, u)
         vectors = augment_gallery(mean, u)
         if kind == "ivfpq":
             vectors = np.pad(vectors, ((0, 0), (0, params["pad_to"] - dim)))

@@ -27,8 +27,10 @@ from PIL import Image
 from ..data.listings import ImageItem
 from ..embedding import ProbEmbedding
 from ..errors import InputError, UsageError
+from ..limits import clip_caption
 from ..tokenizers import get_tokenizer
 from ..transforms import ToRGB, image_transform
+from .checks import check_query_embedding, check_search_options
 from .embed import load_model
 from .layout import StoredRows, check_modality, read_manifest
 from .milvus import MilvusSearcher
@@ -174,23 +176,24 @@ class SearchIndex:
             raise UsageError("query must be a ProbEmbedding, a str or list of str, or a PIL image or list of them; "
                              f"got {type(query).__name__}")
         emb = emb.detach().cpu().float()
-        if emb.mean.shape[-1] != self.dim:
-            raise UsageError(f"query dimension {emb.mean.shape[-1]} differs from the index's {self.dim} "
-                             f"({self.model_name}); encode queries with the collection's model")
-        if not (np.isfinite(emb.mean.numpy()).all() and np.isfinite(emb.logvar.numpy()).all()):
-            raise UsageError("query holds NaN or infinite values; finite means and log-variances are required")
+        check_query_embedding(emb, self.dim, self.model_name)
         return emb
 
     # ------------------------------------------------------------------------------------------------ search
     def _allowed(self, max_uncertainty, uncertainty_quantile) -> np.ndarray | None:
+        """The rows the uncertainty filters keep (None: no filter); a filter that keeps none is a ``UsageError``."""
         bound = None
         if uncertainty_quantile is not None:
-            if not 0 < float(uncertainty_quantile) <= 1:
-                raise UsageError(f"uncertainty_quantile must lie in (0, 1]; got {uncertainty_quantile!r}")
             bound = float(np.quantile(self.stored.u, float(uncertainty_quantile)))
         if max_uncertainty is not None:
             bound = float(max_uncertainty) if bound is None else min(bound, float(max_uncertainty))
-        return None if bound is None else self.stored.u <= np.float32(bound)
+        if bound is None:
+            return None
+        allowed = self.stored.u <= np.float32(bound)
+        if not allowed.any():
+            raise UsageError(f"max_uncertainty = {max_uncertainty!r} keeps no item of {self.name}: its smallest "
+                             f"uncertainty u is {float(self.stored.u.min()):.6g}; give a larger value (or none)")
+        return allowed
 
     def _faiss_candidates(self, index, vectors: np.ndarray, n: int, allowed: np.ndarray | None,
                           params: dict) -> np.ndarray:
@@ -376,11 +379,8 @@ class SearchIndex:
         """
         if score not in SCORES:
             raise UsageError(f"score must be one of {list(SCORES)}; got {score!r}")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise UsageError(f"k must be a positive integer; got {k!r}")
-        if oversample is not None and (isinstance(oversample, bool) or not isinstance(oversample, int)
-                                       or oversample < 1):
-            raise UsageError(f"oversample must be a positive integer; got {oversample!r}")
+        check_search_options(k=k, max_uncertainty=max_uncertainty, uncertainty_quantile=uncertainty_quantile,
+                             eps=eps, oversample=oversample)
         emb = self.encode(query)
         allowed = self._allowed(max_uncertainty, uncertainty_quantile)
         k = int(min(k, self.rows))
@@ -427,8 +427,19 @@ class SearchIndex:
 
     # ------------------------------------------------------------------------------------------------ rows
     def metadata(self, ids: Sequence[int] | np.ndarray) -> list[dict]:
-        """One metadata dict per row id (``row_id``, ``source``, ``caption``, ``u``, ``offset``, ``size``)."""
-        return self.stored.metadata(np.asarray(ids, dtype=np.int64))
+        """One metadata dict per row id (``row_id``, ``source``, ``caption``, ``u``, ``offset``, ``size``).
+
+        A caption longer than ``max_result_caption_chars`` (``probclip.limits``) is cut, ends with an ellipsis, and
+        its dict gains ``caption_chars``, the stored length: a search answer stays small whatever the captions.
+        """
+        rows = self.stored.metadata(np.asarray(ids, dtype=np.int64))
+        for row in rows:
+            caption = row.get("caption")
+            if isinstance(caption, str):
+                row["caption"], cut = clip_caption(caption)
+                if cut:
+                    row["caption_chars"] = len(caption)
+        return rows
 
     def embedding(self, ids: Sequence[int] | np.ndarray | int) -> ProbEmbedding:
         """The stored rows as a float32 ``ProbEmbedding [len(ids), D]`` (search with it to find similar items)."""

@@ -148,10 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def limits_from_args(args: argparse.Namespace) -> ServiceLimits:
     """The ``ServiceLimits`` the options ask for; ``UsageError`` for values out of range."""
-    if not args.max_request_mb > 0:
-        raise UsageError(f"--max-request-mb must be > 0; got {args.max_request_mb}")
-    if not args.max_image_megapixels > 0:
-        raise UsageError(f"--max-image-megapixels must be > 0; got {args.max_image_megapixels}")
+    # finite and in a range that leaves at least one byte / pixel: int(inf) or a 0-byte limit would fail later
+    if not 0.001 <= args.max_request_mb <= 1024 * 1024:
+        raise UsageError(f"--max-request-mb must be a number from 0.001 (1 KiB) to 1048576 (1 TiB); got "
+                         f"{args.max_request_mb}")
+    if not 1e-6 <= args.max_image_megapixels <= 1e6:
+        raise UsageError(f"--max-image-megapixels must be a number from 0.000001 (1 pixel) to 1000000; got "
+                         f"{args.max_image_megapixels}")
     if args.max_k < 1:
         raise UsageError(f"--max-k must be >= 1; got {args.max_k}")
     request_bytes = int(args.max_request_mb * 1024 * 1024)
