@@ -239,6 +239,58 @@ def setup_indexed_collection(tmp: Path) -> None:
     build_index(tmp / "c", kind="flat", progress=False)
 
 
+def setup_embed_karpathy_no_filename(tmp: Path) -> None:
+    setup_model_dir(tmp)
+    _png(tmp / "data" / "0.png")
+    _write(tmp / "data" / "k.json", json.dumps({"images": [{"split": "test", "sentences": [{"raw": "a square"}]}]}))
+
+
+def setup_embed_csv_latin1(tmp: Path) -> None:
+    setup_model_dir(tmp)
+    _png(tmp / "data" / "0.png")
+    _write(tmp / "data" / "pairs.csv", "image,caption\n0.png,a caf\xe9 sign\n".encode("latin-1"))
+
+
+def setup_nan_weights(tmp: Path) -> None:
+    model = probclip.create_model("ProLIP-Tiny")
+    with torch.no_grad():
+        model.logit_scale.fill_(float("nan"))
+    model.save_pretrained(tmp / "model")
+    _write(tmp / "captions.txt", "a red square\n")
+
+
+def setup_giant_config(tmp: Path) -> None:
+    setup_captions(tmp)
+    config = json.loads((tmp / "model" / "config.json").read_text())
+    config["text"]["width"] = config["text"]["heads"] * 1_000_000
+    _write(tmp / "model" / "config.json", json.dumps(config))
+
+
+def setup_nested_config(tmp: Path) -> None:
+    setup_captions(tmp)
+    _write(tmp / "model" / "config.json", "[" * 100_000 + "]" * 100_000)
+
+
+def setup_nshards_huge(tmp: Path) -> None:
+    setup_model_dir(tmp)
+    _write(tmp / "data" / "dataset_type.txt", "retrieval\n")
+    _write(tmp / "data" / "test" / "nshards.txt", "10000000000\n")
+
+
+def setup_long_image(tmp: Path) -> None:
+    import struct
+    import zlib
+
+    setup_indexed_collection(tmp)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 100_000, 1, 8, 0, 0, 0, 0)
+    _write(tmp / "long.png", b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+           + chunk(b"IDAT", zlib.compress(b"\x00" * 100_001, 9)) + chunk(b"IEND", b""))
+
+
 # ------------------------------------------------------------------------------------------------------ the table
 EMBED = ["embed", "--model", "{tmp}/model", "--out", "{tmp}/c"]
 SEARCH = ["search", "{tmp}/c", "--modality", "text"]
@@ -373,6 +425,43 @@ CASES = [
      1, "image"),
     ("search-bad-quantile", [*SEARCH, "--text", "a", "--uncertainty-quantile", "2"], setup_indexed_collection, 2,
      "uncertainty_quantile"),
+    # checked numbers, bounded inputs, shared listing readers
+    ("embed-karpathy-no-filename", [*EMBED, "--data", "{tmp}/data/k.json"], setup_embed_karpathy_no_filename, 1,
+     "images[0] has no 'filename'"),
+    ("embed-csv-not-utf8", [*EMBED, "--data", "{tmp}/data/pairs.csv"], setup_embed_csv_latin1, 1,
+     "pairs.csv line 2"),
+    ("embed-nan-weights", [*EMBED, "--data", "{tmp}/captions.txt"], setup_nan_weights, 1, "'logit_scale'"),
+    ("embed-giant-config", [*EMBED, "--data", "{tmp}/captions.txt"], setup_giant_config, 2, "max_model_parameters"),
+    ("embed-nested-config", [*EMBED, "--data", "{tmp}/captions.txt"], setup_nested_config, 2,
+     "config.json: JSON nested too deeply"),
+    ("eval-nested-config", ["eval", "--model", "{tmp}/model", "--task", "zeroshot", "--data", "{tmp}"],
+     setup_nested_config, 1, "config.json: JSON nested too deeply"),
+    ("eval-giant-config", ["eval", "--model", "{tmp}/model", "--task", "zeroshot", "--data", "{tmp}"],
+     setup_giant_config, 1, "max_model_parameters"),
+    ("eval-nshards-huge", ["eval", "--model", "{tmp}/model", "--task", "retrieval", "--data", "{tmp}/data"],
+     setup_nshards_huge, 1, "10000000000 shards exceeds the limit"),
+    ("train-shard-pattern-huge", [*TRAIN, "--data.source", "webdataset", "--data.paths",
+                                  "{tmp}/s/{0000000000..9999999999}.tar"], None, 1, "max_shards"),
+    ("train-aspect-ratio-zero", [*TRAIN, "--data.max_image_aspect_ratio", "0"], None, 2,
+     "data.max_image_aspect_ratio"),
+    ("search-max-uncertainty-nan", [*SEARCH, "--text", "a", "--max-uncertainty", "nan"], setup_indexed_collection, 2,
+     "max_uncertainty must be a finite number > 0"),
+    ("search-max-uncertainty-negative", [*SEARCH, "--text", "a", "--max-uncertainty", "-1"],
+     setup_indexed_collection, 2, "got -1.0"),
+    ("search-filter-keeps-nothing", [*SEARCH, "--text", "a", "--max-uncertainty", "1e-30"],
+     setup_indexed_collection, 2, "max_uncertainty = 1e-30 keeps no item"),
+    ("search-quantile-nan", [*SEARCH, "--text", "a", "--uncertainty-quantile", "nan"], setup_indexed_collection, 2,
+     "uncertainty_quantile"),
+    ("search-eps-inf", [*SEARCH, "--text", "a", "--score", "includes", "--eps", "inf"], setup_indexed_collection, 2,
+     "eps must be a finite number"),
+    ("search-image-too-long", [*SEARCH, "--image", "{tmp}/long.png"], setup_long_image, 1,
+     "aspect ratio of 1e+05:1"),
+    ("search-image-endless", [*SEARCH, "--image", "/dev/zero"], setup_indexed_collection, 1,
+     "/dev/zero: more than 33554432 bytes"),
+    ("serve-max-request-mb-inf", ["serve", "{tmp}/c", "--max-request-mb", "inf"], setup_indexed_collection, 2,
+     "--max-request-mb"),
+    ("serve-max-request-mb-tiny", ["serve", "{tmp}/c", "--max-request-mb", "1e-9"], setup_indexed_collection, 2,
+     "got 1e-09"),
     ("serve-unknown-option", ["serve", "--bogus-flag"], None, 2, "probclip serve --help"),
     ("serve-missing-collection", ["serve", "{tmp}/absent"], None, 1, "absent"),
     ("serve-not-a-collection", ["serve", "{tmp}/empty"], setup_captions, 1, "manifest.json"),
