@@ -30,6 +30,7 @@ from probclip.limits import DEFAULT_LIMITS, LimitExceededError, set_limits
 from probclip.models.config import ProbCLIPConfig
 from probclip.search import SearchIndex, build_index, embed_collection
 from probclip.search.inputs import list_inputs
+from probclip.search.search_cli import format_table
 from probclip.search.writer import write_collection
 from probclip.serve.app import create_app
 from probclip.serve.limits import ImageTooLargeError, ServiceLimits, decode_image_bytes
@@ -280,6 +281,8 @@ def test_overlong_captions_are_left_out_of_a_collection_and_cut_in_answers(tmp_p
         assert len(meta["caption"]) == DEFAULT_LIMITS.max_result_caption_chars and meta["caption"].endswith("\u2026")
         assert meta["caption_chars"] == len(long)
     assert len(json.dumps(results.to_dict())) < 30 * (DEFAULT_LIMITS.max_result_caption_chars + 400)
+    table = format_table(results).splitlines()
+    assert len(table) == 32 and max(map(len, table)) < DEFAULT_LIMITS.max_result_caption_chars + 60
 
 
 def test_a_giant_model_config_is_refused_before_allocation(tmp_path):

@@ -454,6 +454,8 @@ CASES = [
      "uncertainty_quantile"),
     ("search-eps-inf", [*SEARCH, "--text", "a", "--score", "includes", "--eps", "inf"], setup_indexed_collection, 2,
      "eps must be a finite number"),
+    ("search-text-too-long", [*SEARCH, "--text", "w" * 20_001], setup_indexed_collection, 2,
+     "a text query of 20001 characters exceeds the limit of 20000"),
     ("search-image-too-long", [*SEARCH, "--image", "{tmp}/long.png"], setup_long_image, 1,
      "aspect ratio of 1e+05:1"),
     ("search-image-endless", [*SEARCH, "--image", "/dev/zero"], setup_indexed_collection, 1,

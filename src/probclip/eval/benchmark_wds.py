@@ -104,11 +104,11 @@ def list_shards(root: str | Path, split: str = "test") -> list[Path]:
 def dataset_type(root: str | Path) -> str:
     """``ROOT/dataset_type.txt`` lower-cased (``"retrieval"``, ``"multilabel"``), else ``"classification"``."""
     path = Path(root) / "dataset_type.txt"
-    return path.read_text(encoding="utf-8").strip().lower() if path.is_file() else "classification"
+    return read_text_file(path, max_bytes=4096).strip().lower() if path.is_file() else "classification"
 
 
 def _read_lines(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return [line.strip() for line in read_text_file(path).splitlines()]
 
 
 def read_benchmark_classification(root: str | Path, split: str = "test") -> BenchmarkClassification:

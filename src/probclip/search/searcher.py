@@ -27,7 +27,7 @@ from PIL import Image
 from ..data.listings import ImageItem
 from ..embedding import ProbEmbedding
 from ..errors import InputError, UsageError
-from ..limits import clip_caption
+from ..limits import clip_caption, current_limits
 from ..tokenizers import get_tokenizer
 from ..transforms import ToRGB, image_transform
 from .checks import check_query_embedding, check_search_options
@@ -159,6 +159,11 @@ class SearchIndex:
         elif isinstance(query, str) or (isinstance(query, (list, tuple)) and query
                                         and all(isinstance(q, str) for q in query)):
             texts = [query] if isinstance(query, str) else list(query)
+            limit = current_limits().max_caption_chars
+            if any(len(t) > limit for t in texts):
+                longest = max(len(t) for t in texts)
+                raise UsageError(f"a text query of {longest} characters exceeds the limit of {limit} "
+                                 "(max_caption_chars); shorten it")
             model = self.model
             with torch.inference_mode():
                 if self._tokenizer is None:  # built once: a BPE tokenizer takes ~0.3 s to build
