@@ -66,7 +66,10 @@ def parse_memory(value: int | str | None) -> int:
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
     if not match or match.group(2).lower() not in _UNITS or float(match.group(1)) <= 0:
         raise UsageError(f"--memory-budget must be a positive size such as 4GB, 512MB or 1073741824; got {value!r}")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if size < 1:
+        raise UsageError(f"--memory-budget must be at least 1 byte; got {value!r} ({size} bytes)")
+    return size
 
 
 def estimate_bytes(kind: str, rows: int, dim: int, code_size: int = 64) -> int:

@@ -159,7 +159,7 @@ def limits_from_args(args: argparse.Namespace) -> ServiceLimits:
         raise UsageError(f"--max-k must be >= 1; got {args.max_k}")
     request_bytes = int(args.max_request_mb * 1024 * 1024)
     return ServiceLimits(max_request_bytes=request_bytes, max_image_bytes=min(request_bytes, 10 * 1024 * 1024),
-                         max_image_pixels=int(args.max_image_megapixels * 1_000_000), max_k=args.max_k)
+                         max_image_pixels=max(1, round(args.max_image_megapixels * 1_000_000)), max_k=args.max_k)
 
 
 def run(args: argparse.Namespace) -> int:
