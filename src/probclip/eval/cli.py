@@ -18,6 +18,7 @@ from ..cli import run_command
 from ..devices import check_device
 from ..errors import InputError, ProbclipError, UsageError
 from ..limits import current_limits, set_limits
+from ..terminal import printable
 from ..textfiles import read_text_file
 from .bprw import BPRWSettings
 from .eccv import evaluate_eccv
@@ -171,8 +172,8 @@ def _eval_command(argv: list[str]) -> int:
         if args.suite is not None:
             summary = run_suite_from_args(args)
             out = args.out or Path(f"eval-{args.suite}")
-            print(suite_markdown(summary))
-            print(f"suite: {out / 'suite.json'}, {out / 'suite.md'}, {out / 'report.html'}")
+            print(printable(suite_markdown(summary), keep_newlines=True))
+            print(printable(f"suite: {out / 'suite.json'}, {out / 'suite.md'}, {out / 'report.html'}"))
             return 0
         results = run(args)
         out = args.out or Path(f"eval-{args.task}")
@@ -184,7 +185,7 @@ def _eval_command(argv: list[str]) -> int:
     finally:
         set_limits(previous)
     print(_summary(results))
-    print(f"results: {out / 'results.json'}, report: {out / 'report.html'}")
+    print(printable(f"results: {out / 'results.json'}, report: {out / 'report.html'}"))
     return 0
 
 

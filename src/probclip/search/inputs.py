@@ -31,6 +31,7 @@ from ..data.captions import CaptionError, parse_caption_payload
 from ..data.webdataset import ShardError, iter_tar_records
 from ..errors import InputError, UsageError
 from ..eval.readers import IMAGE_EXTENSIONS, SHARD_IMAGE_KEYS, ImageItem
+from ..terminal import printable
 
 __all__ = ["CollectionInputs", "TextInput", "list_inputs", "image_source"]
 
@@ -58,6 +59,12 @@ def image_source(item: ImageItem) -> str:
 
 
 def _add(out: CollectionInputs, seen_images: dict, seen_texts: set, item: ImageItem | None, captions: list[str]):
+    if item is not None:
+        try:
+            item.key.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise InputError(f"the file name '{printable(item.key)}' is not valid UTF-8 (a byte that is not is shown "
+                             "as \\udcXX); a collection stores names as UTF-8 text: rename the file") from err
     if item is not None and item.key not in seen_images:
         seen_images[item.key] = len(out.images)
         out.images.append(item)
