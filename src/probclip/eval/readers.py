@@ -37,7 +37,7 @@ import torch
 
 from ..data.captions import CaptionError, parse_caption_payload
 from ..data.samples import SampleError
-from ..data.webdataset import MemberSpan, iter_shard_records, sample_member_keys
+from ..data.webdataset import MemberSpan, check_shard_numbering, iter_shard_records, sample_member_keys
 from ..errors import InputError
 from ..image_decoding import decode_image
 from ..limits import check_member_size
@@ -225,6 +225,7 @@ def _shards(root: Path, split: str | None) -> list[Path]:
         if directory.is_dir():
             shards = sorted(directory.glob("*.tar"))
             if shards:
+                check_shard_numbering(shards)
                 return shards
     where = " or ".join(repr(str(c)) for c in candidates)
     raise FileNotFoundError(f"no .tar shards found in {where}")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.captions import CaptionError, parse_caption_payload
-from ..data.webdataset import ShardError, iter_tar_records
+from ..data.webdataset import ShardError, check_shard_numbering, iter_tar_records
 from ..errors import InputError, UsageError
 from ..eval.readers import IMAGE_EXTENSIONS, SHARD_IMAGE_KEYS, ImageItem
 from ..terminal import printable
@@ -173,6 +173,7 @@ def list_inputs(data: str | Path, *, image_root: str | Path | None = None,
     suffix = path.suffix.lower()
     if path.is_dir():
         shards = sorted(path.glob("*.tar"))
+        check_shard_numbering(shards)
         if shards:
             _list_shards(shards, out, seen_images, seen_texts)
         else:

@@ -128,7 +128,8 @@ class SearchIndex:
 
     def changed(self) -> str | None:
         """Why the collection on disk is no longer the one loaded (its manifest was removed, or rewritten with other
-        content: re-embedded or re-indexed in place), or None while it is the same. One ``stat`` when unchanged."""
+        content: re-embedded or re-indexed in place), or None while it is the same. One ``stat`` when unchanged.
+        The reason names no path (a service sends it to its clients)."""
         if self._manifest_state is None:
             return None
         path = self.root / MANIFEST_NAME
@@ -136,14 +137,14 @@ class SearchIndex:
         if state == self._manifest_state:
             return None
         if state is None:
-            return f"{path} was removed (the collection is being embedded again, or was deleted)"
+            return f"its {MANIFEST_NAME} was removed (the collection is being embedded again, or was deleted)"
         try:
             current = read_manifest(self.root)
-        except InputError as err:
-            return f"{path} changed and cannot be read now ({err})"
+        except InputError:
+            return f"its {MANIFEST_NAME} changed and cannot be read now"
         if current != self.manifest:
             changed = sorted(k for k in set(current) | set(self.manifest) if current.get(k) != self.manifest.get(k))
-            return f"{path} was rewritten since it was loaded (changed: {', '.join(changed)})"
+            return f"its {MANIFEST_NAME} was rewritten (changed: {', '.join(changed)})"
         self._manifest_state = state  # rewritten with the same content
         return None
 
