@@ -204,6 +204,7 @@ TAMPERED = [
     ("index-outside", lambda m: m["indexes"]["image"].update(file="../other/index/image.flat.faiss"),
      "lies outside the collection"),
     ("index-unknown-modality", lambda m: m["indexes"].update(text=m["indexes"]["image"]), "a key of indexes"),
+    ("index-fingerprints-list", lambda m: m["indexes"]["image"].update(fingerprints=[]), "fingerprints is 'list'"),
 ]
 
 
@@ -216,6 +217,15 @@ def test_a_tampered_manifest_value_is_named(tmp_path, edit, named):
     _edit(path, edit)
     with pytest.raises(InputError, match=named):
         SearchIndex.load(path, "image")
+
+
+def test_a_deeply_nested_manifest_is_one_line(tmp_path, capsys):
+    path, _, _ = make_collection(tmp_path / "c", n=20)
+    text = (path / "manifest.json").read_text()
+    (path / "manifest.json").write_text(text[:-2] + ', "nested": ' + "[" * 100000 + "]" * 100000 + "}")
+    code = main(["index", str(path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "manifest.json is not valid JSON" in err, err
 
 
 def test_a_symbolic_link_out_of_the_collection_is_refused(tmp_path):

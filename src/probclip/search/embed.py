@@ -5,7 +5,9 @@ of ``shard_rows`` rows per modality; shard ``s`` belongs to rank ``s % world_siz
 on the number of processes. A shard is written to temporary files, renamed into place, and only then marked done
 (``.progress/<modality>_<s>.json``): a run killed at any moment and started again with the same command redoes
 only the unfinished shards, and its output equals an uninterrupted run's. Rank 0 then merges the per-shard
-records into ``manifest.json`` (row offsets, counts, skipped inputs).
+records into ``manifest.json`` (row offsets, counts, skipped inputs). The job (data, options, the model's and the
+inputs' fingerprints) is recorded first: a run or resume whose job differs from the one in the folder is refused
+unless ``overwrite`` (:mod:`probclip.search.job`), so a finished collection never changes in silence.
 
 Unreadable images are skipped, counted and named (``manifest.json: modalities.image.skipped``); their batch
 slot is filled with zeros so that every batch has the same composition in every run.

@@ -105,8 +105,6 @@ def prepare_output(out: Path, job: dict, digests: dict, inputs, overwrite: bool)
             raise UsageError(f"--out {str(out)!r} holds a different embedding job (differs in {diff}): {where}, "
                              f"{_difference(out, before, job, digests, inputs)}; give --overwrite to replace it, or "
                              "another --out")
-        if before == job:
-            return  # the same run, resumed: its digests and job record are in place
     out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / PROGRESS_DIR / "job.json", job)  # first: a run killed between the two resumes
     write_digests(out, digests)
-    write_json_atomic(out / PROGRESS_DIR / "job.json", job)

@@ -213,6 +213,7 @@ def check_manifest(root: str | Path, manifest: dict) -> dict:
                     raise _bad(path, f"indexes.{modality}.{field}", entry.get(field), "a non-empty string")
         for key in files:
             collection_file(root, entry[key], f"indexes.{modality}.{key}")
+        _mapping(path, f"indexes.{modality}.fingerprints", entry.get("fingerprints", {}))
     return manifest
 
 
