@@ -348,3 +348,19 @@ def test_a_served_collection_rebuilt_in_place_is_refused_with_503(tmp_path, mode
         shutil.rmtree(out / ".progress")
         (out / "manifest.json").unlink()
         assert "manifest.json was removed" in client.post("/search", json=body).json()["detail"]
+
+
+def test_a_quickstart_collection_follows_its_quickstart_model(tmp_path, models):
+    from probclip.search import prepare_quickstart_collection
+
+    shutil.copytree(models[0], tmp_path / "q" / "model")
+    collection = prepare_quickstart_collection(tmp_path / "q", progress=False)
+    first = read_manifest(collection)["model"]["fingerprint"]
+    assert prepare_quickstart_collection(tmp_path / "q", progress=False) == collection  # idempotent
+    shutil.rmtree(tmp_path / "q" / "model")
+    shutil.copytree(models[1], tmp_path / "q" / "model")  # the quickstart was run again: a new model
+    prepare_quickstart_collection(tmp_path / "q", progress=False)
+    manifest = read_manifest(collection)
+    assert manifest["model"]["fingerprint"] != first
+    index = SearchIndex.load(collection, "image")
+    assert len(index.search(index.encode("a red circle"), k=3)[0]) == 3  # the new model encodes its queries
