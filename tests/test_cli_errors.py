@@ -291,6 +291,116 @@ def setup_long_image(tmp: Path) -> None:
            + chunk(b"IDAT", zlib.compress(b"\x00" * 100_001, 9)) + chunk(b"IEND", b""))
 
 
+# set-ups of a finished or unfinished collection met again, tampered, or written by another job
+def _edit_manifest(path: Path, edit) -> None:
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def setup_collection_without_progress_and_other_model(tmp: Path) -> None:
+    setup_collection(tmp)
+    import shutil
+
+    shutil.rmtree(tmp / "c" / ".progress")  # copied without its progress folder
+    _tiny_model_dir(tmp / "model2")  # other random weights
+
+
+def setup_collection_then_new_captions(tmp: Path) -> None:
+    setup_collection(tmp)
+    _write(tmp / "captions.txt", "a green triangle\na blue circle\n")
+
+
+def setup_killed_run_then_new_captions(tmp: Path) -> None:
+    setup_collection_then_new_captions(tmp)
+    (tmp / "c" / "manifest.json").unlink()  # what a run killed before its end leaves
+
+
+def setup_corrupt_manifest(tmp: Path) -> None:
+    setup_collection(tmp)
+    _write(tmp / "c" / "manifest.json", '{"format": "probclip-collection", ')
+
+
+def setup_corrupt_job(tmp: Path) -> None:
+    setup_collection(tmp)
+    (tmp / "c" / "manifest.json").unlink()
+    _write(tmp / "c" / ".progress" / "job.json", "{")
+
+
+def setup_corrupt_shard_record(tmp: Path) -> None:
+    setup_collection(tmp)
+    (tmp / "c" / "manifest.json").unlink()
+    _write(tmp / "c" / ".progress" / "text_0.json", "{")
+
+
+def setup_out_holds_other_files(tmp: Path) -> None:
+    setup_captions(tmp)
+    _write(tmp / "notes" / "todo.txt", "keep me")
+
+
+def setup_non_utf8_file_name(tmp: Path) -> None:
+    setup_model_dir(tmp)
+    _png(tmp / "data" / "0.png")
+    os.rename(tmp / "data" / "0.png", os.fsencode(tmp / "data") + b"/caf\xe9.png")
+
+
+def setup_tampered_rows(tmp: Path) -> None:
+    setup_collection(tmp)
+    _edit_manifest(tmp / "c" / "manifest.json", lambda m: m["modalities"]["text"].update(rows="many"))
+
+
+def setup_index_folder_is_a_file(tmp: Path) -> None:
+    setup_collection(tmp)
+    _write(tmp / "c" / "index", "not a folder")
+
+
+def setup_tampered_dtype(tmp: Path) -> None:
+    setup_indexed_collection(tmp)
+    _edit_manifest(tmp / "c" / "manifest.json", lambda m: m.update(dtype="int8"))
+
+
+def setup_index_file_outside(tmp: Path) -> None:
+    setup_indexed_collection(tmp)
+    _edit_manifest(tmp / "c" / "manifest.json", lambda m: m["indexes"]["text"].update(file="../elsewhere.faiss"))
+
+
+def setup_foreign_index(tmp: Path) -> None:
+    """The index file of another collection of the same row count, put in place of the collection's own."""
+    from probclip.search import build_index, embed_collection
+
+    setup_indexed_collection(tmp)
+    _write(tmp / "other.txt", "a yellow star\na grey moon\n")
+    embed_collection(str(tmp / "model"), tmp / "other.txt", tmp / "c2", num_workers=0, progress=False)
+    build_index(tmp / "c2", kind="flat", progress=False)
+    _write(tmp / "c" / "index" / "text.flat.faiss", (tmp / "c2" / "index" / "text.flat.faiss").read_bytes())
+
+
+def setup_truncated_index(tmp: Path) -> None:
+    setup_indexed_collection(tmp)
+    path = tmp / "c" / "index" / "text.flat.faiss"
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def setup_truncated_metadata(tmp: Path) -> None:
+    setup_indexed_collection(tmp)
+    path = tmp / "c" / "metadata" / "text_metadata_0.parquet"
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def setup_eval_out_not_empty(tmp: Path) -> None:
+    setup_model_dir(tmp)
+    (tmp / "data").mkdir()
+    _write(tmp / "out" / "results.json", "{}")
+
+
+def setup_suite_missing_middle_shard(tmp: Path) -> None:
+    from suite_fixtures import build_benchmark_classification
+
+    setup_model_dir(tmp)
+    build_benchmark_classification(tmp / "root" / "wds_cifar10", n_shards=3, nshards_file=False)
+    (tmp / "root" / "wds_cifar10" / "test" / "1.tar").unlink()
+
+
 # ------------------------------------------------------------------------------------------------------ the table
 EMBED = ["embed", "--model", "{tmp}/model", "--out", "{tmp}/c"]
 SEARCH = ["search", "{tmp}/c", "--modality", "text"]
@@ -472,6 +582,47 @@ CASES = [
     ("quickstart-steps-zero", ["quickstart", "--out", "{tmp}/q", "--steps", "0"], None, 2, "--steps"),
     ("quickstart-minutes-inf", ["quickstart", "--out", "{tmp}/q", "--minutes", "inf"], None, 2, "--minutes"),
     ("quickstart-minutes-text", ["quickstart", "--out", "{tmp}/q", "--minutes", "soon"], None, 2, "'soon'"),
+]
+
+#: Collections made immutable, files the manifest names, eval outputs never mixed, control characters escaped.
+CASES += [
+    ("embed-other-model-no-progress", ["embed", "--model", "{tmp}/model2", "--data", "{tmp}/captions.txt", "--out",
+                                       "{tmp}/c"], setup_collection_without_progress_and_other_model, 2,
+     "embedded with another model"),
+    ("embed-data-changed", [*EMBED, "--data", "{tmp}/captions.txt"], setup_collection_then_new_captions, 2,
+     "text row 0 ('a green triangle') changed since the collection was embedded"),
+    ("embed-resume-data-changed", [*EMBED, "--data", "{tmp}/captions.txt"], setup_killed_run_then_new_captions, 2,
+     "an unfinished embedding run, text row 0"),
+    ("embed-corrupt-manifest", [*EMBED, "--data", "{tmp}/captions.txt"], setup_corrupt_manifest, 1,
+     "{tmp}/c/manifest.json (the collection's manifest) is not valid JSON"),
+    ("embed-corrupt-job", [*EMBED, "--data", "{tmp}/captions.txt"], setup_corrupt_job, 1, "{tmp}/c/.progress/job.json"),
+    ("embed-corrupt-shard-record", [*EMBED, "--data", "{tmp}/captions.txt", "--no-progress"],
+     setup_corrupt_shard_record, 1,
+     "text_0.json is not a valid shard record"),
+    ("embed-out-holds-other-files", ["embed", "--model", "{tmp}/model", "--data", "{tmp}/captions.txt", "--out",
+                                     "{tmp}/notes"], setup_out_holds_other_files, 2, "'todo.txt'"),
+    ("embed-non-utf8-file-name", [*EMBED, "--data", "{tmp}/data"], setup_non_utf8_file_name, 1,
+     "caf\\udce9.png' is not valid UTF-8"),
+    ("index-tampered-rows", ["index", "{tmp}/c"], setup_tampered_rows, 1, "modalities.text.rows is 'many'"),
+    ("index-cannot-write", ["index", "{tmp}/c"], setup_index_folder_is_a_file, 1,
+     "cannot write in the collection folder '{tmp}/c/index'"),
+    ("search-tampered-dtype", [*SEARCH, "--text", "a"], setup_tampered_dtype, 1, "dtype is 'int8'"),
+    ("search-index-file-outside", [*SEARCH, "--text", "a"], setup_index_file_outside, 1,
+     "'../elsewhere.faiss' lies outside the collection"),
+    ("search-foreign-index", [*SEARCH, "--text", "a"], setup_foreign_index, 1,
+     "text.flat.faiss is not the file `probclip index` wrote for this collection"),
+    ("search-truncated-index", [*SEARCH, "--text", "a"], setup_truncated_index, 1, "text.flat.faiss"),
+    ("search-truncated-metadata", [*SEARCH, "--text", "a"], setup_truncated_metadata, 1,
+     "text_metadata_0.parquet is truncated or corrupt"),
+    ("search-control-characters", ["search", "{tmp}/absent\x1b]0;title\x07", "--text", "a"], None, 1,
+     "absent\\x1b]0;title\\x07"),
+    ("eval-out-not-empty", ["eval", "--model", "{tmp}/model", "--task", "zeroshot", "--data", "{tmp}/data", "--out",
+                            "{tmp}/out"], setup_eval_out_not_empty, 2, "give --overwrite"),
+    ("eval-suite-out-not-empty", ["eval", "--model", "m", "--suite", "datacomp", "--data-root", "{tmp}", "--out",
+                                  "{tmp}/out"], setup_eval_out_not_empty, 2, "['results.json']"),
+    ("eval-missing-middle-shard", ["eval", "--model", "{tmp}/model", "--suite", "datacomp", "--data-root",
+                                   "{tmp}/root", "--tasks", "cifar10", "--out", "{tmp}/out", "--no-progress"],
+     setup_suite_missing_middle_shard, 1, "['1.tar']"),
 ]
 
 

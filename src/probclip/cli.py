@@ -6,8 +6,8 @@ dispatcher imports it only when it is asked for, so ``probclip --help`` stays fa
 
 Error policy (:func:`run_command`): a user error (:class:`~probclip.errors.ProbclipError`, an argparse error,
 an ``OSError`` such as a missing file, a full disk or a denied permission) ends the command with ONE line on
-stderr, ``probclip <command>: <message>``, and exit status 2 (usage, configuration) or 1 (data, runtime); warnings
-are printed in one line too.
+stderr, ``probclip <command>: <message>`` (control characters escaped), and exit status 2 (usage, configuration)
+or 1 (data, runtime); warnings are printed in one line too.
 Anything else is a bug in probclip: reported as an internal error with its traceback, exit status 70.
 ``--debug`` (anywhere on the command line) or ``PROBCLIP_DEBUG=1`` prints the traceback of every error.
 """
@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 from .errors import ProbclipError, UsageError
+from .terminal import printable
 
 __all__ = ["SUBCOMMANDS", "INTERNAL_ERROR", "main", "run_command", "debug_requested"]
 
@@ -87,7 +88,8 @@ def _one_line_reports(prefix: str) -> Iterator[None]:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split()) or "(no message)"
+    """The message on one line, its control characters escaped (a file name or caption can hold any)."""
+    return printable(" ".join(str(text).split())) or "(no message)"
 
 
 _GENERIC = ("ProbclipError", "UsageError", "InputError")

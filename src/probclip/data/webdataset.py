@@ -20,6 +20,7 @@ import re
 import tarfile
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import braceexpand
 
@@ -32,6 +33,7 @@ __all__ = [
     "BAD_SHARD_KEY",
     "MemberSpan",
     "ShardError",
+    "check_shard_numbering",
     "expand_shard_urls",
     "check_local_shards",
     "iter_tar_records",
@@ -96,6 +98,24 @@ def expand_shard_urls(paths: Sequence[str]) -> list[str]:
     if not urls:
         raise ShardError(f"no shard URLs in {list(paths)!r}")
     return urls
+
+
+def check_shard_numbering(shards: Sequence[os.PathLike | str], first: int | None = None) -> None:
+    """Raise ``ShardError`` naming the missing shards when the numbered shards of a folder listing
+    (``0.tar``, ``00007.tar``: names whose stem is a number) leave a gap between ``first`` (default: the lowest
+    number present) and the highest one: a shard lost in a copy must not shrink a data set in silence."""
+    numbers = sorted({int(Path(s).stem) for s in shards if Path(s).stem.isascii() and Path(s).stem.isdigit()})
+    if not numbers:
+        return
+    start = numbers[0] if first is None else first
+    missing = sorted(set(range(start, numbers[-1] + 1)) - set(numbers))
+    if missing:
+        folder = Path(shards[0]).parent
+        width = len(Path(next(s for s in shards if Path(s).stem.isdigit())).stem)
+        names = [f"{n:0{width}d}.tar" for n in missing[:5]]
+        raise ShardError(f"{len(missing)} numbered shard(s) are missing from {str(folder)!r} (shards {start} to "
+                         f"{numbers[-1]} expected), e.g. {names}; restore them, or list the shards to read in "
+                         "nshards.txt or by a pattern")
 
 
 def _is_local(url: str) -> bool:

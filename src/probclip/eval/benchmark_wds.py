@@ -12,8 +12,9 @@ DataComp's download script writes it)::
                                                  <key>.txt (captions, one per line) for retrieval
 
 As in CLIP_benchmark: shards are read in the order ``0..n-1`` given by ``nshards.txt`` (folders without
-it: every ``*.tar``, in numeric order of their names); a sample's image is its first member among
-``webp, png, jpg, jpeg``; a retrieval sample's captions are the lines of its ``.txt`` (``str.splitlines``).
+it: every ``*.tar``, in numeric order of their names, and a gap in the numbers is an error naming the missing
+shards); a sample's image is its first member among ``webp, png, jpg, jpeg``; a retrieval sample's captions are
+the lines of its ``.txt`` (``str.splitlines``).
 Shards are read by training's tar reader (``probclip.eval.readers.iter_shard_samples``): a sample without an image
 or a ``.cls`` / ``.txt`` member, and a shard that breaks off, are skipped and named in ``skipped`` like an image that
 cannot be decoded or a caption over the length limit (``skipped_captions``).
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.webdataset import check_shard_numbering
 from ..errors import InputError
 from ..limits import check_shard_count
 from ..textfiles import read_text_file
@@ -98,6 +100,7 @@ def list_shards(root: str | Path, split: str = "test") -> list[Path]:
     shards = sorted(folder.glob("*.tar"), key=_numeric_then_name)
     if not shards:
         raise InputError(f"no .tar shards in {str(folder)!r}")
+    check_shard_numbering(shards, first=0)  # CLIP_benchmark numbers a split's shards from 0
     return shards
 
 

@@ -18,6 +18,7 @@ from ..cli import run_command
 from ..devices import check_device
 from ..errors import InputError, ProbclipError, UsageError
 from ..limits import current_limits, set_limits
+from ..terminal import printable
 from ..textfiles import read_text_file
 from .bprw import BPRWSettings
 from .eccv import evaluate_eccv
@@ -25,6 +26,7 @@ from .encode import load_eval_model
 from .hierarcaps import evaluate_hierarcaps
 from .html_report import write_task_report
 from .options import EvalOptions
+from .output_folder import fresh_output_folder
 from .retrieval import evaluate_retrieval, evaluate_urban1k
 from .rococo import evaluate_rococo
 from .suite import locate_suite_data, run_suite, suite_markdown
@@ -44,7 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path,
                         help="data set: image folder / webdataset root (zeroshot), Karpathy JSON / CSV / webdataset "
                              "(retrieval, eccv, rococo), Urban-1k folder, HierarCaps CSV")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: ./eval-<task or suite>)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: ./eval-<task or suite>); written whole when the run succeeds, "
+                             "refused when not empty unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --out (the previous results are removed only once the run succeeded)")
     suite = parser.add_argument_group("suite")
     suite.add_argument("--suite", choices=("datacomp",), default=None,
                        help="run a benchmark suite's tasks from webdataset folders under --data-root")
@@ -92,10 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Run the task described by parsed ``args``; returns the results dict (also written to disk)."""
+def run(args: argparse.Namespace, out: Path | None = None) -> dict:
+    """Run the task described by parsed ``args``, writing into ``out`` (default ``args.out``); returns the results
+    dict (also written to disk)."""
 
-    out = args.out or Path(f"eval-{args.task}")
+    out = out or args.out or Path(f"eval-{args.task}")
     model = load_eval_model(args.model, device=args.device)
     options = EvalOptions(out_dir=out, image_root=args.image_root, split=args.split, batch_size=args.batch_size,
                           num_workers=args.workers, progress=not args.no_progress)
@@ -139,12 +146,13 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--data {str(args.data)!r} does not exist")
 
 
-def run_suite_from_args(args: argparse.Namespace) -> dict:
-    """Run ``--suite`` as described by parsed ``args``; returns the suite summary (also written to disk)."""
+def run_suite_from_args(args: argparse.Namespace, out: Path | None = None) -> dict:
+    """Run ``--suite`` as described by parsed ``args``, writing into ``out`` (default ``args.out``); returns the suite
+    summary (also written to disk)."""
     tasks = [t for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     locate_suite_data(args.data_root, args.suite, tasks, args.skip_missing)  # data errors before the model loads
     model = load_eval_model(args.model, device=args.device)
-    options = EvalOptions(out_dir=args.out or Path(f"eval-{args.suite}"), batch_size=args.batch_size,
+    options = EvalOptions(out_dir=out or args.out or Path(f"eval-{args.suite}"), batch_size=args.batch_size,
                           num_workers=args.workers, progress=not args.no_progress)
     return run_suite(model, args.data_root, options, suite=args.suite, tasks=tasks, skip_missing=args.skip_missing)
 
@@ -167,16 +175,18 @@ def _eval_command(argv: list[str]) -> int:
     if pixels < 1:
         raise UsageError(f"--max-image-pixels must be an integer >= 1; got {pixels}")
     previous = set_limits(current_limits(), max_image_pixels=pixels)
+    out = args.out or Path(f"eval-{args.suite or args.task}")
     try:
+        with fresh_output_folder(out, args.overwrite) as work:
+            if args.suite is not None:
+                summary = run_suite_from_args(args, work)
+            else:
+                results = run(args, work)
+                write_task_report(work, results)
         if args.suite is not None:
-            summary = run_suite_from_args(args)
-            out = args.out or Path(f"eval-{args.suite}")
-            print(suite_markdown(summary))
-            print(f"suite: {out / 'suite.json'}, {out / 'suite.md'}, {out / 'report.html'}")
+            print(printable(suite_markdown(summary), keep_newlines=True))
+            print(printable(f"suite: {out / 'suite.json'}, {out / 'suite.md'}, {out / 'report.html'}"))
             return 0
-        results = run(args)
-        out = args.out or Path(f"eval-{args.task}")
-        write_task_report(out, results)
     except ProbclipError:
         raise
     except ValueError as err:  # the readers and tasks report unusable data sets as ValueError
@@ -184,7 +194,7 @@ def _eval_command(argv: list[str]) -> int:
     finally:
         set_limits(previous)
     print(_summary(results))
-    print(f"results: {out / 'results.json'}, report: {out / 'report.html'}")
+    print(printable(f"results: {out / 'results.json'}, report: {out / 'report.html'}"))
     return 0
 
 

@@ -45,7 +45,7 @@ from ..data.listings import (
     read_karpathy_entries,
 )
 from ..data.samples import SampleError
-from ..data.webdataset import iter_shard_records, sample_member_keys
+from ..data.webdataset import check_shard_numbering, iter_shard_records, sample_member_keys
 from ..errors import InputError
 from ..limits import current_limits
 from ..textfiles import read_csv_table, read_text_file
@@ -196,6 +196,7 @@ def _shards(root: Path, split: str | None) -> list[Path]:
         if directory.is_dir():
             shards = sorted(directory.glob("*.tar"))
             if shards:
+                check_shard_numbering(shards)
                 return shards
     where = " or ".join(repr(str(c)) for c in candidates)
     raise FileNotFoundError(f"no .tar shards found in {where}")

@@ -5,7 +5,9 @@ of ``shard_rows`` rows per modality; shard ``s`` belongs to rank ``s % world_siz
 on the number of processes. A shard is written to temporary files, renamed into place, and only then marked done
 (``.progress/<modality>_<s>.json``): a run killed at any moment and started again with the same command redoes
 only the unfinished shards, and its output equals an uninterrupted run's. Rank 0 then merges the per-shard
-records into ``manifest.json`` (row offsets, counts, skipped inputs).
+records into ``manifest.json`` (row offsets, counts, skipped inputs). The job (data, options, the model's and the
+inputs' fingerprints) is recorded first: a run or resume whose job differs from the one in the folder is refused
+unless ``overwrite`` (:mod:`probclip.search.job`), so a finished collection never changes in silence.
 
 Unreadable images are skipped, counted and named (``manifest.json: modalities.image.skipped``); their batch
 slot is filled with zeros so that every batch has the same composition in every run.
@@ -13,7 +15,6 @@ slot is filled with zeros so that every batch has the same composition in every 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -30,11 +31,10 @@ from ..models import create_model_from_pretrained
 from ..tokenizers import get_tokenizer
 from ..train.distributed import barrier, init_distributed
 from ..transforms import image_transform
+from .input_digest import METHOD as INPUTS_METHOD
+from .input_digest import fingerprint, input_digests
 from .inputs import CollectionInputs, image_source, list_inputs
-from .layout import (
-    MANIFEST_NAME,
-    write_json_atomic,
-)
+from .job import finished_job, prepare_output, unfinished_job
 from .model_id import model_record
 from .writer import (
     PROGRESS_DIR,
@@ -168,22 +168,10 @@ def _embed_texts(model, inputs: CollectionInputs, out: Path, shards: list[int], 
                      [t.source for t in texts], [t.text for t in texts], [-1] * n, [-1] * n, [""] * n, dtype)
 
 
-def _check_job(out: Path, job: dict) -> None:
-    path = out / PROGRESS_DIR / "job.json"
-    if path.is_file():
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        if previous != job:
-            diff = sorted(k for k in set(job) | set(previous) if job.get(k) != previous.get(k))
-            raise UsageError(f"--out {str(out)!r} holds a different embedding job (differs in {diff}); use another "
-                             "--out, or delete the folder to start again")
-    else:
-        write_json_atomic(path, job)
-
-
 def embed_collection(model: nn.Module | str, data: str | Path, out_dir: str | Path, *, modality: str = "both",
                      batch_size: int = 64, num_workers: int | None = None, shard_rows: int = DEFAULT_SHARD_ROWS,
                      dtype: str = "float16", progress: bool = True, image_root: str | Path | None = None,
-                     split: str | None = None, model_source: str | None = None) -> Path:
+                     split: str | None = None, model_source: str | None = None, overwrite: bool = False) -> Path:
     """Embed the images and/or texts of ``data`` into the collection folder ``out_dir``; returns ``out_dir``.
 
     Args:
@@ -193,6 +181,8 @@ def embed_collection(model: nn.Module | str, data: str | Path, out_dir: str | Pa
         shard_rows: rows per shard file (per modality).
         dtype: storage dtype of means and log-variances, ``float16`` or ``float32`` (``u`` is always float32).
         model_source: where to reload ``model`` from (recorded in the manifest; set from ``model`` when a path).
+        overwrite: replace a collection made by a different job (other data, model or options) instead of refusing
+            to (see :mod:`probclip.search.job`).
     Under ``torchrun`` each rank embeds the shards ``s % world_size == rank``; rank 0 writes the manifest.
     """
     if modality not in MODALITY_CHOICES:
@@ -221,19 +211,18 @@ def embed_collection(model: nn.Module | str, data: str | Path, out_dir: str | Pa
                          f"{'text' if modality == 'image' else 'image'} or other data")
     counts = {m: n for m, n in counts.items() if n}
     record = model_record(model, model_source)
+    digests = input_digests(inputs, tuple(counts))
     job = {"data": str(Path(data).resolve()), "modality": modality, "shard_rows": shard_rows, "dtype": dtype,
            "model_fingerprint": record["fingerprint"], "split": split,
-           "image_root": None if image_root is None else str(Path(image_root).resolve()), "counts": counts}
-    if (out / MANIFEST_NAME).is_file():
-        manifest = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
-        if manifest.get("job") == job:
-            return out  # finished already (indexes built on it are kept)
+           "image_root": None if image_root is None else str(Path(image_root).resolve()), "counts": counts,
+           "inputs_fingerprint": fingerprint(digests)}
+    if not overwrite and finished_job(out) == job:
+        return out  # finished already (indexes built on it are kept)
     if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        _check_job(out, job)
+        prepare_output(out, job, digests, inputs, overwrite)
     barrier()
-    if not dist.is_main:
-        _check_job(out, job)
+    if not dist.is_main and unfinished_job(out) != job:
+        raise UsageError(f"--out {str(out)!r}: rank 0 recorded another job in {out / PROGRESS_DIR / 'job.json'}")
     ranges = {m: shard_ranges(n, shard_rows) for m, n in counts.items()}
     mine = {m: [s for s in range(len(r)) if s % dist.world_size == dist.rank and not shard_done(out, m, s)]
             for m, r in ranges.items()}
@@ -245,6 +234,8 @@ def embed_collection(model: nn.Module | str, data: str | Path, out_dir: str | Pa
             _embed_texts(model, inputs, out, mine["text"], ranges["text"], batch_size, dtype, bar)
     barrier()
     if dist.is_main:
-        merge_manifest(out, job, record, counts, shard_rows)
+        merge_manifest(out, job, record, counts, shard_rows,
+                       inputs={"method": INPUTS_METHOD, "fingerprint": job["inputs_fingerprint"],
+                               "rows": {m: int(d.size) for m, d in digests.items()}})
     barrier()
     return out

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from ..cli import run_command
+from ..terminal import printable
 from .embed import DEFAULT_SHARD_ROWS, DTYPES, MODALITY_CHOICES, default_num_workers, embed_collection
 from .layout import MANIFEST_NAME
 
@@ -36,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=DTYPES, default="float16", help="storage dtype (default float16)")
     parser.add_argument("--image-root", default=None, help="folder that CSV / Karpathy image paths are relative to")
     parser.add_argument("--split", default=None, help="Karpathy JSON split to embed (default: every split)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the collection in --out when it was made from other data, another model or "
+                             "other options (without it such a run is refused); rerun without it to resume")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -47,15 +51,16 @@ def _run(argv: list[str]) -> int:
     def body() -> int:
         out = embed_collection(args.model, args.data, args.out, modality=args.modality, batch_size=args.batch_size,
                                num_workers=args.num_workers, shard_rows=args.shard_rows, dtype=args.dtype,
-                               progress=not args.no_progress, image_root=args.image_root, split=args.split)
+                               progress=not args.no_progress, image_root=args.image_root, split=args.split,
+                               overwrite=args.overwrite)
         manifest_path = out / MANIFEST_NAME
         if manifest_path.is_file() and os.environ.get("RANK", "0") == "0":  # rank 0 reports for all
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
             for modality, info in manifest["modalities"].items():
                 print(f"{modality}: {info['rows']} rows in {len(info['shards'])} shards, {info['skipped']} skipped")
                 for skipped in info["skipped_inputs"][:5]:
-                    print(f"  skipped {skipped['source']}: {skipped['error']}")
-            print(f"collection: {out}")
+                    print(printable(f"  skipped {skipped['source']}: {skipped['error']}"))
+            print(printable(f"collection: {out}"))
         return 0
 
     return body()

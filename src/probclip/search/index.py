@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import InputError, UsageError
-from .layout import MODALITIES, StoredRows, read_manifest, write_manifest
+from .layout import INDEX_FILE_KEYS, MODALITIES, StoredRows, file_fingerprint, read_manifest, write_manifest
 from .milvus import build_milvus
 from .vectors import augment_gallery, inclusion_item_features
 
@@ -177,7 +177,10 @@ def _build_csd(stored: StoredRows, kind: str, path: Path, code_size: int, bar) -
         index.add(vectors)
         bar.update(mean.shape[0])
     tmp = path.with_name(path.name + ".tmp")
-    faiss.write_index(index, str(tmp))
+    try:
+        faiss.write_index(index, str(tmp))
+    except RuntimeError as err:  # FAISS reports a file it cannot write as a RuntimeError
+        raise InputError(f"cannot write the index file {tmp}: {str(err).splitlines()[-1][:200]}") from err
     os.replace(tmp, path)
     return params
 
@@ -219,14 +222,14 @@ def build_index(collection_dir: str | Path, *, kind: str = "auto", memory_budget
     if not present:
         raise InputError(f"collection {str(root)!r} is empty: no image or text rows to index")
     index_dir = root / "index"
-    index_dir.mkdir(exist_ok=True)
+    _check_writable(root, index_dir)
     for modality in present:
         stored = StoredRows(root, manifest, modality)
         stored.check_files()
         entry: dict = {"backend": backend}
         with tqdm(total=stored.rows, desc=f"indexing {modality}", unit="row", disable=not progress) as bar:
             if backend == "milvus":
-                entry.update(build_milvus(stored, uri, root.name, modality))
+                entry.update(build_milvus(stored, uri, root, modality))
                 entry["kind"] = "milvus"
             else:
                 chosen, code = (kind, 0) if kind != "auto" else choose_kind(stored.rows, stored.dim, budget)
@@ -242,11 +245,27 @@ def build_index(collection_dir: str | Path, *, kind: str = "auto", memory_budget
             _build_inclusion(stored, incl, variance)
             entry.update(inclusion_file=str(incl.relative_to(root)), mean_variance_file=str(variance.relative_to(root)))
         entry["rows"] = stored.rows
+        entry["fingerprints"] = {key: file_fingerprint(root / entry[key]) for key in INDEX_FILE_KEYS if key in entry}
         manifest = read_manifest(root)
         manifest.setdefault("indexes", {})[modality] = entry
         write_manifest(root, manifest)
         _remove_stale_files(root, index_dir, modality, entry)
     return root
+
+
+def _check_writable(root: Path, index_dir: Path) -> None:
+    """Create ``index_dir`` and a file in it and in ``root``; ``InputError`` naming the folder when that fails (a
+    read-only collection: copy it somewhere writable to index it)."""
+    for folder in (root, index_dir):
+        try:
+            folder.mkdir(exist_ok=True)
+            probe = folder / ".probclip-write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise InputError(f"cannot write in the collection folder {str(folder)!r} ({err.strerror or err}): "
+                             "`probclip index` writes the index files and the manifest there; copy the collection "
+                             "to a writable place, or make it writable") from err
 
 
 def _remove_stale_files(root: Path, index_dir: Path, modality: str, entry: dict) -> None:

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from ..cli import run_command
+from ..terminal import printable
 from .index import BACKENDS, KINDS, build_index
 from .layout import read_manifest
 
@@ -40,7 +41,7 @@ def _run(argv: list[str]) -> int:
                            uri=args.uri, progress=not args.no_progress, inclusion=not args.no_inclusion)
         for modality, entry in read_manifest(root)["indexes"].items():
             where = entry.get("file") or f"{entry.get('uri')} ({entry.get('collection')})"
-            print(f"{modality}: {entry['kind']} index of {entry['rows']} rows: {where}")
+            print(printable(f"{modality}: {entry['kind']} index of {entry['rows']} rows: {where}"))
         return 0
 
     return body()

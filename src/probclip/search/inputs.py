@@ -37,9 +37,10 @@ from ..data.listings import (
     read_caption_table,
     read_karpathy_entries,
 )
-from ..data.webdataset import ShardError, iter_tar_records
+from ..data.webdataset import ShardError, check_shard_numbering, iter_tar_records
 from ..errors import InputError, UsageError
 from ..limits import LimitExceededError, check_caption_length, current_limits, read_bounded
+from ..terminal import printable
 
 __all__ = ["CollectionInputs", "TextInput", "list_inputs", "image_source"]
 
@@ -70,6 +71,12 @@ def image_source(item: ImageItem) -> str:
 
 def _add(out: CollectionInputs, seen_images: dict, seen_texts: set, item: ImageItem | None, captions: list[str],
          where: str = ""):
+    if item is not None:
+        try:
+            item.key.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise InputError(f"the file name '{printable(item.key)}' is not valid UTF-8 (a byte that is not is shown "
+                             "as \\udcXX); a collection stores names as UTF-8 text: rename the file") from err
     kept = []
     for caption in captions:
         try:
@@ -172,6 +179,7 @@ def list_inputs(data: str | Path, *, image_root: str | Path | None = None,
     suffix = path.suffix.lower()
     if path.is_dir():
         shards = sorted(path.glob("*.tar"))
+        check_shard_numbering(shards)
         if shards:
             _list_shards(shards, out, seen_images, seen_texts)
         else:

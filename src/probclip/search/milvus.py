@@ -7,8 +7,10 @@ probclip[milvus]``) or a server / cluster address (``http://host:19530``; a toke
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -35,19 +37,24 @@ def connect(uri: str):
         raise UsageError(f"cannot connect to Milvus at --uri {uri!r}: {str(err).splitlines()[0][:200]}") from err
 
 
-def collection_name(folder: str, modality: str) -> str:
-    """A valid Milvus collection name for a collection folder and modality (letters, digits, underscores)."""
-    base = re.sub(r"[^0-9A-Za-z_]", "_", f"probclip_{folder}_{modality}")
-    return base[:255]
+def collection_name(root: str | Path, modality: str) -> str:
+    """A valid Milvus collection name (letters, digits, underscores) for a collection folder and modality, unique
+    per folder: ``probclip_<folder name>_<modality>_<first 12 hex digits of the SHA-256 of its absolute path>``, so
+    that two collections with the same folder name never share a Milvus collection."""
+    root = Path(root).resolve()
+    tag = hashlib.sha256(str(root).encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    base = re.sub(r"[^0-9A-Za-z_]", "_", f"probclip_{root.name}"[:200])
+    return f"{base}_{modality}_{tag}"
 
 
-def build_milvus(stored: StoredRows, uri: str, folder: str, modality: str) -> dict:
-    """(Re)create the Milvus collection of one modality and insert ``[mu, sqrt(u)]``; returns the manifest entry."""
+def build_milvus(stored: StoredRows, uri: str, root: str | Path, modality: str) -> dict:
+    """(Re)create the Milvus collection of one modality of the collection at ``root`` and insert ``[mu, sqrt(u)]``;
+    returns the manifest entry."""
     from pymilvus import DataType  # optional dependency (checked by connect)
 
 
     client = connect(uri)
-    name = collection_name(folder, modality)
+    name = collection_name(root, modality)
     if client.has_collection(name):
         client.drop_collection(name)
     schema = client.create_schema(auto_id=False, enable_dynamic_field=False)

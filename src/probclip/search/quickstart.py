@@ -12,9 +12,11 @@ from pathlib import Path
 from ..errors import InputError
 from ..synthetic.evaluation import draw_scenes
 from ..synthetic.world import render_scene
-from .embed import embed_collection
+from .embed import embed_collection, load_model
 from .index import build_index
+from .job import finished_job, unfinished_job
 from .layout import MANIFEST_NAME, read_manifest
+from .model_id import model_fingerprint
 
 __all__ = ["QUICKSTART_SCENES", "prepare_quickstart_collection", "write_synthetic_test_split"]
 
@@ -62,7 +64,8 @@ def prepare_quickstart_collection(quickstart_dir: str | Path, *, progress: bool 
 
     Given the folder ``probclip quickstart --out DIR`` wrote (``DIR/model`` holds the trained model), writes the
     synthetic world's test split to ``DIR/search-data`` (the quickstart's seed), embeds it with ``DIR/model`` and
-    builds flat indexes for images and captions; each step is skipped when already done.
+    builds flat indexes for images and captions; each step is skipped when already done. A collection embedded with
+    an earlier quickstart model (the quickstart was run again) is embedded again.
     """
     root = Path(quickstart_dir)
     model_dir = root / "model"
@@ -70,12 +73,20 @@ def prepare_quickstart_collection(quickstart_dir: str | Path, *, progress: bool 
         raise InputError(f"{str(root)!r} holds no quickstart model ({model_dir}/config.json is missing); run "
                          f"`probclip quickstart --out {root}` first")
     collection = root / "collection"
+    model, source = load_model(str(model_dir))
+    fingerprint = model_fingerprint(model)
     if (collection / MANIFEST_NAME).is_file():
         manifest = read_manifest(collection)
         rows = {m: v.get("rows") for m, v in manifest.get("modalities", {}).items()}
-        if rows and all(manifest.get("indexes", {}).get(m, {}).get("rows") == n for m, n in rows.items()):
+        if (rows and all(manifest.get("indexes", {}).get(m, {}).get("rows") == n for m, n in rows.items())
+                and manifest["model"]["fingerprint"] == fingerprint):
             return collection
     data = write_synthetic_test_split(root / "search-data", seed=_quickstart_seed(root))
-    embed_collection(str(model_dir), data, collection, num_workers=0, batch_size=100, progress=progress)
+    # derived from the quickstart folder alone: a collection (or unfinished run) of an earlier quickstart model is
+    # replaced, not refused
+    recorded = finished_job(collection) or unfinished_job(collection) or {}
+    stale = recorded.get("model_fingerprint", fingerprint) != fingerprint
+    embed_collection(model, data, collection, num_workers=0, batch_size=100, progress=progress, model_source=source,
+                     overwrite=stale)
     build_index(collection, kind="flat", progress=progress)
     return collection

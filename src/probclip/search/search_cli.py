@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from ..cli import run_command
 from ..errors import InputError, UsageError
+from ..terminal import printable
 from ..transforms import ImageLoadError, load_image
 from .layout import MODALITIES
 from .results import SCORES, SearchResults
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def format_table(results: SearchResults, query_u: float | None = None) -> str:
-    """A readable table: rank, score, uncertainty u, caption or source."""
+    """A readable table: rank, score, uncertainty u, caption or source (control characters escaped)."""
     arrow = "higher is better" if results.higher_is_better else "lower is closer"
     how = "exact" if results.exact else "approximate candidates, exact re-rank"
     lines = [f"score: {results.score} ({arrow}; {how})"]
@@ -58,7 +59,7 @@ def format_table(results: SearchResults, query_u: float | None = None) -> str:
         source = meta.get("source") or ""
         if meta.get("caption") and source and meta.get("offset", -1) == -1 and "/" in source:
             label = f"{meta['caption']}  [{meta['source'].rsplit('/', 1)[-1]}]"
-        lines.append(f"{rank:>4}  {score:>10.4f}  {u:>9.4g}  {label}")
+        lines.append(f"{rank:>4}  {score:>10.4f}  {u:>9.4g}  {printable(label)}")
     if not len(results):
         lines.append("(no item qualifies)")
     return "\n".join(lines)
@@ -88,7 +89,7 @@ def _run(argv: list[str]) -> int:
         if args.json:
             print(json.dumps({"index": index.name, "query_u": query_u, **results.to_dict()}, indent=2))
         else:
-            print(f"{index.name}: {index.rows} rows, {index.kind} index, model {index.model_name}")
+            print(printable(f"{index.name}: {index.rows} rows, {index.kind} index, model {index.model_name}"))
             print(format_table(results, query_u))
         return 0
 

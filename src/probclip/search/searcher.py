@@ -32,7 +32,15 @@ from ..tokenizers import get_tokenizer
 from ..transforms import ToRGB, image_transform
 from .checks import check_query_embedding, check_search_options
 from .embed import load_model
-from .layout import StoredRows, check_modality, read_manifest
+from .layout import (
+    INDEX_FILE_KEYS,
+    MANIFEST_NAME,
+    StoredRows,
+    check_modality,
+    collection_file,
+    file_fingerprint,
+    read_manifest,
+)
 from .milvus import MilvusSearcher
 from .model_id import model_fingerprint
 from .results import HIGHER_IS_BETTER, SCORES, SearchResults
@@ -58,6 +66,15 @@ DEEPEN_LIMIT = 64
 SCAN_ROWS = 65536
 
 
+def _file_state(path: Path) -> tuple | None:
+    """``(inode, size, mtime_ns)`` of ``path``, or None when it is missing."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 def _top(scores: np.ndarray, ids: np.ndarray, k: int, higher: bool) -> tuple[np.ndarray, np.ndarray]:
     """The best ``k`` of ``(scores, ids)``, ties broken by the smaller row id."""
     order = np.lexsort((ids, -scores if higher else scores))[:k]
@@ -71,8 +88,9 @@ class SearchIndex:
     ``ivfpq``, ``milvus``), ``exact`` (True when the CSD ranking is exact), ``model_name``, ``model_fingerprint``.
     """
 
-    def __init__(self, root: Path, manifest: dict, modality: str, model=None):
+    def __init__(self, root: Path, manifest: dict, modality: str, model=None, manifest_state: tuple | None = None):
         self.root, self.manifest, self.modality = root, manifest, modality
+        self._manifest_state = manifest_state
         self.stored = StoredRows(root, manifest, modality)
         entry = manifest.get("indexes", {}).get(modality)
         if not entry:
@@ -96,6 +114,10 @@ class SearchIndex:
         self._u_order = None
         self._milvus = None
         self._tokenizer = None
+        self._checked_files: dict[str, str] = {}
+        for key in INDEX_FILE_KEYS:
+            if key in entry:
+                self._file(key)  # every index file is checked against its fingerprint once, at load
 
     # ------------------------------------------------------------------------------------------------ loading
     @classmethod
@@ -103,7 +125,30 @@ class SearchIndex:
         """Open the ``modality`` index of a collection (files memory-mapped); ``model`` encodes text/image queries."""
         check_modality(modality)
         root = Path(collection_dir)
-        return cls(root, read_manifest(root), modality, model)
+        state = _file_state(root / MANIFEST_NAME)
+        return cls(root, read_manifest(root), modality, model, manifest_state=state)
+
+    def changed(self) -> str | None:
+        """Why the collection on disk is no longer the one loaded (its manifest was removed, or rewritten with other
+        content: re-embedded or re-indexed in place), or None while it is the same. One ``stat`` when unchanged.
+        The reason names no path (a service sends it to its clients)."""
+        if self._manifest_state is None:
+            return None
+        path = self.root / MANIFEST_NAME
+        state = _file_state(path)
+        if state == self._manifest_state:
+            return None
+        if state is None:
+            return f"its {MANIFEST_NAME} was removed (the collection is being embedded again, or was deleted)"
+        try:
+            current = read_manifest(self.root)
+        except InputError:
+            return f"its {MANIFEST_NAME} changed and cannot be read now"
+        if current != self.manifest:
+            changed = sorted(k for k in set(current) | set(self.manifest) if current.get(k) != self.manifest.get(k))
+            return f"its {MANIFEST_NAME} was rewritten (changed: {', '.join(changed)})"
+        self._manifest_state = state  # rewritten with the same content
+        return None
 
     def _check_model(self, model) -> None:
         found = model_fingerprint(model)
@@ -126,9 +171,24 @@ class SearchIndex:
         return self._model
 
     def _file(self, key: str) -> str:
-        path = self.root / self.entry[key]
+        """The path of the index file ``entry[key]``, checked once: inside the collection, present, and with the
+        fingerprint recorded when it was built (else ``InputError``)."""
+        if key in self._checked_files:
+            return self._checked_files[key]
+        path = collection_file(self.root, self.entry[key], f"indexes.{self.modality}.{key}")
+        rebuild = f"rebuild it with `probclip index {self.root}`"
         if not path.is_file():
-            raise InputError(f"index file {path} is missing; rebuild it with `probclip index {self.root}`")
+            raise InputError(f"index file {path} is missing; {rebuild}")
+        expected = (self.entry.get("fingerprints") or {}).get(key)
+        if not isinstance(expected, str):
+            raise InputError(f"the manifest records no fingerprint of index file {path} (built by an older probclip, "
+                             f"or the manifest was edited); {rebuild}")
+        found = file_fingerprint(path)
+        if found != expected:
+            raise InputError(f"index file {path} is not the file `probclip index` wrote for this collection "
+                             f"(fingerprint {found}, the manifest records {expected}): it was replaced or damaged; "
+                             f"{rebuild}")
+        self._checked_files[key] = str(path)
         return str(path)
 
     def _read_faiss(self, key: str):
@@ -302,7 +362,14 @@ class SearchIndex:
                 raise InputError(f"the inclusion index of {str(self.root)!r} has {index.d} features a row, this "
                                  f"probclip reads {6 * self.dim + 1}; rebuild it with `probclip index {self.root}`")
             self._inclusion_index = index
-            self._mean_variance = np.load(self._file("mean_variance_file"))
+            try:
+                self._mean_variance = np.load(self._file("mean_variance_file"), allow_pickle=False)
+            except (OSError, ValueError, EOFError) as err:
+                raise InputError(f"{self._file('mean_variance_file')} is not a NumPy array ({err}); rebuild it "
+                                 f"with `probclip index {self.root}`") from err
+            if self._mean_variance.shape != (self.dim,):
+                raise InputError(f"{self._file('mean_variance_file')} holds shape {self._mean_variance.shape}, "
+                                 f"expected ({self.dim},); rebuild it with `probclip index {self.root}`")
         mean, logvar = query.mean.numpy(), query.logvar.numpy()
         weights = [inclusion_query_weights(mean, logvar, self._mean_variance, score, eps)]
         if directional and score == "included":  # "includes" finds its items without it (and at half the cost)

@@ -88,8 +88,30 @@ def write_shard(out: Path, modality: str, shard: int, first_row: int, mean: np.n
     write_json_atomic(done_path(out, modality, shard), {"rows": int(keep.size), "skipped": skipped})
 
 
-def merge_manifest(out: Path, job: dict, record: dict, counts: dict[str, int], shard_rows: int) -> dict:
-    """Rank 0: read every shard's done-record, fix row ids after skipped rows, write ``manifest.json``."""
+def _read_done(out: Path, modality: str, shard: int) -> tuple[dict, pa.Table]:
+    """A finished shard's done-record and metadata table; ``InputError`` naming the file when either is damaged."""
+    path, meta = done_path(out, modality, shard), metadata_path(out, modality, shard)
+    redo = f"delete {path} and rerun the same command to embed that shard again"
+    try:
+        done = json.loads(path.read_text(encoding="utf-8"))
+        rows, skipped = int(done["rows"]), list(done["skipped"])
+    except (ValueError, KeyError, TypeError, RecursionError) as err:
+        raise InputError(f"{path} is not a valid shard record ({type(err).__name__}: {err}); {redo}") from err
+    try:
+        table = pq.read_table(meta)
+    except (OSError, ValueError) as err:
+        raise InputError(f"metadata shard {meta} is truncated or corrupt ({str(err).splitlines()[0][:200]}); "
+                         f"{redo}") from err
+    if table.num_rows != rows or table.schema.names != METADATA_SCHEMA.names:
+        raise InputError(f"metadata shard {meta} holds {table.num_rows} rows ({table.schema.names}), its record "
+                         f"{rows} ({METADATA_SCHEMA.names}); {redo}")
+    return {"rows": rows, "skipped": skipped}, table
+
+
+def merge_manifest(out: Path, job: dict, record: dict, counts: dict[str, int], shard_rows: int,
+                   inputs: dict | None = None) -> dict:
+    """Rank 0: read every shard's done-record, fix row ids after skipped rows, write ``manifest.json`` (with the
+    inputs' fingerprint record ``inputs`` when given)."""
     modalities = {}
     for modality, n in counts.items():
         shards, skipped, first_row = [], [], 0
@@ -98,9 +120,8 @@ def merge_manifest(out: Path, job: dict, record: dict, counts: dict[str, int], s
             if not shard_done(out, modality, s):
                 raise InputError(f"{modality} shard {s} of {out} is not finished ({path} missing); "
                                  "rerun the same command to finish it")
-            done = json.loads(path.read_text(encoding="utf-8"))
+            done, table = _read_done(out, modality, s)
             meta = metadata_path(out, modality, s)
-            table = pq.read_table(meta)
             if table.num_rows and table.column("row_id")[0].as_py() != first_row:
                 ids = pa.array(first_row + np.arange(table.num_rows, dtype=np.int64))
                 save_parquet(meta, table.set_column(0, "row_id", ids))
@@ -110,7 +131,7 @@ def merge_manifest(out: Path, job: dict, record: dict, counts: dict[str, int], s
         modalities[modality] = {"rows": first_row, "inputs": n, "shards": shards, "skipped": len(skipped),
                                 "skipped_inputs": skipped[:MAX_NAMED_SKIPS]}
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": record, "dtype": job["dtype"],
-                "shard_rows": shard_rows, "job": job, "modalities": modalities, "indexes": {},
+                "shard_rows": shard_rows, "job": job, "modalities": modalities, "indexes": {}, "inputs": inputs,
                 "layout": {m: {"emb": f"{PREFIXES[m]}_emb", "logvar": f"{PREFIXES[m]}_logvar",
                                "metadata": "metadata"} for m in counts}}
     write_manifest(out, manifest)

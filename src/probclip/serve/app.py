@@ -111,11 +111,15 @@ class _Service:
         self.scales = {name: UncertaintyScale(index) for name, index in indexes.items()}
 
     def index(self, name: str | None) -> Any:
-        if name is None:
-            return next(iter(self.indexes.values()))
-        if name not in self.indexes:
+        if name is not None and name not in self.indexes:
             raise ServiceError(404, f"unknown index {name!r}; served indexes: {', '.join(self.indexes)}")
-        return self.indexes[name]
+        index = next(iter(self.indexes.values())) if name is None else self.indexes[name]
+        changed = getattr(index, "changed", None)  # a collection rebuilt in place is never searched half-way
+        reason = changed() if changed is not None else None
+        if reason:
+            raise ServiceError(503, f"index {index.name!r} changed on disk since the service loaded it: {reason}; "
+                                    "restart the service to serve the new collection")
+        return index
 
     def row_id(self, index: Any, raw: str | int) -> int:
         text = str(raw)
