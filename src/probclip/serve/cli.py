@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import os
 import socket
 import sys
@@ -25,12 +26,16 @@ from ..search import SearchIndex, prepare_quickstart_collection
 from ..search.embed import load_model
 from ..search.layout import MANIFEST_NAME, MODALITIES, read_manifest
 from .app import create_app
+from .hosts import DEFAULT_ALLOWED_HOSTS, normalise_host, normalise_origin
 from .limits import ServiceLimits
+from .middleware import check_api_key
 
 __all__ = ["main", "build_parser", "load_indexes", "is_quickstart_dir", "API_KEY_ENV"]
 
 #: Environment variable read for the API key when ``--api-key`` is not given.
 API_KEY_ENV = "PROBCLIP_API_KEY"
+#: Bounds of ``--max-request-mb`` (MiB): below 1 KiB no search fits; above 1 GiB is no longer a bound.
+MIN_REQUEST_MB, MAX_REQUEST_MB = 1 / 1024, 1024.0
 
 
 def is_quickstart_dir(path: Path) -> bool:
@@ -133,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     parser.add_argument("--api-key", default=None,
                         help=f"require this key on every endpoint but /health (default: ${API_KEY_ENV} if set)")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="also answer requests whose Host header names NAME (repeat for more; '*': any); "
+                             f"default: {', '.join(DEFAULT_ALLOWED_HOSTS)} and the --host address")
+    parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                        help="let web pages from ORIGIN (scheme://host[:port], e.g. clip-retrieval's front end) "
+                             "call the API from a browser; off by default; the API key still applies")
+    parser.add_argument("--metadata-fields", default=None, metavar="F1,F2",
+                        help="the metadata fields served, comma-separated (default: all; source is always "
+                             "relative to the collection's folders, or hidden)")
     parser.add_argument("--max-request-mb", type=float, default=16.0, help="largest request body, MiB (default 16)")
     parser.add_argument("--max-image-megapixels", type=float, default=40.0,
                         help="largest decoded query image, megapixels, checked before decoding (default 40)")
@@ -148,10 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def limits_from_args(args: argparse.Namespace) -> ServiceLimits:
     """The ``ServiceLimits`` the options ask for; ``UsageError`` for values out of range."""
-    if not args.max_request_mb > 0:
-        raise UsageError(f"--max-request-mb must be > 0; got {args.max_request_mb}")
-    if not args.max_image_megapixels > 0:
-        raise UsageError(f"--max-image-megapixels must be > 0; got {args.max_image_megapixels}")
+    if not (math.isfinite(args.max_request_mb) and MIN_REQUEST_MB <= args.max_request_mb <= MAX_REQUEST_MB):
+        raise UsageError(f"--max-request-mb must be a number from {MIN_REQUEST_MB} to {MAX_REQUEST_MB}; got "
+                         f"{args.max_request_mb}")
+    if not (math.isfinite(args.max_image_megapixels) and args.max_image_megapixels * 1_000_000 >= 1):
+        raise UsageError(f"--max-image-megapixels must be a finite number of at least 0.000001; got "
+                         f"{args.max_image_megapixels}")
     if args.max_k < 1:
         raise UsageError(f"--max-k must be >= 1; got {args.max_k}")
     request_bytes = int(args.max_request_mb * 1024 * 1024)
@@ -159,10 +175,44 @@ def limits_from_args(args: argparse.Namespace) -> ServiceLimits:
                          max_image_pixels=int(args.max_image_megapixels * 1_000_000), max_k=args.max_k)
 
 
+def api_key_from_args(args: argparse.Namespace) -> str | None:
+    """The API key (``--api-key``, else ``$PROBCLIP_API_KEY``), or None; ``UsageError`` for an empty, white-space
+    or non-ASCII key, which would otherwise turn authentication off or fail at the first request."""
+    if args.api_key is not None:
+        key, origin = args.api_key, "--api-key"
+    elif API_KEY_ENV in os.environ:
+        key, origin = os.environ[API_KEY_ENV], f"${API_KEY_ENV}"
+    else:
+        return None
+    try:
+        return check_api_key(key)
+    except ValueError as err:
+        raise UsageError(f"{origin}: {err}; unset it to serve without a key") from err
+
+
+def access_from_args(args: argparse.Namespace) -> dict:
+    """``allowed_hosts``, ``cors_origins`` and ``metadata_fields`` for ``create_app``; ``UsageError`` for bad values."""
+    try:
+        hosts = [normalise_host(h) for h in args.allowed_host]
+        origins = [normalise_origin(o) for o in args.cors_origin]
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    if args.host not in ("0.0.0.0", "::", ""):
+        hosts.append(normalise_host(args.host) if args.host.isascii() else args.host)
+    fields = None
+    if args.metadata_fields is not None:
+        fields = [f.strip() for f in args.metadata_fields.split(",") if f.strip()]
+        if not fields:
+            raise UsageError(f"--metadata-fields must name at least one field, e.g. caption,source; got "
+                             f"{args.metadata_fields!r}")
+    return {"allowed_hosts": [*DEFAULT_ALLOWED_HOSTS, *hosts], "cors_origins": origins, "metadata_fields": fields}
+
+
 def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be from 0 to 65535; got {args.port}")
-    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
+    api_key = api_key_from_args(args)
+    access = access_from_args(args)
     limits = limits_from_args(args)
     if args.threads < 0:
         raise UsageError(f"--threads must be >= 0 (0: the libraries' default); got {args.threads}")
@@ -172,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
     sock = _bind(args.host, args.port)  # before the slow part, so a busy port fails at once
     try:
         indexes = load_indexes(args.dirs, model=args.model, modality=args.modality, progress=not args.no_progress)
-        app = create_app(indexes, api_key=api_key, limits=limits)
+        app = create_app(indexes, api_key=api_key, limits=limits, **access)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         for index in indexes:
