@@ -2,9 +2,10 @@
 
 Two items are duplicates when the squared 2-Wasserstein distance between their Gaussians,
 ``W2^2 = ||mu_a - mu_b||^2 + ||sigma_a - sigma_b||^2`` (``sigma = exp(logvar / 2)``), is at most
-``DUPLICATE_W2``. Identical files embed to identical rows (W2^2 = 0, or ~1e-12 when float rounding differs between
-batches); the means are unit vectors, so 1e-4 is a cosine of at least 0.99995 between the two means AND
-variances that match to the same degree. The search asks for more results than shown (``FETCH_FACTOR`` x k) so
+``DUPLICATE_W2`` = 1e-7. Identical files embed to identical rows: W2^2 = 0, or about 1e-11 when float rounding
+differs between batches (float16 storage: about 1e-9). The means are unit vectors, so 1e-7 also means a cosine of
+at least 1 - 5e-8 between the means, and standard deviations that match to the same degree: near-copies only
+(distinct images of an untrained 64-dimensional test model already lie 3e-6 apart; a trained model's, far more). The search asks for more results than shown (``FETCH_FACTOR`` x k) so
 that hiding duplicates still leaves k when the index has them.
 """
 
@@ -18,7 +19,7 @@ import numpy as np
 __all__ = ["DUPLICATE_W2", "FETCH_FACTOR", "duplicate_mask", "fetch_k", "hide_duplicates"]
 
 #: Largest squared 2-Wasserstein distance between two items' Gaussians for them to count as duplicates.
-DUPLICATE_W2 = 1e-4
+DUPLICATE_W2 = 1e-7
 #: A deduplicated search first asks the index for this many times k results.
 FETCH_FACTOR = 2
 
