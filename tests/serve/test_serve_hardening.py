@@ -17,13 +17,16 @@ import time
 import httpx
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from serve_support import draw_scene, live_server, write_tiny_data
 
 import probclip.serve.decode_slots as decode_slots
+from probclip.embedding import ProbEmbedding
 from probclip.search import SearchIndex, build_index, embed_collection
+from probclip.search.results import SearchResults
 from probclip.serve import ServiceLimits, create_app
-from probclip.serve.dedup import DUPLICATE_W2, duplicate_mask
+from probclip.serve.dedup import MEAN_TOLERANCE, U_TOLERANCE, candidate_rows, duplicate_mask, hide_duplicates
 from probclip.serve.metadata import scrub_detail
 
 
@@ -306,14 +309,37 @@ def duplicated_indexes(tmp_path_factory, tiny_model):
 
 
 def test_duplicate_mask_keeps_the_better_ranked_copy():
-    mean = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0001], [0.6, 0.8]])
-    logvar = np.full_like(mean, -4.0)
-    assert duplicate_mask(mean, logvar).tolist() == [False, False, True, True, False]
-    different_variance = logvar.copy()
-    different_variance[2] = 0.0
-    assert duplicate_mask(mean, different_variance).tolist() == [False, False, False, True, False]
-    assert duplicate_mask(mean, logvar, threshold=0.0).tolist() == [False, False, True, False, False]
-    assert 0 < DUPLICATE_W2 < 1e-6
+    mean = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0001], [0.6, 0.8], [1.0, 0.0]])
+    u = np.array([0.5, 0.5, 0.5, 0.5, 0.5, 0.6])
+    assert duplicate_mask(mean, u).tolist() == [False, False, True, True, False, False]  # row 5: another u
+    u[2] = 0.5 * (1 + 2 * U_TOLERANCE)
+    assert duplicate_mask(mean, u).tolist() == [False, False, False, True, False, False]
+    assert 0 < MEAN_TOLERANCE < 1e-6 and 0 < U_TOLERANCE < 1e-3
+
+
+def test_only_results_whose_u_matches_another_are_read():
+    u = np.array([0.30, 0.10, 0.20, 0.10 * (1 + U_TOLERANCE / 2), 0.40, 0.30])
+    assert candidate_rows(u).tolist() == [0, 1, 3, 5]
+    assert candidate_rows(np.array([0.1, 0.2, 0.3])).size == 0
+
+    class Index:
+        def __init__(self):
+            self.read: list[list[int]] = []
+
+        def embedding(self, ids):
+            self.read.append(ids.tolist())
+
+            mean = torch.tensor([[1.0, 0.0] if i in (10, 15) else [0.0, 1.0] for i in ids.tolist()])
+            return ProbEmbedding(mean, torch.zeros_like(mean))
+
+    index = Index()
+    ids = np.array([10, 11, 12, 13, 14, 15])
+    results = SearchResults(ids=ids, scores=np.arange(6, dtype=np.float32), uncertainty=u.astype(np.float32),
+                            metadata=[{"r": int(i)} for i in ids])
+    shown, hidden = hide_duplicates(index, results, k=4)
+    assert index.read == [[10, 11, 13, 15]]  # rows 12 and 14 have a u of their own: never read
+    assert hidden == 2 and shown.ids.tolist() == [10, 11, 12, 14]  # 13 copies 11, 15 copies 10: same u and mean
+    assert [m["r"] for m in shown.metadata] == [10, 11, 12, 14]
 
 
 def test_deduplicate_hides_copies_in_both_apis(duplicated_indexes):

@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping
 from contextlib import asynccontextmanager, nullcontext
+from dataclasses import replace
 from importlib import resources
 from typing import Any, Literal
 from urllib.parse import quote
@@ -245,7 +246,7 @@ class _Service:
         An image query holds a decode slot from decoding until the worker has encoded it; with ``deduplicate``,
         more results are fetched and the duplicates among them hidden (``dedup.hide_duplicates``).
         """
-        k = fetch_k(req.k, index.rows, self.limits.max_k) if req.deduplicate else req.k
+        k = fetch_k(req.k, index.rows) if req.deduplicate else req.k
         params = SearchParams(k=k, score=req.score, max_uncertainty=req.max_uncertainty,
                               uncertainty_quantile=req.uncertainty_quantile)
         self.batcher.start()  # idempotent: also serves apps driven without their lifespan (ASGI test transports)
@@ -255,7 +256,12 @@ class _Service:
             del query
         results = answer.results
         if req.deduplicate:
-            results, hidden = await run_in_threadpool(hide_duplicates, index, results, req.k)
+            shown, hidden = await run_in_threadpool(hide_duplicates, index, results, req.k)
+            while len(shown) < req.k and len(results) == params.k < index.rows:  # copies hid too many: fetch more
+                params = replace(params, k=fetch_k(req.k, index.rows, params.k))
+                results = (await self.batcher.search(index, "embedding", answer.query, params)).results
+                shown, hidden = await run_in_threadpool(hide_duplicates, index, results, req.k)
+            results = shown
             described["duplicates_hidden"] = hidden
         described.setdefault("uncertainty", answer.query_uncertainty)
         self.metrics.search_queries.inc(index.name, kind)

@@ -1,12 +1,15 @@
 """Hiding duplicates: results whose stored embeddings equal, or nearly equal, a better-ranked result's.
 
-Two items are duplicates when the squared 2-Wasserstein distance between their Gaussians,
-``W2^2 = ||mu_a - mu_b||^2 + ||sigma_a - sigma_b||^2`` (``sigma = exp(logvar / 2)``), is at most
-``DUPLICATE_W2`` = 1e-7. Identical files embed to identical rows: W2^2 = 0, or about 1e-11 when float rounding
-differs between batches (float16 storage: about 1e-9). The means are unit vectors, so 1e-7 also means a cosine of
-at least 1 - 5e-8 between the means, and standard deviations that match to the same degree: near-copies only
-(distinct images of an untrained 64-dimensional test model already lie 3e-6 apart; a trained model's, far more). The search asks for more results than shown (``FETCH_FACTOR`` x k) so
-that hiding duplicates still leaves k when the index has them.
+Two items are duplicates when their stored means lie within ``MEAN_TOLERANCE`` (squared distance) of each other
+AND their uncertainties ``u = sum_d exp(logvar_d)`` (stored per item, computed in float32 at embed time) differ by at
+most ``U_TOLERANCE`` relative to the larger. Identical files embed to identical rows (both differences 0); float
+rounding that differs between batches moves them by about 1e-9 and 1e-7. The means are unit vectors, so 1e-7 means a
+cosine of at least 1 - 5e-8: near-copies only (distinct images of an untrained 64-dimensional test model already
+lie 3e-6 apart; a trained model's, far more). Comparing ``u`` first (it comes with every result) means only the
+results whose ``u`` matches another's have their stored means read.
+
+The search asks for a few more results than shown (``fetch_k``), and more again while hiding copies leaves fewer
+than k, so that k results come back whenever the index has them.
 """
 
 from __future__ import annotations
@@ -16,45 +19,78 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DUPLICATE_W2", "FETCH_FACTOR", "duplicate_mask", "fetch_k", "hide_duplicates"]
+__all__ = ["MEAN_TOLERANCE", "U_TOLERANCE", "candidate_rows", "duplicate_mask", "fetch_k", "hide_duplicates"]
 
-#: Largest squared 2-Wasserstein distance between two items' Gaussians for them to count as duplicates.
-DUPLICATE_W2 = 1e-7
-#: A deduplicated search first asks the index for this many times k results.
-FETCH_FACTOR = 2
-
-
-def fetch_k(k: int, rows: int, max_k: int) -> int:
-    """How many results a search of ``k`` deduplicated results asks the index for."""
-    return int(min(rows, max(k, min(FETCH_FACTOR * k, FETCH_FACTOR * max_k))))
+#: Largest squared distance between two duplicates' stored means (unit vectors).
+MEAN_TOLERANCE = 1e-7
+#: Largest difference between two duplicates' ``u``, relative to the larger one.
+U_TOLERANCE = 1e-5
+#: A deduplicated search first asks the index for ``k + max(MIN_MARGIN, k // 4)`` results, then twice as many
+#: each time hiding copies left fewer than k (and the index has more).
+MIN_MARGIN = 4
 
 
-def duplicate_mask(mean: np.ndarray, logvar: np.ndarray, threshold: float = DUPLICATE_W2) -> np.ndarray:
-    """``bool [n]``: True for each row (in rank order) within ``threshold`` (W2^2) of a better-ranked row.
+def fetch_k(k: int, rows: int, previous: int = 0) -> int:
+    """How many results a search of ``k`` deduplicated results asks the index for (``previous``: the last try)."""
+    wanted = 2 * previous if previous else k + max(MIN_MARGIN, k // 4)
+    return int(min(rows, wanted))
 
-    ``mean``, ``logvar``: ``[n, D]``. Costs one ``[n, 2D] x [2D, n]`` product in float64.
+
+def candidate_rows(u: np.ndarray) -> np.ndarray:
+    """Positions (rank order) of the results whose ``u`` matches another result's within ``U_TOLERANCE``."""
+    u = np.asarray(u)
+    if u.size < 2:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(u, kind="stable")
+    ranked = u[order].astype(np.float64)
+    # sorted: two close values are joined by a chain of close neighbours
+    near = np.flatnonzero(ranked[1:] - ranked[:-1] <= U_TOLERANCE * np.abs(ranked[1:]))
+    if near.size == 0:
+        return near
+    return np.sort(order[np.union1d(near, near + 1)])
+
+
+def duplicate_mask(mean: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """``bool [n]``: True for each row (in rank order) that duplicates a better-ranked row.
+
+    ``mean``: ``[n, D]`` stored means; ``u``: ``[n]`` stored uncertainties. Compares the ``n (n - 1) / 2`` pairs.
     """
     n = mean.shape[0]
+    hidden = np.zeros(n, dtype=bool)
     if n < 2:
-        return np.zeros(n, dtype=bool)
-    x = np.concatenate([mean.astype(np.float64), np.exp(0.5 * logvar.astype(np.float64))], axis=1)
-    sq = np.einsum("ij,ij->i", x, x)
-    w2 = sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)
-    close = np.triu(w2 <= threshold, k=1)  # close[i, j]: i ranked better than j and within the threshold
-    return close.any(axis=0)
+        return hidden
+    m = mean.astype(np.float64)
+    u = np.asarray(u, dtype=np.float64)
+    for j in range(1, n):
+        same_u = np.abs(u[:j] - u[j]) <= U_TOLERANCE * np.maximum(np.abs(u[:j]), abs(u[j]))
+        if same_u.any():
+            distance = ((m[:j][same_u] - m[j]) ** 2).sum(axis=1)
+            hidden[j] = bool((distance <= MEAN_TOLERANCE).any())
+    return hidden
 
 
-def hide_duplicates(index: Any, results: Any, k: int, threshold: float = DUPLICATE_W2) -> tuple[Any, int]:
+def _stored_means(index: Any, ids: np.ndarray) -> np.ndarray:
+    """float32 ``[len(ids), D]`` stored means (the means alone when the index can read them alone)."""
+    stored = getattr(index, "stored", None)
+    if stored is not None and hasattr(stored, "means"):
+        return stored.means(ids)
+    return index.embedding(ids).mean.numpy()
+
+
+def _first(results: Any, keep: np.ndarray | slice) -> Any:
+    metadata = results.metadata[keep] if isinstance(keep, slice) else [results.metadata[i] for i in keep]
+    return replace(results, ids=results.ids[keep], scores=results.scores[keep],
+                   uncertainty=results.uncertainty[keep], metadata=metadata if results.metadata else [])
+
+
+def hide_duplicates(index: Any, results: Any, k: int) -> tuple[Any, int]:
     """``(results without duplicates, truncated to k; how many were hidden)`` for one ``SearchResults``.
 
-    ``index`` supplies the stored rows (``index.embedding(ids)``); the hidden count is over the fetched results.
+    Only the results in ``candidate_rows`` have their stored means read.
     """
-    if len(results) == 0:
-        return results, 0
-    emb = index.embedding(results.ids)
-    hidden = duplicate_mask(emb.mean.numpy(), emb.logvar.numpy(), threshold)
-    keep = np.flatnonzero(~hidden)[:k]
-    metadata = [results.metadata[i] for i in keep] if results.metadata else []
-    trimmed = replace(results, ids=results.ids[keep], scores=results.scores[keep],
-                      uncertainty=results.uncertainty[keep], metadata=metadata)
-    return trimmed, int(hidden.sum())
+    rows = candidate_rows(results.uncertainty)
+    if rows.size:
+        hidden = rows[duplicate_mask(_stored_means(index, results.ids[rows]), results.uncertainty[rows])]
+        if hidden.size:
+            return _first(results, np.delete(np.arange(len(results)), hidden)[:k]), int(hidden.size)
+    return _first(results, slice(0, k)), 0
