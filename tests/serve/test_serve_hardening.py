@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from PIL import Image
 from serve_support import draw_scene, live_server, write_tiny_data
 
 import probclip.serve.decode_slots as decode_slots
@@ -399,3 +400,16 @@ def test_head_health_answers_200(app):
     with live_server(app) as base:
         head = httpx.head(base + "/health")
         assert head.status_code == 200 and head.content == b""
+
+
+def test_an_image_whose_resize_would_explode_is_refused_from_its_header(app):
+    thin = io.BytesIO()
+    Image.new("RGB", (100_000, 1), (200, 30, 30)).save(thin, format="PNG")
+    assert len(thin.getvalue()) < 2000
+    with TestClient(app, base_url="http://localhost") as client:
+        answer = client.post("/search", files={"image": ("thin.png", thin.getvalue())})
+        assert answer.status_code == 413
+        assert "100000 x 1 pixels refused before decoding" in _detail(answer) and "32 pixels" in _detail(answer)
+        wide = io.BytesIO()
+        Image.new("RGB", (2000, 20), (200, 30, 30)).save(wide, format="PNG")  # 3200 x 32 once resized: served
+        assert client.post("/search", files={"image": ("wide.png", wide.getvalue())}).status_code == 200

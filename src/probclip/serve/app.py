@@ -211,7 +211,9 @@ class _Service:
                                         f"{len(text)}")
             return "text", text, {"kind": "text", "text": text}
         if image is not None:
-            decoded = await decode_upload(image, self.limits)  # the caller holds a decode slot
+            input_size = getattr(getattr(getattr(index.model, "config", None), "vision", None), "image_size", None)
+            input_size = max(input_size) if isinstance(input_size, (tuple, list)) else input_size
+            decoded = await decode_upload(image, self.limits, input_size)  # the caller holds a decode slot
             return "image", decoded, {"kind": "image", "width": decoded.width, "height": decoded.height}
         if req.embedding is not None:
             mean, logvar = req.embedding.mean, req.embedding.logvar

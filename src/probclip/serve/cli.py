@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-image-megapixels", type=float, default=40.0,
                         help="largest decoded query image, megapixels, checked before decoding (default 40)")
     parser.add_argument("--max-k", type=int, default=1000, help="largest k a search may ask for (default 1000)")
+    parser.add_argument("--max-concurrent-decodes", type=int, default=1, metavar="N",
+                        help="image searches holding a decoded upload at once; the others wait (default 1; each "
+                             "costs up to a few hundred MB for a 36-megapixel upload)")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads of the model and the index (torch and FAISS); default 0: their own default. "
                              "1 is fastest on a machine whose cores are busy with other work")
@@ -170,9 +173,12 @@ def limits_from_args(args: argparse.Namespace) -> ServiceLimits:
                          f"{args.max_image_megapixels}")
     if args.max_k < 1:
         raise UsageError(f"--max-k must be >= 1; got {args.max_k}")
+    if args.max_concurrent_decodes < 1:
+        raise UsageError(f"--max-concurrent-decodes must be >= 1; got {args.max_concurrent_decodes}")
     request_bytes = int(args.max_request_mb * 1024 * 1024)
     return ServiceLimits(max_request_bytes=request_bytes, max_image_bytes=min(request_bytes, 10 * 1024 * 1024),
-                         max_image_pixels=int(args.max_image_megapixels * 1_000_000), max_k=args.max_k)
+                         max_image_pixels=int(args.max_image_megapixels * 1_000_000), max_k=args.max_k,
+                         max_concurrent_decodes=args.max_concurrent_decodes)
 
 
 def api_key_from_args(args: argparse.Namespace) -> str | None:

@@ -1,9 +1,14 @@
-"""A bound on how many uploaded images the service holds decoded at once.
+"""A bound on how many uploaded images the service holds decoded at once, and on what resizing one may cost.
 
 Each upload's pixel count is bounded (``ServiceLimits.max_image_pixels``), but without this, N simultaneous uploads
-cost N decoded bitmaps (a 36-megapixel upload is 108 MB as RGB). An image search holds one of ``slots`` slots from
-before it is decoded until the search worker has encoded it; the other image searches wait for a slot (text and
-embedding searches never do), so the decoded pixels in memory never exceed ``slots`` images.
+cost N decoded bitmaps (a 36-megapixel upload is 108 MB as RGB, several times that while it is decoded and
+resized). An image search holds one of ``slots`` slots from before it is decoded until the search worker has
+encoded it; the other image searches wait for a slot (text and embedding searches never do), so the decoded pixels
+in memory never exceed ``slots`` images.
+
+The model's input transform resizes an image's short side to its input size: a 100000 x 1 PNG of a few hundred
+bytes would become 100000 x S x S pixels. ``decode_upload`` refuses, from the header and before decoding, an image
+whose resized size would exceed ``max_image_pixels``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import InputError
-from .limits import ServiceLimits, decode_image_bytes
+from .limits import ImageTooLargeError, ServiceLimits, decode_image_bytes, image_header_size
 
 __all__ = ["DecodeSlots", "decode_upload"]
 
@@ -55,8 +60,23 @@ class DecodeSlots:
             self._semaphore.release()
 
 
-def _decode(data: bytes, limits: ServiceLimits) -> Image.Image:
+def check_resized_size(width: int, height: int, input_size: int, limit: int) -> None:
+    """``ImageTooLargeError`` when resizing the short side of a ``width x height`` image to ``input_size`` pixels
+    (what the model's transform does) gives more than ``limit`` pixels."""
+    short, long = sorted((max(width, 1), max(height, 1)))
+    resized = -(-long * input_size // short) * input_size
+    if resized > limit:
+        raise ImageTooLargeError(
+            f"image of {width} x {height} pixels refused before decoding: resizing its short side to the model's "
+            f"{input_size} pixels would make {resized} pixels, over the limit of {limit}; crop it to a less "
+            "elongated shape")
+
+
+def _decode(data: bytes, limits: ServiceLimits, input_size: int | None) -> Image.Image:
     try:
+        if input_size and 0 < len(data) <= limits.max_image_bytes:  # larger or empty: refused just below
+            _, width, height = image_header_size(data)
+            check_resized_size(width, height, input_size, limits.max_image_pixels)
         return decode_image_bytes(data, limits)
     except InputError:
         raise
@@ -67,7 +87,8 @@ def _decode(data: bytes, limits: ServiceLimits) -> Image.Image:
                          "send a complete PNG, JPEG, GIF, WebP or BMP file") from err
 
 
-async def decode_upload(data: bytes, limits: ServiceLimits) -> Image.Image:
+async def decode_upload(data: bytes, limits: ServiceLimits, input_size: int | None = None) -> Image.Image:
     """Decode an uploaded image in the thread pool; every failure is an ``InputError`` (or ``ImageTooLargeError``)
-    with a one-line message. Call it while holding a :class:`DecodeSlots` slot."""
-    return await run_in_threadpool(_decode, data, limits)
+    with a one-line message. ``input_size``: the model's input side (see ``check_resized_size``). Call it while
+    holding a :class:`DecodeSlots` slot."""
+    return await run_in_threadpool(_decode, data, limits, input_size)

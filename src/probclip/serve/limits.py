@@ -41,7 +41,7 @@ class ServiceLimits:
     max_k: int = 1000
     max_text_chars: int = 2000
     max_thumbnail_px: int = 512
-    max_concurrent_decodes: int = 2
+    max_concurrent_decodes: int = 1
 
     def __post_init__(self):
         for name in ("max_request_bytes", "max_image_bytes", "max_image_pixels", "max_k", "max_text_chars",
