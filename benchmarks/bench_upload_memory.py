@@ -7,6 +7,8 @@ from 8 threads and reads the peak (``VmHWM``). The uploads are under every limit
 
 - ``thin``: a 100000 x 1 PNG (a few hundred bytes): decoding is cheap, resizing its short side to the model's input
   size is not (the service refuses it from its header: 413);
+- ``thin-allowed``: a 39000 x 1 PNG, the most elongated image ProLIP-Tiny's 32-pixel input lets through (its resize
+  makes 39.9 megapixels, under the 40-megapixel limit);
 - ``36MP-png``: a 6000 x 6000 PNG (a smooth gradient, about 0.2 MB), 108 MB once decoded;
 - ``36MP-jpeg``: the same picture as a JPEG.
 
@@ -31,13 +33,13 @@ from PIL import Image
 
 from bench_serve import make_collection, start_server
 
-KINDS = ("thin", "36MP-png", "36MP-jpeg")
+KINDS = ("thin", "thin-allowed", "36MP-png", "36MP-jpeg")
 
 
 def payload(kind: str) -> bytes:
     """The encoded bytes of one worst-case upload."""
-    if kind == "thin":
-        image = Image.new("RGB", (100_000, 1), (200, 30, 30))
+    if kind in ("thin", "thin-allowed"):
+        image = Image.new("RGB", (100_000 if kind == "thin" else 39_000, 1), (200, 30, 30))
         fmt = "PNG"
     else:
         ramp = np.linspace(0, 255, 6000, dtype=np.float32)

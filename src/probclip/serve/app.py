@@ -66,7 +66,7 @@ STATIC_DIR = resources.files("probclip.serve") / "static"
 FORM_FIELDS = ("index", "text", "k", "score", "max_uncertainty", "uncertainty_quantile", "deduplicate")
 #: Largest |logvar| accepted in an embedding query (exp(30) ~ 1e13: far beyond any trained model's variances).
 MAX_ABS_LOGVAR = 30.0
-ERROR_RESPONSES = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422)}
+ERROR_RESPONSES = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415, 422, 500)}
 
 
 class ServiceError(Exception):
