@@ -237,6 +237,9 @@ def run(args: argparse.Namespace) -> int:
         if not _is_loopback(host) and not api_key:
             print(f"probclip serve: warning: listening on {host} without an API key: anyone who can reach this "
                   f"address can search and read thumbnails (see --api-key)", file=sys.stderr, flush=True)
+        if not _is_loopback(host) and "*" not in access["allowed_hosts"]:
+            print(f"probclip serve: answering requests addressed to {', '.join(access['allowed_hosts'])} only; add "
+                  "the names or addresses clients use with --allowed-host", file=sys.stderr, flush=True)
         print(f"probclip serve: listening on http://{shown}:{port}/ (API docs at /docs)", flush=True)
         config = uvicorn.Config(app, log_level=args.log_level, proxy_headers=False, server_header=False)
         uvicorn.Server(config).run(sockets=[sock])
