@@ -44,16 +44,20 @@ def candidate_rows(u: np.ndarray) -> np.ndarray:
     order = np.argsort(u, kind="stable")
     ranked = u[order].astype(np.float64)
     # sorted: two close values are joined by a chain of close neighbours
-    near = np.flatnonzero(ranked[1:] - ranked[:-1] <= U_TOLERANCE * np.abs(ranked[1:]))
-    if near.size == 0:
-        return near
-    return np.sort(order[np.union1d(near, near + 1)])
+    near = ranked[1:] - ranked[:-1] <= U_TOLERANCE * np.abs(ranked[1:])
+    if not near.any():
+        return np.zeros(0, dtype=np.int64)
+    involved = np.zeros(u.size, dtype=bool)
+    involved[1:] = near
+    involved[:-1] |= near
+    return np.sort(order[involved])
 
 
 def duplicate_mask(mean: np.ndarray, u: np.ndarray) -> np.ndarray:
     """``bool [n]``: True for each row (in rank order) that duplicates a better-ranked row.
 
-    ``mean``: ``[n, D]`` stored means; ``u``: ``[n]`` stored uncertainties. Compares the ``n (n - 1) / 2`` pairs.
+    ``mean``: ``[n, D]`` stored means; ``u``: ``[n]`` stored uncertainties. Compares all ``n (n - 1) / 2`` pairs
+    (``n`` is small: the candidates of ``candidate_rows``), in blocks of rows for large ``n``.
     """
     n = mean.shape[0]
     hidden = np.zeros(n, dtype=bool)
@@ -61,11 +65,14 @@ def duplicate_mask(mean: np.ndarray, u: np.ndarray) -> np.ndarray:
         return hidden
     m = mean.astype(np.float64)
     u = np.asarray(u, dtype=np.float64)
-    for j in range(1, n):
-        same_u = np.abs(u[:j] - u[j]) <= U_TOLERANCE * np.maximum(np.abs(u[:j]), abs(u[j]))
-        if same_u.any():
-            distance = ((m[:j][same_u] - m[j]) ** 2).sum(axis=1)
-            hidden[j] = bool((distance <= MEAN_TOLERANCE).any())
+    block = max(1, 2**22 // (n * m.shape[1]))  # rows per block: at most ~32 MB of differences at a time
+    for start in range(0, n, block):
+        rows = slice(start, min(n, start + block))
+        distance = ((m[rows, None, :] - m[None, :, :]) ** 2).sum(axis=-1)  # [block, n]
+        same = (distance <= MEAN_TOLERANCE) & (np.abs(u[rows, None] - u[None, :])
+                                               <= U_TOLERANCE * np.maximum(u[rows, None], u[None, :]))
+        earlier = np.arange(n)[None, :] < np.arange(rows.start, rows.stop)[:, None]
+        hidden[rows] = (same & earlier).any(axis=1)
     return hidden
 
 
@@ -92,5 +99,7 @@ def hide_duplicates(index: Any, results: Any, k: int) -> tuple[Any, int]:
     if rows.size:
         hidden = rows[duplicate_mask(_stored_means(index, results.ids[rows]), results.uncertainty[rows])]
         if hidden.size:
-            return _first(results, np.delete(np.arange(len(results)), hidden)[:k]), int(hidden.size)
+            keep = np.ones(len(results), dtype=bool)
+            keep[hidden] = False
+            return _first(results, np.flatnonzero(keep)[:k]), int(hidden.size)
     return _first(results, slice(0, k)), 0
