@@ -2,7 +2,7 @@
 
 For each collection size, writes ``rows`` random Gaussian image rows (unit means, log-variances ~ N(-6, 0.5),
 ProLIP-Tiny's D = 64, or ``--dim``) of which 2% are exact copies of other rows, and a flat (exact) CSD index. Then,
-for ``--queries`` query embeddings (stored rows, so that copies rank at the top), times alternately
+for ``--queries`` query embeddings (stored rows), times in alternating order
 
 - the plain search: ``index.search(query, k=24)``;
 - the de-duplicated search as the service runs it: ``index.search(query, k=fetch_k(24))`` and
@@ -61,27 +61,32 @@ def make_collection(root: Path, rows: int, dim: int | None, copies: float = 0.02
 def measure(index: SearchIndex, queries: np.ndarray) -> tuple[float, float, float, int]:
     """Median seconds of the plain search, of the larger search a de-duplicated one starts with, and of the
     de-duplicated search (that search and ``hide_duplicates``); and the duplicates hidden over all queries."""
+    def plain_search(query):
+        index.search(query, k=K)
+        return 0
+
+    def fetch_only(query):
+        index.search(query, k=fetch_k(K, index.rows))
+        return 0
+
+    def deduplicated(query):
+        return hide_duplicates(index, index.search(query, k=fetch_k(K, index.rows))[0], K)[1]
+
+    runs = (plain_search, fetch_only, deduplicated)
     for rows in (queries[:20], queries):  # the first pass warms caches and is not kept
-        plain, fetched, dedup, hidden = [], [], [], 0
-        for row in rows:
+        seconds, hidden = {run: [] for run in runs}, 0
+        for i, row in enumerate(rows):
             query = index.embedding([int(row)])
-            t0 = time.perf_counter()
-            index.search(query, k=K)
-            t1 = time.perf_counter()
-            index.search(query, k=fetch_k(K, index.rows))
-            t2 = time.perf_counter()
-            results = index.search(query, k=fetch_k(K, index.rows))[0]
-            _, n = hide_duplicates(index, results, K)
-            t3 = time.perf_counter()
-            plain.append(t1 - t0)
-            fetched.append(t2 - t1)
-            dedup.append(t3 - t2)
-            hidden += n
-    return float(np.median(plain)), float(np.median(fetched)), float(np.median(dedup)), hidden
+            for run in runs if i % 2 == 0 else runs[::-1]:  # alternate the order: no run always goes first
+                t0 = time.perf_counter()
+                n = run(query)
+                seconds[run].append(time.perf_counter() - t0)
+                hidden += n
+    return tuple(float(np.median(seconds[run])) for run in runs) + (hidden,)
 
 
 def measure_service(index: SearchIndex, count: int) -> tuple[float, float]:
-    """Median seconds of ``POST /search`` (text, k = 24) without and with ``deduplicate``, alternately."""
+    """Median seconds of ``POST /search`` (text, k = 24) without and with ``deduplicate``, in alternating order."""
     from fastapi.testclient import TestClient
 
     from probclip.serve import create_app
@@ -89,16 +94,14 @@ def measure_service(index: SearchIndex, count: int) -> tuple[float, float]:
     texts = [f"row {i} of the collection, number {i % 7}" for i in range(count)]
     with TestClient(create_app([index]), base_url="http://localhost") as client:
         for rows in (texts[:20], texts):
-            plain, dedup = [], []
-            for text in rows:
-                t0 = time.perf_counter()
-                assert client.post("/search", json={"text": text, "k": K}).status_code == 200
-                t1 = time.perf_counter()
-                assert client.post("/search", json={"text": text, "k": K, "deduplicate": True}).status_code == 200
-                t2 = time.perf_counter()
-                plain.append(t1 - t0)
-                dedup.append(t2 - t1)
-    return float(np.median(plain)), float(np.median(dedup))
+            seconds: dict[bool, list[float]] = {False: [], True: []}
+            for i, text in enumerate(rows):
+                for dedup in (False, True) if i % 2 == 0 else (True, False):  # alternate the order
+                    t0 = time.perf_counter()
+                    answer = client.post("/search", json={"text": text, "k": K, "deduplicate": dedup})
+                    seconds[dedup].append(time.perf_counter() - t0)
+                    assert answer.status_code == 200
+    return float(np.median(seconds[False])), float(np.median(seconds[True]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,11 +127,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"{(fetched - plain) / plain:+.3f})", flush=True)
             if args.dim is None:
                 service.append((rows, *measure_service(index, args.queries)))
+    served = 0.0
     for rows, plain, dedup in service:
+        served = max(served, (dedup - plain) / plain)
         print(f"{rows} rows, POST /search (text, k={K}): {plain * 1000:.3f} ms; with deduplicate "
               f"{dedup * 1000:.3f} ms; overhead ratio {(dedup - plain) / plain:+.3f}", flush=True)
-    print(f"largest overhead ratio of the bare index search: {worst:+.3f} (target <= +0.10)")
-    return 0 if worst <= 0.10 else 1
+    print(f"largest overhead ratio: POST /search {served:+.3f} (target <= +0.10); bare index search {worst:+.3f}")
+    return 0 if served <= 0.10 else 1
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from ..errors import InputError, UsageError
 from .batching import SearchBatcher, SearchParams
 from .clip_compat import clip_retrieval_router
 from .decode_slots import DecodeSlots, decode_upload
-from .dedup import fetch_k, hide_duplicates
+from .dedup import candidate_rows, fetch_k, hide_duplicates
 from .export import results_csv
 from .hosts import DEFAULT_ALLOWED_HOSTS, HostGuardMiddleware, normalise_origin
 from .limits import ImageTooLargeError, ServiceLimits
@@ -258,11 +258,11 @@ class _Service:
             del query
         results = answer.results
         if req.deduplicate:
-            shown, hidden = await run_in_threadpool(hide_duplicates, index, results, req.k)
+            shown, hidden = await _deduplicated(index, results, req.k)
             while len(shown) < req.k and len(results) == params.k < index.rows:  # copies hid too many: fetch more
                 params = replace(params, k=fetch_k(req.k, index.rows, params.k))
                 results = (await self.batcher.search(index, "embedding", answer.query, params)).results
-                shown, hidden = await run_in_threadpool(hide_duplicates, index, results, req.k)
+                shown, hidden = await _deduplicated(index, results, req.k)
             results = shown
             described["duplicates_hidden"] = hidden
         described.setdefault("uncertainty", answer.query_uncertainty)
@@ -280,6 +280,14 @@ class _Service:
                  "image_url": self.image_url(index, row_id)}
                 for row_id, score, u, meta in zip(results.ids.tolist(), results.scores.tolist(),
                                                   results.uncertainty.tolist(), results.metadata, strict=True)]
+
+
+async def _deduplicated(index: Any, results: Any, k: int) -> tuple[Any, int]:
+    """``hide_duplicates`` in the thread pool when stored rows must be read; on the event loop when the results'
+    ``u`` already rules every copy out (a few microseconds: cheaper than the hand-over to a thread)."""
+    if candidate_rows(results.uncertainty).size:
+        return await run_in_threadpool(hide_duplicates, index, results, k)
+    return hide_duplicates(index, results, k)
 
 
 def _thumbnail_bytes(index: Any, row_id: int, size: int, policy: MetadataPolicy) -> bytes | None:
