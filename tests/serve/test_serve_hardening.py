@@ -9,6 +9,7 @@ import base64
 import csv
 import io
 import json
+import re
 import shutil
 import socket
 import threading
@@ -413,3 +414,32 @@ def test_an_image_whose_resize_would_explode_is_refused_from_its_header(app):
         wide = io.BytesIO()
         Image.new("RGB", (2000, 20), (200, 30, 30)).save(wide, format="PNG")  # 3200 x 32 once resized: served
         assert client.post("/search", files={"image": ("wide.png", wide.getvalue())}).status_code == 200
+
+
+def test_no_error_answer_echoes_a_server_path_or_a_repr(app, tiny_collection, tmp_path):
+    root = str(tiny_collection.parent)
+    jpeg = _jpeg()
+    requests = [
+        ("GET", "/items/collection/image/99", {}), ("GET", "/items/collection/image/x/image", {}),
+        ("GET", "/items/collection/text/1/image", {}), ("GET", "/items/nothing/1", {}),
+        ("GET", "/items/collection/image/1/image?size=9999", {}), ("GET", "/nothing", {}),
+        ("POST", "/search", {"content": b"{"}), ("POST", "/search", {"content": b"[1]"}),
+        ("POST", "/search", {"json": {"text": "x", "k": 0}}), ("POST", "/search", {"json": {"text": "x", "q": 1}}),
+        ("POST", "/search", {"json": {"image": base64.b64encode(jpeg[:40]).decode()}}),
+        ("POST", "/search", {"json": {"image": base64.b64encode(b"GIF89a" + b"\0" * 20).decode()}}),
+        ("POST", "/search", {"files": {"image": ("a.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 30)}}),
+        ("POST", "/search", {"json": {"item": {"index": "collection/image", "row_id": 10**6}}}),
+        ("POST", "/search", {"content": b"<x/>", "headers": {"content-type": "application/xml"}}),
+        ("POST", "/search?format=pdf", {"json": {"text": "x"}}),
+        ("POST", "/knn-service", {"content": b"{"}), ("POST", "/knn-service", {"json": {"modality": "audio"}}),
+        ("POST", "/knn-service", {"json": {"text": "x", "indice_name": str(tiny_collection)}}),
+        ("POST", "/metadata", {"json": {"ids": [10**6], "indice_name": "collection"}}),
+        ("POST", "/metadata", {"json": {"ids": "all"}}),
+    ]
+    with TestClient(app, base_url="http://localhost") as client:
+        for method, path, kwargs in requests:
+            answer = client.request(method, path, **kwargs)
+            assert 400 <= answer.status_code < 500, (path, answer.status_code, answer.text)
+            detail = _detail(answer)
+            assert root not in detail and " at 0x" not in detail and "Traceback" not in detail, (path, detail)
+            assert not re.search(r"<[\w.]+ object", detail), (path, detail)
