@@ -70,9 +70,9 @@ def make_collection(root: Path, rows: int, seed: int = 0) -> tuple[Path, object]
     return Path(out), model
 
 
-def start_server(collection: Path, threads: int) -> tuple[subprocess.Popen, str]:
+def start_server(collection: Path, threads: int, extra: list[str] | None = None) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen([sys.executable, "-m", "probclip.cli", "serve", str(collection), "--port", "0",
-                                "--log-level", "warning", "--threads", str(threads)],
+                                "--log-level", "warning", "--threads", str(threads), *(extra or [])],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     for line in process.stdout:

@@ -168,7 +168,7 @@ def test_http_refuses_the_same_numbers_with_one_line_4xx(tiny):
     index = SearchIndex.load(root / "c", "image", model=model)
     good = index.embedding([2])
     smallest = float(index.stored.u.min())
-    with TestClient(create_app([index])) as client:
+    with TestClient(create_app([index]), base_url="http://localhost") as client:
         bodies = [
             ('{"text": "picture", "max_uncertainty": Infinity}', "max_uncertainty"),
             (json.dumps({"text": "picture", "max_uncertainty": smallest / 2}), "keeps no item"),

@@ -333,7 +333,7 @@ def test_a_served_collection_rebuilt_in_place_is_refused_with_503(tmp_path, mode
     out = _embed(models[0], data, tmp_path / "c")
     build_index(out, kind="flat", progress=False)
     index = SearchIndex.load(out, "text")
-    with TestClient(create_app([index])) as client:
+    with TestClient(create_app([index]), base_url="http://localhost") as client:
         body = {"text": "picture 1", "k": 2}
         assert client.post("/search", json=body).status_code == 200
         os.utime(out / "manifest.json")  # touched, same content: still served

@@ -101,7 +101,7 @@ def test_an_http_upload_gives_the_stored_embedding(setting, monkeypatch):
     root, paths, stored, model = setting
     recorder = _Recorder(monkeypatch)
     index = SearchIndex.load(root / "c", "image", model=model)
-    with TestClient(create_app([index])) as client:
+    with TestClient(create_app([index]), base_url="http://localhost") as client:
         for name, path in paths.items():
             recorder.seen.clear()
             answer = client.post("/search", files={"image": (name, path.read_bytes(), "application/octet-stream")},

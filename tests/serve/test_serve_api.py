@@ -9,6 +9,7 @@ import re
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -23,7 +24,7 @@ from probclip.serve import create_app
 
 @pytest.fixture(scope="module")
 def client(tiny_indexes):
-    with TestClient(create_app(tiny_indexes)) as test_client:
+    with TestClient(create_app(tiny_indexes), base_url="http://localhost") as test_client:
         yield test_client
 
 
@@ -111,7 +112,9 @@ def test_uncertainty_filter(client, tiny_indexes):
 def test_item_metadata_and_thumbnail(client, tiny_indexes):
     image_index, text_index = tiny_indexes
     info = client.get(f"/items/{image_index.name}/5").json()
-    assert info["metadata"] == image_index.metadata([5])[0] | {"u": pytest.approx(info["metadata"]["u"])}
+    stored = image_index.metadata([5])[0]
+    relative = Path(stored["source"]).name  # the tiny collection was embedded from a flat folder of images
+    assert info["metadata"] == stored | {"u": pytest.approx(info["metadata"]["u"]), "source": relative}
     assert info["uncertainty"] == pytest.approx(float(image_index.search(image_index.embedding([5]), k=1)[0]
                                                       .uncertainty[0]), rel=1e-6)
     assert 0 <= info["uncertainty_percentile"] <= 1
@@ -127,7 +130,7 @@ def test_item_metadata_and_thumbnail(client, tiny_indexes):
 
 
 def test_metrics_count_requests_errors_and_batches(tiny_indexes):
-    with TestClient(create_app(tiny_indexes)) as fresh:
+    with TestClient(create_app(tiny_indexes), base_url="http://localhost") as fresh:
         for _ in range(3):
             assert fresh.post("/search", json={"text": "a red square", "k": 2}).status_code == 200
         assert fresh.post("/search", json={"text": "a red square", "index": "missing"}).status_code == 404
@@ -157,7 +160,7 @@ def test_simultaneous_queries_are_grouped_and_answered_individually(tiny_indexes
 
     async def fire():
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as ac:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as ac:
             answers = await asyncio.gather(*[ac.post("/search", json={"text": t, "k": 3}) for t in captions])
             return answers, (await ac.get("/metrics")).text
 
@@ -191,7 +194,7 @@ def test_search_work_never_blocks_the_event_loop(tiny_indexes):
 
     async def scenario():
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as ac:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as ac:
             pending = asyncio.create_task(ac.post("/search", json={"text": "a red circle", "k": 2}))
             while not gated.entered.is_set():
                 await asyncio.sleep(0.01)
@@ -214,7 +217,7 @@ def test_an_approximate_index_says_so(tiny_collection, tiny_model, tmp_path):
     shutil.copytree(tiny_collection, copy, ignore=shutil.ignore_patterns("index"))
     build_index(copy, kind="hnsw", progress=False)
     index = SearchIndex.load(copy, modality="image", model=tiny_model)
-    with TestClient(create_app([index])) as c:
+    with TestClient(create_app([index]), base_url="http://localhost") as c:
         info = c.get("/indices").json()[0]
         answer = c.post("/search", json={"text": "a red circle", "k": 3}).json()
     assert info["kind"] == "hnsw" and info["exact"] is False

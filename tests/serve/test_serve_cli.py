@@ -106,3 +106,16 @@ def test_load_indexes_shares_one_model(tiny_collection):
         load_indexes([tiny_collection])  # embedded with an in-memory model: the manifest names no folder
     with pytest.raises(UsageError, match="cannot be loaded"):
         load_indexes([tiny_collection], model=str(tiny_collection / "nothing-here"))
+
+
+@pytest.mark.parametrize(("argv", "env", "named"), [
+    ([], "", f"${API_KEY_ENV}"),
+    ([], " \t", f"${API_KEY_ENV}"),
+    ([], "cl\u00e9", "'\u00e9'"),
+    (["--api-key", ""], "a-good-key", "--api-key"),  # an empty option never switches the environment's key off
+])
+def test_an_unusable_api_key_is_a_usage_error(tmp_path, capsys, monkeypatch, argv, env, named):
+    monkeypatch.setenv(API_KEY_ENV, env)
+    assert probclip_main(["serve", str(tmp_path / "absent"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and named in err and "Traceback" not in err

@@ -22,7 +22,7 @@ def app(tiny_indexes):
 
 @pytest.fixture(scope="module")
 def client(app):
-    with TestClient(app) as test_client:
+    with TestClient(app, base_url="http://localhost") as test_client:
         yield test_client
 
 
@@ -152,7 +152,7 @@ def test_api_key_required_everywhere_but_health(tiny_indexes, monkeypatch):
     guarded = [("GET", "/indices"), ("GET", "/"), ("GET", "/static/app.js"), ("GET", "/metrics"), ("GET", "/docs"),
                ("GET", "/openapi.json"), ("GET", "/items/collection/image/0"),
                ("GET", "/items/collection/image/0/image"), ("POST", "/search")]
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         assert c.get("/health").status_code == 200
         for method, path in guarded:
             answer = c.request(method, path, json={"text": "a red circle"} if method == "POST" else None)
@@ -188,7 +188,7 @@ def test_a_flood_of_bad_requests_leaves_good_answers_intact(app, tiny_indexes):
 
     async def flood():
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as ac:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as ac:
             json_type = {"content-type": "application/json"}
             requests = [ac.request(m, p, headers=json_type if "content" in kw else None, **kw)
                         for _ in range(20) for m, p, kw in bad]

@@ -17,15 +17,17 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
+from dataclasses import replace
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -37,9 +39,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..embedding import ProbEmbedding
 from ..errors import InputError, UsageError
 from .batching import SearchBatcher, SearchParams
-from .limits import ImageTooLargeError, ServiceLimits, decode_image_bytes
+from .clip_compat import clip_retrieval_router
+from .decode_slots import DecodeSlots, decode_upload
+from .dedup import candidate_rows, fetch_k, hide_duplicates
+from .export import results_csv
+from .hosts import DEFAULT_ALLOWED_HOSTS, HostGuardMiddleware, normalise_origin
+from .limits import ImageTooLargeError, ServiceLimits
+from .metadata import MetadataPolicy, scrub_detail
 from .metrics import PROMETHEUS_CONTENT_TYPE, ServiceMetrics
-from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware, RequestTooLargeError
+from .middleware import (
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    InternalErrorMiddleware,
+    MetricsMiddleware,
+    RequestTooLargeError,
+)
 from .schemas import ErrorBody, IndexInfo, ItemInfo, SearchRequest, SearchResponse
 from .uncertainty_scale import UncertaintyScale
 
@@ -49,10 +63,10 @@ log = logging.getLogger("probclip.serve")
 
 STATIC_DIR = resources.files("probclip.serve") / "static"
 #: Fields a multipart search form may carry besides the ``image`` file.
-FORM_FIELDS = ("index", "text", "k", "score", "max_uncertainty", "uncertainty_quantile")
+FORM_FIELDS = ("index", "text", "k", "score", "max_uncertainty", "uncertainty_quantile", "deduplicate")
 #: Largest |logvar| accepted in an embedding query (exp(30) ~ 1e13: far beyond any trained model's variances).
 MAX_ABS_LOGVAR = 30.0
-ERROR_RESPONSES = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422)}
+ERROR_RESPONSES = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415, 422, 500)}
 
 
 class ServiceError(Exception):
@@ -106,9 +120,11 @@ class _Service:
     """The state behind the routes: the indexes by name, the batcher, limits, metrics, uncertainty scales."""
 
     def __init__(self, indexes: Mapping[str, Any], limits: ServiceLimits, batcher: SearchBatcher,
-                 metrics: ServiceMetrics):
+                 metrics: ServiceMetrics, metadata_fields: Iterable[str] | None = None):
         self.indexes, self.limits, self.batcher, self.metrics = indexes, limits, batcher, metrics
         self.scales = {name: UncertaintyScale(index) for name, index in indexes.items()}
+        self.policies = {name: MetadataPolicy(index, metadata_fields) for name, index in indexes.items()}
+        self.decode_slots = DecodeSlots(limits.max_concurrent_decodes)
 
     def index(self, name: str | None) -> Any:
         if name is not None and name not in self.indexes:
@@ -147,6 +163,8 @@ class _Service:
             payload = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ServiceError(400, f"malformed JSON body: {_first_line(err)}") from err
+        except RecursionError as err:
+            raise ServiceError(400, "malformed JSON body: nested too deeply") from err
         if not isinstance(payload, dict):
             raise ServiceError(400, f"the JSON body must be an object; got {type(payload).__name__}")
         try:
@@ -197,7 +215,9 @@ class _Service:
                                         f"{len(text)}")
             return "text", text, {"kind": "text", "text": text}
         if image is not None:
-            decoded = await run_in_threadpool(decode_image_bytes, image, self.limits)
+            input_size = getattr(getattr(getattr(index.model, "config", None), "vision", None), "image_size", None)
+            input_size = max(input_size) if isinstance(input_size, (tuple, list)) else input_size
+            decoded = await decode_upload(image, self.limits, input_size)  # the caller holds a decode slot
             return "image", decoded, {"kind": "image", "width": decoded.width, "height": decoded.height}
         if req.embedding is not None:
             mean, logvar = req.embedding.mean, req.embedding.logvar
@@ -226,20 +246,63 @@ class _Service:
         return "embedding", emb, {"kind": "item", "index": source.name, "row_id": row,
                                   "uncertainty": float(emb.uncertainty[0])}
 
+    async def run(self, req: SearchRequest, index: Any, image: bytes | None) -> tuple[Any, dict]:
+        """Search ``index`` for one request: ``(SearchResults, description of the query)``.
+
+        An image query holds a decode slot from decoding until the worker has encoded it; with ``deduplicate``,
+        more results are fetched and the duplicates among them hidden (``dedup.hide_duplicates``).
+        """
+        k = fetch_k(req.k, index.rows) if req.deduplicate else req.k
+        params = SearchParams(k=k, score=req.score, max_uncertainty=req.max_uncertainty,
+                              uncertainty_quantile=req.uncertainty_quantile)
+        self.batcher.start()  # idempotent: also serves apps driven without their lifespan (ASGI test transports)
+        async with self.decode_slots.hold() if image is not None else nullcontext():
+            kind, query, described = await self.query_of(req, index, image)
+            answer = await self.batcher.search(index, kind, query, params)
+            del query
+        results = answer.results
+        if req.deduplicate:
+            shown, hidden = await _deduplicated(index, results, req.k)
+            while len(shown) < req.k and len(results) == params.k < index.rows:  # copies hid too many: fetch more
+                params = replace(params, k=fetch_k(req.k, index.rows, params.k))
+                results = (await self.batcher.search(index, "embedding", answer.query, params)).results
+                shown, hidden = await _deduplicated(index, results, req.k)
+            results = shown
+            described["duplicates_hidden"] = hidden
+        described.setdefault("uncertainty", answer.query_uncertainty)
+        self.metrics.search_queries.inc(index.name, kind)
+        return results, described
+
     async def hits(self, index: Any, results: Any) -> list[dict]:
         """The results as ``SearchHit``-shaped dicts (built directly: validating them again would cost more than
         the search of a small index)."""
         scale = self.scales[index.name]
         await scale.ready()
+        public = self.policies[index.name].public
         return [{"row_id": row_id, "score": _finite(score), "uncertainty": _finite(u),
-                 "uncertainty_percentile": scale.percentile(u), "metadata": _json_safe(meta),
+                 "uncertainty_percentile": scale.percentile(u), "metadata": _json_safe(public(meta)),
                  "image_url": self.image_url(index, row_id)}
                 for row_id, score, u, meta in zip(results.ids.tolist(), results.scores.tolist(),
                                                   results.uncertainty.tolist(), results.metadata, strict=True)]
 
 
-def _thumbnail_bytes(index: Any, row_id: int, size: int) -> bytes | None:
-    """A JPEG thumbnail (longest side ``size`` px) of an image row, or None for a row without an image."""
+async def _deduplicated(index: Any, results: Any, k: int) -> tuple[Any, int]:
+    """``hide_duplicates`` in the thread pool when stored rows must be read; on the event loop when the results'
+    ``u`` already rules every copy out (a few microseconds: cheaper than the hand-over to a thread)."""
+    if candidate_rows(results.uncertainty).size:
+        return await run_in_threadpool(hide_duplicates, index, results, k)
+    return hide_duplicates(index, results, k)
+
+
+def _thumbnail_bytes(index: Any, row_id: int, size: int, policy: MetadataPolicy) -> bytes | None:
+    """A JPEG thumbnail (longest side ``size`` px) of an image row, or None for a row without an image.
+
+    Raises ``ServiceError`` 404 when the row's metadata names a file outside the collection and its sources.
+    """
+    source = index.metadata([row_id])[0].get("source")
+    if not policy.readable_image(source):
+        raise ServiceError(404, f"row {row_id} of index {index.name!r} names an image outside the collection and "
+                                "the folders it was embedded from; it is not served")
     image = index.open_image(row_id)
     if image is None:
         return None
@@ -263,7 +326,9 @@ def _named(indexes: Mapping[str, Any] | Iterable[Any]) -> dict[str, Any]:
 
 
 def create_app(indexes: Mapping[str, Any] | Iterable[Any], api_key: str | None = None,
-               limits: ServiceLimits | None = None, *, max_batch: int = 64, max_wait_s: float = 0.0) -> FastAPI:
+               limits: ServiceLimits | None = None, *, max_batch: int = 64, max_wait_s: float = 0.0,
+               allowed_hosts: Iterable[str] = DEFAULT_ALLOWED_HOSTS, cors_origins: Iterable[str] = (),
+               metadata_fields: Iterable[str] | None = None) -> FastAPI:
     """The ASGI app serving ``indexes`` (``SearchIndex`` objects; their ``name`` is their address).
 
     Args:
@@ -271,6 +336,9 @@ def create_app(indexes: Mapping[str, Any] | Iterable[Any], api_key: str | None =
         api_key: when given, every endpoint except ``/health`` requires it (header, bearer token or cookie).
         limits: request bounds; ``ServiceLimits()`` when None.
         max_batch, max_wait_s: how the search worker groups queries (see ``SearchBatcher``).
+        allowed_hosts: the names the ``Host`` header (and a browser's ``Origin``) may give; ``"*"``: any.
+        cors_origins: web origins (``scheme://host[:port]``) allowed to call the API from a browser (CORS).
+        metadata_fields: the metadata fields served (``None``: all); ``source`` is never an absolute path.
     """
     limits = limits or ServiceLimits()
     named = _named(indexes)
@@ -281,7 +349,7 @@ def create_app(indexes: Mapping[str, Any] | Iterable[Any], api_key: str | None =
         metrics.batch_seconds.observe(seconds, index_name)
 
     batcher = SearchBatcher(max_batch=max_batch, max_wait_s=max_wait_s, on_batch=on_batch)
-    service = _Service(named, limits, batcher, metrics)
+    service = _Service(named, limits, batcher, metrics, metadata_fields)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -302,7 +370,7 @@ def create_app(indexes: Mapping[str, Any] | Iterable[Any], api_key: str | None =
 
     # ------------------------------------------------------------------ errors: one line, a 4xx status
     def error(status: int, detail: str) -> JSONResponse:
-        return JSONResponse({"detail": detail}, status_code=status)
+        return JSONResponse({"detail": scrub_detail(detail)}, status_code=status)
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, err: ServiceError):
@@ -333,6 +401,7 @@ def create_app(indexes: Mapping[str, Any] | Iterable[Any], api_key: str | None =
         return error(err.status_code, str(err.detail))
 
     # ------------------------------------------------------------------ routes
+    @app.head("/health", include_in_schema=False)  # probes that use HEAD get 200 too
     @app.get("/health", summary="Liveness (never needs the API key)")
     async def health() -> dict:
         return {"status": "ok", "indices": len(named), "search_worker": "running" if batcher.running else "idle"}
@@ -366,24 +435,20 @@ def create_app(indexes: Mapping[str, Any] | Iterable[Any], api_key: str | None =
 
     @app.post("/search", response_model=SearchResponse, openapi_extra=search_body, responses=ERROR_RESPONSES,
               summary="Search an index with a text, an image, an embedding or an indexed item")
-    async def search(request: Request) -> JSONResponse:
+    async def search(request: Request, format: Literal["json", "csv"] = "json") -> Response:
         start = time.perf_counter()
         req, image = await service.parse_search(request)
         index = service.index(req.index)
         if req.k > limits.max_k:
             raise ServiceError(422, f"k = {req.k} is too large; this service answers k from 1 to {limits.max_k}")
-        kind, query, described = await service.query_of(req, index, image)
-        params = SearchParams(k=req.k, score=req.score, max_uncertainty=req.max_uncertainty,
-                              uncertainty_quantile=req.uncertainty_quantile)
-        batcher.start()  # idempotent: also serves apps driven without their lifespan (ASGI test transports)
-        answer = await batcher.search(index, kind, query, params)
-        results = answer.results
-        described.setdefault("uncertainty", answer.query_uncertainty)
-        metrics.search_queries.inc(index.name, kind)
+        results, described = await service.run(req, index, image)
         body = {"index": index.name, "modality": index.modality, "query": _json_safe(described),
                 "score": results.score, "higher_is_better": bool(results.higher_is_better),
                 "exact": bool(results.exact), "k": req.k, "results": await service.hits(index, results)}
         body["took_ms"] = round((time.perf_counter() - start) * 1000, 3)
+        if format == "csv":
+            return Response(results_csv(body), media_type="text/csv; charset=utf-8",
+                            headers={"content-disposition": 'attachment; filename="probclip-results.csv"'})
         return JSONResponse(body)
 
     @app.get("/items/{index:path}/{row_id}/image", responses={200: {"content": {"image/jpeg": {}}}, **ERROR_RESPONSES},
@@ -396,10 +461,11 @@ def create_app(indexes: Mapping[str, Any] | Iterable[Any], api_key: str | None =
         if idx.modality != "image":
             raise ServiceError(404, f"index {idx.name!r} holds texts, not images; row {row} has no image")
         try:
-            data = await run_in_threadpool(_thumbnail_bytes, idx, row, size)
-        except InputError as err:
-            detail = f"the image of row {row} of {idx.name!r} cannot be read: {_first_line(err)}"
-            raise ServiceError(404, detail) from err
+            data = await run_in_threadpool(_thumbnail_bytes, idx, row, size, service.policies[idx.name])
+        except InputError as err:  # its message names the server's file: not for the client
+            log.warning("thumbnail of row %d of %s: %s", row, idx.name, _first_line(err))
+            raise ServiceError(404, f"the image of row {row} of {idx.name!r} cannot be read (missing or not an "
+                                    "image)") from err
         if data is None:
             raise ServiceError(404, f"row {row} of index {idx.name!r} has no image")
         return Response(data, media_type="image/jpeg", headers={"cache-control": "private, max-age=3600"})
@@ -414,7 +480,8 @@ def create_app(indexes: Mapping[str, Any] | Iterable[Any], api_key: str | None =
         scale = service.scales[idx.name]
         await scale.ready()
         return ItemInfo(index=idx.name, row_id=row, uncertainty=u, uncertainty_percentile=scale.percentile(u),
-                        metadata=_json_safe(dict(meta)), image_url=service.image_url(idx, row))
+                        metadata=_json_safe(service.policies[idx.name].public(dict(meta))),
+                        image_url=service.image_url(idx, row))
 
     @app.get("/metrics", response_class=Response, summary="Prometheus metrics (requests, latency, errors, batches)",
              responses={200: {"content": {"text/plain": {}}}})
@@ -426,6 +493,7 @@ def create_app(indexes: Mapping[str, Any] | Iterable[Any], api_key: str | None =
         return FileResponse(str(STATIC_DIR / "index.html"), media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+    app.include_router(clip_retrieval_router(service))
 
     def openapi() -> dict:
         if app.openapi_schema is None:
@@ -440,9 +508,17 @@ def create_app(indexes: Mapping[str, Any] | Iterable[Any], api_key: str | None =
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    # Outermost last: metrics see every answer, including 401 and 413 from the guards inside them.
+    # Outermost last: metrics see every answer, including 400, 401, 403 and 413 from the guards inside them; CORS
+    # headers go on the API key's 401 too, so a front end on an allowed origin can read why it was refused.
+    app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_request_bytes)
     if api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+    cors_origins = tuple(normalise_origin(o) for o in cors_origins)
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "HEAD", "POST"],
+                           allow_headers=["content-type", "x-api-key", "authorization"],
+                           expose_headers=["x-probclip-ignored", "x-probclip-adjusted"])
+    app.add_middleware(HostGuardMiddleware, allowed_hosts=allowed_hosts, cors_origins=cors_origins)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

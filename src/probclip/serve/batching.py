@@ -44,10 +44,12 @@ class SearchParams:
 
 @dataclass(frozen=True)
 class BatchAnswer:
-    """What a request gets back: its ``SearchResults`` and its query's uncertainty ``u`` (sum of variances)."""
+    """What a request gets back: its ``SearchResults``, its query's uncertainty ``u`` (sum of variances) and its
+    encoded query (a ``ProbEmbedding [1, D]``, to search again without encoding again)."""
 
     results: Any
     query_uncertainty: float
+    query: Any = None
 
 
 @dataclass
@@ -196,5 +198,5 @@ class SearchBatcher:
             return
         if self.on_batch is not None:
             self.on_batch(getattr(index, "name", "?"), len(items), time.perf_counter() - start)
-        for item, result, u in zip(items, results, query_u, strict=True):
-            _deliver(item, BatchAnswer(result, float(u)), None)
+        for i, (item, result, u) in enumerate(zip(items, results, query_u, strict=True)):
+            _deliver(item, BatchAnswer(result, float(u), queries[i: i + 1]), None)

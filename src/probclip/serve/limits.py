@@ -35,6 +35,7 @@ class ServiceLimits:
         max_k: the largest ``k`` a search may ask for.
         max_text_chars: characters of one text query.
         max_thumbnail_px: the largest side of a thumbnail the image endpoint returns.
+        max_concurrent_decodes: image searches holding a decoded upload at once (``decode_slots.DecodeSlots``).
     """
 
     max_request_bytes: int = 16 * 1024 * 1024
@@ -43,10 +44,11 @@ class ServiceLimits:
     max_k: int = 1000
     max_text_chars: int = 2000
     max_thumbnail_px: int = 512
+    max_concurrent_decodes: int = 1
 
     def __post_init__(self):
         for name in ("max_request_bytes", "max_image_bytes", "max_image_pixels", "max_k", "max_text_chars",
-                     "max_thumbnail_px"):
+                     "max_thumbnail_px", "max_concurrent_decodes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"ServiceLimits.{name} must be a positive integer; got {value!r}")

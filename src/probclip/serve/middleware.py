@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import time
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl, urlencode
 
 from .metrics import ServiceMetrics
 
-__all__ = ["MetricsMiddleware", "ApiKeyMiddleware", "BodyLimitMiddleware", "RequestTooLargeError",
+__all__ = ["MetricsMiddleware", "ApiKeyMiddleware", "BodyLimitMiddleware", "InternalErrorMiddleware",
+           "RequestTooLargeError", "check_api_key",
            "API_KEY_HEADER", "API_KEY_COOKIE", "API_KEY_QUERY", "OPEN_PATHS"]
 
 API_KEY_HEADER = "x-api-key"
@@ -81,6 +83,23 @@ class MetricsMiddleware:
                 self.metrics.errors.inc(template, str(status))
 
 
+#: Characters an API key may hold: printable ASCII but white space, '"', ',', ';' and '\\' (what a cookie can carry).
+API_KEY_CHARACTERS = frozenset(chr(c) for c in range(0x21, 0x7F)) - set('",;\\')
+
+
+def check_api_key(key: str) -> str:
+    """``key`` when it can serve as the API key; ``ValueError`` naming the problem for an empty key, white space
+    only, or a character outside ``API_KEY_CHARACTERS`` (a non-ASCII key cannot travel in a header or a cookie)."""
+    if not isinstance(key, str) or not key.strip():
+        raise ValueError(f"the API key must not be empty or white space; got {key!r}")
+    bad = sorted({c for c in key if c not in API_KEY_CHARACTERS})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad[:5])
+        raise ValueError(f"the API key holds {shown}: use printable ASCII characters only, without white space, "
+                         "quotes, commas, semicolons or backslashes")
+    return key
+
+
 class ApiKeyMiddleware:
     """Requires the API key on every path except ``OPEN_PATHS``.
 
@@ -90,9 +109,7 @@ class ApiKeyMiddleware:
     """
 
     def __init__(self, app, api_key: str):
-        if not api_key:
-            raise ValueError("ApiKeyMiddleware needs a non-empty api_key")
-        self.app, self.api_key = app, api_key.encode()
+        self.app, self.api_key = app, check_api_key(api_key).encode()
 
     def _matches(self, candidate: str | None) -> bool:
         return candidate is not None and hmac.compare_digest(candidate.encode(), self.api_key)
@@ -157,3 +174,36 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class InternalErrorMiddleware:
+    """Turns an exception that no handler answered into a one-line JSON 500 and logs its traceback.
+
+    Starlette's own last-resort handler re-raises after answering, and the server then closes the connection; this
+    one answers and returns, so a keep-alive connection stays open and the client sees neither a traceback nor an
+    object's repr.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def send_wrapper(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as err:  # noqa: BLE001 - answered and logged, never swallowed silently
+            logging.getLogger("probclip.serve").exception("internal error answering %s %s", scope.get("method"),
+                                                          scope.get("path"))
+            if started:
+                raise
+            await _send_json(send, 500, f"internal error ({type(err).__name__}) answering this request; the "
+                                        "service's log has the details")

@@ -62,6 +62,8 @@ class SearchRequest(BaseModel):
     max_uncertainty: float | None = Field(None, gt=0, description="keep only items whose uncertainty u is below this")
     uncertainty_quantile: float | None = Field(
         None, gt=0, le=1, description="keep only items whose u is below this quantile of the index's u (0 < q <= 1)")
+    deduplicate: bool = Field(
+        False, description="hide items whose stored embedding equals (or nearly equals) a better-ranked result's")
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:

@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { index: null, text: null, item: null, file: null, score: "csd", k: 24, uq: 100 };
+const state = { index: null, text: null, item: null, file: null, score: "csd", k: 24, uq: 100, dedup: true };
 let indices = [];
 let requestSeq = 0;
 
@@ -27,6 +27,7 @@ function stateToURL(push) {
   if (state.score !== "csd") p.set("score", state.score);
   if (state.k !== 24) p.set("k", String(state.k));
   if (state.uq < 100) p.set("uq", String(state.uq));
+  if (!state.dedup) p.set("dedup", "0");
   const url = `${location.pathname}${p.toString() ? "?" + p.toString() : ""}`;
   if (url !== location.pathname + location.search) (push ? history.pushState : history.replaceState).call(history, null, "", url);
 }
@@ -45,6 +46,7 @@ function stateFromURL() {
   state.score = ["csd", "mean", "includes", "included"].includes(p.get("score")) ? p.get("score") : "csd";
   state.k = Number(p.get("k")) || 24;
   state.uq = Math.min(100, Math.max(5, Number(p.get("uq")) || 100));
+  state.dedup = p.get("dedup") !== "0";
   syncControls();
 }
 
@@ -56,6 +58,7 @@ function syncControls() {
   kSelect.value = String(state.k);
   $("uq").value = String(state.uq);
   $("uq-out").textContent = String(state.uq);
+  $("dedup").checked = state.dedup;
   document.querySelectorAll(".score").forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.score === state.score)));
 }
 
@@ -73,7 +76,7 @@ async function runSearch(push = true) {
   if (!hasQuery()) return;
   stateToURL(push);
   const seq = ++requestSeq;
-  const options = { k: state.k, score: state.score, index: state.index };
+  const options = { k: state.k, score: state.score, index: state.index, deduplicate: state.dedup };
   if (state.uq < 100) options.uncertainty_quantile = state.uq / 100;
   let init;
   if (state.file) {
@@ -88,11 +91,12 @@ async function runSearch(push = true) {
   }
   $("status").textContent = "searching…";
   showError("");
+  showPreview();
   try {
     const data = await api("/search", init);
-    if (seq === requestSeq) render(data);
+    if (seq === requestSeq) { render(data); lastAnswer = { data, init }; setExportable(true); }
   } catch (err) {
-    if (seq === requestSeq) { showError(err.message); $("status").textContent = ""; }
+    if (seq === requestSeq) { showError(err.message); $("status").textContent = ""; setExportable(false); }
   }
 }
 
@@ -210,8 +214,78 @@ async function init() {
     drop.classList.remove("over");
     useFile(e.dataTransfer.files[0]);
   });
+  $("dedup").addEventListener("change", () => { state.dedup = $("dedup").checked; runSearch(true); });
+  $("export-json").addEventListener("click", exportJSON);
+  $("export-csv").addEventListener("click", exportCSV);
   window.addEventListener("popstate", () => { stateFromURL(); runSearch(false); });
   if (hasQuery()) runSearch(false);
+}
+
+// ---------------------------------------------------------------- query preview and export
+let lastAnswer = null;
+let previewURL = null;
+
+function showPreview() {
+  const figure = $("preview"), img = $("preview-img"), caption = $("preview-caption");
+  if (previewURL) { URL.revokeObjectURL(previewURL); previewURL = null; }
+  img.hidden = true;
+  img.removeAttribute("src");
+  caption.textContent = "";
+  figure.hidden = !(state.file || state.item);
+  if (state.file) {
+    previewURL = URL.createObjectURL(state.file);
+    img.src = previewURL;
+    img.alt = `query image ${state.file.name}`;
+    img.hidden = false;
+    caption.textContent = `query: ${state.file.name}`;
+  } else if (state.item) {
+    const { index, row_id: row } = state.item;
+    const info = indices.find((i) => i.name === index);
+    if (info && info.modality === "image") {
+      img.src = `/items/${encodeURI(index)}/${row}/image?size=128`;
+      img.alt = `query item ${row} of ${index}`;
+      img.hidden = false;
+    }
+    caption.textContent = `query: item ${row} of ${index}`;
+    api(`/items/${encodeURI(index)}/${row}`).then((item) => {
+      const text = item.metadata.caption ?? item.metadata.text;
+      if (text && state.item && state.item.row_id === row && state.item.index === index) {
+        caption.textContent = `query: “${text}” (item ${row} of ${index})`;
+      }
+    }).catch(() => {});
+  }
+}
+
+function setExportable(on) {
+  $("export-json").disabled = !on;
+  $("export-csv").disabled = !on;
+  if (!on) lastAnswer = null;
+}
+
+function download(blob, name) {
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = name;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+}
+
+function exportJSON() {
+  if (!lastAnswer) return;
+  download(new Blob([JSON.stringify(lastAnswer.data, null, 2)], { type: "application/json" }), "probclip-results.json");
+}
+
+async function exportCSV() {
+  if (!lastAnswer) return;
+  try {
+    const response = await fetch("/search?format=csv", { credentials: "same-origin", ...lastAnswer.init });
+    if (!response.ok) throw new Error(`CSV export failed: HTTP ${response.status}`);
+    download(await response.blob(), "probclip-results.csv");
+  } catch (err) {
+    showError(err.message);
+  }
 }
 
 document.addEventListener("DOMContentLoaded", init);
