@@ -2,6 +2,7 @@
 
     probclip curate score --model M --data SHARDS --out SCORES      (torchrun -m probclip.curate score ... too)
     probclip curate filter SCORES --out SUBSET --rule 'top 30% cosine' [--rule ...] [--reshard NEW_SHARDS]
+    probclip curate demo --out DIR [--quickstart QS] [--pool-size 50000] [--kept 0.6] [--train-steps N --seeds 3]
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import sys
 from collections.abc import Sequence
 
 from ..cli import run_command
+from ..errors import UsageError
 from ..search.embed import DEFAULT_SHARD_ROWS, DTYPES, default_num_workers
 from . import rules as rules_module
+from .demo import DOWNSTREAM_FILTERS, run_demo, standard_filters
 from .score import read_scores_manifest, score_pool
 from .subset import FORMATS, filter_pool
 
@@ -23,7 +26,7 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``probclip curate``."""
     parser = argparse.ArgumentParser(prog="probclip curate", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
-    commands = parser.add_subparsers(dest="action", required=True, metavar="{score,filter}")
+    commands = parser.add_subparsers(dest="action", required=True, metavar="{score,filter,demo}")
     score = commands.add_parser(
         "score", prog="probclip curate score",
         help="one Parquet row of pair scores per sample of a pool of shards",
@@ -64,6 +67,27 @@ def build_parser() -> argparse.ArgumentParser:
     filt.add_argument("--shard-size", type=int, default=10_000, help="samples per new shard (default 10000)")
     filt.add_argument("--overwrite", action="store_true", help="replace the files of an existing --out / --reshard")
     filt.add_argument("--model", default=None, help="check that the scores were made by this model (fingerprint)")
+    demo = commands.add_parser(
+        "demo", prog="probclip curate demo", help="filters compared on a synthetic pool with known noise",
+        description="Build a pool of the synthetic world with known noise (mismatched captions, a wrong attribute "
+                    "word, strongly degraded images, vague captions), score it with a quickstart's ProLIP model and "
+                    "SigLIP baseline, and write the precision / recall of removing each kind of noise for every "
+                    "filter at the same kept fraction (OUT/noise_table.md, OUT/demo.json); with --train-steps, "
+                    "also train the quickstart's ProLIP recipe on some filters' subsets (OUT/downstream.md).")
+    demo.add_argument("--out", required=True, help="folder to write (pool, scores, tables, runs)")
+    demo.add_argument("--quickstart", default=None, help="a finished `probclip quickstart` folder (default: train "
+                                                         "one into OUT/quickstart)")
+    demo.add_argument("--minutes", type=float, default=8.0, help="budget of the quickstart trained here (default 8)")
+    demo.add_argument("--pool-size", type=int, default=50_000, help="pairs in the pool (default 50000)")
+    demo.add_argument("--kept", type=float, default=0.6, help="kept fraction of every filter (default 0.6)")
+    demo.add_argument("--train-steps", type=int, default=0,
+                      help="train on the subsets for this many steps of 128 pairs (default 0: no training)")
+    demo.add_argument("--seeds", type=int, default=3, help="training seeds per subset (default 3)")
+    demo.add_argument("--filters", default=",".join(DOWNSTREAM_FILTERS),
+                      help=f"comma-separated filters to train on (default {','.join(DOWNSTREAM_FILTERS)}; names: "
+                           f"{', '.join(f['name'] for f in standard_filters(0.5))})")
+    demo.add_argument("--seed", type=int, default=0, help="world seed of the pool (default 0)")
+    demo.add_argument("--threads", type=int, default=1, help="torch CPU threads for training (default 1)")
     return parser
 
 
@@ -96,9 +120,23 @@ def _filter(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    for name, value in (("--pool-size", args.pool_size), ("--seeds", args.seeds), ("--threads", args.threads)):
+        if value < 1:
+            raise UsageError(f"{name} must be >= 1; got {value}")
+    if args.train_steps < 0:
+        raise UsageError(f"--train-steps must be >= 0; got {args.train_steps}")
+    run_demo(args.out, pool_size=args.pool_size, kept=args.kept, quickstart=args.quickstart, minutes=args.minutes,
+             train_steps=args.train_steps, seeds=args.seeds,
+             downstream=tuple(n.strip() for n in args.filters.split(",") if n.strip()), seed=args.seed,
+             threads=args.threads)
+    print(f"tables: {args.out}/noise_table.md" + (f", {args.out}/downstream.md" if args.train_steps else ""))
+    return 0
+
+
 def _run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    return _score(args) if args.action == "score" else _filter(args)
+    return {"score": _score, "filter": _filter, "demo": _demo}[args.action](args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -140,8 +140,8 @@ class Rule:
 
 
 class _Parser:
-    def __init__(self, text: str):
-        self.text, self.tokens, self.at = text, _tokens(text), 0
+    def __init__(self, text: str, columns: tuple[str, ...]):
+        self.text, self.tokens, self.at, self.columns = text, _tokens(text), 0, columns
 
     def peek(self) -> _Token:
         return self.tokens[self.at]
@@ -170,10 +170,10 @@ class _Parser:
     def column(self) -> str:
         token = self.peek()
         if token.kind != "name" or token.text in _KEYWORDS or _QUANTILE.match(token.text):
-            self.fail(f"a score column ({', '.join(SCORE_COLUMNS)})")
-        if token.text not in SCORE_COLUMNS:
+            self.fail(f"a score column ({', '.join(self.columns)})")
+        if token.text not in self.columns:
             raise UsageError(f"rule {self.text!r}: unknown score column {token.text!r}; expected one of "
-                             f"{list(SCORE_COLUMNS)}")
+                             f"{list(self.columns)}")
         return self.take().text
 
     def term(self, sign: float) -> tuple[float, str]:
@@ -261,11 +261,12 @@ class _Parser:
         return rule
 
 
-def parse_rule(text: str) -> Rule:
-    """Parse one rule of the grammar (module docstring); ``UsageError`` naming the place that does not fit."""
+def parse_rule(text: str, columns: tuple[str, ...] = SCORE_COLUMNS) -> Rule:
+    """Parse one rule of the grammar (module docstring) over the score ``columns``; ``UsageError`` naming the place
+    that does not fit."""
     if not isinstance(text, str) or not text.strip():
         raise UsageError(f"a rule must be a non-empty text such as 'top 30% cosine'; got {text!r}")
-    return _Parser(text.strip()).rule()
+    return _Parser(text.strip(), tuple(columns)).rule()
 
 
 def apply_rules(rules: list[Rule], columns: dict[str, np.ndarray]) -> tuple[np.ndarray, list[dict]]:
