@@ -104,8 +104,8 @@ def test_scores_of_a_datacomp_pool(scored, model_dir, pool):
         "image_u": float(img.uncertainty[0]), "text_u": float(txt.uncertainty[0]),
         "image_in_text": float(probclip.inclusion_score(img, txt)[0, 0]),
         "text_in_image": float(probclip.inclusion_score(txt, img)[0, 0]),
-        "match_prob": float(torch.sigmoid(model.logit_scale.detach().exp() * (mi @ mt.T - (img.uncertainty + txt.uncertainty)
-                                                                     / 2) + model.logit_bias)[0, 0]),
+        "match_prob": float(torch.sigmoid(model.logit_scale.detach().exp() * (
+            mi @ mt.T - (img.uncertainty + txt.uncertainty) / 2) + model.logit_bias.detach())[0, 0]),
     }
     for column, value in expected.items():
         assert rows[column][position] == pytest.approx(value, rel=2e-4, abs=2e-4), column

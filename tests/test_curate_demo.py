@@ -64,6 +64,7 @@ def test_noise_table_counts_precision_and_recall():
 def test_every_standard_filter_keeps_the_same_fraction():
     names = [f["name"] for f in standard_filters(0.3)]
     assert len(set(names)) == len(names) and "cosine (SigLIP)" in names and "CSD" in names
+    assert not any("," in n for n in names)  # --filters is a comma-separated list
     assert all(f["rules"][-1].split()[:2] in (["top", "30%"], ["bottom", "30%"]) for f in standard_filters(0.3))
 
 
@@ -75,27 +76,30 @@ def quickstart_dir(tmp_path_factory) -> Path:
 
 
 def test_demo_end_to_end_at_tiny_scale(tmp_path, quickstart_dir, capsys):
-    filters = ("cosine (SigLIP)", "uncertainty + CSD")
-    record = run_demo(tmp_path / "demo", pool_size=120, kept=0.6, quickstart=quickstart_dir, train_steps=2,
-                      seeds=2, downstream=filters, log=lambda *_: None)
+    filters = ("cosine (SigLIP)", "best combination")
+    record = run_demo(tmp_path / "demo", pool_size=120, validation_size=60, kept=0.6, quickstart=quickstart_dir,
+                      train_steps=2, seeds=2, downstream=filters, log=lambda *_: None)
     assert [r["name"] for r in record["filters"]] == [f["name"] for f in standard_filters(0.6)]
     for row in record["filters"]:
         assert row["table"]["removed"] == 48 and row["table"]["kept_fraction"] == pytest.approx(0.6)
     table = (tmp_path / "demo" / "noise_table.md").read_text()
-    assert "| cosine (SigLIP) |" in table and "(best)" in table and "clean 72, mismatch 12" in table
-    for name in filters:
+    assert "| cosine (SigLIP) | `top 60% cosine` |" in table and "(best)" in table and "clean 72, mismatch 12" in table
+    assert record["best"] in [f["name"] for f in standard_filters(0.6) if f["kind"] == "combination"]
+    assert set(record["downstream"]) == {"cosine (SigLIP)", record["best"]}
+    for name in record["downstream"]:
         runs = record["downstream"][name]["runs"]
         assert [r["seed"] for r in runs] == [0, 1]
         assert all(0 <= r["metrics"]["retrieval.t2i.map_at_r"] <= 1 and "zeroshot.acc1" in r["metrics"] for r in runs)
         assert record["downstream"][name]["kept"] == 72
-    shards = sorted((tmp_path / "demo" / "subsets" / "uncertainty-csd" / "shards").glob("*.tar"))
+    shards = sorted((tmp_path / "demo" / "subsets" / "cosine-siglip" / "shards").glob("*.tar"))
     assert sum(1 for s in shards for _ in iter_tar_records(str(s))) == 72
-    assert "| uncertainty + CSD | 2 |" in (tmp_path / "demo" / "downstream.md").read_text()
+    assert f"| {record['best']} | 2 |" in (tmp_path / "demo" / "downstream.md").read_text()
+    assert json.loads((tmp_path / "demo" / "validation" / "pool.json").read_text())["seed"] == 1
     assert json.loads((tmp_path / "demo" / "demo.json").read_text())["kept"] == 0.6
     # the command line: tables only (no training), reusing the pool and the scores
     code = cli_main(["curate", "demo", "--out", str(tmp_path / "demo"), "--quickstart", str(quickstart_dir),
-                     "--pool-size", "120"])
+                     "--pool-size", "120", "--validation-size", "60"])
     assert code == 0 and "noise_table.md" in capsys.readouterr().out
     code = cli_main(["curate", "demo", "--out", str(tmp_path / "demo"), "--quickstart", str(quickstart_dir),
-                     "--pool-size", "130"])
+                     "--pool-size", "130", "--validation-size", "60"])
     assert code == 2 and "holds a pool of 120 pairs" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from ..cli import run_command
 from ..errors import UsageError
 from ..search.embed import DEFAULT_SHARD_ROWS, DTYPES, default_num_workers
 from . import rules as rules_module
-from .demo import DOWNSTREAM_FILTERS, run_demo, standard_filters
+from .demo import BEST, DOWNSTREAM_FILTERS, run_demo, standard_filters
 from .score import read_scores_manifest, score_pool
 from .subset import FORMATS, filter_pool
 
@@ -79,13 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "one into OUT/quickstart)")
     demo.add_argument("--minutes", type=float, default=8.0, help="budget of the quickstart trained here (default 8)")
     demo.add_argument("--pool-size", type=int, default=50_000, help="pairs in the pool (default 50000)")
+    demo.add_argument("--validation-size", type=int, default=10_000,
+                      help="pairs of the validation pool that picks the best combination (default 10000)")
     demo.add_argument("--kept", type=float, default=0.6, help="kept fraction of every filter (default 0.6)")
     demo.add_argument("--train-steps", type=int, default=0,
                       help="train on the subsets for this many steps of 128 pairs (default 0: no training)")
     demo.add_argument("--seeds", type=int, default=3, help="training seeds per subset (default 3)")
     demo.add_argument("--filters", default=",".join(DOWNSTREAM_FILTERS),
-                      help=f"comma-separated filters to train on (default {','.join(DOWNSTREAM_FILTERS)}; names: "
-                           f"{', '.join(f['name'] for f in standard_filters(0.5))})")
+                      help=f"comma-separated filters to train on (default {','.join(DOWNSTREAM_FILTERS)}; "
+                           f"'{BEST}' is the combination chosen on the validation pool; the names: "
+                           f"{'; '.join(f['name'] for f in standard_filters(0.5))})")
     demo.add_argument("--seed", type=int, default=0, help="world seed of the pool (default 0)")
     demo.add_argument("--threads", type=int, default=1, help="torch CPU threads for training (default 1)")
     return parser
@@ -121,12 +124,14 @@ def _filter(args) -> int:
 
 
 def _demo(args) -> int:
-    for name, value in (("--pool-size", args.pool_size), ("--seeds", args.seeds), ("--threads", args.threads)):
+    for name, value in (("--pool-size", args.pool_size), ("--validation-size", args.validation_size),
+                        ("--seeds", args.seeds), ("--threads", args.threads)):
         if value < 1:
             raise UsageError(f"{name} must be >= 1; got {value}")
     if args.train_steps < 0:
         raise UsageError(f"--train-steps must be >= 0; got {args.train_steps}")
-    run_demo(args.out, pool_size=args.pool_size, kept=args.kept, quickstart=args.quickstart, minutes=args.minutes,
+    run_demo(args.out, pool_size=args.pool_size, validation_size=args.validation_size, kept=args.kept,
+             quickstart=args.quickstart, minutes=args.minutes,
              train_steps=args.train_steps, seeds=args.seeds,
              downstream=tuple(n.strip() for n in args.filters.split(",") if n.strip()), seed=args.seed,
              threads=args.threads)

@@ -2,11 +2,12 @@
 
 1. Build a noisy pool of the synthetic world (:mod:`probclip.curate.noisy_pool`: 10% each of mismatched captions,
    one wrong attribute word, strongly degraded images and vague captions by default).
-2. Score it with a ProLIP model and with its SigLIP baseline (a quickstart folder's ``model/`` and
-   ``runs/siglip`` checkpoint; ``--quickstart``, or a quickstart trained here).
+2. Score it, and a smaller validation pool (another world seed), with a ProLIP model and with its SigLIP baseline
+   (a quickstart folder's ``model/`` and ``runs/siglip`` checkpoint; ``--quickstart``, or a quickstart trained
+   here).
 3. Apply every filter of :func:`standard_filters` at the same kept fraction and measure, per noise kind, the
    precision (share of the removed pairs that are of that kind) and recall (share of that kind removed):
-   ``noise_table.md`` / ``demo.json``.
+   ``noise_table.md`` / ``demo.json``. The best combination is chosen on the validation pool.
 4. Optionally (``--train-steps``), train the quickstart's ProLIP recipe on the subsets of some filters for the same
    number of steps and seeds, and evaluate each model on the held-out test split: ``downstream.md``.
 """
@@ -36,36 +37,44 @@ from .rules import apply_rules, parse_rule
 from .score import read_scores, score_pool
 from .subset import reshard
 
-__all__ = ["DOWNSTREAM_FILTERS", "noise_table", "quickstart_models", "run_demo", "standard_filters",
+__all__ = ["BEST", "DOWNSTREAM_FILTERS", "noise_table", "quickstart_models", "run_demo", "standard_filters",
            "train_on_subset"]
 
-#: The filters trained on downstream by default (names of :func:`standard_filters`).
-DOWNSTREAM_FILTERS = ("cosine (SigLIP)", "cosine (ProLIP means)", "uncertainty + CSD")
+#: The name standing for the combination chosen on the validation pool.
+BEST = "best combination"
+#: The filters trained on downstream by default (names of :func:`standard_filters`, or ``BEST``).
+DOWNSTREAM_FILTERS = ("cosine (SigLIP)", "cosine (ProLIP means)", BEST)
 
 
 def standard_filters(kept: float) -> list[dict]:
-    """The compared filters at kept fraction ``kept``: ``{"name", "model" ("prolip" / "siglip"), "rules"}``.
+    """The compared filters at kept fraction ``kept``: ``{"name", "model", "kind", "rules"}``.
 
-    Every filter keeps exactly ``kept`` of the pool: its last rule is a ranking, the rules before it remove the most
-    uncertain images / captions first (at the pool's 90th percentile unless named otherwise).
+    ``model``: whose scores the rules read (``prolip``, ``siglip``, or ``siglip+prolip``: the ProLIP columns plus
+    ``siglip_cosine``); ``kind``: ``clip score`` (a cosine), ``probabilistic`` (one score of the ProLIP model) or
+    ``combination`` (the candidates for the best combination). Every filter keeps exactly ``kept`` of the pool: its
+    last rule is a ranking; rules before it drop the most uncertain images or captions at a percentile of the pool.
+    The coefficients of the linear scores suit the quickstart model's scales (``text_u`` about 1e-3, CSD about 1).
     """
     pct = f"{100 * kept:g}%"
     return [
-        {"name": "cosine (SigLIP)", "model": "siglip", "rules": [f"top {pct} cosine"]},
-        {"name": "cosine (ProLIP means)", "model": "prolip", "rules": [f"top {pct} cosine"]},
-        {"name": "CSD", "model": "prolip", "rules": [f"bottom {pct} csd"]},
-        {"name": "match probability", "model": "prolip", "rules": [f"top {pct} match_prob"]},
-        {"name": "uncertainty only", "model": "prolip", "rules": ["image_u <= q90", f"bottom {pct} text_u"]},
-        {"name": "uncertainty + cosine", "model": "prolip",
-         "rules": ["image_u <= q90", "text_u <= q90", f"top {pct} cosine"]},
-        {"name": "uncertainty + CSD", "model": "prolip",
+        {"name": "cosine (SigLIP)", "model": "siglip", "kind": "clip score", "rules": [f"top {pct} cosine"]},
+        {"name": "cosine (ProLIP means)", "model": "prolip", "kind": "clip score", "rules": [f"top {pct} cosine"]},
+        {"name": "CSD", "model": "prolip", "kind": "probabilistic", "rules": [f"bottom {pct} csd"]},
+        {"name": "match probability", "model": "prolip", "kind": "probabilistic", "rules": [f"top {pct} match_prob"]},
+        {"name": "uncertainty only", "model": "prolip", "kind": "probabilistic",
+         "rules": ["image_u <= q90", f"bottom {pct} text_u"]},
+        {"name": "uncertainty q90 then CSD", "model": "prolip", "kind": "combination",
          "rules": ["image_u <= q90", "text_u <= q90", f"bottom {pct} csd"]},
-        {"name": "uncertainty (q80) + CSD", "model": "prolip",
-         "rules": ["image_u <= q80", "text_u <= q80", f"bottom {pct} csd"]},
-        {"name": "uncertainty (q95) + CSD", "model": "prolip",
+        {"name": "uncertainty q95 then CSD", "model": "prolip", "kind": "combination",
          "rules": ["image_u <= q95", "text_u <= q95", f"bottom {pct} csd"]},
-        {"name": "uncertainty + SigLIP cosine", "model": "siglip+prolip",
-         "rules": ["image_u <= q90", "text_u <= q90", f"top {pct} siglip_cosine"]},
+        {"name": "uncertainty q95 then cosine", "model": "prolip", "kind": "combination",
+         "rules": ["image_u <= q95", "text_u <= q95", f"top {pct} cosine"]},
+        {"name": "CSD + 100 text_u", "model": "prolip", "kind": "combination",
+         "rules": [f"bottom {pct} csd + 100 * text_u"]},
+        {"name": "CSD - 0.05 image_in_text", "model": "prolip", "kind": "combination",
+         "rules": [f"bottom {pct} csd - 0.05 * image_in_text"]},
+        {"name": "uncertainty q95 then SigLIP cosine", "model": "siglip+prolip", "kind": "combination",
+         "rules": ["image_u <= q95", "text_u <= q95", f"top {pct} siglip_cosine"]},
     ]
 
 
@@ -112,18 +121,19 @@ def _apply(filt: dict, tables: dict[str, pa.Table]) -> np.ndarray:
     return apply_rules(rules, columns)[0]
 
 
-def _fmt_row(name: str, table: dict) -> str:
-    cells = [f"{table[k]['precision']:.2f} / {table[k]['recall']:.2f}" for k in (*NOISE_KINDS, "any")]
-    return f"| {name} | " + " | ".join(cells) + " |"
-
-
-def noise_markdown(rows: list[dict], kept: float, pool: dict) -> str:
-    header = ("| filter | " + " | ".join(NOISE_KINDS) + " | any noise |\n|---|" + "---|" * (len(NOISE_KINDS) + 1))
-    best = max(rows, key=lambda r: r["table"]["any"]["recall"])
+def noise_markdown(rows: list[dict], kept: float, pool: dict, best: str, validation: dict) -> str:
+    """The noise table: one row per filter, precision / recall per noise kind."""
+    header = ("| filter | rules | " + " | ".join(NOISE_KINDS) + " | any noise |\n|---|---|"
+              + "---|" * (len(NOISE_KINDS) + 1))
     counts = ", ".join(f"{k} {v}" for k, v in pool["counts"].items())
     lines = [f"Kept fraction {kept:g} of {pool['size']} pairs ({counts}); each cell: precision / recall of "
-             "removing that kind.", "", header]
-    lines += [_fmt_row(r["name"] + (" **(best)**" if r is best else ""), r["table"]) for r in rows]
+             f"removing that kind. **best**: the combination that removed the most noise on a validation pool of "
+             f"{validation['size']} pairs (world seed {validation['seed']}).", "", header]
+    for row in rows:
+        name = f"**{row['name']}** (best)" if row["name"] == best else row["name"]
+        rules = "; ".join(f"`{r}`" for r in row["rules"])
+        cells = [f"{row['table'][k]['precision']:.2f} / {row['table'][k]['recall']:.2f}" for k in (*NOISE_KINDS, "any")]
+        lines.append(f"| {name} | {rules} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -141,26 +151,52 @@ def train_on_subset(shards: Path, steps: int, seed: int, out: Path, threads: int
     return {k: float(v) for k, v in metrics.items()}
 
 
-def run_demo(out_dir: str | Path, *, pool_size: int = 50_000, kept: float = 0.6,
+def _pool(folder: Path, size: int, seed: int, log) -> dict:
+    if (folder / "pool.json").is_file():
+        pool = json.loads((folder / "pool.json").read_text(encoding="utf-8"))
+        if (pool["size"], pool["seed"]) != (size, seed):
+            raise UsageError(f"{folder} holds a pool of {pool['size']} pairs (seed {pool['seed']}); use another "
+                             "--out")
+        return pool
+    log(f"building a noisy pool of {size} pairs (seed {seed}) in {folder}")
+    return build_noisy_pool(folder, size=size, seed=seed)
+
+
+def _score_both(folder: Path, models: dict, out: Path, suffix: str, batch_size: int, num_workers: int, timings: dict,
+                log) -> tuple[dict, dict, list[str]]:
+    """Score the pool ``folder`` with both models: ``(tables, manifests, noise label of each row)``."""
+    tables, manifests = {}, {}
+    for name, model in models.items():
+        tick = time.perf_counter()
+        log(f"scoring {folder.name} with the {name} model")
+        scores = score_pool(str(model), folder, out / f"scores-{name}{suffix}", batch_size=batch_size,
+                            num_workers=num_workers, progress=False)
+        tables[name], manifests[name] = read_scores(scores)
+        timings[f"score_{name}{suffix}_seconds"] = time.perf_counter() - tick
+    uids = [tables[n].column("uid").to_pylist() for n in tables]
+    if uids[0] != uids[1]:
+        raise InputError(f"the scores of {folder} by the two models hold different pairs; delete them and run again")
+    truth = read_truth(folder)
+    return tables, manifests, [truth[u] for u in uids[0]]
+
+
+def run_demo(out_dir: str | Path, *, pool_size: int = 50_000, validation_size: int = 10_000, kept: float = 0.6,
              quickstart: str | Path | None = None, minutes: float = 8.0, train_steps: int = 0, seeds: int = 3,
              downstream: tuple[str, ...] = DOWNSTREAM_FILTERS, seed: int = 0, threads: int = 1,
              batch_size: int = 128, num_workers: int = 1, log=print) -> dict:
-    """Run the demo (module docstring) into ``out_dir``; returns the ``demo.json`` record."""
+    """Run the demo (module docstring) into ``out_dir``; returns the ``demo.json`` record.
+
+    The best combination is chosen on a validation pool (``validation_size`` pairs, world seed ``seed + 1``): the
+    candidate (``kind == "combination"``) that removes the most noise there; the tables report it on the main pool.
+    """
     if not 0 < kept < 1:
         raise UsageError(f"--kept must lie in (0, 1); got {kept!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    timings = {}
-    pool_dir = out / "pool"
-    if (pool_dir / "pool.json").is_file():
-        pool = json.loads((pool_dir / "pool.json").read_text(encoding="utf-8"))
-        if (pool["size"], pool["seed"]) != (pool_size, seed):
-            raise UsageError(f"{pool_dir} holds a pool of {pool['size']} pairs (seed {pool['seed']}); use another "
-                             "--out")
-    else:
-        log(f"building a noisy pool of {pool_size} pairs")
-        pool = build_noisy_pool(pool_dir, size=pool_size, seed=seed)
+    timings: dict = {}
+    pool = _pool(out / "pool", pool_size, seed, log)
+    validation = _pool(out / "validation", validation_size, seed + 1, log)
     timings["pool_seconds"] = time.perf_counter() - started
     if quickstart is None:
         quickstart = out / "quickstart"
@@ -168,28 +204,22 @@ def run_demo(out_dir: str | Path, *, pool_size: int = 50_000, kept: float = 0.6,
             log(f"training a quickstart ({minutes:g} minutes) into {quickstart}")
             run_quickstart(quickstart, steps_for_budget(minutes), seed, threads)
     models = quickstart_models(quickstart)
-    tables, manifests = {}, {}
-    for name, model in models.items():
-        tick = time.perf_counter()
-        log(f"scoring the pool with the {name} model")
-        scores = score_pool(str(model), pool_dir, out / f"scores-{name}", batch_size=batch_size,
-                            num_workers=num_workers, progress=False)
-        tables[name], manifests[name] = read_scores(scores)
-        timings[f"score_{name}_seconds"] = time.perf_counter() - tick
-    keys = [tables[n].column("uid").to_pylist() for n in tables]
-    if keys[0] != keys[1]:
-        raise InputError("the two scores folders hold different pairs; delete them and run again")
-    truth = read_truth(pool_dir)
-    labels = [truth[u] for u in keys[0]]
-    rows = []
-    for filt in standard_filters(kept):
-        rows.append({**filt, "table": noise_table(labels, _apply(filt, tables))})
-    (out / "noise_table.md").write_text(noise_markdown(rows, kept, pool), encoding="utf-8")
+    val_tables, _, val_labels = _score_both(out / "validation", models, out, "-validation", batch_size, num_workers,
+                                            timings, log)
+    tables, manifests, labels = _score_both(out / "pool", models, out, "", batch_size, num_workers, timings, log)
+    filters = standard_filters(kept)
+    on_validation = {f["name"]: noise_table(val_labels, _apply(f, val_tables)) for f in filters}
+    best = max((f["name"] for f in filters if f["kind"] == "combination"),
+               key=lambda name: on_validation[name]["any"]["recall"])
+    rows = [{**f, "table": noise_table(labels, _apply(f, tables)),
+             "validation_any_recall": on_validation[f["name"]]["any"]["recall"]} for f in filters]
+    (out / "noise_table.md").write_text(noise_markdown(rows, kept, pool, best, validation), encoding="utf-8")
     log((out / "noise_table.md").read_text(encoding="utf-8"))
-    record = {"pool": pool, "kept": kept, "models": {k: str(v) for k, v in models.items()}, "filters": rows,
-              "timings": timings}
+    record = {"pool": pool, "validation": validation, "kept": kept, "models": {k: str(v) for k, v in models.items()},
+              "best": best, "filters": rows, "timings": timings}
     if train_steps:
-        record["downstream"] = _downstream(out, rows, tables, manifests, downstream, train_steps, seeds, threads, log)
+        names = tuple(best if n == BEST else n for n in downstream)
+        record["downstream"] = _downstream(out, rows, tables, manifests, names, train_steps, seeds, threads, log)
         (out / "downstream.md").write_text(downstream_markdown(record["downstream"], train_steps, kept),
                                            encoding="utf-8")
         log((out / "downstream.md").read_text(encoding="utf-8"))
