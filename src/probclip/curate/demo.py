@@ -217,6 +217,7 @@ def run_demo(out_dir: str | Path, *, pool_size: int = 50_000, validation_size: i
     log((out / "noise_table.md").read_text(encoding="utf-8"))
     record = {"pool": pool, "validation": validation, "kept": kept, "models": {k: str(v) for k, v in models.items()},
               "best": best, "filters": rows, "timings": timings}
+    write_json_atomic(out / "demo.json", record)  # the tables, kept if the training below is interrupted
     if train_steps:
         names = tuple(best if n == BEST else n for n in downstream)
         record["downstream"] = _downstream(out, rows, tables, manifests, names, train_steps, seeds, threads, log)
