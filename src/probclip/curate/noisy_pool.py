@@ -158,7 +158,8 @@ def build_noisy_pool(out_dir: str | Path, size: int = 50_000, rates: dict[str, f
     for shard, start in enumerate(range(0, size, samples_per_shard)):
         path = out / f"{shard:08d}.tar"
         rows = []
-        with tarfile.open(path.with_suffix(".tar.partial"), "w", format=tarfile.USTAR_FORMAT) as tar:
+        partial = path.with_suffix(".tar.partial")
+        with tarfile.open(partial, "w", format=tarfile.USTAR_FORMAT) as tar:
             for index in range(start, min(size, start + samples_per_shard)):
                 image, text, scene = _sample(ds, index, labels[index], seed)
                 key = f"{shard:05d}{index - start:04d}" if samples_per_shard <= 10_000 else f"{index:09d}"
@@ -170,7 +171,7 @@ def build_noisy_pool(out_dir: str | Path, size: int = 50_000, rates: dict[str, f
                 _add(tar, f"{key}.txt", text.encode("utf-8"))
                 _add(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
                 rows.append({"uid": meta["uid"], "key": key, "text": text, "noise": labels[index]})
-        path.with_suffix(".tar.partial").replace(path)
+        partial.replace(path)
         pq.write_table(pa.Table.from_pylist(rows), path.with_suffix(".parquet"))
         shards.append(path.name)
         if progress is not None:

@@ -186,7 +186,8 @@ def reshard(subset: pa.Table, manifest: dict, out_dir: str | Path, *, shard_size
             for message in record.get("__too_large__", []):
                 warnings.warn(f"{message}; not copied to the new shard", RuntimeWarning, stacklevel=2)
             if tar is None:
-                tar = tarfile.open(out / f"{len(written):05d}.tar.partial", "w", format=tarfile.USTAR_FORMAT)
+                partial = out / f"{len(written):05d}.tar.partial"
+                tar = tarfile.open(partial, "w", format=tarfile.USTAR_FORMAT)
             for extension, payload in record.items():
                 if not extension.startswith("__"):
                     _add_member(tar, f"{record['__key__']}.{extension}", payload)
