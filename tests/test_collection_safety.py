@@ -201,7 +201,7 @@ TAMPERED = [
     ("index-kind", lambda m: m["indexes"]["image"].update(kind="lsh"), "indexes.image.kind is 'lsh'"),
     ("index-rows", lambda m: m["indexes"]["image"].update(rows="x"), "indexes.image.rows is 'x'"),
     ("index-absolute", lambda m: m["indexes"]["image"].update(file="/etc/passwd"), "must be a path relative"),
-    ("index-outside", lambda m: m["indexes"]["image"].update(file="../other/index/image.flat.faiss"),
+    ("index-outside", lambda m: m["indexes"]["image"].update(file="../other/index/image.flat.npy"),
      "lies outside the collection"),
     ("index-unknown-modality", lambda m: m["indexes"].update(text=m["indexes"]["image"]), "a key of indexes"),
     ("index-fingerprints-list", lambda m: m["indexes"]["image"].update(fingerprints=[]), "fingerprints is 'list'"),
@@ -233,8 +233,8 @@ def test_a_symbolic_link_out_of_the_collection_is_refused(tmp_path):
     other, _, _ = make_collection(tmp_path / "other", n=50, seed=1)
     build_index(path, kind="flat", progress=False)
     build_index(other, kind="flat", progress=False)
-    (path / "index" / "image.flat.faiss").unlink()
-    (path / "index" / "image.flat.faiss").symlink_to(other / "index" / "image.flat.faiss")
+    (path / "index" / "image.flat.npy").unlink()
+    (path / "index" / "image.flat.npy").symlink_to(other / "index" / "image.flat.npy")
     with pytest.raises(InputError, match="lies outside the collection"):
         SearchIndex.load(path, "image")
 
@@ -245,16 +245,16 @@ def test_an_index_file_of_another_collection_with_the_same_rows_is_refused(tmp_p
     for root in (path, other):
         build_index(root, kind="flat", progress=False)
     SearchIndex.load(path, "image")  # intact: loads
-    for name in ("image.flat.faiss", "image.inclusion.faiss", "image.mean_variance.npy"):
+    for name in ("image.flat.npy", "image.inclusion.npy", "image.mean_variance.npy"):
         shutil.copy(path / "index" / name, tmp_path / name)
         shutil.copy(other / "index" / name, path / "index" / name)
         with pytest.raises(InputError, match=f"index file .*{name} is not the file `probclip index` wrote for this "
                                              "collection"):
             SearchIndex.load(path, "image")
         shutil.copy(tmp_path / name, path / "index" / name)
-    flat = path / "index" / "image.flat.faiss"
+    flat = path / "index" / "image.flat.npy"
     flat.write_bytes(flat.read_bytes()[:-8])  # truncated
-    with pytest.raises(InputError, match="image.flat.faiss is not the file"):
+    with pytest.raises(InputError, match="image.flat.npy is not the file"):
         SearchIndex.load(path, "image")
     _edit(path, lambda m: m["indexes"]["image"].pop("fingerprints"))
     with pytest.raises(InputError, match="records no fingerprint of index file"):

@@ -45,7 +45,8 @@ __all__ = [
     "StoredRows",
     "DTYPES",
     "INDEX_FILE_KEYS",
-    "INDEX_KINDS",
+    "FILE_KINDS",
+    "upgrade_manifest",
     "check_manifest",
     "check_modality",
     "collection_file",
@@ -59,12 +60,16 @@ __all__ = [
 ]
 
 FORMAT = "probclip-collection"
-FORMAT_VERSION = 1
+#: 2: the flat and inclusion indexes are ``.npy`` files (1: hand-written FAISS files), index entries record their
+#: factory string, search parameters, search knobs and tuning. A version-1 manifest is upgraded when read: its
+#: index entries are dropped (the collection must be indexed again, and says so).
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 MODALITIES = ("image", "text")
 PREFIXES = {"image": "img", "text": "text"}
 DTYPES = ("float16", "float32")
-INDEX_KINDS = ("flat", "hnsw", "ivfpq", "milvus")
+#: The kinds whose entry must name a ``file`` (other registered backends may write none).
+FILE_KINDS = ("flat", "hnsw", "ivfpq")
 #: The keys of an index entry that name a file of the collection.
 INDEX_FILE_KEYS = ("file", "inclusion_file", "mean_variance_file")
 #: :func:`file_fingerprint` reads a file whole up to this size, else its ends and ``_SAMPLES`` blocks between.
@@ -200,12 +205,21 @@ def check_manifest(root: str | Path, manifest: dict) -> dict:
     for modality, entry in indexes.items():
         if modality not in modalities:
             raise _bad(path, "a key of indexes", modality, f"a modality of the collection {sorted(modalities)}")
+        from .backends import backend_names  # the registry imports this module
+
         entry = _mapping(path, f"indexes.{modality}", entry)
-        if entry.get("kind") not in INDEX_KINDS:
-            raise _bad(path, f"indexes.{modality}.kind", entry.get("kind"), f"one of {list(INDEX_KINDS)}")
+        if entry.get("kind") not in backend_names():
+            raise _bad(path, f"indexes.{modality}.kind", entry.get("kind"), f"one of {backend_names()}")
         _count(path, f"indexes.{modality}.rows", entry.get("rows"))
         files = [key for key in INDEX_FILE_KEYS if key in entry]
-        if entry["kind"] != "milvus" and "file" not in files:
+        for group in ("search", "search_params"):
+            for knob, value in _mapping(path, f"indexes.{modality}.{group}", entry.get(group, {})).items():
+                _count(path, f"indexes.{modality}.{group}.{knob}", value, 1)
+        tuning = _mapping(path, f"indexes.{modality}.tuning", entry.get("tuning", {}))
+        recall = tuning.get("recall_at_10", 0.0)
+        if isinstance(recall, bool) or not isinstance(recall, (int, float)) or not 0 <= recall <= 1:
+            raise _bad(path, f"indexes.{modality}.tuning.recall_at_10", recall, "a number in [0, 1]")
+        if entry["kind"] in FILE_KINDS and "file" not in files:
             raise _bad(path, f"indexes.{modality}.file", None, "the path of the index file")
         if entry["kind"] == "milvus":
             for field in ("uri", "collection"):
@@ -234,10 +248,24 @@ def read_manifest(root: str | Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise InputError(f"{path} is not a probclip collection manifest (expected \"format\": \"{FORMAT}\")")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION:
         raise InputError(f"{path} has format version {version!r}, newer than this probclip reads "
                          f"(<= {FORMAT_VERSION}); upgrade probclip")
-    return check_manifest(root, manifest)
+    return check_manifest(root, upgrade_manifest(manifest))
+
+
+def upgrade_manifest(manifest: dict) -> dict:
+    """A manifest of an older format version as the current one (in memory; written when next rewritten).
+
+    1 -> 2: the index entries are dropped (their flat and inclusion files are in FAISS's own format, which this
+    probclip no longer reads): searching says the collection has no index and names `probclip index DIR`;
+    ``upgraded_from`` records the version read.
+    """
+    version = manifest.get("format_version")
+    if isinstance(version, int) and version < 2:
+        manifest = {k: v for k, v in manifest.items() if k != "indexes"}
+        manifest.update(format_version=FORMAT_VERSION, upgraded_from=version)
+    return manifest
 
 
 @dataclass

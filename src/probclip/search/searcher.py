@@ -30,6 +30,7 @@ from ..errors import InputError, UsageError
 from ..limits import clip_caption, current_limits
 from ..tokenizers import get_tokenizer
 from ..transforms import ToRGB, image_transform
+from .backends import OpenContext, backend_for, exact_topk, load_rows_npy
 from .checks import check_query_embedding, check_search_options
 from .embed import load_model
 from .layout import (
@@ -41,14 +42,13 @@ from .layout import (
     file_fingerprint,
     read_manifest,
 )
-from .milvus import MilvusSearcher
 from .model_id import model_fingerprint
 from .results import HIGHER_IS_BETTER, SCORES, SearchResults
-from .vectors import augment_query, inclusion_query_weights, inclusion_test, inclusion_tests
+from .vectors import inclusion_query_weights, inclusion_test, inclusion_tests
 
 __all__ = ["DEFAULT_OVERSAMPLE", "EXHAUSTIVE_ELEMENTS", "SearchIndex"]
 
-#: Candidates per wanted result for the approximate kinds and the inclusion test.
+#: Candidates per wanted result for the approximate kinds and the inclusion test, when the manifest records none.
 DEFAULT_OVERSAMPLE = {"flat": 10, "milvus": 10, "hnsw": 4, "ivfpq": 16}
 #: Extra candidates of an exact index, so that float32 rounding in the index cannot change the exact top-k.
 EXACT_MARGIN = 16
@@ -94,7 +94,10 @@ class SearchIndex:
         self.stored = StoredRows(root, manifest, modality)
         entry = manifest.get("indexes", {}).get(modality)
         if not entry:
-            raise InputError(f"collection {str(root)!r} has no {modality} index; run `probclip index {root}` first")
+            older = (f" (its index was built by an older probclip, manifest format {manifest['upgraded_from']})"
+                     if "upgraded_from" in manifest else "")
+            raise InputError(f"collection {str(root)!r} has no {modality} index{older}; run `probclip index {root}` "
+                             "first")
         if int(entry.get("rows", -1)) != self.stored.rows:
             raise InputError(f"the {modality} index of {str(root)!r} covers {entry.get('rows')} rows, the collection "
                              f"{self.stored.rows}; rebuild it with `probclip index {root}`")
@@ -102,17 +105,21 @@ class SearchIndex:
         self.name = f"{root.resolve().name}/{modality}"
         self.rows, self.dim = self.stored.rows, self.stored.dim
         self.kind = str(entry["kind"])
-        self.exact = self.kind in ("flat", "milvus")
+        self.backend = backend_for(self.kind)
+        self.exact = bool(self.backend.exact)
+        #: The search knobs recorded when the index was built (oversample, exhaustive threshold, deepening).
+        self.knobs = {"oversample": DEFAULT_OVERSAMPLE.get(self.kind, self.backend.default_oversample),
+                      "exhaustive_elements": EXHAUSTIVE_ELEMENTS, "deepen_factor": DEEPEN_FACTOR,
+                      "deepen_limit": DEEPEN_LIMIT, **entry.get("search", {})}
         record = manifest["model"]
         self.model_name, self.model_fingerprint = str(record["name"]), str(record["fingerprint"])
         self._model = None
         if model is not None:
             self._check_model(model)
             self._model = model.eval()
-        self._csd_index = None
+        self._candidate_index = None
         self._inclusion_index = None
         self._u_order = None
-        self._milvus = None
         self._tokenizer = None
         self._checked_files: dict[str, str] = {}
         for key in INDEX_FILE_KEYS:
@@ -191,24 +198,13 @@ class SearchIndex:
         self._checked_files[key] = str(path)
         return str(path)
 
-    def _read_faiss(self, key: str):
-        path = self._file(key)
-        flags = faiss.IO_FLAG_MMAP_IFC if self.kind in ("flat", "hnsw") or key != "file" else faiss.IO_FLAG_MMAP
-        try:
-            return faiss.read_index(path, flags)
-        except RuntimeError as err:
-            raise InputError(f"index file {path} is truncated or corrupt; rebuild it with "
-                             f"`probclip index {self.root}` ({str(err).splitlines()[0][:200]})") from err
-
     @property
-    def csd_index(self):
-        """The FAISS CSD index (memory-mapped), or None for Milvus."""
-        if self._csd_index is None and self.kind != "milvus":
-            self._csd_index = self._read_faiss("file")
-            if self._csd_index.ntotal != self.rows:
-                raise InputError(f"index {self._file('file')} holds {self._csd_index.ntotal} rows, the collection "
-                                 f"{self.rows}; rebuild it with `probclip index {self.root}`")
-        return self._csd_index
+    def candidate_index(self):
+        """The opened CSD candidate index of the backend (:mod:`probclip.search.backends`), opened on first use."""
+        if self._candidate_index is None:
+            context = OpenContext(self.stored, self.root, self.modality, self._file)
+            self._candidate_index = self.backend.open(context, self.entry)
+        return self._candidate_index
 
     # ------------------------------------------------------------------------------------------------ queries
     def encode(self, query) -> ProbEmbedding:
@@ -260,43 +256,9 @@ class SearchIndex:
                              f"uncertainty u is {float(self.stored.u.min()):.6g}; give a larger value (or none)")
         return allowed
 
-    def _faiss_candidates(self, index, vectors: np.ndarray, n: int, allowed: np.ndarray | None,
-                          params: dict) -> np.ndarray:
-        kwargs = {}
-        keep = None
-        if allowed is not None or params:
-            if self.kind == "hnsw" and index is self.csd_index:
-                sp = faiss.SearchParametersHNSW()
-                sp.efSearch = max(int(params.get("ef_search", 64)), n)
-            elif self.kind == "ivfpq" and index is self.csd_index:
-                sp = faiss.SearchParametersIVF()
-                sp.nprobe = int(params.get("nprobe", 1))
-            else:
-                sp = faiss.SearchParameters()
-            if allowed is not None:
-                keep = np.packbits(allowed, bitorder="little")
-                sp.sel = faiss.IDSelectorBitmap(allowed.size, faiss.swig_ptr(keep))
-            kwargs["params"] = sp
-        _, ids = index.search(np.ascontiguousarray(vectors, dtype=np.float32), min(n, index.ntotal), **kwargs)
-        return ids
-
     def _csd_candidates(self, mean: np.ndarray, n: int, allowed) -> list[np.ndarray]:
-        if self.kind == "milvus":
-            if allowed is None:
-                return self._milvus_searcher().search(augment_query(mean), n)
-            if not allowed.any():
-                return [np.zeros(0, np.int64)] * mean.shape[0]
-            # every filter is a threshold on u, so the allowed rows are exactly those with u in [min, max]
-            kept = self.stored.u[allowed]
-            return self._milvus_searcher().search(augment_query(mean), n, float(kept.min()), float(kept.max()))
-        params = dict(self.entry.get("params", {}))
-        ids = self._faiss_candidates(self.csd_index, augment_query(mean, params.get("pad_to")), n, allowed, params)
-        return [row[row >= 0] for row in ids]
-
-    def _milvus_searcher(self):
-        if self._milvus is None:
-            self._milvus = MilvusSearcher(self.entry["uri"], self.entry["collection"])
-        return self._milvus
+        """Per query (``[Q, D]`` means) the backend's CSD candidates, int64 row ids."""
+        return self.candidate_index.candidates(mean, n, allowed)
 
     def _scan_ids(self, allowed) -> list[np.ndarray]:
         """All (allowed) row ids in blocks, for exhaustive scans."""
@@ -334,14 +296,12 @@ class SearchIndex:
         return means @ q / np.where(norms > 0, norms, 1.0)
 
     def _mean_scan(self, mean: np.ndarray, n: int, allowed) -> list[np.ndarray]:
-        """Exact top-n by cosine of means from the flat index's vectors (memory-mapped), ``[Q]`` id arrays."""
-        index = self.csd_index
-        data = faiss.rev_swig_ptr(faiss.downcast_index(index).get_xb(), index.ntotal * index.d)
-        data = data.reshape(index.ntotal, index.d)
+        """Exact top-n by cosine of means from the flat index's rows (memory-mapped), ``[Q]`` id arrays."""
+        data = self.candidate_index.means()
         best_ids = [np.zeros(0, np.int64) for _ in range(mean.shape[0])]
         best_scores = [np.zeros(0, np.float32) for _ in range(mean.shape[0])]
         for block in self._scan_ids(allowed):
-            rows = data[block[0]: block[-1] + 1][block - block[0], :-1]
+            rows = data[block[0]: block[-1] + 1][block - block[0]]
             sims = (rows @ mean.T) / np.maximum(np.linalg.norm(rows, axis=1), 1e-12)[:, None]
             for qi in range(mean.shape[0]):
                 ids = np.concatenate([best_ids[qi], block])
@@ -357,11 +317,8 @@ class SearchIndex:
         if self._inclusion_index is None:
             if "inclusion_file" not in self.entry:  # built with --no-inclusion
                 return [np.zeros(0, np.int64)] * query.mean.shape[0]
-            index = self._read_faiss("inclusion_file")
-            if index.d != 6 * self.dim + 1:
-                raise InputError(f"the inclusion index of {str(self.root)!r} has {index.d} features a row, this "
-                                 f"probclip reads {6 * self.dim + 1}; rebuild it with `probclip index {self.root}`")
-            self._inclusion_index = index
+            self._inclusion_index = load_rows_npy(self._file("inclusion_file"), self.rows, 6 * self.dim + 1,
+                                                  self.root)
             try:
                 self._mean_variance = np.load(self._file("mean_variance_file"), allow_pickle=False)
             except (OSError, ValueError, EOFError) as err:
@@ -375,8 +332,7 @@ class SearchIndex:
         if directional and score == "included":  # "includes" finds its items without it (and at half the cost)
             weights.append(inclusion_query_weights(mean, logvar, self._mean_variance, score, eps,
                                                    margin_weight=MARGIN_WEIGHT))
-        ids = [row[row >= 0] for row in self._faiss_candidates(self._inclusion_index, np.concatenate(weights), n,
-                                                               allowed, {})]
+        ids = exact_topk(self._inclusion_index, np.concatenate(weights), n, allowed, faiss.METRIC_INNER_PRODUCT)
         q = query.mean.shape[0]
         return [np.unique(np.concatenate([ids[i + j * q] for j in range(len(weights))])) for i in range(q)]
 
@@ -429,9 +385,9 @@ class SearchIndex:
             ids = np.union1d(nearest, self._uncertainty_neighbours(query, n * U_NEIGHBOURS, allowed)[0])
             ids, scores, margins = self._rerank(query, score, ids, allowed, eps, True)
             copies = int(np.isin(nearest, ids[margins == 0], assume_unique=True).sum())
-            if 2 * copies <= nearest.size or n >= first * DEEPEN_LIMIT:
+            if 2 * copies <= nearest.size or n >= first * self.knobs["deepen_limit"]:
                 return ids, scores, margins, False
-            n *= DEEPEN_FACTOR
+            n *= self.knobs["deepen_factor"]
 
     def search(self, query, k: int = 10, score: str = "csd", *, max_uncertainty: float | None = None,
                uncertainty_quantile: float | None = None, eps: float = 0.0, oversample: int | None = None,
@@ -456,20 +412,21 @@ class SearchIndex:
         emb = self.encode(query)
         allowed = self._allowed(max_uncertainty, uncertainty_quantile)
         k = int(min(k, self.rows))
-        over = oversample or DEFAULT_OVERSAMPLE.get(self.kind, 10)
+        over = oversample or int(self.knobs["oversample"])
         mean = emb.mean.numpy()
         exact, deepen = self.exact, False
         if score == "csd":
             n = k + EXACT_MARGIN if self.exact else k * over
             candidates = self._csd_candidates(mean, n, allowed)
         elif score == "mean":
-            if self.kind == "flat":
+            if hasattr(self.candidate_index, "means"):  # a flat index holds the means: scan them exactly
                 candidates = self._mean_scan(mean, k + EXACT_MARGIN, allowed)
             else:
                 candidates = self._csd_candidates(mean, k * over, allowed)
                 exact = False
         else:
-            scan = exhaustive if exhaustive is not None else self.rows * self.dim <= EXHAUSTIVE_ELEMENTS
+            scan = (exhaustive if exhaustive is not None
+                    else self.rows * self.dim <= int(self.knobs["exhaustive_elements"]))
             if scan:
                 candidates = [np.concatenate(self._scan_ids(allowed) or [np.zeros(0, np.int64)])] * len(emb)
             else:  # the first depth in one batch (each index read once); a directional search deepens per query

@@ -20,7 +20,6 @@ from ..errors import InputError, UsageError
 from .layout import (
     FORMAT,
     FORMAT_VERSION,
-    PREFIXES,
     emb_path,
     logvar_path,
     metadata_path,
@@ -131,9 +130,7 @@ def merge_manifest(out: Path, job: dict, record: dict, counts: dict[str, int], s
         modalities[modality] = {"rows": first_row, "inputs": n, "shards": shards, "skipped": len(skipped),
                                 "skipped_inputs": skipped[:MAX_NAMED_SKIPS]}
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": record, "dtype": job["dtype"],
-                "shard_rows": shard_rows, "job": job, "modalities": modalities, "indexes": {}, "inputs": inputs,
-                "layout": {m: {"emb": f"{PREFIXES[m]}_emb", "logvar": f"{PREFIXES[m]}_logvar",
-                               "metadata": "metadata"} for m in counts}}
+                "shard_rows": shard_rows, "job": job, "modalities": modalities, "indexes": {}, "inputs": inputs}
     write_manifest(out, manifest)
     return manifest
 
