@@ -34,7 +34,7 @@ from .layout import StoredRows
 from .vectors import augment_gallery, augment_query
 
 __all__ = ["BuildContext", "CandidateIndex", "IndexBackend", "IndexOptions", "OpenContext", "backend_for",
-           "backend_names", "check_finite_rows", "exact_topk", "register_backend", "write_faiss"]
+           "backend_names", "check_finite_rows", "exact_topk", "register_backend", "unregister_backend", "write_faiss"]
 
 
 @dataclass
@@ -74,6 +74,8 @@ class IndexOptions:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise UsageError(f"{name} must be an integer >= 1 (or unset); got {value!r}")
+        if isinstance(self.pq_code, bool) or not isinstance(self.pq_code, int) or self.pq_code < 0:
+            raise UsageError(f"pq_code must be an integer >= 0 (0: the largest that fits); got {self.pq_code!r}")
         if not isinstance(self.recall_target, (int, float)) or not 0 <= self.recall_target <= 1:
             raise UsageError(f"recall_target must be a number in [0, 1]; got {self.recall_target!r}")
         return self
@@ -150,6 +152,11 @@ def register_backend(backend: IndexBackend, *, replace: bool = False) -> IndexBa
         raise ValueError(f"an index backend named {backend.name!r} is already registered")
     _REGISTRY[backend.name] = backend
     return backend
+
+
+def unregister_backend(name: str) -> None:
+    """Remove the backend ``name`` from the registry (a no-op when absent)."""
+    _REGISTRY.pop(name, None)
 
 
 def backend_names() -> list[str]:

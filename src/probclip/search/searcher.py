@@ -85,7 +85,8 @@ class SearchIndex:
     """A searchable modality of a collection (see the module docstring). Build with :meth:`load`.
 
     Attributes: ``name`` (``<folder>/<modality>``), ``modality``, ``rows``, ``dim``, ``kind`` (``flat``, ``hnsw``,
-    ``ivfpq``, ``milvus``), ``exact`` (True when the CSD ranking is exact), ``model_name``, ``model_fingerprint``.
+    ``ivfpq``, ``milvus`` or a registered backend), ``exact`` (True when the CSD ranking is exact), ``recall_at_10``,
+    ``model_name``, ``model_fingerprint``.
     """
 
     def __init__(self, root: Path, manifest: dict, modality: str, model=None, manifest_state: tuple | None = None):
@@ -107,6 +108,8 @@ class SearchIndex:
         self.kind = str(entry["kind"])
         self.backend = backend_for(self.kind)
         self.exact = bool(self.backend.exact)
+        #: recall@10 of the CSD candidates: 1.0 for an exact kind, else reached by build-time tuning (None: untuned).
+        self.recall_at_10 = 1.0 if self.exact else entry.get("tuning", {}).get("recall_at_10")
         #: The search knobs recorded when the index was built (oversample, exhaustive threshold, deepening).
         self.knobs = {"oversample": DEFAULT_OVERSAMPLE.get(self.kind, self.backend.default_oversample),
                       "exhaustive_elements": EXHAUSTIVE_ELEMENTS, "deepen_factor": DEEPEN_FACTOR,
