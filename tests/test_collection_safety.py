@@ -21,7 +21,8 @@ import probclip
 from probclip.cli import main
 from probclip.errors import InputError, UsageError
 from probclip.search import SearchIndex, build_index, embed_collection
-from probclip.search.layout import file_fingerprint, read_manifest
+from probclip.search.layout import file_fingerprint
+from probclip.search.manifest import read_manifest
 from probclip.search.milvus import collection_name
 from search_helpers import make_collection
 
@@ -67,8 +68,8 @@ def test_a_finished_collection_copied_without_progress_refuses_another_model(tmp
     assert _files(tmp_path / "c") == before
     _embed(models[1], data, tmp_path / "c", overwrite=True)
     manifest = read_manifest(tmp_path / "c")
-    assert manifest["model"]["source"] == str(models[1].resolve())
-    assert manifest["job"]["model_fingerprint"] == manifest["model"]["fingerprint"] != json.loads(
+    assert manifest.model.source == str(models[1].resolve())
+    assert manifest.job["model_fingerprint"] == manifest.model.fingerprint != json.loads(
         before["manifest.json"])["model"]["fingerprint"]
 
 
@@ -76,8 +77,8 @@ def test_a_rerun_after_the_data_changed_is_refused_naming_the_row(tmp_path, mode
     data = _folder(tmp_path / "data")
     _embed(models[0], data, tmp_path / "c")
     manifest = read_manifest(tmp_path / "c")
-    assert manifest["inputs"]["fingerprint"] == manifest["job"]["inputs_fingerprint"]
-    assert manifest["inputs"]["rows"] == {"image": 5, "text": 5}
+    assert manifest.inputs["fingerprint"] == manifest.job["inputs_fingerprint"]
+    assert manifest.inputs["rows"] == {"image": 5, "text": 5}
     before = _files(tmp_path / "c")
     Image.new("RGB", (20, 20), (1, 2, 3)).save(data / "3.png")  # same name, new content
     with pytest.raises(UsageError, match=r"image row 3 \(.*3\.png\) changed since the collection was embedded"):
@@ -142,7 +143,7 @@ def test_damaged_job_records_and_foreign_folders_are_one_line_errors(tmp_path, m
     with pytest.raises(InputError, match=r"job.json \(the unfinished run's job\) holds a list"):
         _embed(models[0], data, tmp_path / "c")
     _embed(models[0], data, tmp_path / "c", overwrite=True)
-    assert read_manifest(tmp_path / "c")["modalities"]["image"]["rows"] == 5
+    assert read_manifest(tmp_path / "c").modalities["image"].rows == 5
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     for overwrite in (False, True):
@@ -355,12 +356,12 @@ def test_a_quickstart_collection_follows_its_quickstart_model(tmp_path, models):
 
     shutil.copytree(models[0], tmp_path / "q" / "model")
     collection = prepare_quickstart_collection(tmp_path / "q", progress=False)
-    first = read_manifest(collection)["model"]["fingerprint"]
+    first = read_manifest(collection).model.fingerprint
     assert prepare_quickstart_collection(tmp_path / "q", progress=False) == collection  # idempotent
     shutil.rmtree(tmp_path / "q" / "model")
     shutil.copytree(models[1], tmp_path / "q" / "model")  # the quickstart was run again: a new model
     prepare_quickstart_collection(tmp_path / "q", progress=False)
     manifest = read_manifest(collection)
-    assert manifest["model"]["fingerprint"] != first
+    assert manifest.model.fingerprint != first
     index = SearchIndex.load(collection, "image")
     assert len(index.search(index.encode("a red circle"), k=3)[0]) == 3  # the new model encodes its queries

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import InputError, UsageError
 from .layout import StoredRows
+from .milvus import MilvusSearcher, build_milvus
 from .vectors import augment_gallery, augment_query
 
 __all__ = ["BuildContext", "CandidateIndex", "IndexBackend", "IndexOptions", "OpenContext", "backend_for",
@@ -421,8 +422,6 @@ class MilvusBackend:
         return 0  # held by the Milvus server (or Milvus Lite's file), not by probclip
 
     def build(self, context: BuildContext) -> dict:
-        from .milvus import build_milvus
-
         if not context.options.uri:
             raise UsageError("--backend milvus needs --uri (a Milvus Lite file such as ./collection.db, or "
                              "http://host:19530 for a Milvus server)")
@@ -431,8 +430,6 @@ class MilvusBackend:
         return {**entry, "factory": "Milvus FLAT", "metric": "L2", "search_params": {}}
 
     def open(self, context: OpenContext, entry: dict) -> CandidateIndex:
-        from .milvus import MilvusSearcher
-
         cap = int(entry.get("search", {}).get("max_candidates", 16384))
         return _MilvusIndex(MilvusSearcher(entry["uri"], entry["collection"], max_candidates=cap), context.stored)
 

@@ -38,7 +38,8 @@ from .backends import (
     backend_names,
     exact_topk,
 )
-from .layout import INDEX_FILE_KEYS, MODALITIES, StoredRows, file_fingerprint, read_manifest, write_manifest
+from .layout import StoredRows, file_fingerprint
+from .manifest import INDEX_FILE_KEYS, IndexEntry, read_manifest
 from .vectors import augment_gallery, inclusion_item_features
 
 __all__ = [
@@ -213,7 +214,7 @@ def build_index(collection_dir: str | Path, *, kind: str = "auto", memory_budget
         raise UsageError("--backend milvus needs --uri (a Milvus Lite file such as ./collection.db, or "
                          "http://host:19530 for a Milvus server)")
     budget = parse_memory(memory_budget)
-    present = [m for m in MODALITIES if manifest.get("modalities", {}).get(m, {}).get("rows")]
+    present = manifest.present_modalities()
     every = list(present)
     if modalities is not None:
         present = [m for m in modalities if m in present]
@@ -252,10 +253,8 @@ def build_index(collection_dir: str | Path, *, kind: str = "auto", memory_budget
             _build_inclusion(stored, incl, variance)
             entry.update(inclusion_file=str(incl.relative_to(root)), mean_variance_file=str(variance.relative_to(root)))
         entry["fingerprints"] = {key: file_fingerprint(root / entry[key]) for key in INDEX_FILE_KEYS if key in entry}
-        manifest = read_manifest(root)
-        manifest.pop("upgraded_from", None)  # indexed again: nothing of the older format is left
-        manifest.setdefault("indexes", {})[modality] = entry
-        write_manifest(root, manifest)
+        manifest = read_manifest(root).with_index(modality, IndexEntry.from_dict(entry))
+        manifest.write(root)
         _remove_stale_files(root, index_dir, modality, entry)
     return root
 

@@ -10,7 +10,7 @@ from ..cli import run_command
 from ..terminal import printable
 from .backends import IndexOptions, backend_names
 from .index import BACKENDS, build_index
-from .layout import read_manifest
+from .manifest import read_manifest
 
 __all__ = ["build_parser", "main"]
 
@@ -67,11 +67,12 @@ def _run(argv: list[str]) -> int:
         root = build_index(args.collection, kind=args.kind, memory_budget=args.memory_budget, backend=args.backend,
                            uri=args.uri, progress=not args.no_progress, inclusion=not args.no_inclusion,
                            options=options)
-        for modality, entry in read_manifest(root)["indexes"].items():
-            where = entry.get("file") or f"{entry.get('uri')} ({entry.get('collection')})"
-            tuned = entry.get("tuning", {}).get("recall_at_10")
+        for modality, entry in read_manifest(root).indexes.items():
+            fields = entry.backend_fields
+            where = entry.files.get("file") or f"{fields.get('uri')} ({fields.get('collection')})"
+            tuned = entry.recall_at_10
             recall = f"; recall@10 {tuned} on held-out queries" if tuned is not None else ""
-            print(printable(f"{modality}: {entry['kind']} index of {entry['rows']} rows: {where}{recall}"))
+            print(printable(f"{modality}: {entry.kind} index of {entry.rows} rows: {where}{recall}"))
         return 0
 
     return body()

@@ -17,15 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import InputError, UsageError
-from .layout import (
-    FORMAT,
-    FORMAT_VERSION,
-    emb_path,
-    logvar_path,
-    metadata_path,
-    write_json_atomic,
-    write_manifest,
-)
+from .layout import emb_path, logvar_path, metadata_path, write_json_atomic
+from .manifest import FORMAT, FORMAT_VERSION, write_manifest
 
 __all__ = ["MAX_NAMED_SKIPS", "METADATA_SCHEMA", "PROGRESS_DIR", "done_path", "merge_manifest", "save_npy",
            "save_parquet", "shard_done", "shard_ranges", "write_collection", "write_shard"]
