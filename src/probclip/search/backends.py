@@ -34,8 +34,9 @@ from .layout import StoredRows
 from .milvus import MilvusSearcher, build_milvus
 from .vectors import augment_gallery, augment_query
 
-__all__ = ["BuildContext", "CandidateIndex", "IndexBackend", "IndexOptions", "OpenContext", "backend_for",
-           "backend_names", "check_finite_rows", "exact_topk", "register_backend", "unregister_backend", "write_faiss"]
+__all__ = ["BuildContext", "CandidateIndex", "IndexBackend", "IndexOptions", "NpyRowWriter", "OpenContext",
+           "backend_for", "backend_names", "check_finite_rows", "exact_topk", "register_backend", "unregister_backend",
+           "write_faiss"]
 
 
 @dataclass
@@ -217,6 +218,37 @@ def load_rows_npy(path: str, rows: int, width: int, root: Path) -> np.ndarray:
 SCAN_ROWS = 65536
 
 
+class NpyRowWriter:
+    """Write a float32 ``[rows, width]`` ``.npy`` block by block through an ordinary file (NumPy's own header,
+    ``numpy.lib.format.write_array_header_1_0``), to a temporary sibling moved into place by :meth:`close`.
+
+    Plain writes, not a writable memory map: the written pages are then page cache, not resident memory of the
+    building process, so building never holds the collection (or its index) in RAM."""
+
+    def __init__(self, path: Path, rows: int, width: int):
+        self.path, self.rows, self.width, self.written = Path(path), rows, width, 0
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.handle = open(self.tmp, "wb")
+        np.lib.format.write_array_header_1_0(self.handle, {"descr": np.dtype(np.float32).str, "fortran_order": False,
+                                                           "shape": (rows, width)})
+
+    def add(self, block: np.ndarray) -> None:
+        """Append float32 ``[n, width]`` rows."""
+        if block.ndim != 2 or block.shape[1] != self.width or self.written + block.shape[0] > self.rows:
+            raise ValueError(f"NpyRowWriter expects at most {self.rows - self.written} rows of {self.width}; "
+                             f"got {block.shape}")
+        self.handle.write(np.ascontiguousarray(block, dtype=np.float32).tobytes())
+        self.written += block.shape[0]
+
+    def close(self) -> Path:
+        """Check the row count and move the file into place; returns its path."""
+        self.handle.close()
+        if self.written != self.rows:
+            raise ValueError(f"NpyRowWriter wrote {self.written} of {self.rows} rows")
+        os.replace(self.tmp, self.path)
+        return self.path
+
+
 def _merge(best: list[tuple[np.ndarray, np.ndarray]], dist: np.ndarray, ids: np.ndarray, n: int,
            higher: bool) -> list[tuple[np.ndarray, np.ndarray]]:
     out = []
@@ -264,15 +296,12 @@ class FlatBackend:
 
     def build(self, context: BuildContext) -> dict:
         stored, path = context.stored, context.path("flat.npy")
-        tmp = path.with_name(path.name + ".tmp")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(stored.rows, stored.dim + 1))
+        writer = NpyRowWriter(path, stored.rows, stored.dim + 1)
         for first, mean, logvar, u in stored.chunks():
             check_finite_rows(stored, first, mean, logvar, u)
-            out[first: first + mean.shape[0]] = augment_gallery(mean, u)
+            writer.add(augment_gallery(mean, u))
             context.progress(mean.shape[0])
-        out.flush()
-        del out
-        os.replace(tmp, path)
+        writer.close()
         return {"file": str(path.relative_to(context.root)), "factory": "Flat", "metric": "L2", "search_params": {},
                 "params": {"dim": stored.dim + 1}}
 

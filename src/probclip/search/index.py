@@ -33,6 +33,7 @@ from .backends import (
     PQ_CODE_SIZES,
     BuildContext,
     IndexOptions,
+    NpyRowWriter,
     OpenContext,
     backend_for,
     backend_names,
@@ -179,13 +180,10 @@ def _build_inclusion(stored: StoredRows, path: Path, variance_path: Path) -> Non
     for _, _, logvar, _ in stored.chunks():
         total += np.exp(logvar.astype(np.float64)).sum(0)
     np.save(variance_path, (total / stored.rows).astype(np.float32))
-    tmp = path.with_name(path.name + ".tmp")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(stored.rows, 6 * stored.dim + 1))
-    for first, mean, logvar, _ in stored.chunks():
-        out[first: first + mean.shape[0]] = inclusion_item_features(mean, logvar)
-    out.flush()
-    del out
-    os.replace(tmp, path)
+    writer = NpyRowWriter(path, stored.rows, 6 * stored.dim + 1)
+    for _, mean, logvar, _ in stored.chunks():
+        writer.add(inclusion_item_features(mean, logvar))
+    writer.close()
 
 
 def build_index(collection_dir: str | Path, *, kind: str = "auto", memory_budget: int | str | None = None,
