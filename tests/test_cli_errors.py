@@ -372,12 +372,12 @@ def setup_foreign_index(tmp: Path) -> None:
     _write(tmp / "other.txt", "a yellow star\na grey moon\n")
     embed_collection(str(tmp / "model"), tmp / "other.txt", tmp / "c2", num_workers=0, progress=False)
     build_index(tmp / "c2", kind="flat", progress=False)
-    _write(tmp / "c" / "index" / "text.flat.faiss", (tmp / "c2" / "index" / "text.flat.faiss").read_bytes())
+    _write(tmp / "c" / "index" / "text.flat.npy", (tmp / "c2" / "index" / "text.flat.npy").read_bytes())
 
 
 def setup_truncated_index(tmp: Path) -> None:
     setup_indexed_collection(tmp)
-    path = tmp / "c" / "index" / "text.flat.faiss"
+    path = tmp / "c" / "index" / "text.flat.npy"
     path.write_bytes(path.read_bytes()[:100])
 
 
@@ -660,8 +660,8 @@ CASES += [
     ("search-index-file-outside", [*SEARCH, "--text", "a"], setup_index_file_outside, 1,
      "'../elsewhere.faiss' lies outside the collection"),
     ("search-foreign-index", [*SEARCH, "--text", "a"], setup_foreign_index, 1,
-     "text.flat.faiss is not the file `probclip index` wrote for this collection"),
-    ("search-truncated-index", [*SEARCH, "--text", "a"], setup_truncated_index, 1, "text.flat.faiss"),
+     "text.flat.npy is not the file `probclip index` wrote for this collection"),
+    ("search-truncated-index", [*SEARCH, "--text", "a"], setup_truncated_index, 1, "text.flat.npy"),
     ("search-truncated-metadata", [*SEARCH, "--text", "a"], setup_truncated_metadata, 1,
      "text_metadata_0.parquet is truncated or corrupt"),
     ("search-control-characters", ["search", "{tmp}/absent\x1b]0;title\x07", "--text", "a"], None, 1,

@@ -21,7 +21,8 @@ import probclip
 from probclip.cli import main
 from probclip.errors import InputError, UsageError
 from probclip.search import SearchIndex, build_index, embed_collection
-from probclip.search.layout import file_fingerprint, read_manifest
+from probclip.search.layout import file_fingerprint
+from probclip.search.manifest import read_manifest
 from probclip.search.milvus import collection_name
 from search_helpers import make_collection
 
@@ -67,8 +68,8 @@ def test_a_finished_collection_copied_without_progress_refuses_another_model(tmp
     assert _files(tmp_path / "c") == before
     _embed(models[1], data, tmp_path / "c", overwrite=True)
     manifest = read_manifest(tmp_path / "c")
-    assert manifest["model"]["source"] == str(models[1].resolve())
-    assert manifest["job"]["model_fingerprint"] == manifest["model"]["fingerprint"] != json.loads(
+    assert manifest.model.source == str(models[1].resolve())
+    assert manifest.job["model_fingerprint"] == manifest.model.fingerprint != json.loads(
         before["manifest.json"])["model"]["fingerprint"]
 
 
@@ -76,8 +77,8 @@ def test_a_rerun_after_the_data_changed_is_refused_naming_the_row(tmp_path, mode
     data = _folder(tmp_path / "data")
     _embed(models[0], data, tmp_path / "c")
     manifest = read_manifest(tmp_path / "c")
-    assert manifest["inputs"]["fingerprint"] == manifest["job"]["inputs_fingerprint"]
-    assert manifest["inputs"]["rows"] == {"image": 5, "text": 5}
+    assert manifest.inputs["fingerprint"] == manifest.job["inputs_fingerprint"]
+    assert manifest.inputs["rows"] == {"image": 5, "text": 5}
     before = _files(tmp_path / "c")
     Image.new("RGB", (20, 20), (1, 2, 3)).save(data / "3.png")  # same name, new content
     with pytest.raises(UsageError, match=r"image row 3 \(.*3\.png\) changed since the collection was embedded"):
@@ -142,7 +143,7 @@ def test_damaged_job_records_and_foreign_folders_are_one_line_errors(tmp_path, m
     with pytest.raises(InputError, match=r"job.json \(the unfinished run's job\) holds a list"):
         _embed(models[0], data, tmp_path / "c")
     _embed(models[0], data, tmp_path / "c", overwrite=True)
-    assert read_manifest(tmp_path / "c")["modalities"]["image"]["rows"] == 5
+    assert read_manifest(tmp_path / "c").modalities["image"].rows == 5
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     for overwrite in (False, True):
@@ -201,7 +202,7 @@ TAMPERED = [
     ("index-kind", lambda m: m["indexes"]["image"].update(kind="lsh"), "indexes.image.kind is 'lsh'"),
     ("index-rows", lambda m: m["indexes"]["image"].update(rows="x"), "indexes.image.rows is 'x'"),
     ("index-absolute", lambda m: m["indexes"]["image"].update(file="/etc/passwd"), "must be a path relative"),
-    ("index-outside", lambda m: m["indexes"]["image"].update(file="../other/index/image.flat.faiss"),
+    ("index-outside", lambda m: m["indexes"]["image"].update(file="../other/index/image.flat.npy"),
      "lies outside the collection"),
     ("index-unknown-modality", lambda m: m["indexes"].update(text=m["indexes"]["image"]), "a key of indexes"),
     ("index-fingerprints-list", lambda m: m["indexes"]["image"].update(fingerprints=[]), "fingerprints is 'list'"),
@@ -233,8 +234,8 @@ def test_a_symbolic_link_out_of_the_collection_is_refused(tmp_path):
     other, _, _ = make_collection(tmp_path / "other", n=50, seed=1)
     build_index(path, kind="flat", progress=False)
     build_index(other, kind="flat", progress=False)
-    (path / "index" / "image.flat.faiss").unlink()
-    (path / "index" / "image.flat.faiss").symlink_to(other / "index" / "image.flat.faiss")
+    (path / "index" / "image.flat.npy").unlink()
+    (path / "index" / "image.flat.npy").symlink_to(other / "index" / "image.flat.npy")
     with pytest.raises(InputError, match="lies outside the collection"):
         SearchIndex.load(path, "image")
 
@@ -245,16 +246,16 @@ def test_an_index_file_of_another_collection_with_the_same_rows_is_refused(tmp_p
     for root in (path, other):
         build_index(root, kind="flat", progress=False)
     SearchIndex.load(path, "image")  # intact: loads
-    for name in ("image.flat.faiss", "image.inclusion.faiss", "image.mean_variance.npy"):
+    for name in ("image.flat.npy", "image.inclusion.npy", "image.mean_variance.npy"):
         shutil.copy(path / "index" / name, tmp_path / name)
         shutil.copy(other / "index" / name, path / "index" / name)
         with pytest.raises(InputError, match=f"index file .*{name} is not the file `probclip index` wrote for this "
                                              "collection"):
             SearchIndex.load(path, "image")
         shutil.copy(tmp_path / name, path / "index" / name)
-    flat = path / "index" / "image.flat.faiss"
+    flat = path / "index" / "image.flat.npy"
     flat.write_bytes(flat.read_bytes()[:-8])  # truncated
-    with pytest.raises(InputError, match="image.flat.faiss is not the file"):
+    with pytest.raises(InputError, match="image.flat.npy is not the file"):
         SearchIndex.load(path, "image")
     _edit(path, lambda m: m["indexes"]["image"].pop("fingerprints"))
     with pytest.raises(InputError, match="records no fingerprint of index file"):
@@ -355,12 +356,12 @@ def test_a_quickstart_collection_follows_its_quickstart_model(tmp_path, models):
 
     shutil.copytree(models[0], tmp_path / "q" / "model")
     collection = prepare_quickstart_collection(tmp_path / "q", progress=False)
-    first = read_manifest(collection)["model"]["fingerprint"]
+    first = read_manifest(collection).model.fingerprint
     assert prepare_quickstart_collection(tmp_path / "q", progress=False) == collection  # idempotent
     shutil.rmtree(tmp_path / "q" / "model")
     shutil.copytree(models[1], tmp_path / "q" / "model")  # the quickstart was run again: a new model
     prepare_quickstart_collection(tmp_path / "q", progress=False)
     manifest = read_manifest(collection)
-    assert manifest["model"]["fingerprint"] != first
+    assert manifest.model.fingerprint != first
     index = SearchIndex.load(collection, "image")
     assert len(index.search(index.encode("a red circle"), k=3)[0]) == 3  # the new model encodes its queries

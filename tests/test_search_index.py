@@ -10,7 +10,7 @@ import torch
 import probclip
 from probclip.errors import InputError, UsageError
 from probclip.search import SearchIndex, build_index
-from probclip.search.index import FlatFileWriter, choose_kind, parse_memory
+from probclip.search.index import choose_kind, parse_memory
 from search_helpers import (
     brute_csd,
     brute_directional_inclusion,
@@ -188,27 +188,25 @@ def test_missing_truncated_newer_and_unindexed_collections(tmp_path):
         SearchIndex.load(tmp_path / "nowhere", "image")
 
 
-def test_flat_file_writer_matches_faiss_and_kind_choice():
+def test_flat_index_is_a_npy_of_augmented_rows_and_kind_choice(tmp_path):
+    """The flat index is the rows ``[mu, sqrt(u)]`` as a float32 .npy (no hand-written FAISS file) that FAISS's
+    brute-force search agrees with exactly, and the inclusion features are a .npy of 6D + 1 columns."""
     import faiss
 
-    writer_path = None
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((50, 7)).astype(np.float32)
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as tmp:
-        writer_path = Path(tmp) / "flat.faiss"
-        w = FlatFileWriter(writer_path, 7, "l2")
-        w.add(x[:20])
-        w.add(x[20:])
-        w.close()
-        ours = faiss.read_index(str(writer_path))
-        ref = faiss.IndexFlatL2(7)
-        ref.add(x)
-        faiss.write_index(ref, str(Path(tmp) / "ref.faiss"))
-        assert writer_path.read_bytes() == (Path(tmp) / "ref.faiss").read_bytes()
-        assert ours.ntotal == 50
+    path, mean, logvar = make_collection(tmp_path / "c", n=300, dtype="float32")
+    build_index(path, kind="flat", progress=False)
+    data = np.load(path / "index" / "image.flat.npy")
+    g_mean, _, g_u = stored(mean, logvar, "float32")
+    np.testing.assert_array_equal(data[:, :-1], g_mean)
+    np.testing.assert_allclose(data[:, -1], np.sqrt(g_u), rtol=1e-6)
+    assert np.load(path / "index" / "image.inclusion.npy", mmap_mode="r").shape == (300, 6 * 16 + 1)
+    ref = faiss.IndexFlatL2(17)
+    ref.add(data)
+    q = np.zeros((3, 17), np.float32)
+    q[:, :-1] = g_mean[:3]
+    index = SearchIndex.load(path, "image")
+    found = index.candidate_index.candidates(g_mean[:3], 12, None)
+    np.testing.assert_array_equal(np.stack(found), ref.search(q, 12)[1])
     assert choose_kind(50_000, 768, parse_memory("8GB"))[0] == "flat"
     assert choose_kind(1_000_000, 768, parse_memory("8GB"))[0] == "hnsw"
     assert choose_kind(1_000_000, 768, parse_memory("1GB")) == ("ivfpq", 64)
@@ -276,8 +274,8 @@ def test_rebuilding_an_index_removes_the_files_it_replaces(tmp_path):
     path, _, _ = make_collection(tmp_path / "c", n=300)
     build_index(path, kind="hnsw", progress=False)
     names = sorted(p.name for p in (path / "index").iterdir())
-    assert names == ["image.hnsw.faiss", "image.inclusion.faiss", "image.mean_variance.npy"]
+    assert names == ["image.hnsw.faiss", "image.inclusion.npy", "image.mean_variance.npy"]
     (path / "index" / "image.includes.faiss").write_bytes(b"an older layout")
     build_index(path, kind="flat", progress=False, inclusion=False)
-    assert sorted(p.name for p in (path / "index").iterdir()) == ["image.flat.faiss"]
+    assert sorted(p.name for p in (path / "index").iterdir()) == ["image.flat.npy"]
     assert SearchIndex.load(path, "image").search(_query(1), k=3)[0].exact

@@ -47,7 +47,7 @@ def test_health_and_indices(client, tiny_indexes):
     assert [i["name"] for i in listed] == [ix.name for ix in tiny_indexes]
     for info, index in zip(listed, tiny_indexes, strict=True):
         assert info["modality"] == index.modality and info["rows"] == index.rows == 24
-        assert info["kind"] == "flat" and info["exact"] is True
+        assert info["kind"] == "flat" and info["exact"] is True and info["recall_at_10"] == 1.0
         assert info["model"] == index.model_name and info["model_fingerprint"] == index.model_fingerprint
         q = info["uncertainty_quantiles"]
         assert 0 < q["0.05"] <= q["0.5"] <= q["0.95"]

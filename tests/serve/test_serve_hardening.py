@@ -222,20 +222,29 @@ def test_metadata_fields_choose_what_is_served(tiny_indexes):
         create_app(tiny_indexes, metadata_fields=["caption", "colour"])
 
 
-def _index_with_source(index, source: str):
-    """The index, with row 0's metadata naming ``source`` (the rest as stored)."""
+def _with_patched_source(obj, source: str):
+    """``obj`` (an index or its items), with row 0's metadata naming ``source`` (the rest as stored), and its
+    ``open_image`` reading through that metadata."""
     class Patched:
         def __getattr__(self, name):
-            return getattr(index, name)
+            return getattr(obj, name)
 
         def metadata(self, ids):
-            rows = index.metadata(ids)
+            rows = obj.metadata(ids)
             return [dict(r, source=source) if int(r["row_id"]) == 0 else r for r in rows]
 
         def open_image(self, row_id):
-            return type(index).open_image(self, row_id)
+            return type(obj).open_image(self, row_id)
 
     return Patched()
+
+
+def _index_with_source(index, source: str):
+    """The index, with row 0's metadata naming ``source`` for the service and for the image reader it opens with."""
+    patched = _with_patched_source(index, source)
+    items = _with_patched_source(index.items, source)
+    type(patched).items = property(lambda self: items)
+    return patched
 
 
 def test_thumbnails_come_only_from_the_collection_and_its_sources(tiny_indexes, tiny_collection, tmp_path):

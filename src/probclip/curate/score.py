@@ -26,7 +26,8 @@ from torch import nn
 
 from ..errors import InputError, UsageError
 from ..search.embed import DEFAULT_SHARD_ROWS, embed_collection, load_model
-from ..search.layout import StoredRows, read_manifest, write_json_atomic
+from ..search.layout import StoredRows, write_json_atomic
+from ..search.manifest import read_manifest
 from ..search.model_id import model_record
 from ..search.writer import MAX_NAMED_SKIPS, done_path, save_parquet
 from ..train.distributed import barrier, init_distributed
@@ -90,7 +91,7 @@ class _EmbeddedPool:
                                        strict=True):
                 self.text_rows.setdefault(caption, row_id)
         self.image_errors: dict[str, str] = {}  # every skipped image of the embedding job, from its done-records
-        for s in range(len(manifest["modalities"]["image"]["shards"])):
+        for s in range(len(manifest.modalities["image"].shards)):
             done = json.loads(done_path(root, "image", s).read_text(encoding="utf-8"))
             self.image_errors.update((d["source"], d["error"]) for d in done["skipped"])
 

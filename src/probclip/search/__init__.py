@@ -1,17 +1,19 @@
 """Uncertainty-aware search over embedded collections: embed, index (FAISS or Milvus), search.
 
 - :func:`embed_collection`: images and texts -> shards of means, log-variances and Parquet metadata + manifest.
-- :func:`build_index`: the CSD index over augmented L2 vectors (flat / HNSW / IVF-PQ, or Milvus) and the inclusion
-  candidate index.
+- :func:`build_index`: the CSD index over augmented L2 vectors by a registered backend (flat / HNSW / IVF-PQ /
+  Milvus, or one added with :func:`register_backend`; knobs in :class:`IndexOptions`) and the inclusion candidate
+  index.
 - :class:`SearchIndex`: ``SearchIndex.load(dir, modality).search(query, k, score=...)`` -> :class:`SearchResults`.
 - :func:`prepare_quickstart_collection`: the synthetic world's test split, embedded and indexed with a quickstart model.
 """
 
+from .backends import IndexOptions, register_backend
 from .embed import embed_collection
 from .index import build_index
 from .quickstart import prepare_quickstart_collection
 from .results import SCORES, SearchResults
 from .searcher import SearchIndex
 
-__all__ = ["SCORES", "SearchIndex", "SearchResults", "build_index", "embed_collection",
-           "prepare_quickstart_collection"]
+__all__ = ["SCORES", "IndexOptions", "SearchIndex", "SearchResults", "build_index", "embed_collection",
+           "prepare_quickstart_collection", "register_backend"]

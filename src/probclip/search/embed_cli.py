@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -12,6 +11,7 @@ from ..cli import run_command
 from ..terminal import printable
 from .embed import DEFAULT_SHARD_ROWS, DTYPES, MODALITY_CHOICES, default_num_workers, embed_collection
 from .layout import MANIFEST_NAME
+from .manifest import read_manifest
 
 __all__ = ["build_parser", "main"]
 
@@ -55,10 +55,9 @@ def _run(argv: list[str]) -> int:
                                overwrite=args.overwrite)
         manifest_path = out / MANIFEST_NAME
         if manifest_path.is_file() and os.environ.get("RANK", "0") == "0":  # rank 0 reports for all
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-            for modality, info in manifest["modalities"].items():
-                print(f"{modality}: {info['rows']} rows in {len(info['shards'])} shards, {info['skipped']} skipped")
-                for skipped in info["skipped_inputs"][:5]:
+            for modality, info in read_manifest(out).modalities.items():
+                print(f"{modality}: {info.rows} rows in {len(info.shards)} shards, {info.skipped} skipped")
+                for skipped in info.skipped_inputs[:5]:
                     print(printable(f"  skipped {skipped['source']}: {skipped['error']}"))
             print(printable(f"collection: {out}"))
         return 0

@@ -1,14 +1,17 @@
-"""Building the search indexes of a collection: FAISS (flat, HNSW, IVF-PQ) over the augmented L2 vectors of CSD.
+"""Building the search indexes of a collection: a CSD candidate index over the augmented L2 vectors of CSD, by any
+registered backend (:mod:`probclip.search.backends`: flat, HNSW, IVF-PQ, Milvus, or one registered from outside).
 
 ``build_index(collection_dir)`` writes, per modality, into ``collection_dir/index/``:
 
-- ``<modality>.<kind>.faiss``: the CSD index over ``[mu, sqrt(u)]`` (``flat``: exact ``IndexFlatL2``, written
-  shard by shard straight to its file format, so building never holds the collection in RAM; ``hnsw``:
-  ``IndexHNSWFlat``; ``ivfpq``: ``IVF<nlist>,PQ<m>`` on vectors zero-padded to a multiple of ``m``);
-- ``<modality>.inclusion.faiss``: an exact inner-product (flat) index over the inclusion candidate features
-  (``6D + 1`` floats a row), and ``<modality>.mean_variance.npy`` (see :mod:`probclip.search.vectors`);
+- the backend's CSD index (``flat``: ``<modality>.flat.npy``, the rows ``[mu, sqrt(u)]`` as a float32 ``.npy``
+  written shard by shard, so building never holds the collection in RAM; ``hnsw`` / ``ivfpq``:
+  ``<modality>.<kind>.faiss`` written by ``faiss.write_index``; ``milvus``: a Milvus collection);
+- ``<modality>.inclusion.npy``: the inclusion candidate features (``6D + 1`` float32 a row, searched by exact inner
+  product), and ``<modality>.mean_variance.npy`` (see :mod:`probclip.search.vectors`);
 
-and records them under ``indexes`` in ``manifest.json``. Flat files are read memory-mapped.
+and records them under ``indexes`` in ``manifest.json``, with the factory string, the search parameters, the
+search knobs and, for the approximate kinds, the recall@10 reached on held-out queries after tuning (see
+:func:`tune_search`).
 
 ``kind="auto"`` chooses the way autofaiss does, from the row count and a memory budget: ``flat`` up to
 ``AUTO_FLAT_ROWS`` rows, else ``hnsw`` while its vectors and graph fit the budget, else ``ivfpq`` with the largest
@@ -17,39 +20,47 @@ code that fits.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
 import re
-import struct
 from pathlib import Path
 
-import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import InputError, UsageError
-from .layout import INDEX_FILE_KEYS, MODALITIES, StoredRows, file_fingerprint, read_manifest, write_manifest
-from .milvus import build_milvus
+from .backends import (
+    PQ_CODE_SIZES,
+    BuildContext,
+    IndexOptions,
+    NpyRowWriter,
+    OpenContext,
+    backend_for,
+    backend_names,
+    exact_topk,
+)
+from .layout import StoredRows, file_fingerprint
+from .manifest import INDEX_FILE_KEYS, IndexEntry, read_manifest
 from .vectors import augment_gallery, inclusion_item_features
 
 __all__ = [
     "AUTO_FLAT_ROWS",
-    "HNSW_M",
     "KINDS",
-    "FlatFileWriter",
+    "IndexOptions",
     "build_index",
     "choose_kind",
     "estimate_bytes",
     "parse_memory",
+    "tune_search",
 ]
 
 KINDS = ("auto", "flat", "hnsw", "ivfpq")
 BACKENDS = ("faiss", "milvus")
 AUTO_FLAT_ROWS = 100_000
-HNSW_M = 32
-HNSW_EF_CONSTRUCTION = 80
-HNSW_EF_SEARCH = 128
-PQ_CODE_SIZES = (64, 48, 32, 16, 8)
+#: Held-out queries of the build-time tuning: this many rows spread over the collection, as many of its most
+#: uncertain rows, and as many of the other modality's (its captions for an image index), k = 10.
+TUNE_QUERIES = 100
+TUNE_K = 10
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30, "t": 2**40,
           "tb": 2**40}
 
@@ -72,22 +83,20 @@ def parse_memory(value: int | str | None) -> int:
     return size
 
 
-def estimate_bytes(kind: str, rows: int, dim: int, code_size: int = 64) -> int:
+def estimate_bytes(kind: str, rows: int, dim: int, code_size: int = 64,
+                   options: IndexOptions | None = None) -> int:
     """RAM of a CSD index of ``rows`` augmented vectors of ``dim + 1`` floats (flat, hnsw) or PQ codes (ivfpq)."""
-    if kind == "flat":
-        return rows * (dim + 1) * 4
-    if kind == "hnsw":
-        return rows * ((dim + 1) * 4 + HNSW_M * 2 * 4 * 5 // 4)
-    if kind == "ivfpq":
-        return rows * (code_size + 8)
-    raise UsageError(f"kind must be one of {list(KINDS[1:])}; got {kind!r}")
+    if kind not in backend_names():
+        raise UsageError(f"kind must be one of {backend_names()}; got {kind!r}")
+    options = dataclasses.replace(options or IndexOptions(), pq_code=code_size)
+    return backend_for(kind).estimate_bytes(rows, dim, options)
 
 
-def choose_kind(rows: int, dim: int, memory_budget: int) -> tuple[str, int]:
+def choose_kind(rows: int, dim: int, memory_budget: int, options: IndexOptions | None = None) -> tuple[str, int]:
     """``(kind, pq code size)`` for ``kind="auto"`` (see the module docstring)."""
     if rows <= AUTO_FLAT_ROWS:
         return "flat", 0
-    if estimate_bytes("hnsw", rows, dim) <= memory_budget:
+    if estimate_bytes("hnsw", rows, dim, options=options) <= memory_budget:
         return "hnsw", 0
     for code in PQ_CODE_SIZES:
         if estimate_bytes("ivfpq", rows, dim, code) <= memory_budget:
@@ -96,102 +105,82 @@ def choose_kind(rows: int, dim: int, memory_budget: int) -> tuple[str, int]:
                      f"{PQ_CODE_SIZES[-1]}-byte codes needs {estimate_bytes('ivfpq', rows, dim, PQ_CODE_SIZES[-1])})")
 
 
-class FlatFileWriter:
-    """Write a FAISS ``IndexFlatL2`` / ``IndexFlatIP`` file chunk by chunk (the file format of ``faiss.write_index``).
+def _held_out_queries(stored: StoredRows, other: StoredRows | None) -> np.ndarray:
+    """float32 ``[Q, D]`` query means drawn from the collection: rows spread evenly, the most uncertain rows, and
+    (when the collection has one) rows of the other modality, spread evenly and its most uncertain."""
+    def draw(rows: StoredRows) -> np.ndarray:
+        spread = np.unique(np.linspace(0, rows.rows - 1, num=min(TUNE_QUERIES, rows.rows)).astype(np.int64))
+        uncertain = np.argsort(rows.u, kind="stable")[::-1][:TUNE_QUERIES]
+        return rows.means(np.union1d(spread, uncertain))
+    return np.concatenate([draw(stored)] + ([draw(other)] if other is not None else []))
 
-    Layout: fourcc, ``d`` int32, ``ntotal`` int64, two int64 fields, ``is_trained`` byte, ``metric`` int32, then
-    the vector of ``ntotal * d`` float32 (its length as uint64 first). ``ntotal`` is patched in at ``close``.
+
+def _exact_truth(stored: StoredRows, queries: np.ndarray, k: int) -> list[np.ndarray]:
+    """The exact CSD top-k of each query mean (``[Q, D]``), by brute force shard by shard."""
+    best = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in range(queries.shape[0])]
+    augmented = np.zeros((queries.shape[0], stored.dim + 1), np.float32)
+    augmented[:, :-1] = queries
+    for first, mean, _, u in stored.chunks():
+        ids = exact_topk(augment_gallery(mean, u), augmented, k, None)
+        rows = augment_gallery(mean, u)
+        for qi, local in enumerate(ids):
+            d = ((rows[local] - augmented[qi]) ** 2).sum(1)
+            dist = np.concatenate([best[qi][0], d])
+            glob = np.concatenate([best[qi][1], local + first])
+            order = np.lexsort((glob, dist))[:k]
+            best[qi] = (dist[order], glob[order])
+    return [i for _, i in best]
+
+
+def _recall(index, queries: np.ndarray, truth: list[np.ndarray], n: int) -> float:
+    """The smallest per-query recall of the exact top-k among ``n`` candidates (re-ranking them exactly finds
+    every true item that is a candidate)."""
+    found = index.candidates(queries, n, None)
+    return min(len(np.intersect1d(f, t)) / max(1, len(t)) for f, t in zip(found, truth, strict=True))
+
+
+def tune_search(index, entry: dict, stored: StoredRows, other: StoredRows | None, target: float) -> dict:
+    """Raise the search breadth of an approximate index until recall@10 reaches ``target`` on held-out queries.
+
+    The queries are drawn from the collection itself (:func:`_held_out_queries`, including its most uncertain rows
+    and the other modality's rows); recall is that of the exact top-10 among the ``10 x oversample`` candidates,
+    taken as the worst over the queries. ``efSearch`` (HNSW) or ``nprobe`` (IVF) doubles, then ``oversample``
+    doubles, until the target is met or the index is searched whole. Returns ``{"recall_at_10", "queries"}`` and
+    updates ``entry["search_params"]`` and ``entry["search"]["oversample"]`` in place.
     """
-
-    def __init__(self, path: Path, dim: int, metric: str = "l2"):
-        self.path, self.dim, self.rows = Path(path), dim, 0
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
-        self.handle = open(self.tmp, "wb")
-        fourcc, metric_type = (b"IxF2", faiss.METRIC_L2) if metric == "l2" else (b"IxFI", faiss.METRIC_INNER_PRODUCT)
-        self.handle.write(fourcc + struct.pack("<iqqq?i", dim, 0, 1 << 20, 1 << 20, True, metric_type))
-        self._count_at = self.handle.tell()
-        self.handle.write(struct.pack("<Q", 0))
-
-    def add(self, vectors: np.ndarray) -> None:
-        """Append float32 ``[n, dim]`` rows."""
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise ValueError(f"FlatFileWriter expects [n, {self.dim}] rows; got {vectors.shape}")
-        self.handle.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
-        self.rows += vectors.shape[0]
-
-    def close(self) -> Path:
-        """Patch the row count in and move the file into place; returns its path."""
-        self.handle.seek(4 + 4)
-        self.handle.write(struct.pack("<q", self.rows))
-        self.handle.seek(self._count_at)
-        self.handle.write(struct.pack("<Q", self.rows * self.dim))
-        self.handle.close()
-        os.replace(self.tmp, self.path)
-        return self.path
+    queries = _held_out_queries(stored, other)
+    truth = _exact_truth(stored, queries, TUNE_K)
+    params, search = entry["search_params"], entry["search"]
+    knob = "efSearch" if "efSearch" in params else "nprobe" if "nprobe" in params else None
+    limit = {"efSearch": max(stored.rows, 1), "nprobe": int(getattr(getattr(index, "index", None), "nlist", 0)
+                                                             or _nlist(entry))}.get(knob, 0)
+    while True:
+        index.search_params = dict(params)
+        recall = _recall(index, queries, truth, TUNE_K * search["oversample"])
+        if recall >= target:
+            break
+        if knob is not None and params[knob] < limit:
+            params[knob] = int(min(limit, params[knob] * 2))
+        elif TUNE_K * search["oversample"] < stored.rows:
+            search["oversample"] *= 2
+        else:
+            break
+    return {"recall_at_10": round(float(recall), 4), "queries": int(queries.shape[0]), "target": target}
 
 
-def _sample_rows(stored: StoredRows, count: int) -> np.ndarray:
-    ids = np.unique(np.linspace(0, stored.rows - 1, num=min(count, stored.rows)).astype(np.int64))
-    return augment_gallery(stored.means(ids), stored.u[ids])
-
-
-def _check_rows(stored: StoredRows, first: int, mean: np.ndarray, logvar: np.ndarray, u: np.ndarray) -> None:
-    """Raise ``InputError`` when stored rows hold NaN or infinity: they would be indexed and found by every query."""
-    bad = ~(np.isfinite(mean).all(1) & np.isfinite(logvar).all(1) & np.isfinite(u))
-    if bad.any():
-        raise InputError(f"{stored.root}: {int(bad.sum())} stored {stored.modality} row(s) hold NaN or infinite "
-                         f"values (first: row {first + int(np.flatnonzero(bad)[0])}); embed the collection again with "
-                         "a model whose weights are finite")
-
-
-def _build_csd(stored: StoredRows, kind: str, path: Path, code_size: int, bar) -> dict:
-    dim = stored.dim + 1
-    params: dict = {"dim": dim}
-    if kind == "flat":
-        writer = FlatFileWriter(path, dim, "l2")
-        for first, mean, logvar, u in stored.chunks():
-            _check_rows(stored, first, mean, logvar, u)
-            writer.add(augment_gallery(mean, u))
-            bar.update(mean.shape[0])
-        writer.close()
-        return params
-    if kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, HNSW_M)
-        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        params.update(m=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION, ef_search=HNSW_EF_SEARCH)
-    else:
-        code = max(1, min(code_size or PQ_CODE_SIZES[0], dim // 4))  # at least 4 dimensions per sub-quantizer
-        padded = math.ceil(dim / code) * code
-        nlist = max(1, min(int(4 * math.sqrt(stored.rows)), stored.rows // 39))
-        bits = 8 if stored.rows >= 256 * 39 else 4  # 8-bit codebooks need about 10k training rows
-        index = faiss.index_factory(padded, f"IVF{nlist},PQ{code}x{bits}")
-        train = _sample_rows(stored, max(256 * 64, 64 * nlist))
-        index.train(np.pad(train, ((0, 0), (0, padded - dim))))
-        params.update(pad_to=padded, nlist=nlist, code_size=code, bits=bits,
-                      nprobe=max(1, min(nlist, int(math.sqrt(nlist)) * 2)))
-    for first, mean, logvar, u in stored.chunks():
-        _check_rows(stored, first, mean, logvar, u)
-        vectors = augment_gallery(mean, u)
-        if kind == "ivfpq":
-            vectors = np.pad(vectors, ((0, 0), (0, params["pad_to"] - dim)))
-        index.add(vectors)
-        bar.update(mean.shape[0])
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        faiss.write_index(index, str(tmp))
-    except RuntimeError as err:  # FAISS reports a file it cannot write as a RuntimeError
-        raise InputError(f"cannot write the index file {tmp}: {str(err).splitlines()[-1][:200]}") from err
-    os.replace(tmp, path)
-    return params
+def _nlist(entry: dict) -> int:
+    match = re.match(r"IVF(\d+)", entry.get("factory", ""))
+    return int(match.group(1)) if match else 1
 
 
 def _build_inclusion(stored: StoredRows, path: Path, variance_path: Path) -> None:
-    """The mean variance ``[D]`` and the inclusion candidate feature index (``6D + 1`` floats a row)."""
+    """The mean variance ``[D]`` and the inclusion candidate features (``6D + 1`` float32 a row) as a ``.npy``
+    written shard by shard."""
     total = np.zeros(stored.dim, dtype=np.float64)
     for _, _, logvar, _ in stored.chunks():
         total += np.exp(logvar.astype(np.float64)).sum(0)
     np.save(variance_path, (total / stored.rows).astype(np.float32))
-    writer = FlatFileWriter(path, 6 * stored.dim + 1, "ip")
+    writer = NpyRowWriter(path, stored.rows, 6 * stored.dim + 1)
     for _, mean, logvar, _ in stored.chunks():
         writer.add(inclusion_item_features(mean, logvar))
     writer.close()
@@ -199,24 +188,32 @@ def _build_inclusion(stored: StoredRows, path: Path, variance_path: Path) -> Non
 
 def build_index(collection_dir: str | Path, *, kind: str = "auto", memory_budget: int | str | None = None,
                 backend: str = "faiss", uri: str | None = None, progress: bool = True,
-                modalities: tuple[str, ...] | None = None, inclusion: bool = True) -> Path:
+                modalities: tuple[str, ...] | None = None, inclusion: bool = True,
+                options: IndexOptions | None = None) -> Path:
     """Build the search indexes of every modality of ``collection_dir`` (see the module docstring); returns the dir.
 
-    ``backend="milvus"`` loads the augmented vectors into Milvus at ``uri`` (a Milvus Lite ``.db`` file or a
-    server address, see :mod:`probclip.search.milvus`) instead of writing a FAISS CSD index; the inclusion
-    candidate index is still written locally. ``inclusion=False`` skips the inclusion candidate index.
+    ``kind``: ``auto`` or a registered backend (``flat``, ``hnsw``, ``ivfpq``, ``milvus``, ...). ``backend="milvus"``
+    (the same as ``kind="milvus"``) loads the augmented vectors into Milvus at ``uri`` (a Milvus Lite ``.db`` file
+    or a server address, see :mod:`probclip.search.milvus`); the inclusion candidate index is still written
+    locally. ``inclusion=False`` skips the inclusion candidate index. ``options``: the knobs
+    (:class:`~probclip.search.backends.IndexOptions`; today's values by default).
     """
     root = Path(collection_dir)
     manifest = read_manifest(root)
-    if kind not in KINDS:
-        raise UsageError(f"--kind must be one of {list(KINDS)}; got {kind!r}")
+    options = dataclasses.replace(options or IndexOptions(), uri=uri if uri is not None else (options and options.uri))
+    options.check()
     if backend not in BACKENDS:
         raise UsageError(f"--backend must be one of {list(BACKENDS)}; got {backend!r}")
-    if backend == "milvus" and not uri:
+    if backend == "milvus":
+        kind = "milvus"
+    if kind != "auto" and kind not in backend_names():
+        raise UsageError(f"--kind must be one of {['auto', *backend_names()]}; got {kind!r}")
+    if kind == "milvus" and not options.uri:
         raise UsageError("--backend milvus needs --uri (a Milvus Lite file such as ./collection.db, or "
                          "http://host:19530 for a Milvus server)")
     budget = parse_memory(memory_budget)
-    present = [m for m in MODALITIES if manifest.get("modalities", {}).get(m, {}).get("rows")]
+    present = manifest.present_modalities()
+    every = list(present)
     if modalities is not None:
         present = [m for m in modalities if m in present]
     if not present:
@@ -226,29 +223,36 @@ def build_index(collection_dir: str | Path, *, kind: str = "auto", memory_budget
     for modality in present:
         stored = StoredRows(root, manifest, modality)
         stored.check_files()
-        entry: dict = {"backend": backend}
         with tqdm(total=stored.rows, desc=f"indexing {modality}", unit="row", disable=not progress) as bar:
-            if backend == "milvus":
-                entry.update(build_milvus(stored, uri, root, modality))
-                entry["kind"] = "milvus"
-            else:
-                chosen, code = (kind, 0) if kind != "auto" else choose_kind(stored.rows, stored.dim, budget)
-                if kind != "auto" and estimate_bytes(chosen, stored.rows, stored.dim) > budget and chosen != "flat":
-                    raise UsageError(f"a {chosen} index of {stored.rows} rows needs about "
-                                     f"{estimate_bytes(chosen, stored.rows, stored.dim)} bytes, over the memory budget "
-                                     f"{budget}; raise --memory-budget or use --kind ivfpq")
-                path = index_dir / f"{modality}.{chosen}.faiss"
-                entry.update(kind=chosen, file=str(path.relative_to(root)),
-                             params=_build_csd(stored, chosen, path, code, bar))
+            chosen, code = (kind, options.pq_code) if kind != "auto" else choose_kind(stored.rows, stored.dim,
+                                                                                       budget, options)
+            chosen_options = dataclasses.replace(options, pq_code=code)
+            impl = backend_for(chosen)
+            needed = impl.estimate_bytes(stored.rows, stored.dim, chosen_options)
+            if kind != "auto" and needed > budget and chosen not in ("flat", "milvus"):
+                raise UsageError(f"a {chosen} index of {stored.rows} rows needs about {needed} bytes, over the "
+                                 f"memory budget {budget}; raise --memory-budget or use --kind ivfpq")
+            context = BuildContext(stored, root, index_dir, modality, chosen_options, progress=bar.update)
+            entry = {"kind": chosen, **impl.build(context)}
+        entry["search"] = chosen_options.search_defaults(impl.default_oversample)
+        entry["rows"] = stored.rows
+        checked: dict[str, str] = {}
+
+        def file_of(key: str, entry=entry, checked=checked) -> str:
+            return checked.setdefault(key, str(root / entry[key]))
+
+        if not impl.exact and options.recall_target > 0:
+            opened = impl.open(OpenContext(stored, root, modality, file_of), entry)
+            others = [m for m in every if m != modality]
+            other = StoredRows(root, manifest, others[0]) if others else None
+            entry["tuning"] = tune_search(opened, entry, stored, other, options.recall_target)
         if inclusion:
-            incl, variance = index_dir / f"{modality}.inclusion.faiss", index_dir / f"{modality}.mean_variance.npy"
+            incl, variance = index_dir / f"{modality}.inclusion.npy", index_dir / f"{modality}.mean_variance.npy"
             _build_inclusion(stored, incl, variance)
             entry.update(inclusion_file=str(incl.relative_to(root)), mean_variance_file=str(variance.relative_to(root)))
-        entry["rows"] = stored.rows
         entry["fingerprints"] = {key: file_fingerprint(root / entry[key]) for key in INDEX_FILE_KEYS if key in entry}
-        manifest = read_manifest(root)
-        manifest.setdefault("indexes", {})[modality] = entry
-        write_manifest(root, manifest)
+        manifest = read_manifest(root).with_index(modality, IndexEntry.from_dict(entry))
+        manifest.write(root)
         _remove_stale_files(root, index_dir, modality, entry)
     return root
 

@@ -16,8 +16,8 @@ at most ``shard_rows`` rows each (the clip-retrieval layout, with log-variances 
 ``u = sum_d exp(logvar_d)`` is computed from the float32 log-variances before they are stored, so it is exact
 whatever the storage dtype. Row ids are global positions ``0 .. rows-1`` in shard order.
 
-``read_manifest`` checks every value the readers use (types, ranges, shard offsets that add up) and that every file
-the manifest names lies inside the collection; :func:`file_fingerprint` identifies an index file without reading all
+The manifest itself is read, checked, upgraded and written by :mod:`probclip.search.manifest` (a typed
+``Manifest``); :func:`file_fingerprint` identifies an index file without reading all
 of it, so that an index file of another collection, even one with the same row count, is refused.
 """
 
@@ -28,6 +28,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -36,37 +37,29 @@ import torch
 from ..embedding import ProbEmbedding
 from ..errors import InputError, UsageError
 
+if TYPE_CHECKING:
+    from .manifest import Manifest
+
 __all__ = [
-    "FORMAT",
-    "FORMAT_VERSION",
     "MANIFEST_NAME",
     "MODALITIES",
     "PREFIXES",
+    "Shard",
     "StoredRows",
     "DTYPES",
-    "INDEX_FILE_KEYS",
-    "INDEX_KINDS",
-    "check_manifest",
     "check_modality",
     "collection_file",
     "emb_path",
     "file_fingerprint",
     "logvar_path",
     "metadata_path",
-    "read_manifest",
     "write_json_atomic",
-    "write_manifest",
 ]
 
-FORMAT = "probclip-collection"
-FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 MODALITIES = ("image", "text")
 PREFIXES = {"image": "img", "text": "text"}
 DTYPES = ("float16", "float32")
-INDEX_KINDS = ("flat", "hnsw", "ivfpq", "milvus")
-#: The keys of an index entry that name a file of the collection.
-INDEX_FILE_KEYS = ("file", "inclusion_file", "mean_variance_file")
 #: :func:`file_fingerprint` reads a file whole up to this size, else its ends and ``_SAMPLES`` blocks between.
 _WHOLE_BYTES = 64 * 2**20
 _END_BYTES = 2**20
@@ -107,11 +100,6 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def write_manifest(root: Path, manifest: dict) -> None:
-    """Write ``root/manifest.json`` atomically."""
-    write_json_atomic(Path(root) / MANIFEST_NAME, manifest)
-
-
 def collection_file(root: str | Path, relative: object, what: str) -> Path:
     """``root / relative`` for a path the manifest names; ``InputError`` unless it is a relative path that stays
     inside the collection (after resolving ``..`` and symbolic links)."""
@@ -146,102 +134,10 @@ def file_fingerprint(path: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _bad(path: Path, field: str, value: object, expected: str) -> InputError:
-    return InputError(f"{path}: {field} is {value!r}; expected {expected} (the manifest was edited or damaged: "
-                      "rerun `probclip embed` with --overwrite, or `probclip index`, to rewrite it)")
+@dataclass(frozen=True)
+class Shard:
+    """One shard of one modality: its file number, its first global row id and its row count."""
 
-
-def _count(path: Path, field: str, value: object, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _bad(path, field, value, f"an integer >= {minimum}")
-    return value
-
-
-def _mapping(path: Path, field: str, value: object) -> dict:
-    if not isinstance(value, dict):
-        raise _bad(path, field, value if not isinstance(value, (list, str)) else type(value).__name__, "an object")
-    return value
-
-
-def check_manifest(root: str | Path, manifest: dict) -> dict:
-    """Check every value of ``manifest`` that the readers use; returns it, or raises ``InputError`` naming the
-    field, its value and what is expected. Files named by the index entries must lie inside the collection."""
-    root = Path(root)
-    path = root / MANIFEST_NAME
-    model = _mapping(path, "model", manifest.get("model"))
-    for field in ("name", "fingerprint"):
-        if not isinstance(model.get(field), str) or not model.get(field):
-            raise _bad(path, f"model.{field}", model.get(field), "a non-empty string")
-    _count(path, "model.embed_dim", model.get("embed_dim"), 1)
-    if model.get("source") is not None and not isinstance(model.get("source"), str):
-        raise _bad(path, "model.source", model.get("source"), "a string or null")
-    if manifest.get("dtype") not in DTYPES:
-        raise _bad(path, "dtype", manifest.get("dtype"), f"one of {list(DTYPES)}")
-    modalities = _mapping(path, "modalities", manifest.get("modalities"))
-    for modality, info in modalities.items():
-        if modality not in MODALITIES:
-            raise _bad(path, "a key of modalities", modality, f"one of {list(MODALITIES)}")
-        info = _mapping(path, f"modalities.{modality}", info)
-        rows = _count(path, f"modalities.{modality}.rows", info.get("rows"))
-        shards = info.get("shards")
-        if not isinstance(shards, list):
-            raise _bad(path, f"modalities.{modality}.shards", type(shards).__name__, "a list")
-        first_row = 0
-        for i, shard in enumerate(shards):
-            where = f"modalities.{modality}.shards[{i}]"
-            shard = _mapping(path, where, shard)
-            _count(path, f"{where}.index", shard.get("index"))
-            if _count(path, f"{where}.first_row", shard.get("first_row")) != first_row:
-                raise _bad(path, f"{where}.first_row", shard.get("first_row"), f"{first_row} (the rows before it)")
-            first_row += _count(path, f"{where}.rows", shard.get("rows"))
-        if first_row != rows:
-            raise _bad(path, f"modalities.{modality}.rows", rows, f"{first_row} (the sum of its shards' rows)")
-    indexes = _mapping(path, "indexes", manifest.get("indexes", {}))
-    for modality, entry in indexes.items():
-        if modality not in modalities:
-            raise _bad(path, "a key of indexes", modality, f"a modality of the collection {sorted(modalities)}")
-        entry = _mapping(path, f"indexes.{modality}", entry)
-        if entry.get("kind") not in INDEX_KINDS:
-            raise _bad(path, f"indexes.{modality}.kind", entry.get("kind"), f"one of {list(INDEX_KINDS)}")
-        _count(path, f"indexes.{modality}.rows", entry.get("rows"))
-        files = [key for key in INDEX_FILE_KEYS if key in entry]
-        if entry["kind"] != "milvus" and "file" not in files:
-            raise _bad(path, f"indexes.{modality}.file", None, "the path of the index file")
-        if entry["kind"] == "milvus":
-            for field in ("uri", "collection"):
-                if not isinstance(entry.get(field), str) or not entry.get(field):
-                    raise _bad(path, f"indexes.{modality}.{field}", entry.get(field), "a non-empty string")
-        for key in files:
-            collection_file(root, entry[key], f"indexes.{modality}.{key}")
-        _mapping(path, f"indexes.{modality}.fingerprints", entry.get("fingerprints", {}))
-    return manifest
-
-
-def read_manifest(root: str | Path) -> dict:
-    """Read and check ``root/manifest.json``; ``InputError`` for a missing, corrupt or newer-format manifest."""
-    root = Path(root)
-    path = root / MANIFEST_NAME
-    if not root.is_dir():
-        raise InputError(f"collection directory {str(root)!r} does not exist; create one with `probclip embed`")
-    if not path.is_file():
-        raise InputError(f"{path} not found: {str(root)!r} is not a finished collection (run `probclip embed` "
-                         f"with --out {root}, or rerun it to finish an interrupted run)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-        raise InputError(f"{path} is not valid JSON ({err}); rerun `probclip embed` with --overwrite to rewrite "
-                         "it") from err
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise InputError(f"{path} is not a probclip collection manifest (expected \"format\": \"{FORMAT}\")")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise InputError(f"{path} has format version {version!r}, newer than this probclip reads "
-                         f"(<= {FORMAT_VERSION}); upgrade probclip")
-    return check_manifest(root, manifest)
-
-
-@dataclass
-class _Shard:
     index: int
     first_row: int
     rows: int
@@ -254,18 +150,17 @@ class StoredRows:
     Missing or truncated shards raise ``InputError`` naming the file.
     """
 
-    def __init__(self, root: str | Path, manifest: dict, modality: str):
+    def __init__(self, root: str | Path, manifest: Manifest, modality: str):
         self.root = Path(root)
         self.modality = check_modality(modality)
-        info = manifest.get("modalities", {}).get(modality)
-        if not info or not info.get("rows"):
-            counts = {m: v.get("rows", 0) for m, v in manifest.get("modalities", {}).items()}
-            raise InputError(f"collection {str(self.root)!r} holds no {modality} rows (rows per modality: {counts})")
-        self.rows = int(info["rows"])
-        self.dim = int(manifest["model"]["embed_dim"])
-        self.dtype = np.dtype(manifest["dtype"])
-        self.shards = [_Shard(int(s["index"]), int(s["first_row"]), int(s["rows"])) for s in info["shards"]]
-        self.shards = [s for s in self.shards if s.rows > 0]
+        info = manifest.modalities.get(modality)
+        if info is None or not info.rows:
+            raise InputError(f"collection {str(self.root)!r} holds no {modality} rows (rows per modality: "
+                             f"{ {m: v.rows for m, v in manifest.modalities.items()} })")
+        self.rows = info.rows
+        self.dim = manifest.model.embed_dim
+        self.dtype = np.dtype(manifest.dtype)
+        self.shards = [s for s in info.shards if s.rows > 0]
         self._starts = np.array([s.first_row for s in self.shards], dtype=np.int64)
         self._means: dict[int, np.ndarray] = {}
         self._logvars: dict[int, np.ndarray] = {}

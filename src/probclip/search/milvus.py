@@ -78,8 +78,8 @@ def build_milvus(stored: StoredRows, uri: str, root: str | Path, modality: str) 
 class MilvusSearcher:
     """L2 search of augmented queries in one Milvus collection."""
 
-    def __init__(self, uri: str, name: str):
-        self.client, self.name = connect(uri), name
+    def __init__(self, uri: str, name: str, max_candidates: int = 16384):
+        self.client, self.name, self.max_candidates = connect(uri), name, int(min(max_candidates, 16384))
         if not self.client.has_collection(name):
             raise InputError(f"Milvus at {uri!r} has no collection {name!r}; rebuild it with "
                              "`probclip index DIR --backend milvus --uri URI`")
@@ -87,11 +87,11 @@ class MilvusSearcher:
 
     def search(self, queries: np.ndarray, n: int, min_u: float | None = None,
                max_u: float | None = None) -> list[np.ndarray]:
-        """Row ids of the ``n`` nearest rows per query (``[Q, D + 1]``), optionally only rows with ``u`` in
-        ``[min_u, max_u]``."""
+        """Row ids of the ``n`` nearest rows per query (``[Q, D + 1]``, at most ``max_candidates``: Milvus answers
+        at most 16,384), optionally only rows with ``u`` in ``[min_u, max_u]``."""
         bounds = [f"u >= {float(min_u)!r}"] if min_u is not None else []
         bounds += [f"u <= {float(max_u)!r}"] if max_u is not None else []
-        hits = self.client.search(self.name, data=[q.tolist() for q in queries], limit=int(min(n, 16384)),
+        hits = self.client.search(self.name, data=[q.tolist() for q in queries], limit=int(min(n, self.max_candidates)),
                                   filter=" and ".join(bounds),
                                   search_params={"metric_type": "L2"}, anns_field="vector")
         return [np.array([h["id"] for h in row], dtype=np.int64) for row in hits]

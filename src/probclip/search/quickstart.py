@@ -15,7 +15,8 @@ from ..synthetic.world import render_scene
 from .embed import embed_collection, load_model
 from .index import build_index
 from .job import finished_job, unfinished_job
-from .layout import MANIFEST_NAME, read_manifest
+from .layout import MANIFEST_NAME
+from .manifest import read_manifest
 from .model_id import model_fingerprint
 
 __all__ = ["QUICKSTART_SCENES", "prepare_quickstart_collection", "write_synthetic_test_split"]
@@ -77,9 +78,9 @@ def prepare_quickstart_collection(quickstart_dir: str | Path, *, progress: bool 
     fingerprint = model_fingerprint(model)
     if (collection / MANIFEST_NAME).is_file():
         manifest = read_manifest(collection)
-        rows = {m: v.get("rows") for m, v in manifest.get("modalities", {}).items()}
-        if (rows and all(manifest.get("indexes", {}).get(m, {}).get("rows") == n for m, n in rows.items())
-                and manifest["model"]["fingerprint"] == fingerprint):
+        rows = manifest.rows()
+        if (rows and all(m in manifest.indexes and manifest.indexes[m].rows == n for m, n in rows.items())
+                and manifest.model.fingerprint == fingerprint):
             return collection
     data = write_synthetic_test_split(root / "search-data", seed=_quickstart_seed(root))
     # derived from the quickstart folder alone: a collection (or unfinished run) of an earlier quickstart model is

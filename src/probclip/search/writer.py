@@ -17,16 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import InputError, UsageError
-from .layout import (
-    FORMAT,
-    FORMAT_VERSION,
-    PREFIXES,
-    emb_path,
-    logvar_path,
-    metadata_path,
-    write_json_atomic,
-    write_manifest,
-)
+from .layout import emb_path, logvar_path, metadata_path, write_json_atomic
+from .manifest import FORMAT, FORMAT_VERSION, write_manifest
 
 __all__ = ["MAX_NAMED_SKIPS", "METADATA_SCHEMA", "PROGRESS_DIR", "done_path", "merge_manifest", "save_npy",
            "save_parquet", "shard_done", "shard_ranges", "write_collection", "write_shard"]
@@ -131,9 +123,7 @@ def merge_manifest(out: Path, job: dict, record: dict, counts: dict[str, int], s
         modalities[modality] = {"rows": first_row, "inputs": n, "shards": shards, "skipped": len(skipped),
                                 "skipped_inputs": skipped[:MAX_NAMED_SKIPS]}
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": record, "dtype": job["dtype"],
-                "shard_rows": shard_rows, "job": job, "modalities": modalities, "indexes": {}, "inputs": inputs,
-                "layout": {m: {"emb": f"{PREFIXES[m]}_emb", "logvar": f"{PREFIXES[m]}_logvar",
-                               "metadata": "metadata"} for m in counts}}
+                "shard_rows": shard_rows, "job": job, "modalities": modalities, "indexes": {}, "inputs": inputs}
     write_manifest(out, manifest)
     return manifest
 

@@ -414,7 +414,8 @@ def create_app(indexes: Mapping[str, Any] | Iterable[Any], api_key: str | None =
             await scale.ready()
             out.append(IndexInfo(name=name, modality=index.modality, rows=index.rows, dim=index.dim,
                                  model=index.model_name, model_fingerprint=index.model_fingerprint,
-                                 kind=index.kind, exact=bool(index.exact), uncertainty_quantiles=scale.quantiles()))
+                                 kind=index.kind, exact=bool(index.exact), recall_at_10=index.recall_at_10,
+                                 uncertainty_quantiles=scale.quantiles()))
         return out
 
     search_body = {

@@ -24,7 +24,8 @@ from ..cli import run_command
 from ..errors import InputError, UsageError
 from ..search import SearchIndex, prepare_quickstart_collection
 from ..search.embed import load_model
-from ..search.layout import MANIFEST_NAME, MODALITIES, read_manifest
+from ..search.layout import MANIFEST_NAME, MODALITIES
+from ..search.manifest import read_manifest
 from .app import create_app
 from .hosts import DEFAULT_ALLOWED_HOSTS, normalise_host, normalise_origin
 from .limits import ServiceLimits
@@ -58,9 +59,7 @@ def _collection_dir(path: Path, progress: bool) -> Path:
 
 
 def _modalities_of(collection: Path) -> list[str]:
-    manifest = read_manifest(collection)
-    present = [m for m in MODALITIES if int((manifest.get("modalities") or {}).get(m, {}).get("rows", 0) or 0) > 0]
-    return present
+    return read_manifest(collection).present_modalities()
 
 
 def load_indexes(dirs: Sequence[str | os.PathLike], *, model: str | None = None, modality: str = "both",

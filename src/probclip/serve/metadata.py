@@ -29,7 +29,8 @@ def _real(path: str | os.PathLike) -> Path:
 def source_roots(index: Any) -> list[Path]:
     """The folders an index's images may be read from, most specific first: what it was embedded from (``--data``,
     or the folder of a ``--data`` file, and ``--image-root``), then the collection folder itself."""
-    job = (getattr(index, "manifest", None) or {}).get("job") or {}
+    manifest = getattr(index, "manifest", None)
+    job = (manifest.job if manifest is not None else None) or {}
     roots: list[Path] = []
     for key in ("image_root", "data"):
         value = job.get(key)

@@ -113,6 +113,8 @@ class IndexInfo(BaseModel):
     model_fingerprint: str
     kind: str
     exact: bool
+    recall_at_10: float | None = Field(None, description="recall@10 of the CSD candidates: 1.0 when exact, else "
+                                                         "reached on held-out queries when the index was built")
     uncertainty_quantiles: dict[str, float] = Field(
         description="quantiles of the items' uncertainty u (sampled), keys '0.05', '0.5', '0.95'")
 
