@@ -27,8 +27,10 @@ import torch
 
 from .cli import run_command
 from .errors import UsageError
+from .eval.hierarchy import flat_hierarchy_metrics
 from .jsonsafe import json_safe
 from .synthetic import build_evaluation_set, evaluate_synthetic, world_vocabulary
+from .synthetic.hierarchy import synthetic_hierarchy_metrics
 from .synthetic.report import write_report
 from .tokenizers import get_tokenizer, word_tokenizer_config
 from .train import train
@@ -162,6 +164,12 @@ def run_quickstart(out_dir: str | Path, steps: int, seed: int = 0, threads: int 
         metrics, details = evaluate_synthetic(model, eval_set, get_tokenizer(model),
                                               image_transform(model.config.vision),
                                               probabilistic=objective == "prolip")
+        tokenizer = get_tokenizer(model)
+        with torch.no_grad():
+            empty = model.encode_text(tokenizer([""]))
+        details["hierarchy"] = synthetic_hierarchy_metrics(details["embeddings"], eval_set, empty,
+                                                           probabilistic=objective == "prolip")
+        metrics.update(flat_hierarchy_metrics(details["hierarchy"]))
         results[objective] = (model, metrics, details, result)
     prolip_model, prolip_metrics, prolip_details, prolip_result = results["prolip"]
     _, baseline_metrics, baseline_details, baseline_result = results["siglip"]

@@ -37,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..embedding import ProbEmbedding
 from ..errors import InputError, UsageError
 from .batching import SearchBatcher, SearchParams
+from .explain import empty_reason
 from .limits import ImageTooLargeError, ServiceLimits, decode_image_bytes
 from .metrics import PROMETHEUS_CONTENT_TYPE, ServiceMetrics
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware, RequestTooLargeError
@@ -234,6 +235,17 @@ class _Service:
                                                   results.uncertainty.tolist(), results.metadata, strict=True)]
 
 
+    async def empty_reason(self, index: Any, req: SearchRequest, described: dict) -> str | None:
+        """Why a search found nothing (see ``probclip.serve.explain``)."""
+        scale = self.scales[index.name]
+        await scale.ready()
+        query_u = described.get("uncertainty")
+        percentile = None if query_u is None else scale.percentile(query_u)
+        filtered = req.max_uncertainty is not None or req.uncertainty_quantile is not None
+        return empty_reason(req.score, described.get("kind", ""), query_u, index.modality, percentile,
+                            scale.quantiles().get("0.5"), filtered)
+
+
 def _thumbnail_bytes(index: Any, row_id: int, size: int) -> bytes | None:
     """A JPEG thumbnail (longest side ``size`` px) of an image row, or None for a row without an image."""
     image = index.open_image(row_id)
@@ -380,6 +392,8 @@ def create_app(indexes: Mapping[str, Any] | Iterable[Any], api_key: str | None =
                 "score": results.score, "higher_is_better": bool(results.higher_is_better),
                 "exact": bool(results.exact), "k": req.k, "results": await service.hits(index, results)}
         body["took_ms"] = round((time.perf_counter() - start) * 1000, 3)
+        if not body["results"]:
+            body["empty_reason"] = await service.empty_reason(index, req, described)
         return JSONResponse(body)
 
     @app.get("/items/{index:path}/{row_id}/image", responses={200: {"content": {"image/jpeg": {}}}, **ERROR_RESPONSES},
