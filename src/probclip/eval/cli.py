@@ -130,6 +130,12 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _summary(results: dict) -> str:
+    tables = results.get("tables")
+    if tables:  # a task with its own tables: the first one, as aligned text
+        heading, rows = next(iter(tables.items()))
+        cells = [[f"{v:.3f}" if isinstance(v, float) else "-" if v is None else str(v) for v in row] for row in rows]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+        return "\n".join([heading, *("  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells)])
     metrics = results.get("metrics", {})
     return json.dumps({k: v for k, v in metrics.items() if k != "uncertainty"}, indent=1)[:2000]
 

@@ -7,16 +7,16 @@ score ranks the gallery, and the ranked list is compared with the truth, per que
 - ``r_precision``, ``map_at_r``, ``r1`` / ``r5`` / ``r10`` (``R@K = 1`` when any of the first K is right), over the
   items a score returns (a directional score returns only the items that pass its check; the others are never
   found);
-- ``order``: Kendall tau between the rank and the caption level of the right items among the first R, signed so
-  that +1 is the order the search promises: **general to specific** (for ``general``: "a shape" first, the
-  query's nearest generalisation last; for ``specific``: the query's nearest specialisations first).
+- ``order``: Kendall tau between the rank and the caption level of the right items among the first R: +1 when
+  they come **general to specific** (HierarCaps' order: for ``general``, "a shape" first and the query's nearest
+  generalisation last; for ``specific``, the query's nearest specialisations first), -1 specific to general,
+  NaN (left out of the mean) when fewer than two levels are found.
 
 Scores (``HIERARCHY_SCORES``; ``test(a in b)`` is ProLIP's inclusion test at eps 0):
 
-- ``hierarchy``: probclip's hierarchical search (``probclip.search``'s ``included`` / ``includes``): the items that
-  pass the calibrated direction check (:func:`hierarchy_check`), general to specific;
-- ``directional``: ``test(query in item)`` (``general``) or ``test(item in query)`` (``specific``) over the items
-  where it beats the reverse test (the uncalibrated check);
+- ``directional``: what ``probclip search`` ranks by (``included`` for ``general``, ``includes`` for
+  ``specific``): ``test(query in item)`` (``general``) or ``test(item in query)`` (``specific``) over the items
+  where it beats the reverse test (the direction check);
 - ``test``: the same test without the check; ``csd``: ``-CSD``; ``mean``: cosine of the means;
 - ``walk`` (``general`` only): the HierarCaps interpolation walk from the query to the empty caption's mean
   (:func:`probclip.eval.hierarcaps.hierarchical_walk`), the captions it visits ranked from the root end.
@@ -44,12 +44,12 @@ from .options import EvalOptions
 from .readers import HierarCapsData, read_hierarcaps
 from .report import plot_bars, write_results
 
-__all__ = ["DIRECTIONS", "HIERARCHY_SCORES", "HIERARCHY_METRICS", "hierarchy_check", "hierarchy_scores",
+__all__ = ["DIRECTIONS", "HIERARCHY_SCORES", "HIERARCHY_METRICS", "hierarchy_scores",
            "hierarchy_metrics", "hierarcaps_truth", "evaluate_hierarchy", "flat_hierarchy_metrics", "hierarchy_table",
            "hierarchy_tables"]
 
 DIRECTIONS = ("general", "specific")
-HIERARCHY_SCORES = ("hierarchy", "directional", "test", "csd", "mean", "walk")
+HIERARCHY_SCORES = ("directional", "test", "csd", "mean", "walk")
 HIERARCHY_METRICS = ("r_precision", "map_at_r", "r1", "r5", "r10", "order")
 #: Interpolation points of the walk score.
 WALK_STEPS = 50
@@ -60,12 +60,6 @@ def _sides(query: ProbEmbedding, gallery: ProbEmbedding, direction: str) -> tupl
     q, g = query.to(torch.float64), gallery.to(torch.float64)
     up, down = inclusion_score(q, g, eps=0.0), inclusion_score(g, q, eps=0.0).T  # test(q in g), test(g in q)
     return (up, down) if direction == "general" else (down, up)
-
-
-def hierarchy_check(query: ProbEmbedding, gallery: ProbEmbedding, direction: str) -> torch.Tensor:
-    """``[Q, G]`` bool: the gallery items that pass probclip's hierarchical check for ``direction``."""
-    asked, reverse = _sides(query, gallery, direction)
-    return asked > reverse
 
 
 def hierarchy_scores(query: ProbEmbedding | torch.Tensor, gallery: ProbEmbedding | torch.Tensor, direction: str,
@@ -100,11 +94,7 @@ def hierarchy_scores(query: ProbEmbedding | torch.Tensor, gallery: ProbEmbedding
     asked, reverse = _sides(query, gallery, direction)
     if score == "test":
         return asked
-    if score == "directional":
-        return torch.where(asked > reverse, asked, -math.inf)
-    passed = hierarchy_check(query, gallery, direction)
-    order = gallery.uncertainty.double()[None].expand_as(passed)  # general (more uncertain) first
-    return torch.where(passed, order, -math.inf)
+    return torch.where(asked > reverse, asked, -math.inf)  # directional
 
 
 def _kendall(levels: np.ndarray) -> float:
@@ -241,6 +231,7 @@ def hierarchy_table(metrics: Mapping, metric: str = "r_precision") -> list[list]
     for by_score in metrics.values():
         for by_group in by_score.values():
             groups.extend(g for g in by_group if g not in groups)
+    groups.sort(key=lambda g: (g != "image", g != "captions", int(g) if g.isdigit() else 0, g))
     rows = [["direction", "score", *groups]]
     for direction, by_score in metrics.items():
         for score, by_group in by_score.items():
