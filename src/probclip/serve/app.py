@@ -234,7 +234,6 @@ class _Service:
                 for row_id, score, u, meta in zip(results.ids.tolist(), results.scores.tolist(),
                                                   results.uncertainty.tolist(), results.metadata, strict=True)]
 
-
     async def empty_reason(self, index: Any, req: SearchRequest, described: dict) -> str | None:
         """Why a search found nothing (see ``probclip.serve.explain``)."""
         scale = self.scales[index.name]
