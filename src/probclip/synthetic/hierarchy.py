@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..eval.hierarchy import hierarchy_plot, hierarchy_results, hierarchy_tables
 from ..eval.report import write_results
@@ -39,8 +40,6 @@ def synthetic_hierarchy_metrics(embeddings: dict, eval_set: EvaluationSet, empty
 def evaluate_synthetic_hierarchy(model, tokenizer, transform, seed: int = 0, out_dir: str | Path | None = None,
                                  name: str = "model", probabilistic: bool = True) -> dict:
     """The hierarchy task on the synthetic world's test split (world seed ``seed``: the quickstart's scenes)."""
-    import torch  # the module itself needs no torch: its metrics work on the embeddings
-
     if not probabilistic:
         raise ValueError("the hierarchy task on the synthetic world needs a probclip model trained on it (e.g. "
                          "the quickstart's model/); give a HierarCaps CSV with --data for other models")
