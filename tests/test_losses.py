@@ -1,6 +1,7 @@
 """Losses: reference fixtures, formulas against direct dense evaluations, gradients, errors, registry."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -210,6 +211,24 @@ def test_text_masked_inclusion_weight_can_differ_from_the_image_one():
     torch.testing.assert_close(split["loss"] - shared["loss"], 3 * want_txt)
     with pytest.raises(ValueError, match="inclusion_alpha_occ_text"):
         ProLIPLoss(inclusion_alpha_occ_text=-1.0)
+
+
+def test_text_view_term_matches_each_caption_with_its_masked_view():
+    (mi, li), (mt, lt) = _random_batch(b=6)
+    image, text = ProbEmbedding(mi, li), ProbEmbedding(mt, lt)
+    views = ProbEmbedding(torch.nn.functional.normalize(text.mean[:3] + 0.1, dim=-1), text.logvar[:3] + 0.2)
+    index = torch.tensor([0, 2, 4])  # the samples whose masked views are passed
+    kwargs = dict(masked_text=views, masked_index=index)
+    off = ProLIPLoss(inclusion_alpha_occ=0.0)(image, text, 2.0, -5.0, **kwargs)
+    on = ProLIPLoss(inclusion_alpha_occ=0.0, text_view_weight=0.5)(image, text, 2.0, -5.0, **kwargs)
+    originals = text[index]
+    z = math.exp(2.0) * (originals.mean @ views.mean.T - (originals.uncertainty[:, None] + views.uncertainty) / 2) - 5
+    want = 0.5 * -F.logsigmoid((2 * torch.eye(3, dtype=z.dtype) - 1) * z).sum() / 3
+    torch.testing.assert_close(on["txt_view_ppcl"], want)
+    torch.testing.assert_close(on["loss"] - off["loss"], want)
+    assert off["txt_view_ppcl"] == 0
+    with pytest.raises(ValueError, match="text_view_weight"):
+        ProLIPLoss(text_view_weight=-1.0)
 
 
 def test_siglip_and_clip_match_open_clip():

@@ -59,7 +59,7 @@ VARIANTS = [
     ("prolip", "prolip", dict(inclusion_alpha=0.5, inclusion_alpha_occ=0.25, vib_beta=0.01, inclusion_eps=0,
                               inclusion_scale=10), False, False),
     ("prolip+masked", "prolip", dict(inclusion_alpha=0.5, inclusion_alpha_occ=0.25, vib_beta=0.01,
-                                     inclusion_eps=0, inclusion_scale=10), True, False),
+                                     inclusion_eps=0, inclusion_scale=10, text_view_weight=0.5), True, False),
     ("pcmepp", "pcmepp", dict(pseudo_positive_weight=0.1, vib_beta=0.01), False, False),
     ("pcmepp+soft", "pcmepp", dict(pseudo_positive_weight=0.1, vib_beta=0.01), False, True),
     ("siglip", "siglip", {}, False, False),

@@ -43,6 +43,15 @@ def test_writes_metrics_report_plots_and_model(two_runs, capsys):
         assert (out / "plots" / f"{name}.png").stat().st_size > 1000
         assert f"plots/{name}.png" in html
     assert "total_seconds" in json.loads((out / "timings.json").read_text())
+    hierarchy = metrics["hierarchy"]
+    assert set(hierarchy) == {"general", "specific"}
+    assert set(hierarchy["general"]) == {"directional", "test", "csd", "mean", "walk"}
+    for score in ("directional", "mean"):
+        assert {"image", "captions", "1", "5"} <= set(hierarchy["general"][score])
+        assert 0.0 <= hierarchy["general"][score]["image"]["r_precision"] <= 1.0
+        assert {"captions", "0", "3"} <= set(hierarchy["specific"][score])
+    assert set(metrics["baseline"]["hierarchy"]["general"]) == {"mean", "walk"}
+    assert "Hierarchical search" in html and "SigLIP: mean" in html
 
 
 def test_same_seed_writes_the_same_metrics(two_runs):

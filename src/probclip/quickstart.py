@@ -27,8 +27,10 @@ import torch
 
 from .cli import run_command
 from .errors import UsageError
+from .eval.hierarchy import flat_hierarchy_metrics
 from .jsonsafe import json_safe
 from .synthetic import build_evaluation_set, evaluate_synthetic, world_vocabulary
+from .synthetic.hierarchy import synthetic_hierarchy_metrics
 from .synthetic.report import write_report
 from .tokenizers import get_tokenizer, word_tokenizer_config
 from .train import train
@@ -71,9 +73,12 @@ TRAIN_CAPTION_LEVELS = (0, 1, 2, 3, 4, 5, 2, 3, 4, 5)
 #: grey and a text view with each word dropped with probability 0.5 (a shorter, more general caption).
 MASKING = {"fraction": 0.5, "image_keep_ratio": 0.5, "image_mask_mode": "grey",
            "text_mask_prob": 0.5, "text_mask_mode": "drop"}
-#: ProLIP loss: the text original-in-masked inclusion term weighs 1.0, the image one 0.01, both with a smooth sigmoid
-#: (scale 10) at the released training's eps (-20, where only the variances enter the test).
-PROLIP_LOSS = {"inclusion_alpha_occ": 0.01, "inclusion_alpha_occ_text": 1.0, "inclusion_scale": 10.0}
+#: ProLIP loss: the image-in-text inclusion term weighs 1.0 (released: 1e-7, effectively off), the text
+#: original-in-masked one 1.0, the image one 0.01, all with a smooth sigmoid (scale 10) at the released training's eps
+#: (-20, where only the variances enter the test); a PPCL term (weight 1.0) matches each caption with its masked view
+#: (a more general caption). See docs/quickstart.md, "The recipe and the choices".
+PROLIP_LOSS = {"inclusion_alpha": 1.0, "inclusion_alpha_occ": 0.01, "inclusion_alpha_occ_text": 1.0,
+               "inclusion_scale": 10.0, "text_view_weight": 1.0}
 
 
 def steps_for_budget(minutes: float) -> int:
@@ -162,6 +167,12 @@ def run_quickstart(out_dir: str | Path, steps: int, seed: int = 0, threads: int 
         metrics, details = evaluate_synthetic(model, eval_set, get_tokenizer(model),
                                               image_transform(model.config.vision),
                                               probabilistic=objective == "prolip")
+        tokenizer = get_tokenizer(model)
+        with torch.no_grad():
+            empty = model.encode_text(tokenizer([""]))
+        details["hierarchy"] = synthetic_hierarchy_metrics(details["embeddings"], eval_set, empty,
+                                                           probabilistic=objective == "prolip")
+        metrics.update(flat_hierarchy_metrics(details["hierarchy"]))
         results[objective] = (model, metrics, details, result)
     prolip_model, prolip_metrics, prolip_details, prolip_result = results["prolip"]
     _, baseline_metrics, baseline_details, baseline_result = results["siglip"]

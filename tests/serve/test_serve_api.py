@@ -14,10 +14,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 from serve_support import draw_scene
 
+from probclip.embedding import ProbEmbedding
 from probclip.search import SearchIndex, build_index
 from probclip.serve import create_app
 
@@ -222,3 +224,24 @@ def test_an_approximate_index_says_so(tiny_collection, tiny_model, tmp_path):
         answer = c.post("/search", json={"text": "a red circle", "k": 3}).json()
     assert info["kind"] == "hnsw" and info["exact"] is False
     assert answer["exact"] is False and len(answer["results"]) == 3
+
+
+def test_an_empty_answer_says_why(client, tiny_indexes):
+    text_index = tiny_indexes[1]
+    dim = text_index.dim
+    vague = {"mean": [1.0] + [0.0] * (dim - 1), "logvar": [3.0] * dim}  # far more uncertain than any caption
+    expected = text_index.search(text_index.encode(ProbEmbedding(torch.tensor([vague["mean"]]),
+                                                                 torch.tensor([vague["logvar"]]))),
+                                 k=5, score="included")[0]
+    assert len(expected) == 0
+    body = client.post("/search", json={"index": text_index.name, "embedding": vague, "k": 5,
+                                        "score": "included"}).json()
+    assert body["results"] == []
+    reason = body["empty_reason"]
+    assert reason.startswith("no caption is more general than this embedding under this model")
+    assert "more uncertain than 100% of its captions" in reason
+    filtered = client.post("/search", json={"index": text_index.name, "embedding": vague, "k": 5,
+                                            "score": "included", "uncertainty_quantile": 0.5}).json()
+    assert "uncertainty filter" in filtered["empty_reason"]
+    found = client.post("/search", json={"index": text_index.name, "text": "a red circle", "k": 5}).json()
+    assert found["results"] and found.get("empty_reason") is None

@@ -141,3 +141,37 @@ def test_shared_url_slider_and_phone_width(browser, server, tiny_indexes):
     expect(page.locator("#status")).to_contain_text("uploaded image (64×64)")
     assert errors == []
     page.close()
+
+
+def test_numbers_explain_themselves_and_an_empty_answer_says_why(browser, server, tiny_indexes):
+    image_index, text_index = tiny_indexes
+    page, errors = _page(browser)
+    # no image of this collection is more general than the caption: the page says why, in words
+    assert len(image_index.search("a small blue square", k=24, score="included")[0]) == 0
+    page.goto(f"{server}/?index={image_index.name}&q=a+small+blue+square&score=included")
+    expect(page.locator("#status")).to_contain_text("0 results for")
+    expect(page.locator("#status")).to_contain_text("more general")
+    reason = page.locator("#empty-reason")
+    expect(reason).to_contain_text("no image is more general than this caption under this model")
+    expect(reason).to_contain_text("more uncertain")
+    expect(page.locator("#results .card")).to_have_count(0)
+
+    # hovering a number explains it; the buttons speak of "more general" / "more specific"
+    page.click("#more-specific")
+    cards = page.locator("#results .card")
+    expect(cards).to_have_count(len(image_index.search("a small blue square", k=24, score="includes")[0]))
+    expect(page.locator("#empty-reason")).to_have_count(0)
+    assert "inclusion test" in cards.first.locator(".scoreval").get_attribute("title")
+    assert cards.first.locator(".scoreval").inner_text().startswith("inclusion ")
+    assert "uncertainty" in cards.first.locator(".ulabel").get_attribute("title")
+    assert "more specific" in page.locator("#more-specific").get_attribute("title")
+    assert "more general" in page.locator("#more-general").get_attribute("title")
+    page.click("[data-score=csd]")
+    expect(cards.first.locator(".scoreval")).to_have_attribute("title", re.compile("closed-form sampled distance"))
+
+    # the status line names an active uncertainty filter
+    expect(page.locator("#status")).not_to_contain_text("uncertainty filter")
+    page.locator("#uq").fill("50")
+    expect(page.locator("#status")).to_contain_text("uncertainty filter: only the 50% most certain items")
+    assert errors == []
+    page.close()

@@ -93,3 +93,18 @@ def test_serve_options_default_to_loopback_and_bounded_limits():
     args = build_parser().parse_args(["somewhere", "--max-image-megapixels", "0"])
     with pytest.raises(ValueError, match="max-image-megapixels"):
         limits_from_args(args)
+
+
+def test_empty_reason_names_the_direction_and_the_numbers():
+    from probclip.serve.explain import empty_reason
+
+    reason = empty_reason("included", "image", 0.29, "text", 1.0, 0.012, False)
+    assert reason == ("no caption is more general than this image under this model: the image is more uncertain "
+                      "than 100% of its captions (u 0.29 vs median 0.012), and a more general caption must be more "
+                      "uncertain than the image")
+    specific = empty_reason("includes", "text", 0.001, "image", 0.0, 0.3, True)
+    assert specific.startswith("no image is more specific than this caption under this model among the items the "
+                               "uncertainty filter keeps")
+    assert "less uncertain than 100% of its images" in specific
+    assert empty_reason("csd", "text", 0.1, "text", 0.5, 0.1, False) is None
+    assert empty_reason("csd", "text", 0.1, "text", 0.5, 0.1, True).startswith("no captions match")

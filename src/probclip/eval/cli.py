@@ -1,6 +1,7 @@
 """``probclip eval``: evaluate a model on one task and write ``DIR/results.json`` and PNG plots.
 
     probclip eval --model M --task T --data PATH [--out DIR] [task options]
+    probclip eval --model M --task hierarchy [--data HIERARCAPS_CSV] [--seed S] [--out DIR]
     probclip eval --model M --suite datacomp --data-root ROOT [--out DIR] [--tasks a,b] [--skip-missing]
 
 ``M`` is anything :func:`probclip.create_model_from_pretrained` accepts (a checkpoint folder,
@@ -18,12 +19,14 @@ from ..cli import run_command
 from ..devices import check_device
 from ..errors import InputError, ProbclipError, UsageError
 from ..limits import current_limits, set_limits
+from ..synthetic.hierarchy import evaluate_synthetic_hierarchy
 from ..terminal import printable
 from ..textfiles import read_text_file
 from .bprw import BPRWSettings
 from .eccv import evaluate_eccv
 from .encode import load_eval_model
 from .hierarcaps import evaluate_hierarcaps
+from .hierarchy import evaluate_hierarchy
 from .html_report import write_task_report
 from .options import EvalOptions
 from .output_folder import fresh_output_folder
@@ -32,7 +35,7 @@ from .rococo import evaluate_rococo
 from .suite import locate_suite_data, run_suite, suite_markdown
 from .zeroshot import evaluate_zeroshot
 
-TASKS = ("zeroshot", "retrieval", "eccv", "urban1k", "hierarcaps", "rococo")
+TASKS = ("zeroshot", "retrieval", "eccv", "urban1k", "hierarcaps", "hierarchy", "rococo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", choices=TASKS, help="one task (needs --data); or give --suite")
     parser.add_argument("--data", type=Path,
                         help="data set: image folder / webdataset root (zeroshot), Karpathy JSON / CSV / webdataset "
-                             "(retrieval, eccv, rococo), Urban-1k folder, HierarCaps CSV")
+                             "(retrieval, eccv, rococo), Urban-1k folder, HierarCaps CSV (hierarcaps, hierarchy; "
+                             "without --data, hierarchy runs on the synthetic world's test split)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: ./eval-<task or suite>); written whole when the run succeeds, "
                              "refused when not empty unless --overwrite")
@@ -94,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--replacements", type=Path, default=None,
                     help="JSON {word: [replacements]} or a text file of words, one per line")
     rc.add_argument("--mix-weight", type=float, default=0.1, help="weight of the other image in mixed images")
-    rc.add_argument("--seed", type=int, default=0)
+    rc.add_argument("--seed", type=int, default=0, help="random seed (rococo); world seed (hierarchy on the "
+                                                        "synthetic world: the quickstart's --seed)")
     return parser
 
 
@@ -121,12 +126,23 @@ def run(args: argparse.Namespace, out: Path | None = None) -> dict:
         return evaluate_urban1k(model, args.data, options)
     if args.task == "hierarcaps":
         return evaluate_hierarcaps(model, args.data, options, n_steps=args.steps)
+    if args.task == "hierarchy":
+        if args.data is None:
+            return evaluate_synthetic_hierarchy(model.model, model.tokenizer, model.preprocess, seed=args.seed,
+                                                out_dir=out, name=model.name, probabilistic=model.probabilistic)
+        return evaluate_hierarchy(model, args.data, options)
     if args.replacements is None:
         raise ValueError("--task rococo needs --replacements FILE (JSON {word: [replacements]} or a word list)")
     return evaluate_rococo(model, args.data, args.replacements, options, mix_weight=args.mix_weight, seed=args.seed)
 
 
 def _summary(results: dict) -> str:
+    tables = results.get("tables")
+    if tables:  # a task with its own tables: the first one, as aligned text
+        heading, rows = next(iter(tables.items()))
+        cells = [[f"{v:.3f}" if isinstance(v, float) else "-" if v is None else str(v) for v in row] for row in rows]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+        return "\n".join([heading, *("  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells)])
     metrics = results.get("metrics", {})
     return json.dumps({k: v for k, v in metrics.items() if k != "uncertainty"}, indent=1)[:2000]
 
@@ -138,11 +154,12 @@ def _check_args(args: argparse.Namespace) -> None:
         if args.data_root is None:
             raise UsageError("--suite needs --data-root FOLDER (the folder holding the wds_<name> data sets)")
         return
-    if args.task is None or args.data is None:
-        raise UsageError("give --task TASK and --data PATH, or --suite datacomp and --data-root FOLDER")
+    if args.task is None or (args.data is None and args.task != "hierarchy"):
+        raise UsageError("give --task TASK and --data PATH, or --suite datacomp and --data-root FOLDER "
+                         "(--task hierarchy without --data runs on the synthetic world)")
     if args.data_root is not None or args.tasks is not None or args.skip_missing:
         raise UsageError("--data-root, --tasks and --skip-missing go with --suite")
-    if not args.data.exists():
+    if args.data is not None and not args.data.exists():
         raise UsageError(f"--data {str(args.data)!r} does not exist")
 
 

@@ -133,7 +133,8 @@ def _fmt_u(value) -> str:
 
 
 def write_task_report(out_dir: str | Path, results: Mapping) -> Path:
-    """Write ``out_dir/report.html`` for one run: the metrics table, the plots, example queries if any."""
+    """Write ``out_dir/report.html`` for one run: the task's own tables (``results["tables"]``: ``{heading: rows}``,
+    header row first) and the metrics table, the plots, example queries if any."""
     out_dir = Path(out_dir)
     title = f"probclip eval: {results.get('task', '?')} — {results.get('model', '?')}"
     info = {k: v for k, v in results.items() if isinstance(v, (str, int, float, bool)) and k != "model"}
@@ -141,6 +142,9 @@ def write_task_report(out_dir: str | Path, results: Mapping) -> Path:
             "<p>" + ", ".join(f"{_esc(k)}: <b>{_esc(v)}</b>" for k, v in info.items()) + "</p>",
             "<h2>Metrics</h2>",
             _table(("metric", "value"), flatten_metrics(results.get("metrics", {})), "metrics")]
+    own = [part for n, (heading, rows) in enumerate(results.get("tables", {}).items())  # header row first
+           for part in (f"<h2>{_esc(heading)}</h2>", _table(rows[0], rows[1:], f"table{n}"))]
+    body[2:2] = own
     plots = _plots_html(out_dir, results.get("plots", []))
     if plots:
         body += ["<h2>Plots</h2>", plots]

@@ -122,8 +122,10 @@ class ProLIPLoss(PairLoss):
         inclusion     = inclusion_alpha     * (1/B)     sum_i incl(image_i in text_i)
         img_inclusion = inclusion_alpha_occ * (1/M_img) sum_k incl(image_{n_k} in masked_image_k)
         txt_inclusion = inclusion_alpha_occ_text * (1/M_txt) sum_k incl(text_{n_k} in masked_text_k)
+        txt_view_ppcl = text_view_weight * (1/M_txt) sum_{k local, l global} -log sigmoid(y_kl z_kl),
+                        z_kl = PPCL's logit between text_{n_k} and masked_text_l,  y = 2 I - 1
         vib           = vib_beta * (1/B) sum_i (kl_i(image) + kl_i(text))
-        loss          = ppcl + inclusion + img_inclusion + txt_inclusion + vib
+        loss          = ppcl + inclusion + img_inclusion + txt_inclusion + txt_view_ppcl + vib
 
     with ``incl(1 in 2) = mean_d -log sigmoid(inclusion_scale * (test_d(1 in 2) - test_d(2 in 1)))``
     (see :func:`inclusion_loss_terms`, ``inclusion_eps`` inside the test) and
@@ -146,6 +148,9 @@ class ProLIPLoss(PairLoss):
         ppcl_weight: weight of the PPCL term.
         inclusion_alpha_occ_text: weight of the text original-in-masked term when it should differ from the
             image one (default: ``inclusion_alpha_occ``, as in the reference).
+        text_view_weight: weight of a PPCL term that matches each caption with its own masked view among all the
+            masked views (not in the reference: 0 by default). With views that drop words, a masked view is a
+            more general caption, so the term puts a caption's mean near its generalisations' means.
     """
 
     uses_masked_views = True
@@ -160,6 +165,7 @@ class ProLIPLoss(PairLoss):
         inclusion_scale: float = 1000.0,
         ppcl_weight: float = 1.0,
         inclusion_alpha_occ_text: float | None = None,
+        text_view_weight: float = 0.0,
         gather_across_ranks: bool = True,
         process_group=None,
     ):
@@ -170,6 +176,7 @@ class ProLIPLoss(PairLoss):
             self.inclusion_alpha_occ if inclusion_alpha_occ_text is None
             else check_weight(inclusion_alpha_occ_text, "inclusion_alpha_occ_text")
         )
+        self.text_view_weight = check_weight(text_view_weight, "text_view_weight")
         self.vib_beta = check_weight(vib_beta, "vib_beta")
         self.ppcl_weight = check_weight(ppcl_weight, "ppcl_weight")
         self.inclusion_eps = float(inclusion_eps)
@@ -183,7 +190,8 @@ class ProLIPLoss(PairLoss):
             f"inclusion_alpha={self.inclusion_alpha}, inclusion_alpha_occ={self.inclusion_alpha_occ}, "
             f"inclusion_alpha_occ_text={self.inclusion_alpha_occ_text}, "
             f"vib_beta={self.vib_beta}, inclusion_eps={self.inclusion_eps}, "
-            f"inclusion_scale={self.inclusion_scale}, ppcl_weight={self.ppcl_weight}"
+            f"inclusion_scale={self.inclusion_scale}, ppcl_weight={self.ppcl_weight}, "
+            f"text_view_weight={self.text_view_weight}"
         )
 
     def compute(self, image, text, scale, bias, context: RankContext, masked_image=None, masked_text=None,
@@ -216,6 +224,12 @@ class ProLIPLoss(PairLoss):
             self.inclusion_alpha_occ_text * self._inclusion(text[originals[:n_txt]], masked_text).sum()
             * (world / total_txt)
             if self.inclusion_alpha_occ_text and total_txt
+            else zero
+        )
+        terms["txt_view_ppcl"] = (
+            self.text_view_weight * ppcl_sum(text[originals[:n_txt]], masked_text, scale, bias, context,
+                                             [c[2] for c in counts]) * (world / total_txt)
+            if self.text_view_weight and total_txt
             else zero
         )
         terms["vib"] = (

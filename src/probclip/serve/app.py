@@ -42,6 +42,7 @@ from .batching import SearchBatcher, SearchParams
 from .clip_compat import clip_retrieval_router
 from .decode_slots import DecodeSlots, decode_upload
 from .dedup import candidate_rows, fetch_k, hide_duplicates
+from .explain import empty_reason
 from .export import results_csv
 from .hosts import DEFAULT_ALLOWED_HOSTS, HostGuardMiddleware, normalise_origin
 from .limits import ImageTooLargeError, ServiceLimits
@@ -285,6 +286,16 @@ class _Service:
                 for row_id, score, u, meta in zip(results.ids.tolist(), results.scores.tolist(),
                                                   results.uncertainty.tolist(), results.metadata, strict=True)]
 
+    async def empty_reason(self, index: Any, req: SearchRequest, described: dict) -> str | None:
+        """Why a search found nothing (see ``probclip.serve.explain``)."""
+        scale = self.scales[index.name]
+        await scale.ready()
+        query_u = described.get("uncertainty")
+        percentile = None if query_u is None else scale.percentile(query_u)
+        filtered = req.max_uncertainty is not None or req.uncertainty_quantile is not None
+        return empty_reason(req.score, described.get("kind", ""), query_u, index.modality, percentile,
+                            scale.quantiles().get("0.5"), filtered)
+
 
 async def _deduplicated(index: Any, results: Any, k: int) -> tuple[Any, int]:
     """``hide_duplicates`` in the thread pool when stored rows must be read; on the event loop when the results'
@@ -447,6 +458,8 @@ def create_app(indexes: Mapping[str, Any] | Iterable[Any], api_key: str | None =
                 "score": results.score, "higher_is_better": bool(results.higher_is_better),
                 "exact": bool(results.exact), "k": req.k, "results": await service.hits(index, results)}
         body["took_ms"] = round((time.perf_counter() - start) * 1000, 3)
+        if not body["results"]:
+            body["empty_reason"] = await service.empty_reason(index, req, described)
         if format == "csv":
             return Response(results_csv(body), media_type="text/csv; charset=utf-8",
                             headers={"content-disposition": 'attachment; filename="probclip-results.csv"'})

@@ -100,6 +100,9 @@ class SearchResponse(BaseModel):
     k: int
     results: list[SearchHit]
     took_ms: float
+    empty_reason: str | None = Field(
+        None, description="when no result comes back: why, in words (e.g. the query is more uncertain than every "
+                          "item, so none is more general)")
 
 
 class IndexInfo(BaseModel):

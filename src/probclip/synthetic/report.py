@@ -123,6 +123,28 @@ def _table(metrics: dict) -> str:
     return "\n".join(rows)
 
 
+def _hierarchy_table(hierarchy: dict, baseline: dict | None) -> str:
+    """R-precision (and in brackets the order, Kendall tau: +1 = general to specific) per score and query level."""
+    groups = ["image", "captions", "0", "1", "2", "3", "4", "5"]
+    head = "".join(f"<th>{g if g in ('image', 'captions') else 'level ' + g}</th>" for g in groups)
+    rows = [f"<tr><th>direction</th><th>model: score</th>{head}</tr>"]
+    for model, tree in (("ProLIP", hierarchy), ("SigLIP", baseline or {})):
+        for direction, by_score in tree.items():
+            for score, by_group in by_score.items():
+                cells = []
+                for g in groups:
+                    entry = by_group.get(g)
+                    if entry is None:
+                        cells.append("<td>&ndash;</td>")
+                        continue
+                    order = entry["order"]
+                    tau = "" if order != order else f" ({order:+.2f})"  # NaN: no order to measure
+                    cells.append(f"<td>{entry['r_precision']:.3f}{tau}</td>")
+                words = "more general" if direction == "general" else "more specific"
+                rows.append(f"<tr><td>{words}</td><td>{model}: {score}</td>{''.join(cells)}</tr>")
+    return "<table>\n" + "\n".join(rows) + "\n</table>"
+
+
 def write_report(
     out_dir: str | Path, metrics: dict, eval_set, details: dict, baseline_details: dict | None = None
 ) -> Path:
@@ -167,6 +189,12 @@ Training: {metrics['train']['steps']} steps of {metrics['config']['batch_size']}
 <table><tr><th>metric</th><th>ProLIP</th><th>SigLIP baseline</th></tr>
 {_table(metrics)}
 </table>
+<h2>Hierarchical search: "more general" and "more specific" against exact truth</h2>
+<p>R-precision per score and query level (in brackets the order: Kendall tau between rank and caption level, +1 =
+general to specific). Queries: every test caption ("captions" pools them) and the {len(eval_set.scenes)} images;
+truth: the captions strictly more general / more specific than a caption, or true of an image
+(see <code>probclip eval --task hierarchy</code>).</p>
+{_hierarchy_table(details.get("hierarchy", {}), (baseline_details or {}).get("hierarchy"))}
 {body}
 </body></html>
 """

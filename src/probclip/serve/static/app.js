@@ -109,6 +109,17 @@ function describeQuery(q) {
 }
 
 const SCORE_NAMES = { csd: "similar (CSD)", mean: "cosine", includes: "more specific", included: "more general" };
+// What each card's number is, shown when the pointer rests on it.
+const SCORE_HELP = {
+  csd: "closed-form sampled distance between the query and this item (squared distance of the means plus both " +
+       "uncertainties): lower is closer",
+  mean: "cosine of the query's and this item's means, ignoring uncertainty: higher is closer",
+  includes: "inclusion test: how well this item fits inside the query; it is listed because the test holds in " +
+            "that direction (it is more specific than the query)",
+  included: "inclusion test: how well the query fits inside this item; it is listed because the test holds in " +
+            "that direction (it is more general than the query)",
+};
+const SCORE_SHORT = { csd: "CSD", mean: "cosine", includes: "inclusion", included: "inclusion" };
 
 function render(data) {
   const status = $("status");
@@ -121,11 +132,19 @@ function render(data) {
   if (!data.exact) q.className = "approx";
   const tail = document.createElement("span");
   const qu = data.query.uncertainty !== undefined ? ` · query u ${fmt(data.query.uncertainty)}` : "";
-  tail.textContent = ` · ${data.took_ms.toFixed(1)} ms${qu}`;
+  const filter = state.uq < 100 ? ` · uncertainty filter: only the ${state.uq}% most certain items` : "";
+  tail.textContent = ` · ${data.took_ms.toFixed(1)} ms${qu}${filter}`;
   status.append(lead, q, tail);
 
   const grid = $("results");
   grid.replaceChildren();
+  if (!data.results.length && data.empty_reason) {
+    const why = document.createElement("p");
+    why.id = "empty-reason";
+    why.className = "empty";
+    why.textContent = data.empty_reason;
+    grid.append(why);
+  }
   const template = $("card-template");
   for (const hit of data.results) {
     const card = template.content.firstElementChild.cloneNode(true);
@@ -139,7 +158,9 @@ function render(data) {
       card.querySelector(".visual").append(img);
     }
     card.querySelector(".caption").textContent = caption;
-    card.querySelector(".scoreval").textContent = `${data.score} ${fmt(hit.score)}`;
+    const value = card.querySelector(".scoreval");
+    value.textContent = `${SCORE_SHORT[data.score] ?? data.score} ${fmt(hit.score)}`;
+    value.title = SCORE_HELP[data.score] ?? data.score;
     card.querySelector(".rowid").textContent = `#${hit.row_id}`;
     const pct = hit.uncertainty_percentile === null ? null : Math.round(hit.uncertainty_percentile * 100);
     const bar = card.querySelector(".ubar");
@@ -148,7 +169,10 @@ function render(data) {
     if (pct !== null && pct >= 66) fill.classList.add("high"); else if (pct !== null && pct >= 33) fill.classList.add("mid");
     bar.setAttribute("aria-valuenow", String(pct ?? 0));
     bar.title = pct === null ? `u = ${fmt(hit.uncertainty)}` : `u = ${fmt(hit.uncertainty)}: more uncertain than ${pct}% of the index`;
-    card.querySelector(".ulabel").textContent = `u ${fmt(hit.uncertainty)}${pct === null ? "" : ` · p${pct} of index`}`;
+    const ulabel = card.querySelector(".ulabel");
+    ulabel.textContent = `u ${fmt(hit.uncertainty)}${pct === null ? "" : ` · p${pct} of index`}`;
+    ulabel.title = "u: the item's uncertainty (sum of its Gaussian's variances); general captions and unclear " +
+                   "images have more" + (pct === null ? "" : `; p${pct}: more uncertain than ${pct}% of the index`);
     const open = () => {
       state.item = { index: data.index, row_id: hit.row_id };
       state.text = null; state.file = null; state.score = "csd";

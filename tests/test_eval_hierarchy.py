@@ -1,0 +1,177 @@
+"""The hierarchy task: metrics against known truth, the HierarCaps truth, the scores, the synthetic world's truth
+and the command line."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from probclip.embedding import ProbEmbedding
+from probclip.eval.cli import main
+from probclip.eval.hierarchy import (
+    HIERARCHY_METRICS,
+    evaluate_hierarchy,
+    hierarcaps_truth,
+    hierarchy_metrics,
+    hierarchy_scores,
+    per_query_metrics,
+)
+from probclip.eval.options import EvalOptions
+from probclip.synthetic.evaluation import build_evaluation_set
+from probclip.synthetic.hierarchy import synthetic_hierarchy_truth
+from probclip.synthetic.world import caption_is_true, entails
+from test_eval_fixtures import build_hierarcaps, colour_eval_model
+
+
+def test_metrics_of_a_hand_ranked_list():
+    # gallery levels 0..4; the query's right items are 0, 1, 2 (R = 3)
+    levels = np.array([0, 1, 2, 3, 4])
+    truth = np.array([[True, True, True, False, False]])
+    scores = torch.tensor([[5.0, 1.0, 4.0, 3.0, -math.inf]])  # ranked 0, 2, 3, 1; item 4 not returned
+    m = per_query_metrics(scores, truth, levels)
+    assert m["r_precision"][0] == pytest.approx(2 / 3)
+    assert m["map_at_r"][0] == pytest.approx((1 + 1) / 3)  # P@1 = 1, P@2 = 1, the third is wrong
+    assert (m["r1"][0], m["r5"][0], m["r10"][0]) == (1.0, 1.0, 1.0)
+    assert m["order"][0] == pytest.approx(1.0)  # right items in the first R: levels 0 then 2, general first
+
+
+def test_items_not_returned_are_never_found_and_the_query_itself_is_left_out():
+    levels = np.array([0, 1, 2])
+    truth = np.array([[True, True, True]])
+    scores = torch.tensor([[-math.inf, 2.0, 1.0]])
+    m = per_query_metrics(scores, truth, levels, exclude=np.array([2]))  # item 2 is the query: R = 2
+    assert m["r_precision"][0] == pytest.approx(0.5)
+    assert m["r1"][0] == 1.0
+    none = per_query_metrics(torch.tensor([[-math.inf] * 3]), truth, levels)
+    assert none["r_precision"][0] == 0.0 and none["r10"][0] == 0.0
+    no_truth = per_query_metrics(scores, np.zeros((1, 3), bool), levels)
+    assert math.isnan(no_truth["r_precision"][0])
+
+
+def test_order_is_minus_one_for_specific_to_general():
+    levels = np.array([0, 1, 2, 3])
+    truth = np.ones((1, 4), bool)
+    m = per_query_metrics(torch.tensor([[1.0, 2.0, 3.0, 4.0]]), truth, levels)
+    assert m["order"][0] == pytest.approx(-1.0) and m["r_precision"][0] == 1.0
+
+
+def test_metrics_grouped_by_query_level():
+    levels = np.array([0, 1])
+    truth = np.array([[False, False], [True, False], [True, True]])
+    scores = {"s": torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])}
+    out = hierarchy_metrics(scores, truth, ["0", "1", "image"], levels, exclude=np.array([0, 1, -1]))
+    assert set(out["s"]) == {"1", "image", "captions"}  # level 0 has no right item here
+    assert out["s"]["1"]["r_precision"] == 1.0 and out["s"]["1"]["queries"] == 1
+    assert out["s"]["image"]["r_precision"] == 1.0
+    assert set(HIERARCHY_METRICS) <= set(out["s"]["image"])
+
+
+def test_hierarcaps_truth_from_chains():
+    chains = [["thing", "red thing", "red square"], ["thing", "blue thing"]]
+    captions, levels, truth = hierarcaps_truth(chains)
+    at = {c: j for j, c in enumerate(captions)}
+    assert levels[at["thing"]] == 0 and levels[at["red square"]] == 2
+    assert truth["general"][at["red square"]].nonzero()[0].tolist() == sorted([at["thing"], at["red thing"]])
+    assert truth["specific"][at["thing"]].sum() == 3
+    assert truth["image"][1].nonzero()[0].tolist() == sorted([at["thing"], at["blue thing"]])
+
+
+def _gaussians(means, logvars):
+    mean = torch.nn.functional.normalize(torch.tensor(means, dtype=torch.float64), dim=-1)
+    return ProbEmbedding(mean, torch.tensor(logvars, dtype=torch.float64))
+
+
+def test_scores_follow_their_definitions():
+    # item 0: the query's more general neighbour (same direction, more uncertain); item 1: a less uncertain copy
+    query = _gaussians([[1.0, 0.0]], [[-4.0, -4.0]])
+    gallery = _gaussians([[1.0, 0.1], [1.0, 0.0], [0.0, 1.0]], [[-2.0, -2.0], [-6.0, -6.0], [-4.0, -4.0]])
+    up = hierarchy_scores(query, gallery, "general", "directional")
+    down = hierarchy_scores(query, gallery, "specific", "directional")
+    assert torch.isfinite(up[0, 0]) and not torch.isfinite(up[0, 1])
+    assert torch.isfinite(down[0, 1]) and not torch.isfinite(down[0, 0])
+    cosine = hierarchy_scores(query, gallery, "general", "mean")
+    assert cosine[0, 1] == pytest.approx(1.0) and cosine[0, 2] == pytest.approx(0.0, abs=1e-12)
+    csd = hierarchy_scores(query, gallery, "general", "csd")
+    expected = -((query.mean[0] - gallery.mean) ** 2).sum(-1) - query.uncertainty[0] - gallery.uncertainty
+    assert torch.allclose(csd[0], expected)
+    with pytest.raises(ValueError, match="direction"):
+        hierarchy_scores(query, gallery, "up", "mean")
+    with pytest.raises(ValueError, match="walk"):
+        hierarchy_scores(query, gallery, "specific", "walk", empty=query)
+
+
+def test_walk_score_ranks_the_root_end_first():
+    e = torch.eye(3, dtype=torch.float64)
+    gallery = torch.stack([e[0], (e[0] + e[1]) / 2**0.5, e[1], e[2]])
+    scores = hierarchy_scores(e[0][None], gallery, "general", "walk", empty=e[1][None])
+    order = torch.argsort(scores[0], descending=True)
+    assert order[:3].tolist() == [2, 1, 0] and not torch.isfinite(scores[0, 3])
+
+
+def test_synthetic_truth_is_the_world_truth():
+    eval_set = build_evaluation_set(0, num_scenes=30, num_degraded=1, num_zeroshot=1)
+    truth = synthetic_hierarchy_truth(eval_set)
+    caps = eval_set.captions
+    shape = next(j for j, c in enumerate(caps) if c.text == "a shape")
+    for q in range(len(caps)):
+        if caps[q].level > 0:
+            assert truth["general"][q, shape]  # "a shape" generalises every other caption
+        for j in np.nonzero(truth["general"][q])[0]:
+            assert entails(caps[q], caps[j]) and not entails(caps[j], caps[q])
+        assert not truth["general"][q, q] and not truth["specific"][q, q]
+    assert (truth["specific"] == truth["general"].T).all()
+    for i in (0, 7):
+        assert [caption_is_true(eval_set.scenes[i], c) for c in caps] == truth["image"][i].tolist()
+    # a level-4 description's generalisations: every drawn caption that keeps a strict subset of its attributes
+    q = next(j for j, c in enumerate(caps) if c.level == 4)
+    attributes = set(caps[q].descriptions[0])
+    expected = [j for j, c in enumerate(caps)
+                if not c.exclusive and set(c.descriptions[0]) < attributes]
+    assert np.nonzero(truth["general"][q])[0].tolist() == expected
+
+
+def test_hierarchy_task_on_a_hierarcaps_csv(tmp_path):
+    csv_path = build_hierarcaps(tmp_path)
+    res = evaluate_hierarchy(colour_eval_model(), csv_path, EvalOptions(
+        out_dir=tmp_path / "out", image_root=tmp_path / "imgs", progress=False))
+    m = res["metrics"]
+    assert set(m) == {"general", "specific"}
+    assert set(m["general"]) == {"directional", "test", "csd", "mean", "walk"}
+    assert "walk" not in m["specific"]
+    assert {"image", "captions", "1", "2", "3"} <= set(m["general"]["csd"])
+    for by_score in m.values():
+        for by_group in by_score.values():
+            for entry in by_group.values():
+                assert 0 <= entry["r_precision"] <= 1 and entry["queries"] >= 1
+    written = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert written["task"] == "hierarchy" and written["n_images"] == 12
+    assert (tmp_path / "out" / "hierarchy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.fixture(scope="module")
+def world_checkpoint(tmp_path_factory):
+    """An untrained model of the quickstart's architecture (its word tokenizer reads the world's captions)."""
+    from probclip.models.factory import create_model
+    from probclip.quickstart import _model_overrides
+
+    path = tmp_path_factory.mktemp("ckpt") / "world-tiny"
+    overrides = _model_overrides()
+    create_model("ProLIP-Tiny-Word", text=overrides["text"], vision=overrides["vision"]).save_pretrained(path)
+    return path
+
+
+def test_cli_hierarchy_on_the_synthetic_world_and_on_a_csv(tmp_path, world_checkpoint, capsys):
+    out = tmp_path / "world"
+    assert main(["--model", str(world_checkpoint), "--task", "hierarchy", "--out", str(out), "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == "hierarchy" and results["n_images"] == 500
+    general = results["metrics"]["general"]
+    assert {"1", "2", "3", "4", "5", "captions"} <= set(general["directional"]) and "image" in general["csd"]
+    assert general["mean"]["image"]["queries"] == 500
+    assert "R-precision" in (out / "report.html").read_text()
+    csv_path = build_hierarcaps(tmp_path / "hc")
+    assert main(["--model", str(world_checkpoint), "--task", "hierarchy", "--data", str(csv_path), "--image-root",
+                 str(tmp_path / "hc" / "imgs"), "--out", str(tmp_path / "hc_out"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "hc_out" / "results.json").read_text())["n_images"] == 12
