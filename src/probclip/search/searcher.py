@@ -31,7 +31,6 @@ from ..limits import clip_caption, current_limits
 from ..tokenizers import get_tokenizer
 from ..transforms import ToRGB, image_transform
 from .checks import check_query_embedding, check_search_options
-from .embed import load_model
 from .layout import (
     INDEX_FILE_KEYS,
     MANIFEST_NAME,
@@ -43,6 +42,7 @@ from .layout import (
 )
 from .milvus import MilvusSearcher
 from .model_id import model_fingerprint
+from .model_loading import load_model
 from .results import HIGHER_IS_BETTER, SCORES, SearchResults
 from .vectors import augment_query, inclusion_query_weights, inclusion_test, inclusion_tests
 
