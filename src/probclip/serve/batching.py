@@ -36,10 +36,12 @@ class SearchParams:
     score: str = "csd"
     max_uncertainty: float | None = None
     uncertainty_quantile: float | None = None
+    eps: float = 0.0
+    directional: bool = True
 
     def as_kwargs(self) -> dict:
         return {"k": self.k, "score": self.score, "max_uncertainty": self.max_uncertainty,
-                "uncertainty_quantile": self.uncertainty_quantile}
+                "uncertainty_quantile": self.uncertainty_quantile, "eps": self.eps, "directional": self.directional}
 
 
 @dataclass(frozen=True)
