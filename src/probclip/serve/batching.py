@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..embedding import ProbEmbedding
+from ..search import SearchIndex, SearchResults
 
 __all__ = ["SearchParams", "SearchBatcher", "BatchAnswer", "QUERY_KINDS"]
 
@@ -49,14 +50,14 @@ class BatchAnswer:
     """What a request gets back: its ``SearchResults``, its query's uncertainty ``u`` (sum of variances) and its
     encoded query (a ``ProbEmbedding [1, D]``, to search again without encoding again)."""
 
-    results: Any
+    results: SearchResults
     query_uncertainty: float
-    query: Any = None
+    query: ProbEmbedding | None = None
 
 
 @dataclass
 class _Pending:
-    index: Any
+    index: SearchIndex
     kind: str
     query: Any  # str, PIL image, or a one-row ProbEmbedding [1, D]
     params: SearchParams
@@ -136,7 +137,7 @@ class SearchBatcher:
         return self._thread is not None and self._thread.is_alive()
 
     # ------------------------------------------------------------------ requests
-    async def search(self, index: Any, kind: str, query: Any, params: SearchParams) -> Any:
+    async def search(self, index: SearchIndex, kind: str, query: Any, params: SearchParams) -> BatchAnswer:
         """Queue one query and wait for its :class:`BatchAnswer` (the worker does the work, never the event loop).
 
         ``kind`` is ``"text"`` (a str), ``"image"`` (a PIL image) or ``"embedding"`` (a ``ProbEmbedding`` of
