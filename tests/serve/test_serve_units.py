@@ -6,13 +6,19 @@ import io
 
 import pytest
 from bombs import png_bomb
+from fastapi.exceptions import RequestValidationError
+from fastapi.testclient import TestClient
 from PIL import Image, ImageFile
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.exceptions import HTTPException
 
-from probclip.errors import InputError
+from probclip.errors import InputError, UsageError
+from probclip.serve import create_app
 from probclip.serve.cli import build_parser, limits_from_args
+from probclip.serve.errors import ERROR_TABLE, ServiceError
 from probclip.serve.limits import ImageTooLargeError, ServiceLimits, decode_image_bytes, image_header_size
 from probclip.serve.metrics import ServiceMetrics
+from probclip.serve.middleware import RequestTooLargeError
 
 
 def _png(width: int, height: int, colour=(200, 10, 10)) -> bytes:
@@ -111,3 +117,43 @@ def test_serve_options_default_to_loopback_and_bounded_limits():
     args = build_parser().parse_args(["somewhere", "--max-image-megapixels", "0"])
     with pytest.raises(ValueError, match="max-image-megapixels"):
         limits_from_args(args)
+
+
+def _raising_app(tiny_indexes, errors: dict[str, Exception]):
+    app = create_app(tiny_indexes)
+    def raiser(err: Exception):
+        async def raise_it():
+            raise err
+        return raise_it
+
+    for name, err in errors.items():
+        app.add_api_route(f"/raise/{name}", raiser(err))
+    return app
+
+
+def test_every_row_of_the_error_table_answers_its_status_in_one_json_line(tiny_indexes):
+    samples = {
+        "ServiceError": (ServiceError(404, "unknown thing at /srv/data/x.png\nsecond line"), 404),
+        "ImageTooLargeError": (ImageTooLargeError("image of 9 MB refused\nmore"), 413),
+        "RequestTooLargeError": (RequestTooLargeError(10), 413),
+        "UsageError": (UsageError("bad option 'x' for <object at 0x7f00dead>; expected y"), 400),
+        "InputError": (InputError("unreadable /home/someone/secret/file.csv"), 400),
+        "RequestValidationError": (RequestValidationError([{"loc": ("body", "k"), "msg": "too big"}]), 422),
+        "HTTPException": (HTTPException(418, "teapot"), 418),
+    }
+    assert {rule.error.__name__ for rule in ERROR_TABLE} == set(samples)
+    app = _raising_app(tiny_indexes, {name: err for name, (err, _) in samples.items()}
+                       | {"unexpected": RuntimeError("boom in /opt/probclip/secret.py")})
+    with TestClient(app, base_url="http://localhost") as client:
+        for name, (_, status) in samples.items():
+            answer = client.get(f"/raise/{name}")
+            assert answer.status_code == status, name
+            assert answer.headers["content-type"] == "application/json"
+            detail = answer.json()["detail"]
+            assert set(answer.json()) == {"detail"} and "\n" not in detail and detail, name
+            assert "/srv/" not in detail and "/home/" not in detail and "0x7f" not in detail, detail
+        assert client.get("/raise/RequestValidationError").json()["detail"] == "invalid search request: k: too big"
+        answer = client.get("/raise/unexpected")  # not in the table: a one-line 500 that names no file
+        assert answer.status_code == 500 and "/opt/" not in answer.json()["detail"]
+        assert answer.json()["detail"].startswith("internal error (RuntimeError)")
+        assert client.get("/health").status_code == 200  # the same client goes on
