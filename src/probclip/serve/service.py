@@ -45,9 +45,9 @@ __all__ = ["FORM_FIELDS", "MAX_ABS_LOGVAR", "SearchService", "ServiceDep", "get_
 
 log = logging.getLogger("probclip.serve")
 
-#: Fields a multipart search form may carry besides the ``image`` file.
-FORM_FIELDS = ("index", "text", "k", "score", "max_uncertainty", "uncertainty_quantile", "eps", "directional",
-               "deduplicate")
+#: Fields a multipart search form may carry besides the ``image`` file: ``SearchRequest``'s, less the JSON-only
+#: query kinds.
+FORM_FIELDS = tuple(name for name in SearchRequest.model_fields if name not in ("image", "embedding", "item"))
 #: Largest |logvar| accepted in an embedding query (exp(30) ~ 1e13: far beyond any trained model's variances).
 MAX_ABS_LOGVAR = 30.0
 
