@@ -160,6 +160,9 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "train": FOUNDATIONS | {"cli", "models", "tokenizers", "data", "losses", "eval", "synthetic"},
     "search": FOUNDATIONS | {"cli", "models", "tokenizers", "data"},
     "serve": FOUNDATIONS | {"cli", "search"},
+    # jobs over collections and shards (its known-noise demo trains a quickstart model)
+    "curate": FOUNDATIONS | {"cli", "models", "tokenizers", "data", "search", "eval", "train", "synthetic",
+                             "quickstart"},
     # entry points
     "embed": frozenset({"search"}),
     "quickstart": FOUNDATIONS | {"cli", "tokenizers", "train", "synthetic"},

@@ -401,9 +401,29 @@ def setup_suite_missing_middle_shard(tmp: Path) -> None:
     (tmp / "root" / "wds_cifar10" / "test" / "1.tar").unlink()
 
 
+def setup_pool(tmp: Path) -> None:
+    """The tiny model and a pool of 3 samples without uids ({tmp}/pool/00000000.tar)."""
+    from curate_helpers import write_datacomp_pool
+
+    setup_captions(tmp)
+    write_datacomp_pool(tmp / "pool", shards=1, per_shard=3, uid_in_json=False, with_parquet=False, special=False)
+
+
+def setup_scored_pool(tmp: Path) -> None:
+    """The pool scored into {tmp}/scores, and another model in {tmp}/other."""
+    from probclip.curate import score_pool
+
+    setup_pool(tmp)
+    score_pool(str(tmp / "model"), tmp / "pool", tmp / "scores", num_workers=0, progress=False)
+    torch.manual_seed(1)
+    _tiny_model_dir(tmp / "other")
+
+
 # ------------------------------------------------------------------------------------------------------ the table
 EMBED = ["embed", "--model", "{tmp}/model", "--out", "{tmp}/c"]
 SEARCH = ["search", "{tmp}/c", "--modality", "text"]
+SCORE = ["curate", "score", "--out", "{tmp}/scores"]
+FILTER = ["curate", "filter", "{tmp}/scores", "--out", "{tmp}/subset"]
 
 #: (id, argv, set-up or None, exit status, text the one line must contain)
 CASES = [
@@ -587,6 +607,27 @@ CASES = [
     ("serve-metadata-fields-empty", ["serve", "{tmp}/c", "--metadata-fields", ","], None, 2, "--metadata-fields"),
     ("serve-metadata-fields-unknown", ["serve", "{tmp}/c", "--port", "0", "--metadata-fields", "caption,colour"],
      setup_indexed_collection, 2, "'colour'"),
+    # curate
+    ("curate-unknown-option", ["curate", "score", "--bogus-flag"], None, 2, "probclip curate score --help"),
+    ("curate-unknown-action", ["curate", "sort"], None, 2, "'sort'"),
+    ("curate-missing-model", [*SCORE, "--model", "{tmp}/nomodel", "--data", "{tmp}/pool"], setup_pool, 2, "nomodel"),
+    ("curate-missing-shards", [*SCORE, "--model", "{tmp}/model", "--data", "{tmp}/absent"], setup_pool, 1, "absent"),
+    ("curate-no-shards", [*SCORE, "--model", "{tmp}/model", "--data", "{tmp}/empty"], setup_pool, 1, "no .tar shard"),
+    ("curate-scores-of-another-model", [*SCORE, "--model", "{tmp}/other", "--data", "{tmp}/pool"], setup_scored_pool,
+     2, "holds the scores of another model"),
+    ("curate-filter-other-model", [*FILTER, "--rule", "top 50% cosine", "--model", "{tmp}/other"], setup_scored_pool,
+     2, "made by another model"),
+    ("curate-not-scores", ["curate", "filter", "{tmp}/empty", "--out", "{tmp}/subset", "--rule", "top 50% cosine"],
+     setup_pool, 1, "scores.json"),
+    ("curate-unknown-column", [*FILTER, "--rule", "top 30% cosin"], setup_scored_pool, 2, "'cosin'"),
+    ("curate-bad-fraction", [*FILTER, "--rule", "top 0% cosine"], setup_scored_pool, 2, "(0, 1]"),
+    ("curate-keeps-nothing", [*FILTER, "--rule", "cosine > 5"], setup_scored_pool, 1, "keep nothing"),
+    ("curate-no-uids", [*FILTER, "--rule", "top 50% cosine", "--format", "datacomp"], setup_scored_pool, 1,
+     "no uid for"),
+    ("curate-out-exists", ["curate", "filter", "{tmp}/scores", "--out", "{tmp}/pool", "--rule", "top 50% cosine"],
+     setup_scored_pool, 2, "--overwrite"),
+    ("curate-reshard-into-sources", [*FILTER, "--rule", "top 50% cosine", "--reshard", "{tmp}/pool"],
+     setup_scored_pool, 2, "source shards"),
     # quickstart
     ("quickstart-steps-zero", ["quickstart", "--out", "{tmp}/q", "--steps", "0"], None, 2, "--steps"),
     ("quickstart-minutes-inf", ["quickstart", "--out", "{tmp}/q", "--minutes", "inf"], None, 2, "--minutes"),

@@ -39,6 +39,7 @@ SUBCOMMANDS = {
     "embed": ("probclip.search.embed_cli", "embed a collection's images and captions into shards (torchrun-ready)"),
     "index": ("probclip.search.index_cli", "build the search indexes of an embedded collection (FAISS or Milvus)"),
     "search": ("probclip.search.search_cli", "search an indexed collection by CSD, cosine or inclusion"),
+    "curate": ("probclip.curate.cli", "score image-text shards with uncertainty, filter them (DataComp-ready)"),
     "serve": ("probclip.serve.cli", "serve indexed collections over HTTP: search API, metrics and a web page"),
 }
 
