@@ -190,8 +190,8 @@ def part_inclusion(work: Path, n: int, dim: int, q: int, oversample: int, quicks
     build_index(root, kind="flat", progress=False)
     out = {"random": _inclusion_compare("random", SearchIndex.load(root, "image"), queries(q, dim), oversample)}
     if quickstart:
-        from probclip.search import embed_collection, prepare_quickstart_collection
-        from probclip.search.quickstart import write_synthetic_test_split
+        from probclip.search import embed_collection
+        from probclip.search.quickstart import prepare_quickstart_collection, write_synthetic_test_split
 
         collections = {"": prepare_quickstart_collection(quickstart, progress=False)}
         if synthetic_scenes:  # a larger test split of the same world, embedded with the same model

@@ -33,6 +33,7 @@ import faiss
 import httpx
 import numpy as np
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 import probclip
 from probclip.search import SearchIndex, build_index
@@ -140,10 +141,11 @@ def load(url: str, index_name: str, queries: list[str], clients: int, k: int) ->
 
 
 def batch_sizes(metrics_text: str, index_name: str) -> dict[int, int]:
-    """Exact batch sizes (up to 8) from the service's cumulative batch-size histogram."""
-    name = re.escape(index_name)
-    pattern = re.compile(r'probclip_search_batch_size_bucket\{index="' + name + r'",le="([^"]+)"\} (\S+)')
-    cumulative = [(float("inf") if le == "+Inf" else float(le), float(n)) for le, n in pattern.findall(metrics_text)]
+    """Exact batch sizes (up to 8) from the service's cumulative batch-size histogram (read by prometheus_client)."""
+    cumulative = sorted((float(sample.labels["le"]), sample.value)
+                        for family in text_string_to_metric_families(metrics_text)
+                        for sample in family.samples
+                        if sample.name == "probclip_search_batch_size_bucket" and sample.labels["index"] == index_name)
     sizes, previous = {}, 0.0
     for le, n in cumulative:
         if n > previous:

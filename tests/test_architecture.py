@@ -1,5 +1,6 @@
 """The package's shape: every module imports on its own, in-package imports sit at the top of each file and form
-no cycle. The checks walk ``src/probclip``, so modules added later are checked too."""
+no cycle, and packages import only what the layer table ``ALLOWED_IMPORTS`` allows (docs/architecture.md shows the
+same table). The checks walk ``src/probclip``, so modules added later are checked too."""
 
 from __future__ import annotations
 
@@ -122,6 +123,113 @@ def _find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         if node not in index:
             visit(node)
     return cycles
+
+
+#: The foundations: small modules every layer may use.
+FOUNDATIONS = frozenset({"embedding", "errors", "plotting", "jsonsafe", "terminal", "limits", "devices",
+                         "config_fields", "textfiles", "image_decoding", "transforms", "distances", "process_group"})
+
+#: Which top-level package (or single module) of probclip may import which others. ``"probclip"`` is the package's
+#: ``__init__``. A package or module missing from this table fails ``test_every_package_is_in_the_layer_table``.
+ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
+    # foundations
+    "embedding": frozenset(),
+    "errors": frozenset(),
+    "plotting": frozenset(),
+    "jsonsafe": frozenset(),
+    "terminal": frozenset(),
+    "limits": frozenset({"errors"}),
+    "devices": frozenset({"errors"}),
+    "config_fields": frozenset({"errors"}),
+    "textfiles": frozenset({"errors", "limits"}),
+    "image_decoding": frozenset({"errors", "limits"}),
+    "transforms": frozenset({"image_decoding", "errors", "limits"}),
+    "distances": frozenset({"embedding"}),
+    "process_group": frozenset({"devices", "errors"}),
+    # the command dispatcher (it reads the package's version)
+    "cli": frozenset({"probclip", "errors", "terminal"}),
+    # building blocks
+    "models": FOUNDATIONS | {"cli"},
+    "tokenizers": FOUNDATIONS | {"models"},
+    "losses": FOUNDATIONS,
+    "data": FOUNDATIONS,
+    "integrations": FOUNDATIONS | {"models", "tokenizers"},
+    # workflows
+    "eval": FOUNDATIONS | {"cli", "models", "tokenizers", "data"},
+    "synthetic": FOUNDATIONS | {"cli", "data", "eval"},
+    "train": FOUNDATIONS | {"cli", "models", "tokenizers", "data", "losses", "eval", "synthetic"},
+    "search": FOUNDATIONS | {"cli", "models", "tokenizers", "data"},
+    "serve": FOUNDATIONS | {"cli", "search"},
+    # jobs over collections and shards (its known-noise demo trains a quickstart model)
+    "curate": FOUNDATIONS | {"cli", "models", "tokenizers", "data", "search", "eval", "train", "synthetic",
+                             "quickstart"},
+    # entry points
+    "embed": frozenset({"search"}),
+    "quickstart": FOUNDATIONS | {"cli", "tokenizers", "train", "synthetic", "eval"},
+    "probclip": FOUNDATIONS | {"models", "tokenizers"},
+}
+
+#: Single modules allowed more than their package: the search package's one glue module to the synthetic world, and
+#: the eval command, whose hierarchy task runs on the synthetic world when no --data is given.
+ALLOWED_EXTRA: dict[str, frozenset[str]] = {
+    "probclip.search.quickstart": frozenset({"synthetic"}),
+    "probclip.eval.cli": frozenset({"synthetic"}),
+}
+
+#: Packages that must not load, even indirectly, when the serving side of search is imported.
+NEVER_LOADED_BY_SEARCH = ("probclip.train", "probclip.eval", "probclip.synthetic", "probclip.quickstart")
+
+
+def _layer(module: str) -> str:
+    """``probclip.search.index`` -> ``search``; ``probclip`` (the package's ``__init__``) -> ``probclip``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else PACKAGE
+
+
+def _layer_violations(modules: dict, allowed: dict[str, frozenset[str]],
+                      extra: dict[str, frozenset[str]]) -> list[str]:
+    found = []
+    for name, (path, is_pkg) in modules.items():
+        source = _layer(name)
+        permitted = allowed.get(source, frozenset()) | extra.get(name, frozenset())
+        for target, line, _ in _imports(name, path, is_pkg, modules):
+            layer = _layer(target)
+            if layer != source and layer not in permitted:
+                found.append(f"{path.relative_to(PACKAGE_DIR.parent)}:{line} ({source}) imports {target} ({layer})")
+    return found
+
+
+def test_layer_check_finds_a_forbidden_import():
+    modules = _module_files()
+    strict = {**ALLOWED_IMPORTS, "search": frozenset({"errors"})}
+    found = _layer_violations(modules, strict, {})
+    assert any("(search) imports probclip.models" in line for line in found)
+    assert any("search/quickstart.py" in line and "(synthetic)" in line for line in found)
+    assert not _layer_violations(modules, ALLOWED_IMPORTS, ALLOWED_EXTRA)
+
+
+def test_every_package_is_in_the_layer_table():
+    layers = {_layer(name) for name in _module_files()}
+    assert layers - set(ALLOWED_IMPORTS) == set(), "add these packages to ALLOWED_IMPORTS (and docs/architecture.md)"
+    assert set(ALLOWED_IMPORTS) - layers == set(), "ALLOWED_IMPORTS names packages that no longer exist"
+    assert all(targets <= set(ALLOWED_IMPORTS) for targets in ALLOWED_IMPORTS.values())
+
+
+def test_packages_import_only_what_the_layer_table_allows():
+    violations = _layer_violations(_module_files(), ALLOWED_IMPORTS, ALLOWED_EXTRA)
+    assert not violations, "imports the layer table does not allow:\n" + "\n".join(violations)
+
+
+def test_search_and_serve_load_no_training_or_evaluation_code():
+    code = ("import sys, probclip.search, probclip.search.searcher, probclip.search.embed, probclip.search.index, "
+            "probclip.serve.app; print(' '.join(sorted(m for m in sys.modules if m.startswith('probclip.'))))")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(PACKAGE_DIR.parent)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = done.stdout.split()
+    assert "probclip.serve.app" in loaded and "probclip.search.searcher" in loaded
+    bad = [m for m in loaded if m.startswith(NEVER_LOADED_BY_SEARCH)]
+    assert not bad, f"importing search and serve loads training or evaluation code: {bad}"
 
 
 def test_cycle_finder_finds_a_cycle():

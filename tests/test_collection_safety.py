@@ -352,7 +352,7 @@ def test_a_served_collection_rebuilt_in_place_is_refused_with_503(tmp_path, mode
 
 
 def test_a_quickstart_collection_follows_its_quickstart_model(tmp_path, models):
-    from probclip.search import prepare_quickstart_collection
+    from probclip.search.quickstart import prepare_quickstart_collection
 
     shutil.copytree(models[0], tmp_path / "q" / "model")
     collection = prepare_quickstart_collection(tmp_path / "q", progress=False)

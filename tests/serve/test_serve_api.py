@@ -20,8 +20,9 @@ from PIL import Image
 from serve_support import draw_scene
 
 from probclip.embedding import ProbEmbedding
-from probclip.search import SearchIndex, build_index
-from probclip.serve import create_app
+from probclip.search import SCORES, SearchIndex, build_index
+from probclip.search.results import HIGHER_IS_BETTER
+from probclip.serve import ServiceLimits, create_app
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,36 @@ def test_text_search_matches_in_process_search(client, tiny_indexes, score):
     scores = [h["score"] for h in body["results"]]
     assert scores == sorted(scores, reverse=score != "csd")
     assert all(h["image_url"] == f"/items/{image_index.name}/{h['row_id']}/image" for h in body["results"])
+
+
+@pytest.mark.parametrize(("score", "options"), [("included", {"directional": False}),
+                                               ("includes", {"eps": -10.0}),
+                                               ("includes", {"eps": -10.0, "directional": False})])
+def test_eps_and_directional_reach_the_search_over_json_and_forms(client, tiny_indexes, score, options):
+    image_index = tiny_indexes[0]
+    text = "a large red circle"
+    expected = image_index.search(text, k=24, score=score, **options)[0]
+    default = image_index.search(text, k=24, score=score)[0]
+    assert (expected.ids.tolist(), expected.scores.tolist()) != (default.ids.tolist(), default.scores.tolist())
+    answer = client.post("/search", json={"text": text, "k": 24, "score": score, **options})
+    assert answer.status_code == 200, answer.text
+    _assert_same(answer.json()["results"], expected)
+    form = {"text": text, "k": "24", "score": score, **{name: str(value).lower() for name, value in options.items()}}
+    answer = client.post("/search", files={name: (None, value) for name, value in form.items()})  # multipart
+    assert answer.status_code == 200, answer.text
+    _assert_same(answer.json()["results"], expected)
+    for bad in ({"eps": 1000.0}, {"eps": "nan"}, {"directional": "sideways"}):
+        answer = client.post("/search", json={"text": text, "score": score, **bad})
+        assert answer.status_code == 422 and answer.json()["detail"].startswith("invalid search request:")
+
+
+def test_search_options_list_the_scores_and_defaults_of_the_service(client):
+    options = client.get("/search/options").json()
+    assert options["scores"] == list(SCORES) and options["scores"][0] == options["defaults"]["score"] == "csd"
+    assert options["higher_is_better"] == HIGHER_IS_BETTER
+    assert options["defaults"] == {"k": 10, "score": "csd", "max_uncertainty": None, "uncertainty_quantile": None,
+                                   "eps": 0.0, "directional": True, "deduplicate": False}
+    assert options["max_k"] == ServiceLimits().max_k
 
 
 def test_image_upload_base64_and_embedding_queries(client, tiny_indexes):
@@ -140,8 +171,8 @@ def test_metrics_count_requests_errors_and_batches(tiny_indexes):
     assert fresh.get("/metrics").headers["content-type"].startswith("text/plain; version=0.0.4")
     assert 'probclip_http_requests_total{method="POST",route="/search",status="200"} 3' in text
     assert 'probclip_http_errors_total{route="/search",status="404"} 1' in text
-    assert re.search(r'probclip_http_request_duration_seconds_count\{route="/search"\} 4\n', text)
-    assert re.search(r'probclip_search_batch_size_count\{index="[^"]+/image"\} 3\n', text)
+    assert re.search(r'probclip_http_request_duration_seconds_count\{route="/search"\} 4(\.0)?\n', text)
+    assert re.search(r'probclip_search_batch_size_count\{index="[^"]+/image"\} 3(\.0)?\n', text)
 
 
 def test_openapi_documents_the_endpoints(client):
@@ -171,7 +202,7 @@ def test_simultaneous_queries_are_grouped_and_answered_individually(tiny_indexes
     for caption, answer in zip(captions, answers, strict=True):
         assert answer.status_code == 200
         _assert_same(answer.json()["results"], image_index.search(caption, k=3)[0])
-    count = int(re.search(r'probclip_search_batch_size_count\{index="[^"]+"\} (\d+)', metrics).group(1))
+    count = float(re.search(r'probclip_search_batch_size_count\{index="[^"]+"\} (\S+)', metrics).group(1))
     assert count < len(captions)  # fewer model/index calls than queries: they were grouped
 
 

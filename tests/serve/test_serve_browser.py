@@ -175,3 +175,22 @@ def test_numbers_explain_themselves_and_an_empty_answer_says_why(browser, server
     expect(page.locator("#status")).to_contain_text("uncertainty filter: only the 50% most certain items")
     assert errors == []
     page.close()
+
+
+def test_page_takes_its_scores_and_default_from_the_service(browser, server, tiny_indexes):
+    image_index = tiny_indexes[0]
+    page, errors = _page(browser)
+    served = {"scores": ["mean", "csd", "includes", "included"], "higher_is_better": {}, "max_k": 100,
+              "defaults": {"score": "mean"}}  # a service whose default score is the cosine of the means
+    page.route("**/search/options", lambda route: route.fulfill(json=served))
+    page.goto(server + "/?q=a+large+red+circle&score=nonsense")
+    cards = page.locator("#results .card")
+    expect(cards).to_have_count(24)
+    expected = image_index.search("a large red circle", k=24, score="mean")[0]
+    expect(cards.first).to_have_attribute("data-row-id", str(expected.ids[0]))
+    expect(cards.first.locator(".scoreval")).to_contain_text("cosine")  # the card's word for the score "mean"
+    assert "score" not in parse_qs(urlparse(page.url).query)  # the service's default is left out of the URL
+    page.goto(server + "/?q=a+large+red+circle&score=csd")
+    expect(cards.first.locator(".scoreval")).to_contain_text("CSD")
+    assert not errors
+    page.close()

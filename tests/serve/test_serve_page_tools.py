@@ -86,6 +86,7 @@ def test_the_query_image_or_item_is_previewed(page, server, tmp_path):
     expect(page.locator("#preview-caption")).to_contain_text("yellow.png")
     assert page.locator("#preview-img").get_attribute("src").startswith("blob:")
     page.wait_for_function("() => document.getElementById('preview-img').naturalWidth === 80")
+    expect(page.locator("#status")).to_contain_text("uploaded image")  # the upload's results, not the caption's
     first = page.locator("#results .card").first
     row = first.get_attribute("data-row-id")
     caption = first.locator(".caption").inner_text()

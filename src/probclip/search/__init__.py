@@ -5,15 +5,17 @@
   Milvus, or one added with :func:`register_backend`; knobs in :class:`IndexOptions`) and the inclusion candidate
   index.
 - :class:`SearchIndex`: ``SearchIndex.load(dir, modality).search(query, k, score=...)`` -> :class:`SearchResults`.
-- :func:`prepare_quickstart_collection`: the synthetic world's test split, embedded and indexed with a quickstart model.
+- ``probclip.search.quickstart.prepare_quickstart_collection``: the synthetic world's test split, embedded and
+  indexed with a quickstart model. It is the package's one glue module to the synthetic world (and, through it,
+  the evaluation code), so it is not imported here: ``import probclip.search`` loads no training or evaluation
+  code.
 """
 
 from .backends import IndexOptions, register_backend
 from .embed import embed_collection
 from .index import build_index
-from .quickstart import prepare_quickstart_collection
 from .results import SCORES, SearchResults
 from .searcher import SearchIndex
 
 __all__ = ["SCORES", "IndexOptions", "SearchIndex", "SearchResults", "build_index", "embed_collection",
-           "prepare_quickstart_collection", "register_backend"]
+           "register_backend"]

@@ -27,15 +27,15 @@ from ..data.listings import ImageItem
 from ..errors import InputError, UsageError
 from ..image_decoding import ImageLoadError
 from ..limits import LimitExceededError
-from ..models import create_model_from_pretrained
+from ..process_group import barrier, init_distributed
 from ..tokenizers import get_tokenizer
-from ..train.distributed import barrier, init_distributed
 from ..transforms import image_transform
 from .input_digest import METHOD as INPUTS_METHOD
 from .input_digest import fingerprint, input_digests
 from .inputs import CollectionInputs, image_source, list_inputs
 from .job import finished_job, prepare_output, unfinished_job
 from .model_id import model_record
+from .model_loading import load_model
 from .writer import (
     PROGRESS_DIR,
     merge_manifest,
@@ -54,21 +54,6 @@ MODALITY_CHOICES = ("both", "image", "text")
 def default_num_workers() -> int:
     """DataLoader workers by default: one fewer than the CPU cores, at most 8 (0 on a single core)."""
     return max(0, min(8, (os.cpu_count() or 1) - 1))
-
-
-def load_model(spec: str) -> tuple[nn.Module, str]:
-    """Load a probclip model from a checkpoint folder or ``hf-hub:`` id; returns ``(model, source)``.
-
-    ``source`` is the absolute folder path (or the hub id), recorded in the manifest to reload the model.
-    """
-    path = Path(spec).expanduser()
-    source = str(path.resolve()) if path.is_dir() else spec
-    try:
-        model = create_model_from_pretrained(source)
-    except (FileNotFoundError, ValueError, OSError) as err:
-        raise UsageError(f"--model {spec!r} cannot be loaded: {str(err).splitlines()[0]}") from err
-    model = model[0] if isinstance(model, tuple) else model
-    return model.eval(), source
 
 
 class _ImageRows(torch.utils.data.Dataset):

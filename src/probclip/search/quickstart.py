@@ -12,12 +12,13 @@ from pathlib import Path
 from ..errors import InputError
 from ..synthetic.evaluation import draw_scenes
 from ..synthetic.world import render_scene
-from .embed import embed_collection, load_model
+from .embed import embed_collection
 from .index import build_index
 from .job import finished_job, unfinished_job
 from .layout import MANIFEST_NAME
 from .manifest import read_manifest
 from .model_id import model_fingerprint
+from .model_loading import load_model
 
 __all__ = ["QUICKSTART_SCENES", "prepare_quickstart_collection", "write_synthetic_test_split"]
 

@@ -32,11 +32,11 @@ from ..errors import InputError, UsageError
 from .backends import backend_for
 from .candidates import CandidateSources, IndexFiles
 from .checks import check_search_options
-from .embed import load_model
 from .items import CollectionItems
 from .layout import MANIFEST_NAME, StoredRows, check_modality
 from .manifest import INDEX_FILE_KEYS, Manifest, read_manifest
 from .model_id import model_fingerprint
+from .model_loading import load_model
 from .queries import QueryEncoder
 from .results import HIGHER_IS_BETTER, SCORES, SearchResults
 from .scoring import ExactScorer, top

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..embedding import ProbEmbedding
+from ..search import SearchIndex, SearchResults
 
 __all__ = ["SearchParams", "SearchBatcher", "BatchAnswer", "QUERY_KINDS"]
 
@@ -36,10 +37,12 @@ class SearchParams:
     score: str = "csd"
     max_uncertainty: float | None = None
     uncertainty_quantile: float | None = None
+    eps: float = 0.0
+    directional: bool = True
 
     def as_kwargs(self) -> dict:
         return {"k": self.k, "score": self.score, "max_uncertainty": self.max_uncertainty,
-                "uncertainty_quantile": self.uncertainty_quantile}
+                "uncertainty_quantile": self.uncertainty_quantile, "eps": self.eps, "directional": self.directional}
 
 
 @dataclass(frozen=True)
@@ -47,14 +50,14 @@ class BatchAnswer:
     """What a request gets back: its ``SearchResults``, its query's uncertainty ``u`` (sum of variances) and its
     encoded query (a ``ProbEmbedding [1, D]``, to search again without encoding again)."""
 
-    results: Any
+    results: SearchResults
     query_uncertainty: float
-    query: Any = None
+    query: ProbEmbedding | None = None
 
 
 @dataclass
 class _Pending:
-    index: Any
+    index: SearchIndex
     kind: str
     query: Any  # str, PIL image, or a one-row ProbEmbedding [1, D]
     params: SearchParams
@@ -134,7 +137,7 @@ class SearchBatcher:
         return self._thread is not None and self._thread.is_alive()
 
     # ------------------------------------------------------------------ requests
-    async def search(self, index: Any, kind: str, query: Any, params: SearchParams) -> Any:
+    async def search(self, index: SearchIndex, kind: str, query: Any, params: SearchParams) -> BatchAnswer:
         """Queue one query and wait for its :class:`BatchAnswer` (the worker does the work, never the event loop).
 
         ``kind`` is ``"text"`` (a str), ``"image"`` (a PIL image) or ``"embedding"`` (a ``ProbEmbedding`` of

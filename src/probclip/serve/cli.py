@@ -22,10 +22,11 @@ import uvicorn
 
 from ..cli import run_command
 from ..errors import InputError, UsageError
-from ..search import SearchIndex, prepare_quickstart_collection
-from ..search.embed import load_model
+from ..search import SearchIndex
 from ..search.layout import MANIFEST_NAME, MODALITIES
 from ..search.manifest import read_manifest
+from ..search.model_loading import load_model
+from ..search.quickstart import prepare_quickstart_collection
 from .app import create_app
 from .hosts import DEFAULT_ALLOWED_HOSTS, normalise_host, normalise_origin
 from .limits import ServiceLimits

@@ -33,7 +33,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from ..jsonsafe import json_safe
+from ..search import SearchIndex
 from .schemas import EmbeddingQuery, SearchRequest
+from .service import SearchService
 
 __all__ = ["KnnRequest", "clip_retrieval_router", "similarity_from_csd"]
 
@@ -94,11 +96,11 @@ def _ignored(knn: KnnRequest) -> list[str]:
     return named + sorted(knn.model_extra or {})
 
 
-def clip_retrieval_router(service: Any) -> APIRouter:
-    """The routes of clip-retrieval's back end over a service's indexes (``app._Service``)."""
+def clip_retrieval_router(service: SearchService) -> APIRouter:
+    """The routes of clip-retrieval's back end over a service's indexes."""
     router = APIRouter(tags=["clip-retrieval"])
 
-    def resolve(name: str | None, modality: str | None) -> Any:
+    def resolve(name: str | None, modality: str | None) -> SearchIndex:
         if name is None:
             name = next(iter(service.indexes))
         if name in service.indexes:
@@ -113,7 +115,7 @@ def clip_retrieval_router(service: Any) -> APIRouter:
         raise _error(404, f"unknown indice_name {name!r} (modality {modality or 'image'!r}); served: "
                           f"{', '.join(service.indexes)}")
 
-    def url_of(request: Request, index: Any, row_id: int) -> str | None:
+    def url_of(request: Request, index: SearchIndex, row_id: int) -> str | None:
         path = service.image_url(index, row_id)
         return None if path is None else str(request.base_url).rstrip("/") + path
 
@@ -199,6 +201,6 @@ def clip_retrieval_router(service: Any) -> APIRouter:
         rows = await run_in_threadpool(index.metadata, ids) if ids else []
         public = service.policies[index.name].public
         return json_safe([{"id": i, "metadata": {**public(dict(meta)), "url": url_of(request, index, i)}}
-                          for i, meta in zip(ids, rows)])
+                          for i, meta in zip(ids, rows)], other=str)
 
     return router

@@ -15,9 +15,10 @@ than k, so that k results come back whenever the index has them.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
+
+from ..search import SearchIndex, SearchResults
 
 __all__ = ["MEAN_TOLERANCE", "U_TOLERANCE", "candidate_rows", "duplicate_mask", "fetch_k", "hide_duplicates"]
 
@@ -76,7 +77,7 @@ def duplicate_mask(mean: np.ndarray, u: np.ndarray) -> np.ndarray:
     return hidden
 
 
-def _stored_means(index: Any, ids: np.ndarray) -> np.ndarray:
+def _stored_means(index: SearchIndex, ids: np.ndarray) -> np.ndarray:
     """float32 ``[len(ids), D]`` stored means (the means alone when the index can read them alone)."""
     stored = getattr(index, "stored", None)
     if stored is not None and hasattr(stored, "means"):
@@ -84,13 +85,13 @@ def _stored_means(index: Any, ids: np.ndarray) -> np.ndarray:
     return index.embedding(ids).mean.numpy()
 
 
-def _first(results: Any, keep: np.ndarray | slice) -> Any:
+def _first(results: SearchResults, keep: np.ndarray | slice) -> SearchResults:
     metadata = results.metadata[keep] if isinstance(keep, slice) else [results.metadata[i] for i in keep]
     return replace(results, ids=results.ids[keep], scores=results.scores[keep],
                    uncertainty=results.uncertainty[keep], metadata=metadata if results.metadata else [])
 
 
-def hide_duplicates(index: Any, results: Any, k: int) -> tuple[Any, int]:
+def hide_duplicates(index: SearchIndex, results: SearchResults, k: int) -> tuple[SearchResults, int]:
     """``(results without duplicates, truncated to k; how many were hidden)`` for one ``SearchResults``.
 
     Only the results in ``candidate_rows`` have their stored means read.

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..search import SearchIndex
 
 __all__ = ["MetadataPolicy", "source_roots", "scrub_detail"]
 
@@ -26,7 +27,7 @@ def _real(path: str | os.PathLike) -> Path:
     return Path(os.path.realpath(path))
 
 
-def source_roots(index: Any) -> list[Path]:
+def source_roots(index: SearchIndex) -> list[Path]:
     """The folders an index's images may be read from, most specific first: what it was embedded from (``--data``,
     or the folder of a ``--data`` file, and ``--image-root``), then the collection folder itself."""
     manifest = getattr(index, "manifest", None)
@@ -53,7 +54,7 @@ class MetadataPolicy:
         fields: the metadata fields to serve (``None``: every stored field); ``UsageError`` for an unknown one.
     """
 
-    def __init__(self, index: Any, fields: Iterable[str] | None = None):
+    def __init__(self, index: SearchIndex, fields: Iterable[str] | None = None):
         self.roots = source_roots(index)
         known = list(index.metadata([0])[0].keys()) if index.rows else []
         if fields is None:

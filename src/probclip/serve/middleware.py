@@ -77,10 +77,10 @@ class MetricsMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "other"
             status = status_holder["status"]
-            self.metrics.requests.inc(scope["method"], template, str(status))
-            self.metrics.latency.observe(time.perf_counter() - start, template)
+            self.metrics.requests.labels(scope["method"], template, str(status)).inc()
+            self.metrics.latency.labels(template).observe(time.perf_counter() - start)
             if status >= 400:
-                self.metrics.errors.inc(template, str(status))
+                self.metrics.errors.labels(template, str(status)).inc()
 
 
 #: Characters an API key may hold: printable ASCII but white space, '"', ',', ';' and '\\' (what a cookie can carry).

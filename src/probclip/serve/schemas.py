@@ -6,6 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..search.checks import MAX_ABS_EPS
+from ..search.results import SCORES
+
 __all__ = [
     "SCORES",
     "EmbeddingQuery",
@@ -16,11 +19,11 @@ __all__ = [
     "IndexInfo",
     "ItemInfo",
     "ErrorBody",
+    "SearchOptionsInfo",
 ]
 
-#: The scores a search may rank by (see ``SearchIndex.search``).
-SCORES = ("csd", "mean", "includes", "included")
-Score = Literal["csd", "mean", "includes", "included"]
+#: The scores a search may rank by: ``search.results.SCORES`` (see ``SearchIndex.search``).
+Score = Literal[SCORES]  # type: ignore[valid-type]
 
 
 class EmbeddingQuery(BaseModel):
@@ -62,6 +65,13 @@ class SearchRequest(BaseModel):
     max_uncertainty: float | None = Field(None, gt=0, description="keep only items whose uncertainty u is below this")
     uncertainty_quantile: float | None = Field(
         None, gt=0, le=1, description="keep only items whose u is below this quantile of the index's u (0 < q <= 1)")
+    eps: float = Field(
+        0.0, ge=-MAX_ABS_EPS, le=MAX_ABS_EPS, allow_inf_nan=False,
+        description="log-precision offset of the inclusion test (includes / included): 0 keeps the means in play; "
+                    "training used -10 and -20")
+    directional: bool = Field(
+        True, description="includes / included: keep only items for which the test in the direction asked beats "
+                          "the reverse test (fewer than k may come back)")
     deduplicate: bool = Field(
         False, description="hide items whose stored embedding equals (or nearly equals) a better-ranked result's")
 
@@ -131,6 +141,15 @@ class ItemInfo(BaseModel):
     uncertainty_percentile: float | None
     metadata: dict[str, Any]
     image_url: str | None
+
+
+class SearchOptionsInfo(BaseModel):
+    """What a search may ask for: the scores, their direction, and the value of each option left out."""
+
+    scores: list[str] = Field(description="the scores a search may rank by, the default first")
+    higher_is_better: dict[str, bool] = Field(description="per score: True when a higher score ranks first")
+    defaults: dict[str, Any] = Field(description="the value of each search option a request leaves out")
+    max_k: int = Field(description="the largest k this service answers")
 
 
 class ErrorBody(BaseModel):

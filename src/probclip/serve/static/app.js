@@ -2,8 +2,10 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { index: null, text: null, item: null, file: null, score: "csd", k: 24, uq: 100, dedup: true };
+const state = { index: null, text: null, item: null, file: null, score: null, k: 24, uq: 100, dedup: true };
 let indices = [];
+// The scores and the option defaults come from the service (GET /search/options); these stand in until it answers.
+let searchOptions = { scores: ["csd"], defaults: { score: "csd" } };
 let requestSeq = 0;
 
 function fmt(x, digits = 4) {
@@ -24,7 +26,7 @@ function stateToURL(push) {
   if (state.index) p.set("index", state.index);
   if (state.text) p.set("q", state.text);
   if (state.item) p.set("item", `${state.item.index}:${state.item.row_id}`);
-  if (state.score !== "csd") p.set("score", state.score);
+  if (state.score !== searchOptions.defaults.score) p.set("score", state.score);
   if (state.k !== 24) p.set("k", String(state.k));
   if (state.uq < 100) p.set("uq", String(state.uq));
   if (!state.dedup) p.set("dedup", "0");
@@ -43,7 +45,7 @@ function stateFromURL() {
     state.item = { index: item.slice(0, cut), row_id: Number(item.slice(cut + 1)) };
   }
   state.file = null;
-  state.score = ["csd", "mean", "includes", "included"].includes(p.get("score")) ? p.get("score") : "csd";
+  state.score = searchOptions.scores.includes(p.get("score")) ? p.get("score") : searchOptions.defaults.score;
   state.k = Number(p.get("k")) || 24;
   state.uq = Math.min(100, Math.max(5, Number(p.get("uq")) || 100));
   state.dedup = p.get("dedup") !== "0";
@@ -175,7 +177,7 @@ function render(data) {
                    "images have more" + (pct === null ? "" : `; p${pct}: more uncertain than ${pct}% of the index`);
     const open = () => {
       state.item = { index: data.index, row_id: hit.row_id };
-      state.text = null; state.file = null; state.score = "csd";
+      state.text = null; state.file = null; state.score = searchOptions.defaults.score;
       syncControls();
       runSearch(true);
     };
@@ -195,7 +197,7 @@ function useFile(file) {
 
 async function init() {
   try {
-    indices = await api("/indices");
+    [indices, searchOptions] = await Promise.all([api("/indices"), api("/search/options")]);
   } catch (err) {
     showError(err.message);
     return;
