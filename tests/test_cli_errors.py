@@ -419,6 +419,12 @@ def setup_scored_pool(tmp: Path) -> None:
     _tiny_model_dir(tmp / "other")
 
 
+def setup_scored_pool_damaged_job(tmp: Path) -> None:
+    """A scored pool whose scoring job record was cut short."""
+    setup_scored_pool(tmp)
+    _write(tmp / "scores" / "job.json", '{"model_fingerprint": ')
+
+
 # ------------------------------------------------------------------------------------------------------ the table
 EMBED = ["embed", "--model", "{tmp}/model", "--out", "{tmp}/c"]
 SEARCH = ["search", "{tmp}/c", "--modality", "text"]
@@ -613,6 +619,8 @@ CASES = [
     ("curate-missing-model", [*SCORE, "--model", "{tmp}/nomodel", "--data", "{tmp}/pool"], setup_pool, 2, "nomodel"),
     ("curate-missing-shards", [*SCORE, "--model", "{tmp}/model", "--data", "{tmp}/absent"], setup_pool, 1, "absent"),
     ("curate-no-shards", [*SCORE, "--model", "{tmp}/model", "--data", "{tmp}/empty"], setup_pool, 1, "no .tar shard"),
+    ("curate-damaged-job-record", [*SCORE, "--model", "{tmp}/model", "--data", "{tmp}/pool"],
+     setup_scored_pool_damaged_job, 1, "job.json"),
     ("curate-scores-of-another-model", [*SCORE, "--model", "{tmp}/other", "--data", "{tmp}/pool"], setup_scored_pool,
      2, "holds the scores of another model"),
     ("curate-filter-other-model", [*FILTER, "--rule", "top 50% cosine", "--model", "{tmp}/other"], setup_scored_pool,

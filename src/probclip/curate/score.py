@@ -30,6 +30,7 @@ from ..search.layout import StoredRows, write_json_atomic
 from ..search.manifest import read_manifest
 from ..search.model_id import model_record
 from ..search.writer import MAX_NAMED_SKIPS, done_path, save_parquet
+from ..textfiles import TextFileError, read_json_file
 from ..train.distributed import barrier, init_distributed
 from .pair_scores import SCORE_COLUMNS, pair_scores
 from .pool import iter_pool_samples, pool_shards, shard_record
@@ -59,7 +60,12 @@ def _check_job(out: Path, job: dict, record: dict) -> None:
     if not path.is_file():
         write_json_atomic(path, job)
         return
-    previous = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        previous = read_json_file(path)
+    except TextFileError as err:
+        raise InputError(f"{err}: the scoring job record is damaged; delete {str(out)!r} to start again") from err
+    if not isinstance(previous, dict):
+        raise InputError(f"{path} holds no scoring job record (a JSON object); delete {str(out)!r} to start again")
     if previous.get("model_fingerprint") != job["model_fingerprint"]:
         raise UsageError(f"--out {str(out)!r} holds the scores of another model (fingerprint "
                          f"{previous.get('model_fingerprint')}, {previous.get('model_name')!r}); --model has "
@@ -216,9 +222,9 @@ def read_scores_manifest(root: str | Path) -> dict:
         raise InputError(f"{path} not found: {str(root)!r} is not a finished scores folder (run `probclip curate "
                          f"score` with --out {root}, or rerun it to finish an interrupted run)")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{path} is not valid JSON ({err}); rerun `probclip curate score`") from err
+        manifest = read_json_file(path)  # bounded in size and nesting, like every JSON file probclip reads
+    except TextFileError as err:
+        raise InputError(f"{err}; rerun `probclip curate score`") from err
     if not isinstance(manifest, dict) or manifest.get("format") != SCORES_FORMAT:
         raise InputError(f"{path} is not a probclip scores manifest (expected \"format\": \"{SCORES_FORMAT}\")")
     return manifest
