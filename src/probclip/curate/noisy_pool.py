@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..data.webdataset import write_tar_member
 from ..errors import InputError, UsageError
 from ..synthetic.world import (
     COLOURS,
@@ -130,14 +131,6 @@ def _noise_labels(size: int, rates: dict[str, float], seed: int) -> list[str]:
     return labels.tolist()
 
 
-def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(payload)
-    info.mtime = 0  # fixed: the same seed writes byte-identical shards
-    info.mode = 0o644
-    tar.addfile(info, io.BytesIO(payload))
-
-
 def build_noisy_pool(out_dir: str | Path, size: int = 50_000, rates: dict[str, float] | None = None, seed: int = 0,
                      samples_per_shard: int = 5000, progress: Callable[[int, int], None] | None = None) -> dict:
     """Write the noisy pool (module docstring) to ``out_dir``; returns ``{"size", "counts", "shards"}``.
@@ -167,9 +160,9 @@ def build_noisy_pool(out_dir: str | Path, size: int = 50_000, rates: dict[str, f
                 image.save(buffer, format="PNG")
                 meta = {"uid": _uid(seed, index), "key": key, "caption": text, "noise": labels[index],
                         "scene": scene.to_dict(), "index": index}
-                _add(tar, f"{key}.png", buffer.getvalue())
-                _add(tar, f"{key}.txt", text.encode("utf-8"))
-                _add(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
+                write_tar_member(tar, f"{key}.png", buffer.getvalue())
+                write_tar_member(tar, f"{key}.txt", text.encode("utf-8"))
+                write_tar_member(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
                 rows.append({"uid": meta["uid"], "key": key, "text": text, "noise": labels[index]})
         partial.replace(path)
         pq.write_table(pa.Table.from_pylist(rows), path.with_suffix(".parquet"))

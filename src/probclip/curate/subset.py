@@ -9,7 +9,6 @@ scores) and ``filter.json`` (the rules and the counts each removed). Source shar
 
 from __future__ import annotations
 
-import io
 import tarfile
 import warnings
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ..data.webdataset import iter_tar_records
+from ..data.webdataset import iter_tar_records, write_tar_member
 from ..errors import InputError, UsageError
 from ..search.embed import load_model
 from ..search.layout import write_json_atomic
@@ -133,14 +132,6 @@ def filter_pool(scores_dir: str | Path, out_dir: str | Path, rules: list[str | R
     return record
 
 
-def _add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(payload)
-    info.mtime = 0  # fixed: the same subset gives byte-identical shards
-    info.mode = 0o644
-    tar.addfile(info, io.BytesIO(payload))
-
-
 def reshard(subset: pa.Table, manifest: dict, out_dir: str | Path, *, shard_size: int = 10_000,
             overwrite: bool = False) -> dict:
     """Write the samples of ``subset`` (rows of a scores table) as new shards ``out_dir/00000.tar, ...`` of at most
@@ -190,7 +181,7 @@ def reshard(subset: pa.Table, manifest: dict, out_dir: str | Path, *, shard_size
                 tar = tarfile.open(partial, "w", format=tarfile.USTAR_FORMAT)
             for extension, payload in record.items():
                 if not extension.startswith("__"):
-                    _add_member(tar, f"{record['__key__']}.{extension}", payload)
+                    write_tar_member(tar, f"{record['__key__']}.{extension}", payload)
             rows.append((record["__key__"], uids[position], captions[position]))
             count += 1
             del keys[record["__key__"]]  # a key repeated in the shard: its first sample only, as it was scored

@@ -13,6 +13,7 @@ or cut short) and which members are the image and the caption (:func:`sample_mem
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import random
@@ -43,6 +44,7 @@ __all__ = [
     "record_to_sample",
     "split_member_name",
     "shuffled",
+    "write_tar_member",
 ]
 
 
@@ -345,3 +347,12 @@ def shard_stream(urls: Sequence[str], resample: bool, seed: int, slot: int, num_
         yield from order[slot::num_slots]
         epoch += 1
 
+
+def write_tar_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    """Add ``payload`` to an open tar as ``name`` with a fixed mtime and mode, so that the same content always
+    gives byte-identical shards (the synthetic world, the known-noise pool, resharded subsets)."""
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    info.mtime = 0
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(payload))

@@ -14,17 +14,10 @@ import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ..data.webdataset import write_tar_member
 from .world import SyntheticDataset
 
 __all__ = ["write_shards"]
-
-
-def _add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(payload)
-    info.mtime = 0  # fixed, so that the same seed writes byte-identical shards
-    info.mode = 0o644
-    tar.addfile(info, io.BytesIO(payload))
 
 
 def write_shards(dataset: SyntheticDataset, out_dir: str | Path, samples_per_shard: int = 1000,
@@ -64,9 +57,9 @@ def write_shards(dataset: SyntheticDataset, out_dir: str | Path, samples_per_sha
                     "index": index,
                     "split": dataset.split,
                 }
-                _add_member(tar, f"{key}.png", buffer.getvalue())
-                _add_member(tar, f"{key}.txt", _full_scene_caption(item).encode("utf-8"))
-                _add_member(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
+                write_tar_member(tar, f"{key}.png", buffer.getvalue())
+                write_tar_member(tar, f"{key}.txt", _full_scene_caption(item).encode("utf-8"))
+                write_tar_member(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
         partial.replace(path)
         paths.append(path)
         if progress is not None:
