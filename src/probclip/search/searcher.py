@@ -21,6 +21,7 @@ sources), :class:`~probclip.search.scoring.ExactScorer` (the exact scores and th
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -138,8 +139,8 @@ class SearchIndex:
         except InputError:
             return f"its {MANIFEST_NAME} changed and cannot be read now"
         if current != self.manifest:
-            now, then = current.to_dict(), self.manifest.to_dict()
-            changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+            changed = [f.name for f in dataclasses.fields(Manifest)
+                       if getattr(current, f.name) != getattr(self.manifest, f.name)]
             return f"its {MANIFEST_NAME} was rewritten (changed: {', '.join(changed)})"
         self._manifest_state = state  # rewritten with the same content
         return None
