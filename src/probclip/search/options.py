@@ -160,8 +160,8 @@ class SearchOptions:
         _optional_flag, surfaces=("api",)))
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):
-            check_option(f.name, getattr(self, f.name))
+        for name, spec in _SPECS.items():
+            spec.check(name, getattr(self, name))
 
     @classmethod
     def from_values(cls, values: Mapping[str, object] | None = None, *, base: SearchOptions | None = None,
@@ -169,18 +169,20 @@ class SearchOptions:
         """Options from ``base`` (default: the defaults) with ``values`` and ``more`` changed; ``UsageError`` for an
         unknown name or a bad value."""
         changes = {**(values or {}), **more}
-        unknown = sorted(set(changes) - set(option_specs()))
+        unknown = sorted(set(changes) - set(_SPECS))
         if unknown:
             raise UsageError(f"unknown search option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                             f"accepted: {', '.join(option_specs())}")
-        return dataclasses.replace(base if base is not None else cls(), **changes)
+                             f"accepted: {', '.join(_SPECS)}")
+        if base is None:
+            return cls(**changes)
+        return dataclasses.replace(base, **changes) if changes else base
 
     @staticmethod
     def names(surface: str = "api") -> tuple[str, ...]:
         """The options offered on ``surface`` (one of :data:`SURFACES`), in definition order."""
         if surface not in SURFACES:
             raise ValueError(f"surface must be one of {list(SURFACES)}; got {surface!r}")
-        return tuple(name for name, spec in option_specs().items() if surface in spec.surfaces)
+        return tuple(name for name, spec in _SPECS.items() if surface in spec.surfaces)
 
     @classmethod
     def defaults(cls, surface: str = "api") -> dict:
@@ -194,21 +196,25 @@ class SearchOptions:
         return {name: getattr(self, name) for name in self.names(surface)}
 
 
+#: ``{name: OptionSpec}`` of every search option, in definition order.
+_SPECS = {f.name: f.metadata["spec"] for f in dataclasses.fields(SearchOptions)}
+
+
 def option_specs() -> dict[str, OptionSpec]:
     """``{name: OptionSpec}`` of every search option, in definition order."""
-    return {f.name: f.metadata["spec"] for f in dataclasses.fields(SearchOptions)}
+    return dict(_SPECS)
 
 
 def option_types() -> dict[str, object]:
     """``{name: type annotation}`` of every search option (resolved: ``int``, ``float | None``, ...)."""
     hints = typing.get_type_hints(SearchOptions)
-    return {name: hints[name] for name in option_specs()}
+    return {name: hints[name] for name in _SPECS}
 
 
 def check_option(name: str, value) -> None:
     """Raise ``UsageError`` (one line naming ``value`` and what is accepted) when ``value`` is not accepted for the
     search option ``name``."""
-    option_specs()[name].check(name, value)
+    _SPECS[name].check(name, value)
 
 
 def _base_type(annotation) -> type:
