@@ -190,11 +190,6 @@ class SearchOptions:
         default = cls()
         return {name: getattr(default, name) for name in cls.names(surface)}
 
-    def values(self, surface: str = "api") -> dict:
-        """``{name: value}`` of the options offered on ``surface`` (the keyword arguments of ``SearchIndex.search``
-        for ``api``)."""
-        return {name: getattr(self, name) for name in self.names(surface)}
-
 
 #: ``{name: OptionSpec}`` of every search option, in definition order.
 _SPECS = {f.name: f.metadata["spec"] for f in dataclasses.fields(SearchOptions)}
