@@ -69,7 +69,7 @@ def test_a_finished_collection_copied_without_progress_refuses_another_model(tmp
     _embed(models[1], data, tmp_path / "c", overwrite=True)
     manifest = read_manifest(tmp_path / "c")
     assert manifest.model.source == str(models[1].resolve())
-    assert manifest.job["model_fingerprint"] == manifest.model.fingerprint != json.loads(
+    assert manifest.job.model_fingerprint == manifest.model.fingerprint != json.loads(
         before["manifest.json"])["model"]["fingerprint"]
 
 
@@ -77,7 +77,7 @@ def test_a_rerun_after_the_data_changed_is_refused_naming_the_row(tmp_path, mode
     data = _folder(tmp_path / "data")
     _embed(models[0], data, tmp_path / "c")
     manifest = read_manifest(tmp_path / "c")
-    assert manifest.inputs["fingerprint"] == manifest.job["inputs_fingerprint"]
+    assert manifest.inputs["fingerprint"] == manifest.job.inputs_fingerprint
     assert manifest.inputs["rows"] == {"image": 5, "text": 5}
     before = _files(tmp_path / "c")
     Image.new("RGB", (20, 20), (1, 2, 3)).save(data / "3.png")  # same name, new content

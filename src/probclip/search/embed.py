@@ -34,6 +34,7 @@ from .input_digest import METHOD as INPUTS_METHOD
 from .input_digest import fingerprint, input_digests
 from .inputs import CollectionInputs, image_source, list_inputs
 from .job import finished_job, prepare_output, unfinished_job
+from .manifest import JobRecord
 from .model_id import model_record
 from .model_loading import load_model
 from .writer import (
@@ -197,10 +198,10 @@ def embed_collection(model: nn.Module | str, data: str | Path, out_dir: str | Pa
     counts = {m: n for m, n in counts.items() if n}
     record = model_record(model, model_source)
     digests = input_digests(inputs, tuple(counts))
-    job = {"data": str(Path(data).resolve()), "modality": modality, "shard_rows": shard_rows, "dtype": dtype,
-           "model_fingerprint": record["fingerprint"], "split": split,
-           "image_root": None if image_root is None else str(Path(image_root).resolve()), "counts": counts,
-           "inputs_fingerprint": fingerprint(digests)}
+    job = JobRecord(data=str(Path(data).resolve()), modality=modality, shard_rows=shard_rows, dtype=dtype,
+                    model_fingerprint=record["fingerprint"], split=split,
+                    image_root=None if image_root is None else str(Path(image_root).resolve()), counts=counts,
+                    inputs_fingerprint=fingerprint(digests))
     if not overwrite and finished_job(out) == job:
         return out  # finished already (indexes built on it are kept)
     if dist.is_main:
@@ -220,7 +221,7 @@ def embed_collection(model: nn.Module | str, data: str | Path, out_dir: str | Pa
     barrier()
     if dist.is_main:
         merge_manifest(out, job, record, counts, shard_rows,
-                       inputs={"method": INPUTS_METHOD, "fingerprint": job["inputs_fingerprint"],
+                       inputs={"method": INPUTS_METHOD, "fingerprint": job.inputs_fingerprint,
                                "rows": {m: int(d.size) for m, d in digests.items()}})
     barrier()
     return out

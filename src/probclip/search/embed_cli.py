@@ -58,7 +58,7 @@ def _run(argv: list[str]) -> int:
             for modality, info in read_manifest(out).modalities.items():
                 print(f"{modality}: {info.rows} rows in {len(info.shards)} shards, {info.skipped} skipped")
                 for skipped in info.skipped_inputs[:5]:
-                    print(printable(f"  skipped {skipped['source']}: {skipped['error']}"))
+                    print(printable(f"  skipped {skipped.source}: {skipped.error}"))
             print(printable(f"collection: {out}"))
         return 0
 

@@ -10,14 +10,14 @@ collection is never written into.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
-from ..errors import InputError, UsageError
+from ..errors import UsageError
 from ..terminal import printable
 from .input_digest import INPUTS_DIR, describe_change, write_digests
 from .layout import MANIFEST_NAME, PREFIXES, write_json_atomic
+from .manifest import JobRecord, read_job_file, read_manifest_job
 from .writer import PROGRESS_DIR
 
 __all__ = ["COLLECTION_ENTRIES", "finished_job", "prepare_output", "unfinished_job"]
@@ -27,56 +27,46 @@ COLLECTION_ENTRIES = (MANIFEST_NAME, PROGRESS_DIR, INPUTS_DIR, "index", "metadat
                       *(f"{p}_{kind}" for p in PREFIXES.values() for kind in ("emb", "logvar")))
 
 
-def _read_record(path: Path, what: str) -> dict:
-    """The JSON object in ``path``; ``InputError`` naming the file when it is not one."""
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-        raise InputError(f"{path} ({what}) is not valid JSON ({err}); give --overwrite to embed the collection "
-                         "again from the start") from err
-    if not isinstance(record, dict):
-        raise InputError(f"{path} ({what}) holds a {type(record).__name__}, not an object; give --overwrite to embed "
-                         "the collection again from the start")
-    return record
+def finished_job(out: Path) -> JobRecord | None:
+    """The job of the finished collection at ``out`` (``manifest.json``'s ``job``), or None when unfinished.
+
+    Only the manifest's ``job`` is read (:func:`~probclip.search.manifest.read_manifest_job`): a manifest damaged
+    elsewhere still names its job. One that records none is a ``UsageError``, and one that is not JSON an
+    ``InputError``, both suggesting ``--overwrite``.
+    """
+    job, problem = read_manifest_job(out)
+    if problem is not None:
+        raise UsageError(f"--out {str(out)!r} holds a finished collection, but {problem}; give --overwrite to embed "
+                         "it again from the start")
+    return job
 
 
-def finished_job(out: Path) -> dict | None:
-    """The job of the finished collection at ``out`` (``manifest.json``'s ``job``), or None when unfinished."""
-    path = Path(out) / MANIFEST_NAME
-    if not path.is_file():
-        return None
-    job = _read_record(path, "the collection's manifest").get("job")
-    return job if isinstance(job, dict) else {}
-
-
-def unfinished_job(out: Path) -> dict | None:
+def unfinished_job(out: Path) -> JobRecord | None:
     """The job recorded in ``out/.progress/job.json`` when a run started there, else None."""
     path = Path(out) / PROGRESS_DIR / "job.json"
-    return _read_record(path, "the unfinished run's job") if path.is_file() else None
+    return read_job_file(path, "the unfinished run's job") if path.is_file() else None
 
 
-def _difference(out: Path, before: dict, job: dict, digests: dict, inputs) -> str:
+def _difference(out: Path, before: JobRecord, job: JobRecord, digests: dict, inputs) -> str:
     """One phrase per differing field of the job: the model, the data, the inputs, an option."""
     phrases = []
-    for key in sorted(set(job) | set(before)):
-        old, new = before.get(key), job.get(key)
-        if old == new:
-            continue
+    for key in before.differences(job):
+        old, new = before.value(key), job.value(key)
         if key == "inputs_fingerprint":
-            if before.get("data") == job.get("data") and old is not None:
+            if before.data == job.data and old is not None:
                 phrases.append(describe_change(out, digests, inputs))
             elif old is None:
                 phrases.append("its inputs have no fingerprint (embedded by an older probclip)")
         elif key == "model_fingerprint":
             phrases.append(f"embedded with another model (fingerprint {old}; --model gives {new})")
-        elif key == "counts" and before.get("inputs_fingerprint") not in (None, job.get("inputs_fingerprint")):
+        elif key == "counts" and before.inputs_fingerprint not in (None, job.inputs_fingerprint):
             continue  # said by the inputs' phrase
         else:
             phrases.append(f"{key} was {old!r}, now {new!r}")
     return "; ".join(phrases)
 
 
-def prepare_output(out: Path, job: dict, digests: dict, inputs, overwrite: bool) -> None:
+def prepare_output(out: Path, job: JobRecord, digests: dict, inputs, overwrite: bool) -> None:
     """Rank 0, before embedding: refuse a run into ``out`` that differs from the job recorded there (or into a
     folder holding other files), or clear the collection when ``overwrite``; then record ``job`` and the inputs'
     digests. Raises ``UsageError`` naming the difference."""
@@ -101,10 +91,10 @@ def prepare_output(out: Path, job: dict, digests: dict, inputs, overwrite: bool)
             raise UsageError(f"--out {str(out)!r} holds collection files but neither {MANIFEST_NAME} nor "
                              f"{PROGRESS_DIR}/job.json; give --overwrite to embed it again from the start")
         if before is not None and before != job:
-            diff = sorted(k for k in set(job) | set(before) if job.get(k) != before.get(k))
+            diff = before.differences(job)
             raise UsageError(f"--out {str(out)!r} holds a different embedding job (differs in {diff}): {where}, "
                              f"{_difference(out, before, job, digests, inputs)}; give --overwrite to replace it, or "
                              "another --out")
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / PROGRESS_DIR / "job.json", job)  # first: a run killed between the two resumes
+    write_json_atomic(out / PROGRESS_DIR / "job.json", job.to_dict())  # first: a run killed between the two resumes
     write_digests(out, digests)

@@ -6,6 +6,11 @@ upgrading an older format version (:data:`FORMAT_VERSION`, :func:`upgrade`). ``M
 back atomically. Every key written is read back into a field; ``Manifest.present_modalities()`` is the one place
 that says which modalities a collection holds.
 
+The embedding job a collection was made by is a :class:`JobRecord` (``job`` in the manifest, and
+``.progress/job.json`` while a run is unfinished). :func:`read_manifest_job` reads it tolerantly, looking at that
+field alone, so that a run meeting a manifest damaged elsewhere can still say which job made it, or suggest
+``--overwrite``.
+
 Format versions: 1, the flat and inclusion indexes were FAISS files written by hand; 2, they are ``.npy`` files
 and an index entry records its factory string, search parameters, search knobs and tuning. A version-1 manifest is
 upgraded when read: its index entries are dropped, so searching says the collection has no index and names
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +29,9 @@ from ..errors import InputError
 from .backends import backend_names
 from .layout import DTYPES, MANIFEST_NAME, MODALITIES, Shard, collection_file, write_json_atomic
 
-__all__ = ["FILE_KINDS", "FORMAT", "FORMAT_VERSION", "INDEX_FILE_KEYS", "IndexEntry", "Manifest", "ModalityInfo",
-           "ModelRecord", "read_manifest", "upgrade", "write_manifest"]
+__all__ = ["FILE_KINDS", "FORMAT", "FORMAT_VERSION", "INDEX_FILE_KEYS", "IndexEntry", "JobRecord", "Manifest",
+           "ModalityInfo", "ModelRecord", "SkippedInput", "read_job_file", "read_manifest", "read_manifest_job",
+           "upgrade", "write_manifest"]
 
 FORMAT = "probclip-collection"
 FORMAT_VERSION = 2
@@ -46,6 +53,14 @@ class ModelRecord:
 
 
 @dataclass(frozen=True)
+class SkippedInput:
+    """An input left out of the collection: its ``source`` (file, or ``<shard.tar>::<key>``) and why (``error``)."""
+
+    source: str
+    error: str
+
+
+@dataclass(frozen=True)
 class ModalityInfo:
     """One modality: its rows, shards, the inputs listed and those skipped (counted; the first ones named)."""
 
@@ -53,7 +68,55 @@ class ModalityInfo:
     shards: tuple[Shard, ...]
     inputs: int | None = None
     skipped: int = 0
-    skipped_inputs: tuple = ()
+    skipped_inputs: tuple[SkippedInput, ...] = ()
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """The embedding job a collection was made by (:mod:`probclip.search.job`): a run whose job differs is refused.
+
+    ``data`` / ``image_root``: resolved paths (``data`` None for embeddings written by ``write_collection``);
+    ``modality``: ``both``, ``image`` or ``text`` (``image+text`` ... for ``write_collection``); ``shard_rows``,
+    ``dtype``, ``split``: the options that change the stored rows; ``model_fingerprint``: the weights' fingerprint;
+    ``counts``: rows per modality; ``inputs_fingerprint``: the hash of the inputs' digests (None: embedded by an
+    older probclip). ``other``: keys this probclip does not know (written by another version), kept so that two
+    records still compare whole. Values are kept as written, unchecked: a damaged value makes the job differ.
+    """
+
+    data: str | None = None
+    modality: str | None = None
+    shard_rows: int | None = None
+    dtype: str | None = None
+    model_fingerprint: str | None = None
+    split: str | None = None
+    image_root: str | None = None
+    counts: dict = field(default_factory=dict)
+    inputs_fingerprint: str | None = None
+    other: dict = field(default_factory=dict)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The keys of the JSON form this probclip knows."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name != "other")
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> JobRecord:
+        """A record from its JSON form, tolerantly (values as written; unknown keys into ``other``)."""
+        known = {name: data[name] for name in cls.names() if name in data}
+        return cls(**known, other={k: v for k, v in data.items() if k not in known})
+
+    def to_dict(self) -> dict:
+        """The JSON form."""
+        return {**{name: getattr(self, name) for name in self.names()}, **self.other}
+
+    def value(self, name: str):
+        """The value of ``name`` (a field, or a key of ``other``; None when absent)."""
+        return getattr(self, name) if name in self.names() else self.other.get(name)
+
+    def differences(self, other: JobRecord) -> list[str]:
+        """The names whose values differ between this record and ``other``, sorted."""
+        names = set(self.names()) | set(self.other) | set(other.other)
+        return sorted(name for name in names if self.value(name) != other.value(name))
 
 
 @dataclass(frozen=True)
@@ -108,15 +171,16 @@ class IndexEntry:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A collection's manifest (see the module docstring). ``job`` and ``inputs`` are the embedding job and the
-    inputs' fingerprint record (:mod:`probclip.search.job`, :mod:`probclip.search.input_digest`), kept as written."""
+    """A collection's manifest (see the module docstring). ``job`` is the embedding job (:class:`JobRecord`);
+    ``inputs`` the inputs' fingerprint record (:mod:`probclip.search.input_digest`: method, fingerprint, rows per
+    modality), kept as written."""
 
     model: ModelRecord
     dtype: str
     modalities: dict[str, ModalityInfo]
     indexes: dict[str, IndexEntry] = field(default_factory=dict)
     shard_rows: int | None = None
-    job: dict | None = None
+    job: JobRecord | None = None
     inputs: dict | None = None
     format_version: int = FORMAT_VERSION
     upgraded_from: int | None = None
@@ -139,10 +203,12 @@ class Manifest:
                "model": {k: v for k, v in dataclasses.asdict(self.model).items()},
                "dtype": self.dtype,
                "modalities": {m: {"rows": i.rows, "shards": [dataclasses.asdict(s) for s in i.shards],
-                                  "inputs": i.inputs, "skipped": i.skipped, "skipped_inputs": list(i.skipped_inputs)}
+                                  "inputs": i.inputs, "skipped": i.skipped,
+                                  "skipped_inputs": [dataclasses.asdict(x) for x in i.skipped_inputs]}
                               for m, i in self.modalities.items()},
                "indexes": {m: e.to_dict() for m, e in self.indexes.items()},
-               "shard_rows": self.shard_rows, "job": self.job, "inputs": self.inputs}
+               "shard_rows": self.shard_rows, "job": None if self.job is None else self.job.to_dict(),
+               "inputs": self.inputs}
         if self.upgraded_from is not None:
             out["upgraded_from"] = self.upgraded_from
         return out
@@ -178,8 +244,9 @@ class Manifest:
         for name in ("job", "inputs"):
             if data.get(name) is not None:
                 _mapping(path, name, data.get(name))
+        job = None if data.get("job") is None else JobRecord.from_dict(data["job"])
         return cls(model=record, dtype=data["dtype"], modalities=modalities, indexes=indexes, shard_rows=shard_rows,
-                   job=data.get("job"), inputs=data.get("inputs"), format_version=FORMAT_VERSION,
+                   job=job, inputs=data.get("inputs"), format_version=FORMAT_VERSION,
                    upgraded_from=data.get("upgraded_from"))
 
 
@@ -227,7 +294,15 @@ def _modality(path: Path, modality: str, info: object) -> ModalityInfo:
     named = info.get("skipped_inputs", [])
     if not isinstance(named, list):
         raise _bad(path, f"modalities.{modality}.skipped_inputs", type(named).__name__, "a list")
-    return ModalityInfo(rows=rows, shards=tuple(typed), inputs=inputs, skipped=skipped, skipped_inputs=tuple(named))
+    skips = []
+    for i, one in enumerate(named):
+        where = f"modalities.{modality}.skipped_inputs[{i}]"
+        one = _mapping(path, where, one)
+        for name in ("source", "error"):
+            if not isinstance(one.get(name), str):
+                raise _bad(path, f"{where}.{name}", one.get(name), "a string")
+        skips.append(SkippedInput(source=one["source"], error=one["error"]))
+    return ModalityInfo(rows=rows, shards=tuple(typed), inputs=inputs, skipped=skipped, skipped_inputs=tuple(skips))
 
 
 def _index(root: Path, path: Path, modality: str, entry: object, modalities: dict) -> IndexEntry:
@@ -296,3 +371,39 @@ def read_manifest(root: str | Path) -> Manifest:
         raise InputError(f"{path} has format version {version!r}, newer than this probclip reads "
                          f"(<= {FORMAT_VERSION}); upgrade probclip")
     return Manifest.from_dict(root, upgrade(data))
+
+
+def _json_object(path: Path, what: str) -> dict:
+    """The JSON object in ``path``; ``InputError`` naming the file (and ``what`` it is) when it is not one."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise InputError(f"{path} ({what}) is not valid JSON ({err}); give --overwrite to embed the collection "
+                         "again from the start") from err
+    if not isinstance(record, dict):
+        raise InputError(f"{path} ({what}) holds a {type(record).__name__}, not an object; give --overwrite to embed "
+                         "the collection again from the start")
+    return record
+
+
+def read_job_file(path: str | Path, what: str) -> JobRecord:
+    """The job record in ``path`` (``.progress/job.json``); ``InputError`` suggesting ``--overwrite`` when the file
+    is not a JSON object."""
+    return JobRecord.from_dict(_json_object(Path(path), what))
+
+
+def read_manifest_job(root: str | Path) -> tuple[JobRecord | None, str | None]:
+    """The job recorded in ``root/manifest.json``, read tolerantly: only its ``job`` field is looked at.
+
+    Returns ``(None, None)`` when there is no manifest (no finished collection), ``(job, None)`` when it records
+    one, and ``(None, reason)`` when it records none (its ``job`` is missing or not an object). A manifest that is
+    not a JSON object is an ``InputError`` suggesting ``--overwrite``.
+    """
+    path = Path(root) / MANIFEST_NAME
+    if not path.is_file():
+        return None, None
+    job = _json_object(path, "the collection's manifest").get("job")
+    if isinstance(job, dict):
+        return JobRecord.from_dict(job), None
+    found = "missing" if job is None else f"a {type(job).__name__}, not an object"
+    return None, f"{path} records no embedding job (its \"job\" is {found})"

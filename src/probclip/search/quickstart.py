@@ -86,8 +86,8 @@ def prepare_quickstart_collection(quickstart_dir: str | Path, *, progress: bool 
     data = write_synthetic_test_split(root / "search-data", seed=_quickstart_seed(root))
     # derived from the quickstart folder alone: a collection (or unfinished run) of an earlier quickstart model is
     # replaced, not refused
-    recorded = finished_job(collection) or unfinished_job(collection) or {}
-    stale = recorded.get("model_fingerprint", fingerprint) != fingerprint
+    recorded = finished_job(collection) or unfinished_job(collection)
+    stale = recorded is not None and recorded.model_fingerprint not in (None, fingerprint)
     embed_collection(model, data, collection, num_workers=0, batch_size=100, progress=progress, model_source=source,
                      overwrite=stale)
     build_index(collection, kind="flat", progress=progress)

@@ -6,13 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["SCORES", "HIGHER_IS_BETTER", "SearchResults"]
+from .options import HIGHER_IS_BETTER, SCORES  # defined with the search options; also importable from here
 
-#: Scores a search can rank by: ``csd`` (closed-form sampled distance, lower is closer), ``mean`` (cosine of the
-#: means), ``includes`` (the inclusion test "item included in the query": more specific items first) and
-#: ``included`` ("query included in the item": more general items first).
-SCORES = ("csd", "mean", "includes", "included")
-HIGHER_IS_BETTER = {"csd": False, "mean": True, "includes": True, "included": True}
+__all__ = ["SCORES", "HIGHER_IS_BETTER", "SearchResults"]
 
 
 @dataclass

@@ -12,7 +12,8 @@ from ..errors import InputError, UsageError
 from ..terminal import printable
 from ..transforms import ImageLoadError, load_image
 from .layout import MODALITIES
-from .results import SCORES, SearchResults
+from .options import add_search_arguments, options_from_args
+from .results import SearchResults
 from .searcher import SearchIndex
 
 __all__ = ["build_parser", "format_table", "main"]
@@ -32,15 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--image", help="an image file to search with")
     parser.add_argument("--modality", choices=MODALITIES, default=None,
                         help="what to search: image or text rows (default: images for --text, texts for --image)")
-    parser.add_argument("--k", type=int, default=10, help="results (default 10)")
-    parser.add_argument("--score", choices=SCORES, default="csd", help="ranking score (default csd)")
-    parser.add_argument("--max-uncertainty", type=float, default=None, help="keep items with u at most this")
-    parser.add_argument("--uncertainty-quantile", type=float, default=None,
-                        help="keep items with u below this quantile of the collection's u (0-1]")
-    parser.add_argument("--eps", type=float, default=0.0, help="inclusion test log-precision offset (default 0)")
-    parser.add_argument("--no-direction-check", action="store_true",
-                        help="includes/included: rank every item by the raw test, also items for which the reverse "
-                             "test is higher")
+    add_search_arguments(parser)  # --k, --score, ...: defaults, help and checks from SearchOptions
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
@@ -70,6 +63,7 @@ def _run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        options = options_from_args(args)  # a bad value stops here, before the collection is opened
         modality = args.modality or ("image" if args.text is not None else "text")
         index = SearchIndex.load(args.collection, modality)
         if args.text is not None:
@@ -82,9 +76,7 @@ def _run(argv: list[str]) -> int:
             except ImageLoadError as err:
                 raise InputError(str(err)) from err
         embedding = index.encode(query)
-        results = index.search(embedding, k=args.k, score=args.score, max_uncertainty=args.max_uncertainty,
-                               uncertainty_quantile=args.uncertainty_quantile, eps=args.eps,
-                               directional=not args.no_direction_check)[0]
+        results = index.search(embedding, options=options)[0]
         query_u = float(embedding.uncertainty[0])
         if args.json:
             print(json.dumps({"index": index.name, "query_u": query_u, **results.to_dict()}, indent=2))

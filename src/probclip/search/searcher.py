@@ -21,6 +21,7 @@ sources), :class:`~probclip.search.scoring.ExactScorer` (the exact scores and th
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,14 +32,14 @@ from ..embedding import ProbEmbedding
 from ..errors import InputError, UsageError
 from .backends import backend_for
 from .candidates import CandidateSources, IndexFiles
-from .checks import check_search_options
 from .items import CollectionItems
 from .layout import MANIFEST_NAME, StoredRows, check_modality
 from .manifest import INDEX_FILE_KEYS, Manifest, read_manifest
 from .model_id import model_fingerprint
 from .model_loading import load_model
+from .options import HIGHER_IS_BETTER, SearchOptions
 from .queries import QueryEncoder
-from .results import HIGHER_IS_BETTER, SCORES, SearchResults
+from .results import SearchResults
 from .scoring import ExactScorer, top
 
 __all__ = ["DEFAULT_OVERSAMPLE", "EXHAUSTIVE_ELEMENTS", "SearchIndex"]
@@ -138,8 +139,8 @@ class SearchIndex:
         except InputError:
             return f"its {MANIFEST_NAME} changed and cannot be read now"
         if current != self.manifest:
-            now, then = current.to_dict(), self.manifest.to_dict()
-            changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+            changed = [f.name for f in dataclasses.fields(Manifest)
+                       if getattr(current, f.name) != getattr(self.manifest, f.name)]
             return f"its {MANIFEST_NAME} was rewritten (changed: {', '.join(changed)})"
         self._manifest_state = state  # rewritten with the same content
         return None
@@ -174,30 +175,28 @@ class SearchIndex:
         """A query as a float32 CPU ``ProbEmbedding [Q, D]``: an embedding, text(s) or PIL image(s)."""
         return self.queries.encode(query)
 
-    def search(self, query, k: int = 10, score: str = "csd", *, max_uncertainty: float | None = None,
-               uncertainty_quantile: float | None = None, eps: float = 0.0, oversample: int | None = None,
-               exhaustive: bool | None = None, directional: bool = True) -> list[SearchResults]:
+    def search(self, query, k: int | None = None, score: str | None = None, *, options: SearchOptions | None = None,
+               **option_values) -> list[SearchResults]:
         """Search with one or more queries; returns one :class:`SearchResults` per query, best first.
 
         Args:
             query: a ``ProbEmbedding`` (``[D]`` or ``[Q, D]``), a str or list of str, a PIL image or list of them.
-            k: results per query. score: ``csd``, ``mean``, ``includes`` or ``included`` (see ``SCORES``).
-            max_uncertainty: keep only items with ``u <= max_uncertainty``.
-            uncertainty_quantile: keep only items with ``u`` at most the q-quantile of the collection's ``u``.
-            eps: log-precision offset of the inclusion test (0: the means matter; training used -10 / -20).
-            oversample: candidates per result for approximate kinds and the inclusion test.
-            exhaustive: scan every row for the inclusion test (default: when rows x D <= ``EXHAUSTIVE_ELEMENTS``).
-            directional: for ``includes`` / ``included``, keep only the items for which the test in the direction
-                asked beats the reverse test (see the module docstring); a query can then get fewer than ``k``.
+            k, score, **option_values: any field of :class:`~probclip.search.options.SearchOptions` by name
+                (``k``: results per query, default 10; ``score``: ``csd``, ``mean``, ``includes`` or ``included``;
+                ``max_uncertainty``, ``uncertainty_quantile``, ``eps``, ``directional``, ``oversample``,
+                ``exhaustive``), overriding ``options``.
+            options: a ``SearchOptions`` (default: the defaults). A bad or unknown option is a ``UsageError``.
+
+        ``directional`` (the default) keeps, for ``includes`` / ``included``, only the items for which the test in
+        the direction asked beats the reverse test (see the module docstring); a query can then get fewer than ``k``.
         """
-        if score not in SCORES:
-            raise UsageError(f"score must be one of {list(SCORES)}; got {score!r}")
-        check_search_options(k=k, max_uncertainty=max_uncertainty, uncertainty_quantile=uncertainty_quantile,
-                             eps=eps, oversample=oversample)
+        given = {name: value for name, value in (("k", k), ("score", score)) if value is not None}
+        opts = SearchOptions.from_values({**given, **option_values}, base=options)
+        k, score, eps, directional = opts.k, opts.score, opts.eps, opts.directional
         emb = self.encode(query)
-        allowed = self.scorer.allowed(max_uncertainty, uncertainty_quantile, self.name)
+        allowed = self.scorer.allowed(opts.max_uncertainty, opts.uncertainty_quantile, self.name)
         k = int(min(k, self.rows))
-        over = oversample or int(self.knobs["oversample"])
+        over = opts.oversample or int(self.knobs["oversample"])
         mean = emb.mean.numpy()
         exact, deepen = self.exact, False
         if score == "csd":
@@ -210,7 +209,7 @@ class SearchIndex:
                 candidates = self.candidates.csd(mean, k * over, allowed)
                 exact = False
         else:
-            scan = (exhaustive if exhaustive is not None
+            scan = (opts.exhaustive if opts.exhaustive is not None
                     else self.rows * self.dim <= int(self.knobs["exhaustive_elements"]))
             if scan:
                 candidates = [np.concatenate(self.scorer.scan_ids(allowed) or [np.zeros(0, np.int64)])] * len(emb)

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from ..errors import InputError, UsageError
 from .layout import emb_path, logvar_path, metadata_path, write_json_atomic
-from .manifest import FORMAT, FORMAT_VERSION, write_manifest
+from .manifest import FORMAT, FORMAT_VERSION, JobRecord, write_manifest
 
 __all__ = ["MAX_NAMED_SKIPS", "METADATA_SCHEMA", "PROGRESS_DIR", "done_path", "merge_manifest", "save_npy",
            "save_parquet", "shard_done", "shard_ranges", "write_collection", "write_shard"]
@@ -100,7 +100,7 @@ def _read_done(out: Path, modality: str, shard: int) -> tuple[dict, pa.Table]:
     return {"rows": rows, "skipped": skipped}, table
 
 
-def merge_manifest(out: Path, job: dict, record: dict, counts: dict[str, int], shard_rows: int,
+def merge_manifest(out: Path, job: JobRecord, record: dict, counts: dict[str, int], shard_rows: int,
                    inputs: dict | None = None) -> dict:
     """Rank 0: read every shard's done-record, fix row ids after skipped rows, write ``manifest.json`` (with the
     inputs' fingerprint record ``inputs`` when given)."""
@@ -122,8 +122,9 @@ def merge_manifest(out: Path, job: dict, record: dict, counts: dict[str, int], s
             first_row += int(done["rows"])
         modalities[modality] = {"rows": first_row, "inputs": n, "shards": shards, "skipped": len(skipped),
                                 "skipped_inputs": skipped[:MAX_NAMED_SKIPS]}
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": record, "dtype": job["dtype"],
-                "shard_rows": shard_rows, "job": job, "modalities": modalities, "indexes": {}, "inputs": inputs}
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": record, "dtype": job.dtype,
+                "shard_rows": shard_rows, "job": job.to_dict(), "modalities": modalities, "indexes": {},
+                "inputs": inputs}
     write_manifest(out, manifest)
     return manifest
 
@@ -151,7 +152,7 @@ def write_collection(out_dir: str | Path, embeddings: dict, *, model: dict, dtyp
             write_shard(out, modality, s, start, np.asarray(mean[start:stop], np.float32),
                         np.asarray(logvar[start:stop], np.float32), np.ones(stop - start, bool), srcs[start:stop],
                         caps[start:stop], [-1] * (stop - start), [-1] * (stop - start), [""] * (stop - start), dtype)
-    job = {"data": None, "modality": "+".join(embeddings), "shard_rows": shard_rows, "dtype": dtype,
-           "model_fingerprint": model["fingerprint"], "counts": counts}
+    job = JobRecord(data=None, modality="+".join(embeddings), shard_rows=shard_rows, dtype=dtype,
+                    model_fingerprint=model["fingerprint"], counts=counts)
     merge_manifest(out, job, model, counts, shard_rows)
     return out

@@ -2,9 +2,9 @@
 
 A request hands its query to :meth:`SearchBatcher.search` and awaits a future. The worker thread takes every
 query waiting in the queue (optionally after a grace period, ``max_wait_s``, that lets simultaneous requests
-meet), groups the ones that can share one call (same index, same kind of query, same ``k``, score and
-uncertainty filter), encodes and searches each group with one ``index.search`` call, and hands each request
-its own result. While the worker runs the model or the index, the event loop keeps answering other requests.
+meet), groups the ones that can share one call (same index, same kind of query, same ``SearchOptions``), encodes
+and searches each group with one ``index.search`` call, and hands each request its own result. While the worker
+runs the model or the index, the event loop keeps answering other requests.
 """
 
 from __future__ import annotations
@@ -21,28 +21,12 @@ from typing import Any
 import torch
 
 from ..embedding import ProbEmbedding
-from ..search import SearchIndex, SearchResults
+from ..search import SearchIndex, SearchOptions, SearchResults
 
-__all__ = ["SearchParams", "SearchBatcher", "BatchAnswer", "QUERY_KINDS"]
+__all__ = ["SearchBatcher", "BatchAnswer", "QUERY_KINDS"]
 
 #: The kinds of query the batcher groups: texts are encoded together, images together, embeddings stacked.
 QUERY_KINDS = ("text", "image", "embedding")
-
-
-@dataclass(frozen=True)
-class SearchParams:
-    """The search options a group of queries shares (see ``SearchIndex.search``)."""
-
-    k: int = 10
-    score: str = "csd"
-    max_uncertainty: float | None = None
-    uncertainty_quantile: float | None = None
-    eps: float = 0.0
-    directional: bool = True
-
-    def as_kwargs(self) -> dict:
-        return {"k": self.k, "score": self.score, "max_uncertainty": self.max_uncertainty,
-                "uncertainty_quantile": self.uncertainty_quantile, "eps": self.eps, "directional": self.directional}
 
 
 @dataclass(frozen=True)
@@ -60,7 +44,7 @@ class _Pending:
     index: SearchIndex
     kind: str
     query: Any  # str, PIL image, or a one-row ProbEmbedding [1, D]
-    params: SearchParams
+    params: SearchOptions
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
 
@@ -99,7 +83,7 @@ class SearchBatcher:
             are grouped in its next round anyway.
         on_batch: optional callback ``(index_name, batch_size, seconds)`` after each grouped call (metrics).
 
-    The index must offer ``encode(query) -> ProbEmbedding [Q, D]`` and ``search(embedding, **params)``
+    The index must offer ``encode(query) -> ProbEmbedding [Q, D]`` and ``search(embedding, options=SearchOptions)``
     (``probclip.search.SearchIndex``).
     """
 
@@ -137,7 +121,7 @@ class SearchBatcher:
         return self._thread is not None and self._thread.is_alive()
 
     # ------------------------------------------------------------------ requests
-    async def search(self, index: SearchIndex, kind: str, query: Any, params: SearchParams) -> BatchAnswer:
+    async def search(self, index: SearchIndex, kind: str, query: Any, params: SearchOptions) -> BatchAnswer:
         """Queue one query and wait for its :class:`BatchAnswer` (the worker does the work, never the event loop).
 
         ``kind`` is ``"text"`` (a str), ``"image"`` (a PIL image) or ``"embedding"`` (a ``ProbEmbedding`` of
@@ -188,7 +172,7 @@ class SearchBatcher:
             # Encode the group once (one model call), then search with the embeddings: the requests also learn
             # their query's own uncertainty.
             queries = index.encode(_stack(kind, [it.query for it in items]))
-            results = index.search(queries, **params.as_kwargs())
+            results = index.search(queries, options=params)
             if len(results) != len(items):
                 raise RuntimeError(f"index.search returned {len(results)} results for {len(items)} queries")
             query_u = queries.uncertainty.reshape(-1).tolist()

@@ -41,11 +41,13 @@ def first_line(err: BaseException) -> str:
 
 
 def validation_message(err: ValidationError | RequestValidationError) -> str:
-    """A pydantic / FastAPI validation error as one line: ``invalid search request: field: problem; ...``."""
+    """A pydantic / FastAPI validation error as one line: ``invalid search request: field: problem; ...`` (a
+    message that already starts with its field's name, such as a ``SearchOptions`` check's, is given as it is)."""
     parts = []
     for e in err.errors():
         where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+        msg = e.get("msg", "invalid")
+        parts.append(msg if msg.startswith(f"{where} ") else f"{where}: {msg}")
     return "invalid search request: " + "; ".join(parts)
 
 

@@ -31,10 +31,9 @@ def source_roots(index: SearchIndex) -> list[Path]:
     """The folders an index's images may be read from, most specific first: what it was embedded from (``--data``,
     or the folder of a ``--data`` file, and ``--image-root``), then the collection folder itself."""
     manifest = getattr(index, "manifest", None)
-    job = (manifest.job if manifest is not None else None) or {}
+    job = manifest.job if manifest is not None else None
     roots: list[Path] = []
-    for key in ("image_root", "data"):
-        value = job.get(key)
+    for value in (job.image_root, job.data) if job is not None else ():
         if isinstance(value, str) and value:
             path = _real(value)
             roots.append(path if path.is_dir() or not path.suffix else path.parent)

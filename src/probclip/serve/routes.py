@@ -16,8 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import InputError
 from ..jsonsafe import json_safe
-from ..search import SCORES
-from ..search.results import HIGHER_IS_BETTER
+from ..search.options import HIGHER_IS_BETTER, SCORES, SearchOptions
 from .errors import ServiceError, first_line
 from .export import results_csv
 from .metrics import PROMETHEUS_CONTENT_TYPE
@@ -46,9 +45,6 @@ SEARCH_BODY = {
         },
     }
 }
-#: The search options a client may leave out, with the values the service then uses.
-SEARCH_DEFAULTS = ("k", "score", "max_uncertainty", "uncertainty_quantile", "eps", "directional", "deduplicate")
-
 router = APIRouter()
 
 
@@ -75,10 +71,9 @@ async def indices(service: ServiceDep) -> list[IndexInfo]:
 @router.get("/search/options", response_model=SearchOptionsInfo, responses=ERROR_RESPONSES,
             summary="The scores a search may rank by and the defaults of the search options")
 async def search_options(service: ServiceDep) -> SearchOptionsInfo:
-    fields = SearchRequest.model_fields
+    defaults = {**SearchOptions.defaults("http"), "deduplicate": SearchRequest.model_fields["deduplicate"].default}
     return SearchOptionsInfo(scores=list(SCORES), higher_is_better={s: HIGHER_IS_BETTER[s] for s in SCORES},
-                             defaults={name: fields[name].default for name in SEARCH_DEFAULTS},
-                             max_k=service.limits.max_k)
+                             defaults=defaults, max_k=service.limits.max_k)
 
 
 @router.post("/search", response_model=SearchResponse, openapi_extra=SEARCH_BODY, responses=ERROR_RESPONSES,

@@ -1,13 +1,20 @@
-"""The service's request and response bodies (pydantic models; they also make the OpenAPI schema at ``/docs``)."""
+"""The service's request and response bodies (pydantic models; they also make the OpenAPI schema at ``/docs``).
+
+The search options of ``SearchRequest`` are made from ``probclip.search.options.SearchOptions``
+(:func:`search_option_fields`): the same names, defaults, help and accepted values, checked by the same function,
+so a bad value gets the message the Python API and the CLI give. ``deduplicate`` is the one option of the service
+alone (it hides copies among the results).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic_core import PydanticCustomError
 
-from ..search.checks import MAX_ABS_EPS
-from ..search.results import SCORES
+from ..errors import UsageError
+from ..search.options import SCORES, SearchOptions, check_option, option_specs, option_types
 
 __all__ = [
     "SCORES",
@@ -20,10 +27,8 @@ __all__ = [
     "ItemInfo",
     "ErrorBody",
     "SearchOptionsInfo",
+    "search_option_fields",
 ]
-
-#: The scores a search may rank by: ``search.results.SCORES`` (see ``SearchIndex.search``).
-Score = Literal[SCORES]  # type: ignore[valid-type]
 
 
 class EmbeddingQuery(BaseModel):
@@ -42,8 +47,30 @@ class ItemQuery(BaseModel):
     row_id: int = Field(ge=0, description="row id of the item in that index")
 
 
-class SearchRequest(BaseModel):
-    """One search: exactly one of ``text``, ``image``, ``embedding`` or ``item``, plus the ranking options."""
+def _checked(name: str):
+    """A pydantic after-validator running ``check_option(name, value)``: its one-line message becomes the error."""
+    def check(value):
+        try:
+            check_option(name, value)
+        except UsageError as err:
+            raise PydanticCustomError("search_option", "{message}", {"message": str(err)}) from None
+        return value
+
+    return check
+
+
+def search_option_fields() -> dict[str, tuple]:
+    """The ``SearchOptions`` offered over HTTP as pydantic field definitions ``{name: (annotation, Field)}``: the
+    dataclass's type, default and help; its accepted values in the schema; its check as the validator."""
+    types, defaults = option_types(), SearchOptions.defaults("http")
+    return {name: (Annotated[types[name], AfterValidator(_checked(name))],
+                   Field(default, description=option_specs()[name].help,
+                         json_schema_extra=option_specs()[name].json_schema() or None))
+            for name, default in defaults.items()}
+
+
+class SearchQuery(BaseModel):
+    """The query of a search: exactly one of ``text``, ``image``, ``embedding`` or ``item``."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -54,29 +81,9 @@ class SearchRequest(BaseModel):
     image: str | None = Field(None, description="an image file (PNG, JPEG, GIF, WebP, BMP) as base64")
     embedding: EmbeddingQuery | None = None
     item: ItemQuery | None = None
-    k: int = Field(10, ge=1, description="number of results (at most the service's max_k)")
-    score: Score = Field(
-        "csd",
-        description="csd: closed-form sampled distance (lower is closer); mean: cosine of the means; "
-                    "includes: items included in the query (more specific); included: items that include the "
-                    "query (more general); both keep only items for which the inclusion test holds in that "
-                    "direction, so fewer than k may come back",
-    )
-    max_uncertainty: float | None = Field(None, gt=0, description="keep only items whose uncertainty u is below this")
-    uncertainty_quantile: float | None = Field(
-        None, gt=0, le=1, description="keep only items whose u is below this quantile of the index's u (0 < q <= 1)")
-    eps: float = Field(
-        0.0, ge=-MAX_ABS_EPS, le=MAX_ABS_EPS, allow_inf_nan=False,
-        description="log-precision offset of the inclusion test (includes / included): 0 keeps the means in play; "
-                    "training used -10 and -20")
-    directional: bool = Field(
-        True, description="includes / included: keep only items for which the test in the direction asked beats "
-                          "the reverse test (fewer than k may come back)")
-    deduplicate: bool = Field(
-        False, description="hide items whose stored embedding equals (or nearly equals) a better-ranked result's")
 
     @model_validator(mode="after")
-    def _one_query(self) -> SearchRequest:
+    def _one_query(self) -> SearchQuery:
         given = [name for name in ("text", "image", "embedding", "item") if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError(
@@ -84,6 +91,22 @@ class SearchRequest(BaseModel):
                 + (f" ({', '.join(given)})" if given else "")
             )
         return self
+
+
+_SearchRequestFields = create_model(
+    "SearchRequestFields", __base__=SearchQuery, **search_option_fields(),
+    deduplicate=(bool, Field(False, description="hide items whose stored embedding equals (or nearly equals) a "
+                                                "better-ranked result's")))
+
+
+class SearchRequest(_SearchRequestFields):  # type: ignore[misc, valid-type]
+    """One search: exactly one of ``text``, ``image``, ``embedding`` or ``item``, the search options of
+    ``SearchOptions`` offered over HTTP, and ``deduplicate``."""
+
+    def search_options(self, **changes) -> SearchOptions:
+        """The request's ``SearchOptions`` (with ``changes``, e.g. a larger ``k`` to hide duplicates from)."""
+        return SearchOptions.from_values({name: getattr(self, name) for name in SearchOptions.names("http")},
+                                         **changes)
 
 
 class SearchHit(BaseModel):

@@ -30,7 +30,7 @@ from ..embedding import ProbEmbedding
 from ..errors import UsageError
 from ..jsonsafe import json_safe
 from ..search import SearchIndex, SearchResults
-from .batching import SearchBatcher, SearchParams
+from .batching import SearchBatcher
 from .decode_slots import DecodeSlots, decode_upload
 from .dedup import candidate_rows, fetch_k, hide_duplicates
 from .errors import ServiceError, first_line, validation_message
@@ -195,8 +195,7 @@ class SearchService:
         more results are fetched and the duplicates among them hidden (``dedup.hide_duplicates``).
         """
         k = fetch_k(req.k, index.rows) if req.deduplicate else req.k
-        params = SearchParams(k=k, score=req.score, max_uncertainty=req.max_uncertainty,
-                              uncertainty_quantile=req.uncertainty_quantile, eps=req.eps, directional=req.directional)
+        params = req.search_options(k=k)
         self.batcher.start()  # idempotent: also serves apps driven without their lifespan (ASGI test transports)
         async with self.decode_slots.hold() if image is not None else nullcontext():
             kind, query, described = await self.query_of(req, index, image)
