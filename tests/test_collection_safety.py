@@ -21,6 +21,7 @@ import probclip
 from probclip.cli import main
 from probclip.errors import InputError, UsageError
 from probclip.search import SearchIndex, build_index, embed_collection
+from probclip.search.input_digest import fingerprint, read_digests
 from probclip.search.layout import file_fingerprint
 from probclip.search.manifest import read_manifest
 from probclip.search.milvus import collection_name
@@ -77,8 +78,10 @@ def test_a_rerun_after_the_data_changed_is_refused_naming_the_row(tmp_path, mode
     data = _folder(tmp_path / "data")
     _embed(models[0], data, tmp_path / "c")
     manifest = read_manifest(tmp_path / "c")
-    assert manifest.inputs["fingerprint"] == manifest.job.inputs_fingerprint
-    assert manifest.inputs["rows"] == {"image": 5, "text": 5}
+    assert manifest.job.inputs_fingerprint and manifest.job.inputs_fingerprint == fingerprint(
+        {m: read_digests(tmp_path / "c", m) for m in ("image", "text")})
+    assert {m: info.inputs for m, info in manifest.modalities.items()} == {"image": 5, "text": 5}
+    assert "inputs" not in json.loads((tmp_path / "c" / "manifest.json").read_text())
     before = _files(tmp_path / "c")
     Image.new("RGB", (20, 20), (1, 2, 3)).save(data / "3.png")  # same name, new content
     with pytest.raises(UsageError, match=r"image row 3 \(.*3\.png\) changed since the collection was embedded"):

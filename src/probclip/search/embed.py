@@ -30,7 +30,6 @@ from ..limits import LimitExceededError
 from ..process_group import barrier, init_distributed
 from ..tokenizers import get_tokenizer
 from ..transforms import image_transform
-from .input_digest import METHOD as INPUTS_METHOD
 from .input_digest import fingerprint, input_digests
 from .inputs import CollectionInputs, image_source, list_inputs
 from .job import finished_job, prepare_output, unfinished_job
@@ -220,8 +219,6 @@ def embed_collection(model: nn.Module | str, data: str | Path, out_dir: str | Pa
             _embed_texts(model, inputs, out, mine["text"], ranges["text"], batch_size, dtype, bar)
     barrier()
     if dist.is_main:
-        merge_manifest(out, job, record, counts, shard_rows,
-                       inputs={"method": INPUTS_METHOD, "fingerprint": job.inputs_fingerprint,
-                               "rows": {m: int(d.size) for m, d in digests.items()}})
+        merge_manifest(out, job, record, counts, shard_rows)
     barrier()
     return out

@@ -171,9 +171,10 @@ class IndexEntry:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A collection's manifest (see the module docstring). ``job`` is the embedding job (:class:`JobRecord`);
-    ``inputs`` the inputs' fingerprint record (:mod:`probclip.search.input_digest`: method, fingerprint, rows per
-    modality), kept as written."""
+    """A collection's manifest (see the module docstring). ``job`` is the embedding job (:class:`JobRecord`), whose
+    ``inputs_fingerprint`` identifies the inputs (:mod:`probclip.search.input_digest`). A top-level ``inputs`` record
+    written by earlier releases of format 2 repeated that fingerprint and the modalities' input counts: it is
+    accepted and dropped."""
 
     model: ModelRecord
     dtype: str
@@ -181,7 +182,6 @@ class Manifest:
     indexes: dict[str, IndexEntry] = field(default_factory=dict)
     shard_rows: int | None = None
     job: JobRecord | None = None
-    inputs: dict | None = None
     format_version: int = FORMAT_VERSION
     upgraded_from: int | None = None
 
@@ -207,8 +207,7 @@ class Manifest:
                                   "skipped_inputs": [dataclasses.asdict(x) for x in i.skipped_inputs]}
                               for m, i in self.modalities.items()},
                "indexes": {m: e.to_dict() for m, e in self.indexes.items()},
-               "shard_rows": self.shard_rows, "job": None if self.job is None else self.job.to_dict(),
-               "inputs": self.inputs}
+               "shard_rows": self.shard_rows, "job": None if self.job is None else self.job.to_dict()}
         if self.upgraded_from is not None:
             out["upgraded_from"] = self.upgraded_from
         return out
@@ -246,7 +245,7 @@ class Manifest:
                 _mapping(path, name, data.get(name))
         job = None if data.get("job") is None else JobRecord.from_dict(data["job"])
         return cls(model=record, dtype=data["dtype"], modalities=modalities, indexes=indexes, shard_rows=shard_rows,
-                   job=job, inputs=data.get("inputs"), format_version=FORMAT_VERSION,
+                   job=job, format_version=FORMAT_VERSION,
                    upgraded_from=data.get("upgraded_from"))
 
 

@@ -100,10 +100,9 @@ def _read_done(out: Path, modality: str, shard: int) -> tuple[dict, pa.Table]:
     return {"rows": rows, "skipped": skipped}, table
 
 
-def merge_manifest(out: Path, job: JobRecord, record: dict, counts: dict[str, int], shard_rows: int,
-                   inputs: dict | None = None) -> dict:
-    """Rank 0: read every shard's done-record, fix row ids after skipped rows, write ``manifest.json`` (with the
-    inputs' fingerprint record ``inputs`` when given)."""
+def merge_manifest(out: Path, job: JobRecord, record: dict, counts: dict[str, int], shard_rows: int) -> dict:
+    """Rank 0: read every shard's done-record, fix row ids after skipped rows, write ``manifest.json`` (the inputs'
+    fingerprint is the job's ``inputs_fingerprint``; the count of inputs listed, each modality's ``inputs``)."""
     modalities = {}
     for modality, n in counts.items():
         shards, skipped, first_row = [], [], 0
@@ -123,8 +122,7 @@ def merge_manifest(out: Path, job: JobRecord, record: dict, counts: dict[str, in
         modalities[modality] = {"rows": first_row, "inputs": n, "shards": shards, "skipped": len(skipped),
                                 "skipped_inputs": skipped[:MAX_NAMED_SKIPS]}
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": record, "dtype": job.dtype,
-                "shard_rows": shard_rows, "job": job.to_dict(), "modalities": modalities, "indexes": {},
-                "inputs": inputs}
+                "shard_rows": shard_rows, "job": job.to_dict(), "modalities": modalities, "indexes": {}}
     write_manifest(out, manifest)
     return manifest
 
