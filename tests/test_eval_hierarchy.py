@@ -12,10 +12,15 @@ from probclip.embedding import ProbEmbedding
 from probclip.eval.cli import main
 from probclip.eval.hierarchy import (
     HIERARCHY_METRICS,
+    MatchCalibration,
+    denotation_scores,
     evaluate_hierarchy,
+    fit_match_calibration,
     hierarcaps_truth,
     hierarchy_metrics,
+    hierarchy_results,
     hierarchy_scores,
+    match_logits,
     per_query_metrics,
 )
 from probclip.eval.options import EvalOptions
@@ -170,8 +175,71 @@ def test_cli_hierarchy_on_the_synthetic_world_and_on_a_csv(tmp_path, world_check
     general = results["metrics"]["general"]
     assert {"1", "2", "3", "4", "5", "captions"} <= set(general["directional"]) and "image" in general["csd"]
     assert general["mean"]["image"]["queries"] == 500
+    assert set(results["match_calibration"]) == {"a", "c", "d", "fitted_on"}
+    assert "training-split" in results["match_calibration"]["fitted_on"]
+    assert "image" in general["denotation"] and "denotation" in results["metrics"]["specific"]
     assert "R-precision" in (out / "report.html").read_text()
     csv_path = build_hierarcaps(tmp_path / "hc")
     assert main(["--model", str(world_checkpoint), "--task", "hierarchy", "--data", str(csv_path), "--image-root",
                  str(tmp_path / "hc" / "imgs"), "--out", str(tmp_path / "hc_out"), "--no-progress"]) == 0
     assert json.loads((tmp_path / "hc_out" / "results.json").read_text())["n_images"] == 12
+
+
+def test_denotation_of_the_exact_truth_finds_every_generalisation_and_specialisation():
+    """Given the world's truth as the match probability, the denotation score is right for every query."""
+    eval_set = build_evaluation_set(0, num_scenes=500, num_degraded=1, num_zeroshot=1)
+    truth = synthetic_hierarchy_truth(eval_set)
+    exact = torch.as_tensor(eval_set.truth.T, dtype=torch.float64)  # [captions, images]
+    levels = np.array([c.level for c in eval_set.captions])
+    own = np.arange(len(levels))
+    general = denotation_scores(exact, "general")
+    assert general.shape == (len(levels) + len(eval_set.scenes), len(levels))
+    caption_rp = per_query_metrics(general[: len(levels)], truth["general"], levels, own)["r_precision"]
+    image_rp = per_query_metrics(general[len(levels):], truth["image"], levels)["r_precision"]
+    specific_rp = per_query_metrics(denotation_scores(exact, "specific"), truth["specific"], levels, own)["r_precision"]
+    # a caption whose images are all described by a more specific one too (in these 500 scenes) cannot be told
+    # apart from it by its images: those few queries miss; every other one is exact
+    assert np.nanmean(caption_rp) > 0.99 and np.nanmean(specific_rp) > 0.98
+    assert np.nanmean(image_rp) == 1.0
+    # the two directions exclude each other
+    both = np.isfinite(general[: len(levels)].numpy()) & np.isfinite(denotation_scores(exact, "specific").numpy())
+    assert not both.any()
+    with pytest.raises(ValueError, match="direction must be one of"):
+        denotation_scores(exact, "sideways")
+
+
+def test_match_calibration_recovers_the_weights_that_made_the_truth():
+    g = torch.Generator().manual_seed(0)
+    captions = ProbEmbedding(torch.nn.functional.normalize(torch.randn(300, 8, generator=g), dim=-1),
+                             torch.rand(300, 8, generator=g) * 4 - 6)
+    images = ProbEmbedding(torch.nn.functional.normalize(torch.randn(200, 8, generator=g), dim=-1),
+                           torch.full((200, 8), -6.0))
+    scale, bias = math.log(10.0), -2.0
+    made = MatchCalibration(a=1.5, c=20.0, d=0.5)
+    truth = torch.rand(300, 200, generator=g, dtype=torch.float64) < made.probability(captions, images, scale, bias)
+    fitted = fit_match_calibration(captions, images, truth.numpy(), scale, bias)
+    assert fitted.a == pytest.approx(1.5, rel=0.1) and fitted.c == pytest.approx(20.0, rel=0.15)
+    assert fitted.d == pytest.approx(0.5, abs=0.25)
+    logits = match_logits(captions, images, scale, bias)
+    assert torch.allclose(logits[3, 4], 10.0 * (captions.mean[3].double() @ images.mean[4].double()
+                          - (captions.uncertainty[3].double() + images.uncertainty[4].double()) / 2) - 2.0)
+    with pytest.raises(ValueError, match="both true and false pairs"):
+        fit_match_calibration(captions, images, np.ones((300, 200), bool), scale, bias)
+
+
+def test_hierarchy_results_add_the_denotation_score_only_with_a_match_probability():
+    eval_set = build_evaluation_set(0, num_scenes=20, num_degraded=1, num_zeroshot=1)
+    truth = synthetic_hierarchy_truth(eval_set)
+    levels = np.array([c.level for c in eval_set.captions])
+    g = torch.Generator().manual_seed(1)
+    captions = ProbEmbedding(torch.randn(len(levels), 8, generator=g), torch.randn(len(levels), 8, generator=g) - 5)
+    images = ProbEmbedding(torch.randn(20, 8, generator=g), torch.randn(20, 8, generator=g) - 5)
+    empty = ProbEmbedding(torch.randn(1, 8, generator=g), torch.zeros(1, 8) - 5)
+    plain = hierarchy_results(captions, images, levels, truth, empty, True)
+    assert "denotation" not in plain["general"] and "denotation" not in plain["specific"]
+    exact = torch.as_tensor(eval_set.truth.T, dtype=torch.float64)
+    with_evidence = hierarchy_results(captions, images, levels, truth, empty, True, exact)
+    assert with_evidence["general"]["denotation"]["image"]["r_precision"] == 1.0
+    assert with_evidence["general"]["directional"] == plain["general"]["directional"]
+    with pytest.raises(ValueError, match="match_probability must be"):
+        hierarchy_results(captions, images, levels, truth, empty, True, exact[:, :3])

@@ -45,8 +45,8 @@ def test_writes_metrics_report_plots_and_model(two_runs, capsys):
     assert "total_seconds" in json.loads((out / "timings.json").read_text())
     hierarchy = metrics["hierarchy"]
     assert set(hierarchy) == {"general", "specific"}
-    assert set(hierarchy["general"]) == {"directional", "test", "csd", "mean", "walk"}
-    for score in ("directional", "mean"):
+    assert set(hierarchy["general"]) == {"directional", "test", "csd", "mean", "walk", "denotation"}
+    for score in ("directional", "mean", "denotation"):
         assert {"image", "captions", "1", "5"} <= set(hierarchy["general"][score])
         assert 0.0 <= hierarchy["general"][score]["image"]["r_precision"] <= 1.0
         assert {"captions", "0", "3"} <= set(hierarchy["specific"][score])

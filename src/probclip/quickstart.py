@@ -30,7 +30,7 @@ from .errors import UsageError
 from .eval.hierarchy import flat_hierarchy_metrics
 from .jsonsafe import json_safe
 from .synthetic import build_evaluation_set, evaluate_synthetic, world_vocabulary
-from .synthetic.hierarchy import synthetic_hierarchy_metrics
+from .synthetic.hierarchy import synthetic_hierarchy_metrics, synthetic_match_calibration
 from .synthetic.report import write_report
 from .tokenizers import get_tokenizer, word_tokenizer_config
 from .train import train
@@ -170,8 +170,12 @@ def run_quickstart(out_dir: str | Path, steps: int, seed: int = 0, threads: int 
         tokenizer = get_tokenizer(model)
         with torch.no_grad():
             empty = model.encode_text(tokenizer([""]))
+        calibration = None
+        if objective == "prolip":
+            calibration = synthetic_match_calibration(model, tokenizer, image_transform(model.config.vision), seed)
         details["hierarchy"] = synthetic_hierarchy_metrics(details["embeddings"], eval_set, empty,
-                                                           probabilistic=objective == "prolip")
+                                                           probabilistic=objective == "prolip", model=model,
+                                                           calibration=calibration)
         metrics.update(flat_hierarchy_metrics(details["hierarchy"]))
         results[objective] = (model, metrics, details, result)
     prolip_model, prolip_metrics, prolip_details, prolip_result = results["prolip"]

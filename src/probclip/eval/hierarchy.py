@@ -20,6 +20,12 @@ Scores (``HIERARCHY_SCORES``; ``test(a in b)`` is ProLIP's inclusion test at eps
 - ``test``: the same test without the check; ``csd``: ``-CSD``; ``mean``: cosine of the means;
 - ``walk`` (``general`` only): the HierarCaps interpolation walk from the query to the empty caption's mean
   (:func:`probclip.eval.hierarcaps.hierarchical_walk`), the captions it visits ranked from the root end.
+- ``denotation`` (when a calibrated match probability ``p(caption, image)`` over a set of images is given; the
+  synthetic world fits one on its training split, :func:`fit_match_calibration`): caption ``i`` is more general than
+  caption ``q`` by the share of ``q``'s images that ``i`` describes too, ``sum_x p(q,x) p(i,x) / sum_x p(q,x)``
+  (visual denotations), "more specific" the other way round, each returned only in the direction of the larger
+  share; for an image query, ``p(caption, image)`` itself (:func:`denotation_scores`). It looks at the images, not
+  at the stored Gaussians alone, so ``probclip search`` does not rank by it.
 
 :func:`evaluate_hierarchy` runs the task on a HierarCaps CSV (the levels of each chain, general -> specific, are
 the truth); ``probclip.synthetic.hierarchy`` runs it on the synthetic world, whose truth is exact.
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +51,8 @@ from .options import EvalOptions
 from .readers import HierarCapsData, read_hierarcaps
 from .report import plot_bars, write_results
 
-__all__ = ["DIRECTIONS", "HIERARCHY_SCORES", "HIERARCHY_METRICS", "hierarchy_scores",
+__all__ = ["DIRECTIONS", "HIERARCHY_SCORES", "HIERARCHY_METRICS", "MatchCalibration", "denotation_scores",
+           "fit_match_calibration", "hierarchy_scores",
            "hierarchy_metrics", "hierarcaps_truth", "evaluate_hierarchy", "flat_hierarchy_metrics", "hierarchy_table",
            "hierarchy_tables"]
 
@@ -53,6 +61,71 @@ HIERARCHY_SCORES = ("directional", "test", "csd", "mean", "walk")
 HIERARCHY_METRICS = ("r_precision", "map_at_r", "r1", "r5", "r10", "order")
 #: Interpolation points of the walk score.
 WALK_STEPS = 50
+
+
+@dataclass(frozen=True)
+class MatchCalibration:
+    """``P(caption true of image) = sigmoid(a * logit + c * u_caption + d)``, with the model's match logit
+    ``logit = s (mu_c . mu_x - (u_c + u_x) / 2) + b`` (``s = exp(logit_scale)``, ``b = logit_bias``)."""
+
+    a: float
+    c: float
+    d: float
+
+    def probability(self, captions: ProbEmbedding, images: ProbEmbedding, logit_scale: float,
+                    logit_bias: float) -> torch.Tensor:
+        """Calibrated ``P(caption true of image)`` ``[G, N]`` float64 for captions ``[G, D]`` and images ``[N, D]``."""
+        logits = match_logits(captions, images, logit_scale, logit_bias)
+        return torch.sigmoid(self.a * logits + self.c * captions.uncertainty.double()[:, None] + self.d)
+
+
+def match_logits(captions: ProbEmbedding, images: ProbEmbedding, logit_scale: float,
+                 logit_bias: float) -> torch.Tensor:
+    """The model's match logit ``[G, N]`` float64 (``logit_scale`` is the log of the scale, as the model stores it)."""
+    c, x = captions.to(torch.float64), images.to(torch.float64)
+    return math.exp(logit_scale) * (c.mean @ x.mean.T - (c.uncertainty[:, None] + x.uncertainty[None]) / 2) \
+        + logit_bias
+
+
+def fit_match_calibration(captions: ProbEmbedding, images: ProbEmbedding, truth: np.ndarray, logit_scale: float,
+                          logit_bias: float) -> MatchCalibration:
+    """Logistic regression of ``truth`` ``[G, N]`` (caption true of image) on the match logit and the caption's
+    ``u`` (L-BFGS on standardised features, an L2 penalty of 1e-4)."""
+    truth = np.asarray(truth, dtype=bool)
+    if truth.shape != (len(captions), len(images)) or truth.all() or not truth.any():
+        raise ValueError(f"truth must be a [captions, images] = [{len(captions)}, {len(images)}] boolean matrix "
+                         f"holding both true and false pairs; got shape {truth.shape}")
+    logits = match_logits(captions, images, logit_scale, logit_bias)
+    x = torch.stack([logits.ravel(), captions.uncertainty.double()[:, None].expand_as(logits).ravel()], 1)
+    y = torch.as_tensor(truth, dtype=torch.float64).ravel()
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-12)
+    z = (x - mean) / std
+    w = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z @ w[:2] + w[2], y) + 1e-4 * w[:2].pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    w = w.detach()
+    a, c = (w[:2] / std).tolist()
+    return MatchCalibration(a=a, c=c, d=float(w[2] - (mean / std) @ w[:2]))
+
+
+def denotation_scores(probability: torch.Tensor, direction: str) -> torch.Tensor:
+    """Denotation scores from a calibrated ``P(caption true of image)`` ``[G, N]``: ``[G + N, G]`` for
+    ``general`` (caption queries, then the images as queries), ``[G, G]`` for ``specific``; ``-inf`` where the
+    share is not larger in the direction asked."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {list(DIRECTIONS)}; got {direction!r}")
+    p = probability.double()
+    share = (p @ p.T) / p.sum(1, keepdim=True).clamp_min(1e-300)  # [q, i]: share of q's images that i describes
+    if direction == "specific":
+        return torch.where(share.T > share, share.T, -math.inf)
+    return torch.cat([torch.where(share > share.T, share, -math.inf), p.T])
 
 
 def _sides(query: ProbEmbedding, gallery: ProbEmbedding, direction: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,20 +279,27 @@ def _scores_for(query, gallery, direction: str, probabilistic: bool, empty) -> d
 
 
 def hierarchy_results(captions, images, caption_levels: np.ndarray, truth: Mapping[str, np.ndarray],
-                      empty, probabilistic: bool) -> dict:
+                      empty, probabilistic: bool, match_probability: torch.Tensor | None = None) -> dict:
     """``{"general": {score: {group: metrics}}, "specific": {...}}`` for caption and image queries.
 
     ``captions`` ``[G, D]`` are both the caption queries and the gallery; ``images`` ``[N, D]`` are queries of
-    ``general`` only (``truth["image"]``: the captions true of each image).
+    ``general`` only (``truth["image"]``: the captions true of each image). ``match_probability``: a calibrated
+    ``P(caption true of image)`` ``[G, N]`` over these images, which adds the ``denotation`` score.
     """
     exclude = np.concatenate([np.arange(len(caption_levels)), np.full(len(truth["image"]), -1)])
     groups = [str(int(level)) for level in caption_levels] + ["image"] * len(truth["image"])
     cat = ProbEmbedding.cat if isinstance(captions, ProbEmbedding) else torch.cat
     queries = cat([captions, images])
     general_truth = np.concatenate([truth["general"], truth["image"]])
-    results = {"general": hierarchy_metrics(_scores_for(queries, captions, "general", probabilistic, empty),
-                                            general_truth, groups, caption_levels, exclude)}
+    general = _scores_for(queries, captions, "general", probabilistic, empty)
     specific = _scores_for(captions, captions, "specific", probabilistic, empty)
+    if match_probability is not None:
+        if tuple(match_probability.shape) != (len(caption_levels), len(truth["image"])):
+            raise ValueError(f"match_probability must be [captions, images] = [{len(caption_levels)}, "
+                             f"{len(truth['image'])}]; got {tuple(match_probability.shape)}")
+        general["denotation"] = denotation_scores(match_probability, "general")
+        specific["denotation"] = denotation_scores(match_probability, "specific")
+    results = {"general": hierarchy_metrics(general, general_truth, groups, caption_levels, exclude)}
     results["specific"] = hierarchy_metrics(specific, truth["specific"], groups[: len(caption_levels)],
                                             caption_levels, exclude[: len(caption_levels)])
     return results

@@ -49,8 +49,8 @@ from .world import (
     truth_matrix,
 )
 
-__all__ = ["ZEROSHOT_TEMPLATES", "EvaluationSet", "build_evaluation_set", "draw_scenes", "encode_synthetic",
-           "evaluate_synthetic"]
+__all__ = ["ZEROSHOT_TEMPLATES", "EvaluationSet", "build_evaluation_set", "draw_scenes", "encode_scenes",
+           "encode_synthetic", "encode_texts", "evaluate_synthetic"]
 
 #: Prompt ensembles of the zero-shot classifiers of the main object's attribute ("{}" is the class value).
 ZEROSHOT_TEMPLATES = {
@@ -138,7 +138,8 @@ def build_evaluation_set(seed: int, num_scenes: int = 500, num_degraded: int = 2
 
 
 @torch.no_grad()
-def _encode_scenes(model, scenes, transform: Callable, batch_size: int = 500) -> ProbEmbedding:
+def encode_scenes(model, scenes, transform: Callable, batch_size: int = 500) -> ProbEmbedding:
+    """Embeddings ``[N, D]`` of the rendered ``scenes``."""
     parts = []
     for start in range(0, len(scenes), batch_size):
         images = torch.stack([transform(render_scene(s)) for s in scenes[start:start + batch_size]])
@@ -147,7 +148,8 @@ def _encode_scenes(model, scenes, transform: Callable, batch_size: int = 500) ->
 
 
 @torch.no_grad()
-def _encode_texts(model, texts, tokenizer, batch_size: int = 1000) -> ProbEmbedding:
+def encode_texts(model, texts, tokenizer, batch_size: int = 1000) -> ProbEmbedding:
+    """Embeddings ``[N, D]`` of ``texts``."""
     parts = [model.encode_text(tokenizer(list(texts[s:s + batch_size]))).detach()
              for s in range(0, len(texts), batch_size)]
     return ProbEmbedding.cat(parts)
@@ -162,11 +164,11 @@ def encode_synthetic(model, eval_set: EvaluationSet, tokenizer, transform) -> di
         attribute = eval_set.zeroshot_attribute
         class_texts = [t.format(value) for value in ZEROSHOT_CLASSES[attribute] for t in ZEROSHOT_TEMPLATES[attribute]]
         return {
-            "images": _encode_scenes(model, eval_set.scenes, transform),
-            "captions": _encode_texts(model, [c.text for c in eval_set.captions], tokenizer),
-            "degraded": _encode_scenes(model, eval_set.degraded_scenes, transform),
-            "zeroshot_images": _encode_scenes(model, eval_set.zeroshot_scenes, transform),
-            "class_texts": _encode_texts(model, class_texts, tokenizer),
+            "images": encode_scenes(model, eval_set.scenes, transform),
+            "captions": encode_texts(model, [c.text for c in eval_set.captions], tokenizer),
+            "degraded": encode_scenes(model, eval_set.degraded_scenes, transform),
+            "zeroshot_images": encode_scenes(model, eval_set.zeroshot_scenes, transform),
+            "class_texts": encode_texts(model, class_texts, tokenizer),
         }
     finally:
         model.train(was_training)

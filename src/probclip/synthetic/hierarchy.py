@@ -4,21 +4,36 @@ The gallery is the evaluation set's distinct captions (the captions of the quick
 every one of them and the 500 clean test images. The truth is exact: a caption's generalisations are the captions
 it strictly entails (``entails``), its specialisations those that strictly entail it, and an image's captions every
 caption true of its scene (``caption_is_true``). Metrics and scores: :mod:`probclip.eval.hierarchy`.
+
+For a probabilistic model the task also scores ``denotation``: the model's match probability is calibrated on the
+*training* split (``CALIBRATION_SCENES`` scenes and their captions, whose truth the world gives;
+:func:`synthetic_match_calibration`), and the test images are the evidence.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..eval.hierarchy import hierarchy_plot, hierarchy_results, hierarchy_tables
+from ..eval.hierarchy import (
+    MatchCalibration,
+    fit_match_calibration,
+    hierarchy_plot,
+    hierarchy_results,
+    hierarchy_tables,
+)
 from ..eval.report import write_results
-from .evaluation import EvaluationSet, build_evaluation_set, encode_synthetic
-from .world import entailment_matrix
+from .evaluation import EvaluationSet, build_evaluation_set, draw_scenes, encode_scenes, encode_synthetic, encode_texts
+from .world import entailment_matrix, truth_matrix
 
-__all__ = ["synthetic_hierarchy_truth", "synthetic_hierarchy_metrics", "evaluate_synthetic_hierarchy"]
+__all__ = ["CALIBRATION_SCENES", "synthetic_hierarchy_truth", "synthetic_hierarchy_metrics",
+           "synthetic_match_calibration", "evaluate_synthetic_hierarchy"]
+
+#: Training-split scenes the match calibration of the ``denotation`` score is fitted on.
+CALIBRATION_SCENES = 1000
 
 
 def synthetic_hierarchy_truth(eval_set: EvaluationSet) -> dict[str, np.ndarray]:
@@ -29,12 +44,41 @@ def synthetic_hierarchy_truth(eval_set: EvaluationSet) -> dict[str, np.ndarray]:
     return {"general": strict, "specific": strict.T.copy(), "image": eval_set.truth.copy()}
 
 
-def synthetic_hierarchy_metrics(embeddings: dict, eval_set: EvaluationSet, empty, probabilistic: bool = True) -> dict:
+def synthetic_match_calibration(model, tokenizer, transform, seed: int,
+                                num_scenes: int = CALIBRATION_SCENES) -> MatchCalibration:
+    """The model's match probability calibrated on ``num_scenes`` scenes of the *training* split (world seed
+    ``seed``) and their distinct captions, against the world's truth (never on the test split)."""
+    scenes, drawn = draw_scenes(seed, num_scenes, "train", "occlusion")
+    captions = sorted({c.text: c for caps in drawn for c in caps}.items())
+    was_training = model.training
+    model.eval()
+    try:
+        images = encode_scenes(model, scenes, transform)
+        texts = encode_texts(model, [text for text, _ in captions], tokenizer)
+    finally:
+        model.train(was_training)
+    truth = truth_matrix(scenes, [c for _, c in captions]).T  # [captions, scenes]
+    return fit_match_calibration(texts, images, truth, *_logit_parameters(model))
+
+
+def _logit_parameters(model) -> tuple[float, float]:
+    return float(model.logit_scale.detach()), float(model.logit_bias.detach())
+
+
+def synthetic_hierarchy_metrics(embeddings: dict, eval_set: EvaluationSet, empty, probabilistic: bool = True,
+                                model=None, calibration: MatchCalibration | None = None) -> dict:
     """The hierarchy metrics from :func:`~probclip.synthetic.evaluation.encode_synthetic`'s ``embeddings`` and the
-    empty caption's embedding ``empty`` ``[1, D]``."""
+    empty caption's embedding ``empty`` ``[1, D]``; with ``model`` and its ``calibration``
+    (:func:`synthetic_match_calibration`), the ``denotation`` score too."""
     levels = np.array([c.level for c in eval_set.captions])
+    probability = None
+    if probabilistic and calibration is not None:
+        if model is None:
+            raise ValueError("the denotation score needs the model (its logit scale and bias) with its calibration")
+        probability = calibration.probability(embeddings["captions"], embeddings["images"],
+                                              *_logit_parameters(model))
     return hierarchy_results(embeddings["captions"], embeddings["images"], levels,
-                             synthetic_hierarchy_truth(eval_set), empty, probabilistic)
+                             synthetic_hierarchy_truth(eval_set), empty, probabilistic, probability)
 
 
 def evaluate_synthetic_hierarchy(model, tokenizer, transform, seed: int = 0, out_dir: str | Path | None = None,
@@ -48,9 +92,12 @@ def evaluate_synthetic_hierarchy(model, tokenizer, transform, seed: int = 0, out
     model.eval()
     with torch.no_grad():
         empty = model.encode_text(tokenizer([""]))
-    metrics = synthetic_hierarchy_metrics(embeddings, eval_set, empty, probabilistic)
+    calibration = synthetic_match_calibration(model, tokenizer, transform, seed)
+    metrics = synthetic_hierarchy_metrics(embeddings, eval_set, empty, probabilistic, model, calibration)
     results = {"task": "hierarchy", "data": f"synthetic world, test split, seed {seed}", "model": name,
                "probabilistic": probabilistic, "n_images": len(eval_set.scenes), "n_captions": len(eval_set.captions),
+               "match_calibration": {**dataclasses.asdict(calibration),
+                                     "fitted_on": f"{CALIBRATION_SCENES} training-split scenes, seed {seed}"},
                "metrics": metrics, "tables": hierarchy_tables(metrics)}
     if out_dir is not None:
         results["plots"] = [hierarchy_plot(metrics, Path(out_dir) / "hierarchy.png").name]
