@@ -29,7 +29,7 @@ __all__ = ["ERROR_RESPONSES", "STATIC_DIR", "router"]
 log = logging.getLogger("probclip.serve")
 
 STATIC_DIR = resources.files("probclip.serve") / "static"
-ERROR_RESPONSES = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415, 422, 500)}
+ERROR_RESPONSES = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415, 422, 500, 503)}
 #: The request body of ``POST /search`` in the OpenAPI schema: JSON (``SearchRequest``) or a multipart form.
 SEARCH_BODY = {
     "requestBody": {
