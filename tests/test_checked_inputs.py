@@ -35,7 +35,7 @@ from probclip.search.writer import write_collection
 from probclip.serve.app import create_app
 from probclip.serve.limits import ImageTooLargeError, ServiceLimits, decode_image_bytes
 from probclip.textfiles import TextFileError, read_json_file
-from search_helpers import MODEL_RECORD, make_collection, random_gaussians
+from search_helpers import MODEL_RECORD, random_gaussians
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,11 +99,9 @@ def test_a_non_finite_embedding_stops_the_job(tiny, tmp_path, monkeypatch):
 
 
 def test_index_refuses_stored_rows_that_are_not_finite(tmp_path):
-    path, _, _ = make_collection(tmp_path / "c", n=50, shard_rows=64)
-    means = sorted(p for p in path.rglob("*.npy") if "logvar" not in p.name)
-    array = np.load(means[0])
-    array[7, 3] = np.nan
-    np.save(means[0], array)
+    mean, logvar = random_gaussians(50, 16, 0)
+    mean[7, 3] = np.nan  # stored as written (an edited shard file would be refused for its fingerprint first)
+    path = write_collection(tmp_path / "c", {"image": (mean, logvar)}, model=dict(MODEL_RECORD), shard_rows=64)
     with pytest.raises(InputError, match=r"1 stored image row\(s\) hold NaN or infinite values \(first: row 7\)"):
         build_index(path, kind="flat", progress=False)
 

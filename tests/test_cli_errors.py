@@ -375,6 +375,16 @@ def setup_foreign_index(tmp: Path) -> None:
     _write(tmp / "c" / "index" / "text.flat.npy", (tmp / "c2" / "index" / "text.flat.npy").read_bytes())
 
 
+def setup_foreign_shard(tmp: Path) -> None:
+    """The means shard of another collection of the same shape, put in place of the collection's own."""
+    from probclip.search import embed_collection
+
+    setup_indexed_collection(tmp)
+    _write(tmp / "other.txt", "a yellow star\na grey moon\n")
+    embed_collection(str(tmp / "model"), tmp / "other.txt", tmp / "c2", num_workers=0, progress=False)
+    _write(tmp / "c" / "text_emb" / "text_emb_0.npy", (tmp / "c2" / "text_emb" / "text_emb_0.npy").read_bytes())
+
+
 def setup_truncated_index(tmp: Path) -> None:
     setup_indexed_collection(tmp)
     path = tmp / "c" / "index" / "text.flat.npy"
@@ -669,6 +679,8 @@ CASES += [
      "'../elsewhere.faiss' lies outside the collection"),
     ("search-foreign-index", [*SEARCH, "--text", "a"], setup_foreign_index, 1,
      "text.flat.npy is not the file `probclip index` wrote for this collection"),
+    ("search-foreign-shard", [*SEARCH, "--text", "a"], setup_foreign_shard, 1,
+     "text_emb_0.npy is not the file `probclip embed` wrote for this collection"),
     ("search-truncated-index", [*SEARCH, "--text", "a"], setup_truncated_index, 1, "text.flat.npy"),
     ("search-truncated-metadata", [*SEARCH, "--text", "a"], setup_truncated_metadata, 1,
      "text_metadata_0.parquet is truncated or corrupt"),

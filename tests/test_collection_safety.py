@@ -1,7 +1,8 @@
 """A finished collection is immutable: re-runs and resumes with other data or another model are refused (naming the
 difference) unless --overwrite; the manifest is checked value by value and names only files inside the collection;
-an index file of another collection is refused; Milvus names are unique per folder; a service notices a collection
-rebuilt under it; ``probclip index`` on a read-only collection and non-UTF-8 file names are one-line errors."""
+an index file or a shard file of another collection is refused; Milvus names are unique per folder; a service
+notices a collection rebuilt under it; ``probclip index`` on a read-only collection and non-UTF-8 file names are
+one-line errors."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from probclip.cli import main
 from probclip.errors import InputError, UsageError
 from probclip.search import SearchIndex, build_index, embed_collection
 from probclip.search.input_digest import fingerprint, read_digests
-from probclip.search.layout import file_fingerprint
+from probclip.search.layout import ShardFileError, file_fingerprint, shard_files
 from probclip.search.manifest import read_manifest
 from probclip.search.milvus import collection_name
 from search_helpers import make_collection
@@ -209,6 +210,12 @@ TAMPERED = [
      "lies outside the collection"),
     ("index-unknown-modality", lambda m: m["indexes"].update(text=m["indexes"]["image"]), "a key of indexes"),
     ("index-fingerprints-list", lambda m: m["indexes"]["image"].update(fingerprints=[]), "fingerprints is 'list'"),
+    ("shard-fingerprints-list", lambda m: m["modalities"]["image"]["shards"][0].update(fingerprints=[]),
+     r"shards\[0\].fingerprints is 'list'"),
+    ("shard-fingerprints-keys", lambda m: m["modalities"]["image"]["shards"][1]["fingerprints"].pop("logvars"),
+     r"shards\[1\].fingerprints is \['means', 'metadata'\]; expected the keys \['means', 'logvars', 'metadata'\]"),
+    ("shard-fingerprint-number", lambda m: m["modalities"]["image"]["shards"][2]["fingerprints"].update(means=7),
+     r"shards\[2\].fingerprints.means is 7; expected a non-empty string"),
 ]
 
 
@@ -263,6 +270,78 @@ def test_an_index_file_of_another_collection_with_the_same_rows_is_refused(tmp_p
     _edit(path, lambda m: m["indexes"]["image"].pop("fingerprints"))
     with pytest.raises(InputError, match="records no fingerprint of index file"):
         SearchIndex.load(path, "image")
+
+
+def _query(mean: np.ndarray, logvar: np.ndarray, row: int) -> probclip.ProbEmbedding:
+    return probclip.ProbEmbedding(torch.from_numpy(mean[[row]]), torch.from_numpy(logvar[[row]]))
+
+
+def _search_every_row(root: Path, query: probclip.ProbEmbedding) -> tuple[np.ndarray, np.ndarray]:
+    """The ids and scores of a CSD search and an inclusion search (``includes``, exhaustive) over all 300 rows: they
+    read every shard's means, log-variances and metadata."""
+    index = SearchIndex.load(root, "image")
+    csd, inclusion = (index.search(query, k=300, score=score)[0] for score in ("csd", "includes"))
+    return np.concatenate([csd.ids, inclusion.ids]), np.concatenate([csd.scores, inclusion.scores])
+
+
+def _shard_records(root: Path, modality: str = "image") -> list[dict]:
+    return json.loads((root / "manifest.json").read_text())["modalities"][modality]["shards"]
+
+
+def test_every_shard_file_has_its_fingerprint_recorded_and_indexing_keeps_them(tmp_path, models):
+    written, _, _ = make_collection(tmp_path / "written", n=300, shard_rows=100)  # write_collection
+    data = _folder(tmp_path / "data")
+    embedded = _embed(models[0], data, tmp_path / "embedded")  # probclip embed (merge_manifest)
+    for root, modality, shards in ((written, "image", 3), (embedded, "image", 3), (embedded, "text", 3)):
+        records = _shard_records(root, modality)
+        assert len(records) == shards
+        for record in records:
+            files = shard_files(root, modality, record["index"])
+            assert record["fingerprints"] == {name: file_fingerprint(path) for name, path in files.items()}
+        assert len({fp for r in records for fp in r["fingerprints"].values()}) == 3 * shards  # all differ
+        build_index(root, kind="flat", progress=False)  # rewrites the manifest: the fingerprints stay
+        assert _shard_records(root, modality) == records
+        assert all(s.fingerprints == r["fingerprints"]
+                   for s, r in zip(read_manifest(root).modalities[modality].shards, records, strict=True))
+
+
+@pytest.mark.parametrize("name", ["means", "logvars", "metadata"])
+def test_a_shard_file_of_another_collection_of_the_same_shape_is_refused(tmp_path, name):
+    path, mean, logvar = make_collection(tmp_path / "c", n=300, shard_rows=100)
+    query = _query(mean, logvar, 150)
+    other, _, _ = make_collection(tmp_path / "other", n=300, shard_rows=100, seed=1)  # same captions, other rows
+    for root in (path, other):
+        build_index(root, kind="flat", progress=False)
+    expected = _search_every_row(path, query)
+    mine, theirs = shard_files(path, "image", 1)[name], shard_files(other, "image", 1)[name]
+    shutil.copy(mine, tmp_path / "kept")
+    shutil.copy(theirs, mine)  # the same shape, dtype and row count: only the fingerprint tells
+    recorded = _shard_records(path)[1]["fingerprints"][name]
+    with pytest.raises(ShardFileError) as caught:
+        _search_every_row(path, query)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"shard file {mine} is not the file `probclip embed` wrote")
+    assert (f"(fingerprint {file_fingerprint(theirs)}, the manifest records {recorded})" in message
+            and f"--out {path} --overwrite" in message), message
+    shutil.copy(tmp_path / "kept", mine)  # put back: searched as before
+    got = _search_every_row(path, query)
+    assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+
+
+def test_a_manifest_without_shard_fingerprints_still_loads_unchecked(tmp_path):
+    path, mean, logvar = make_collection(tmp_path / "c", n=300, shard_rows=100)
+    query = _query(mean, logvar, 7)
+    other, _, _ = make_collection(tmp_path / "other", n=300, shard_rows=100, seed=1)
+    build_index(path, kind="flat", progress=False)
+    expected = SearchIndex.load(path, "image").search(query, k=10)[0]
+    _edit(path, lambda m: [shard.pop("fingerprints") for shard in m["modalities"]["image"]["shards"]])
+    assert all(s.fingerprints is None for s in read_manifest(path).modalities["image"].shards)
+    got = SearchIndex.load(path, "image").search(query, k=10)[0]  # as written by an earlier release: loads
+    assert got.ids.tolist() == expected.ids.tolist() and np.array_equal(got.scores, expected.scores)
+    build_index(path, kind="flat", progress=False)  # re-indexing records none (nor an empty record)
+    assert all("fingerprints" not in shard for shard in _shard_records(path))
+    shutil.copy(shard_files(other, "image", 0)["means"], shard_files(path, "image", 0)["means"])
+    _search_every_row(path, query)  # nothing recorded, nothing checked
 
 
 def test_the_fingerprint_of_a_large_file_samples_it(tmp_path, monkeypatch):
@@ -352,6 +431,28 @@ def test_a_served_collection_rebuilt_in_place_is_refused_with_503(tmp_path, mode
         shutil.rmtree(out / ".progress")
         (out / "manifest.json").unlink()
         assert "manifest.json was removed" in client.post("/search", json=body).json()["detail"]
+
+
+def test_a_served_collection_with_a_replaced_shard_is_refused_at_start_and_answered_503(tmp_path, capsys):
+    from fastapi.testclient import TestClient
+
+    from probclip.serve import create_app
+    from probclip.serve.cli import load_indexes
+
+    path, mean, _ = make_collection(tmp_path / "c", n=300, shard_rows=100)
+    other, _, _ = make_collection(tmp_path / "other", n=300, shard_rows=100, seed=1)
+    build_index(path, kind="flat", progress=False)
+    index = SearchIndex.load(path, "image")  # loaded while intact; its shard files are opened at the first search
+    shutil.copy(shard_files(other, "image", 2)["means"], shard_files(path, "image", 2)["means"])
+    with pytest.raises(ShardFileError, match="img_emb_2.npy is not the file `probclip embed` wrote"):
+        load_indexes([path], progress=False)  # `probclip serve` checks every shard file before serving
+    with TestClient(create_app([index]), base_url="http://localhost") as client:
+        answer = client.post("/search", json={"embedding": {"mean": mean[250].tolist(),
+                                                            "logvar": [-3.0] * mean.shape[1]}, "k": 300})
+        assert answer.status_code == 503, answer.text
+        detail = answer.json()["detail"]
+        assert detail.startswith("the collection on disk is damaged: shard file <path> is not the file")
+        assert str(tmp_path) not in detail and "\n" not in detail and "--overwrite" in detail
 
 
 def test_a_quickstart_collection_follows_its_quickstart_model(tmp_path, models):

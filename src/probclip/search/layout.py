@@ -8,8 +8,8 @@ at most ``shard_rows`` rows each (the clip-retrieval layout, with log-variances 
     text_emb/text_emb_N.npy, text_logvar/text_logvar_N.npy
     metadata/metadata_N.parquet       image rows: row_id, source, caption, u (float32), offset, size
     metadata/text_metadata_N.parquet  text rows:  row_id, source, caption, u (float32), offset, size
-    manifest.json                  format version, model, dtype, counts per shard, skipped inputs, the inputs'
-                                   fingerprint, indexes (with a fingerprint of each index file)
+    manifest.json                  format version, model, dtype, counts and file fingerprints per shard, skipped
+                                   inputs, the job, indexes (with a fingerprint of each index file)
     inputs/image.npy, text.npy     one uint64 digest per input row (see :mod:`probclip.search.input_digest`)
     index/                         what ``probclip index`` builds
 
@@ -17,8 +17,10 @@ at most ``shard_rows`` rows each (the clip-retrieval layout, with log-variances 
 whatever the storage dtype. Row ids are global positions ``0 .. rows-1`` in shard order.
 
 The manifest itself is read, checked, upgraded and written by :mod:`probclip.search.manifest` (a typed
-``Manifest``); :func:`file_fingerprint` identifies an index file without reading all
-of it, so that an index file of another collection, even one with the same row count, is refused.
+``Manifest``); :func:`file_fingerprint` identifies a shard or index file without reading all of it (above 64 MiB),
+so that a file of another collection, even one of the same shape, is refused. ``StoredRows`` checks each shard
+file against the fingerprint its shard record holds the first time it opens it (once per file and process); a
+shard record written by an older probclip holds none, and its files are then used unchecked.
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ __all__ = [
     "MANIFEST_NAME",
     "MODALITIES",
     "PREFIXES",
+    "SHARD_FILES",
     "Shard",
+    "ShardFileError",
     "StoredRows",
     "DTYPES",
     "check_modality",
@@ -53,6 +57,7 @@ __all__ = [
     "file_fingerprint",
     "logvar_path",
     "metadata_path",
+    "shard_files",
     "write_json_atomic",
 ]
 
@@ -60,6 +65,8 @@ MANIFEST_NAME = "manifest.json"
 MODALITIES = ("image", "text")
 PREFIXES = {"image": "img", "text": "text"}
 DTYPES = ("float16", "float32")
+#: The files of one shard, by the name their fingerprint has in the manifest's shard record.
+SHARD_FILES = ("means", "logvars", "metadata")
 #: :func:`file_fingerprint` reads a file whole up to this size, else its ends and ``_SAMPLES`` blocks between.
 _WHOLE_BYTES = 64 * 2**20
 _END_BYTES = 2**20
@@ -89,6 +96,12 @@ def metadata_path(root: Path, modality: str, shard: int) -> Path:
     """``root/metadata/metadata_<shard>.parquet`` for images, ``text_metadata_<shard>.parquet`` for texts."""
     name = f"metadata_{shard}.parquet" if modality == "image" else f"text_metadata_{shard}.parquet"
     return Path(root) / "metadata" / name
+
+
+def shard_files(root: Path, modality: str, shard: int) -> dict[str, Path]:
+    """The files of one shard by their :data:`SHARD_FILES` name: means, log-variances and metadata."""
+    return {"means": emb_path(root, modality, shard), "logvars": logvar_path(root, modality, shard),
+            "metadata": metadata_path(root, modality, shard)}
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -134,20 +147,45 @@ def file_fingerprint(path: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
+class ShardFileError(InputError):
+    """A shard file of a collection is missing, truncated, of another shape or not the file written with it."""
+
+
 @dataclass(frozen=True)
 class Shard:
-    """One shard of one modality: its file number, its first global row id and its row count."""
+    """One shard of one modality: its file number, its first global row id, its row count and the
+    :func:`file_fingerprint` of each of its files by :data:`SHARD_FILES` name (None: written by an older probclip,
+    which recorded none; its files are then not checked)."""
 
     index: int
     first_row: int
     rows: int
+    fingerprints: dict[str, str] | None = None
+
+    def to_dict(self) -> dict:
+        """The JSON form of the manifest's shard record (no ``fingerprints`` key when none were recorded)."""
+        out = {"index": self.index, "first_row": self.first_row, "rows": self.rows}
+        if self.fingerprints is not None:
+            out["fingerprints"] = dict(self.fingerprints)
+        return out
+
+
+#: Shard files found as recorded, by (path, recorded fingerprint, device, inode, size, mtime and ctime in ns): a
+#: file is read for its fingerprint once per process, and again only once it was written since.
+_VERIFIED: set[tuple] = set()
+
+
+def _file_key(path: Path, expected: str) -> tuple:
+    stat = path.stat()
+    return str(path.resolve()), expected, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
 
 class StoredRows:
     """Memory-mapped stored rows of one modality: means, log-variances, ``u`` and metadata by global row id.
 
     ``rows``: number of rows; ``dim``: D; ``u``: float32 ``[rows]`` (read from the metadata once, in RAM).
-    Missing or truncated shards raise ``InputError`` naming the file.
+    A missing or truncated shard file, or one whose fingerprint differs from its shard record's (checked the first
+    time it is opened), raises ``ShardFileError`` (an ``InputError``) naming the file.
     """
 
     def __init__(self, root: str | Path, manifest: Manifest, modality: str):
@@ -168,40 +206,65 @@ class StoredRows:
         self._tables: dict = {}
 
     # ------------------------------------------------------------------ shard files
-    def _open(self, path: Path, rows: int) -> np.ndarray:
+    def _verify(self, k: int, name: str, path: Path) -> None:
+        """Check the file ``name`` (a :data:`SHARD_FILES` name) of the k-th non-empty shard against the fingerprint
+        its shard record holds, once per process (none recorded: nothing to check); ``ShardFileError`` if it
+        differs."""
+        expected = (self.shards[k].fingerprints or {}).get(name)
+        if expected is None:
+            return
+        key = _file_key(path, expected)
+        if key in _VERIFIED:
+            return
+        found = file_fingerprint(path)
+        if found != expected:
+            raise ShardFileError(f"shard file {path} is not the file `probclip embed` wrote for this collection "
+                                 f"(fingerprint {found}, the manifest records {expected}): it was replaced or "
+                                 f"damaged; rerun `probclip embed ... --out {self.root} --overwrite` to embed the "
+                                 "collection again")
+        _VERIFIED.add(key)
+
+    def _open(self, k: int, name: str, path: Path) -> np.ndarray:
+        rows = self.shards[k].rows
         if not path.is_file():
-            raise InputError(f"shard {path} is missing from collection {str(self.root)!r}; rerun `probclip embed`")
+            raise ShardFileError(f"shard {path} is missing from collection {str(self.root)!r}; rerun `probclip "
+                                 "embed`")
         try:
             array = np.load(path, mmap_mode="r")
         except (ValueError, OSError, EOFError) as err:
-            raise InputError(f"shard {path} is truncated or corrupt ({err}); rerun `probclip embed`") from err
+            raise ShardFileError(f"shard {path} is truncated or corrupt ({err}); rerun `probclip embed`") from err
         if array.shape != (rows, self.dim) or array.dtype != self.dtype:
-            raise InputError(f"shard {path} holds {array.dtype} {tuple(array.shape)}; the manifest expects "
-                             f"{self.dtype} ({rows}, {self.dim}); rerun `probclip embed`")
+            raise ShardFileError(f"shard {path} holds {array.dtype} {tuple(array.shape)}; the manifest expects "
+                                 f"{self.dtype} ({rows}, {self.dim}); rerun `probclip embed`")
+        self._verify(k, name, path)
         return array
 
     def means_of_shard(self, k: int) -> np.ndarray:
         """Memory-mapped ``[n, D]`` means of the k-th non-empty shard (storage dtype)."""
         if k not in self._means:
-            s = self.shards[k]
-            self._means[k] = self._open(emb_path(self.root, self.modality, s.index), s.rows)
+            self._means[k] = self._open(k, "means", emb_path(self.root, self.modality, self.shards[k].index))
         return self._means[k]
 
     def logvars_of_shard(self, k: int) -> np.ndarray:
         """Memory-mapped ``[n, D]`` log-variances of the k-th non-empty shard (storage dtype)."""
         if k not in self._logvars:
-            s = self.shards[k]
-            self._logvars[k] = self._open(logvar_path(self.root, self.modality, s.index), s.rows)
+            self._logvars[k] = self._open(k, "logvars", logvar_path(self.root, self.modality, self.shards[k].index))
         return self._logvars[k]
 
     def check_files(self) -> None:
-        """Open every shard once (raises ``InputError`` for a missing or truncated one)."""
+        """Open every shard file once and check its fingerprint (``ShardFileError`` for a missing, truncated or
+        replaced one)."""
         for k in range(len(self.shards)):
             self.means_of_shard(k)
             self.logvars_of_shard(k)
-            path = metadata_path(self.root, self.modality, self.shards[k].index)
-            if not path.is_file():
-                raise InputError(f"metadata shard {path} is missing from collection {str(self.root)!r}")
+            path = self._metadata_file(k)
+            self._verify(k, "metadata", path)
+
+    def _metadata_file(self, k: int) -> Path:
+        path = metadata_path(self.root, self.modality, self.shards[k].index)
+        if not path.is_file():
+            raise ShardFileError(f"metadata shard {path} is missing from collection {str(self.root)!r}")
+        return path
 
     # ------------------------------------------------------------------ rows
     def _locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -255,16 +318,16 @@ class StoredRows:
         """The k-th non-empty shard's metadata as a ``pyarrow.Table``."""
         if columns is None and k in self._tables:
             return self._tables[k]
-        path = metadata_path(self.root, self.modality, self.shards[k].index)
-        if not path.is_file():
-            raise InputError(f"metadata shard {path} is missing from collection {str(self.root)!r}")
+        path = self._metadata_file(k)
         try:
             table = pq.read_table(path, columns=columns, memory_map=True)
         except (OSError, ValueError) as err:
-            raise InputError(f"metadata shard {path} is truncated or corrupt ({err}); rerun `probclip embed`") from err
+            raise ShardFileError(f"metadata shard {path} is truncated or corrupt ({err}); rerun `probclip "
+                                 "embed`") from err
         if table.num_rows != self.shards[k].rows:
-            raise InputError(f"metadata shard {path} holds {table.num_rows} rows, the manifest "
-                             f"{self.shards[k].rows}; rerun `probclip embed`")
+            raise ShardFileError(f"metadata shard {path} holds {table.num_rows} rows, the manifest "
+                                 f"{self.shards[k].rows}; rerun `probclip embed`")
+        self._verify(k, "metadata", path)
         if columns is None:
             self._tables[k] = table  # memory-mapped: kept open so that result metadata costs no re-read
         return table

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .backends import backend_names
-from .layout import DTYPES, MANIFEST_NAME, MODALITIES, Shard, collection_file, write_json_atomic
+from .layout import DTYPES, MANIFEST_NAME, MODALITIES, SHARD_FILES, Shard, collection_file, write_json_atomic
 
 __all__ = ["FILE_KINDS", "FORMAT", "FORMAT_VERSION", "INDEX_FILE_KEYS", "IndexEntry", "JobRecord", "Manifest",
            "ModalityInfo", "ModelRecord", "SkippedInput", "read_job_file", "read_manifest", "read_manifest_job",
@@ -202,7 +202,7 @@ class Manifest:
         out = {"format": FORMAT, "format_version": self.format_version,
                "model": {k: v for k, v in dataclasses.asdict(self.model).items()},
                "dtype": self.dtype,
-               "modalities": {m: {"rows": i.rows, "shards": [dataclasses.asdict(s) for s in i.shards],
+               "modalities": {m: {"rows": i.rows, "shards": [s.to_dict() for s in i.shards],
                                   "inputs": i.inputs, "skipped": i.skipped,
                                   "skipped_inputs": [dataclasses.asdict(x) for x in i.skipped_inputs]}
                               for m, i in self.modalities.items()},
@@ -282,7 +282,7 @@ def _modality(path: Path, modality: str, info: object) -> ModalityInfo:
         if _count(path, f"{where}.first_row", shard.get("first_row")) != first_row:
             raise _bad(path, f"{where}.first_row", shard.get("first_row"), f"{first_row} (the rows before it)")
         count = _count(path, f"{where}.rows", shard.get("rows"))
-        typed.append(Shard(index, first_row, count))
+        typed.append(Shard(index, first_row, count, _shard_fingerprints(path, where, shard.get("fingerprints"))))
         first_row += count
     if first_row != rows:
         raise _bad(path, f"modalities.{modality}.rows", rows, f"{first_row} (the sum of its shards' rows)")
@@ -302,6 +302,20 @@ def _modality(path: Path, modality: str, info: object) -> ModalityInfo:
                 raise _bad(path, f"{where}.{name}", one.get(name), "a string")
         skips.append(SkippedInput(source=one["source"], error=one["error"]))
     return ModalityInfo(rows=rows, shards=tuple(typed), inputs=inputs, skipped=skipped, skipped_inputs=tuple(skips))
+
+
+def _shard_fingerprints(path: Path, where: str, value: object) -> dict[str, str] | None:
+    """A shard record's ``fingerprints``: one non-empty string per :data:`SHARD_FILES` name, or None when the record
+    holds none (written by an older probclip of format 2: its files are then not checked)."""
+    if value is None:
+        return None
+    value = _mapping(path, f"{where}.fingerprints", value)
+    if sorted(value) != sorted(SHARD_FILES):
+        raise _bad(path, f"{where}.fingerprints", sorted(value), f"the keys {list(SHARD_FILES)}")
+    for name in SHARD_FILES:
+        if not isinstance(value[name], str) or not value[name]:
+            raise _bad(path, f"{where}.fingerprints.{name}", value[name], "a non-empty string")
+    return {name: value[name] for name in SHARD_FILES}
 
 
 def _index(root: Path, path: Path, modality: str, entry: object, modalities: dict) -> IndexEntry:

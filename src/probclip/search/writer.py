@@ -2,7 +2,8 @@
 
 ``write_shard`` writes one shard of one modality and then its done-record (``.progress/<modality>_<s>.json``, naming
 the skipped inputs); ``merge_manifest`` turns the done-records into ``manifest.json``, fixing row ids after skipped
-rows. ``write_collection`` writes ready-made embeddings (e.g. computed elsewhere) as a collection.
+rows and recording each shard file's fingerprint. ``write_collection`` writes ready-made embeddings (e.g. computed
+elsewhere) as a collection.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import InputError, UsageError
-from .layout import emb_path, logvar_path, metadata_path, write_json_atomic
+from .layout import emb_path, file_fingerprint, logvar_path, metadata_path, shard_files, write_json_atomic
 from .manifest import FORMAT, FORMAT_VERSION, JobRecord, write_manifest
 
 __all__ = ["MAX_NAMED_SKIPS", "METADATA_SCHEMA", "PROGRESS_DIR", "done_path", "merge_manifest", "save_npy",
@@ -102,7 +103,9 @@ def _read_done(out: Path, modality: str, shard: int) -> tuple[dict, pa.Table]:
 
 def merge_manifest(out: Path, job: JobRecord, record: dict, counts: dict[str, int], shard_rows: int) -> dict:
     """Rank 0: read every shard's done-record, fix row ids after skipped rows, write ``manifest.json`` (the inputs'
-    fingerprint is the job's ``inputs_fingerprint``; the count of inputs listed, each modality's ``inputs``)."""
+    fingerprint is the job's ``inputs_fingerprint``; the count of inputs listed, each modality's ``inputs``; each
+    shard record the :func:`~probclip.search.layout.file_fingerprint` of its means, log-variances and metadata, taken
+    once they are final)."""
     modalities = {}
     for modality, n in counts.items():
         shards, skipped, first_row = [], [], 0
@@ -116,7 +119,8 @@ def merge_manifest(out: Path, job: JobRecord, record: dict, counts: dict[str, in
             if table.num_rows and table.column("row_id")[0].as_py() != first_row:
                 ids = pa.array(first_row + np.arange(table.num_rows, dtype=np.int64))
                 save_parquet(meta, table.set_column(0, "row_id", ids))
-            shards.append({"index": s, "first_row": first_row, "rows": int(done["rows"])})
+            fingerprints = {name: file_fingerprint(file) for name, file in shard_files(out, modality, s).items()}
+            shards.append({"index": s, "first_row": first_row, "rows": int(done["rows"]), "fingerprints": fingerprints})
             skipped.extend(done["skipped"])
             first_row += int(done["rows"])
         modalities[modality] = {"rows": first_row, "inputs": n, "shards": shards, "skipped": len(skipped),

@@ -67,7 +67,8 @@ def load_indexes(dirs: Sequence[str | os.PathLike], *, model: str | None = None,
                  progress: bool = True) -> list[SearchIndex]:
     """Load the ``SearchIndex`` of each modality present in each directory (quickstart folders prepared first).
 
-    One model is loaded per distinct model fingerprint and shared by the indexes that use it.
+    One model is loaded per distinct model fingerprint and shared by the indexes that use it. Every shard file is
+    checked against its recorded fingerprint here, so that a damaged collection is refused before it is served.
     """
     if modality not in ("both",) + MODALITIES:
         raise UsageError(f"--modality must be one of both, image, text; got {modality!r}")
@@ -82,6 +83,7 @@ def load_indexes(dirs: Sequence[str | os.PathLike], *, model: str | None = None,
                              f"its manifest")
         for m in wanted:
             index = SearchIndex.load(collection, modality=m, model=shared)
+            index.stored.check_files()  # every shard file against its fingerprint, before anything is served
             if shared is None:
                 cached = models_by_fingerprint.get(index.model_fingerprint)
                 if cached is None:

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import InputError
 from ..jsonsafe import json_safe
+from ..search.layout import ShardFileError
 from ..search.options import HIGHER_IS_BETTER, SCORES, SearchOptions
 from .errors import ServiceError, first_line
 from .export import results_csv
@@ -28,7 +29,7 @@ __all__ = ["ERROR_RESPONSES", "STATIC_DIR", "router"]
 log = logging.getLogger("probclip.serve")
 
 STATIC_DIR = resources.files("probclip.serve") / "static"
-ERROR_RESPONSES = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415, 422, 500)}
+ERROR_RESPONSES = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415, 422, 500, 503)}
 #: The request body of ``POST /search`` in the OpenAPI schema: JSON (``SearchRequest``) or a multipart form.
 SEARCH_BODY = {
     "requestBody": {
@@ -109,6 +110,8 @@ async def item_image(index: str, row_id: str, service: ServiceDep, size: int = 2
         raise ServiceError(404, f"index {idx.name!r} holds texts, not images; row {row} has no image")
     try:
         data = await run_in_threadpool(thumbnail_bytes, idx, row, size, service.policies[idx.name])
+    except ShardFileError:
+        raise  # the collection is damaged, not this image: answered 503 like any search
     except InputError as err:  # its message names the server's file: not for the client
         log.warning("thumbnail of row %d of %s: %s", row, idx.name, first_line(err))
         raise ServiceError(404, f"the image of row {row} of {idx.name!r} cannot be read (missing or not an "
