@@ -114,6 +114,11 @@ def test_demo_end_to_end_at_tiny_scale(tmp_path, quickstart_dir, capsys):
     table = (tmp_path / "demo" / "noise_table.md").read_text()
     assert "| cosine (SigLIP) | `top 60% cosine` |" in table and "(best)" in table and "clean 72, mismatch 12" in table
     assert record["best"] in [f["name"] for f in standard_filters(0.6) if f["kind"] == "combination"]
+    candidates = {f["name"]: f["candidates"] for f in standard_filters(0.6)}
+    assert all(row["rules"] in candidates[row["name"]] for row in record["filters"])
+    best_row = next(row for row in record["filters"] if row["name"] == record["best"])
+    assert best_row["validation_any_recall"] == max(row["validation_any_recall"] for row in record["filters"]
+                                                    if row["kind"] == "combination")
     assert set(record["downstream"]) == {"cosine (SigLIP)", record["best"]}
     for name in record["downstream"]:
         runs = record["downstream"][name]["runs"]

@@ -7,7 +7,8 @@
    here).
 3. Apply every filter of :func:`standard_filters` at the same kept fraction and measure, per noise kind, the
    precision (share of the removed pairs that are of that kind) and recall (share of that kind removed):
-   ``noise_table.md`` / ``demo.json``. The best combination is chosen on the validation pool.
+   ``noise_table.md`` / ``demo.json``. The percentiles and weights of the tuned combinations, and the best
+   combination, are chosen on the validation pool (:func:`tune`).
 4. Optionally (``--train-steps``), train the quickstart's ProLIP recipe on the subsets of some filters for the same
    number of steps and seeds, and evaluate each model on the held-out test split: ``downstream.md``.
 """
@@ -218,8 +219,9 @@ def run_demo(out_dir: str | Path, *, pool_size: int = 50_000, validation_size: i
              batch_size: int = 128, num_workers: int = 1, log=print) -> dict:
     """Run the demo (module docstring) into ``out_dir``; returns the ``demo.json`` record.
 
-    The best combination is chosen on a validation pool (``validation_size`` pairs, world seed ``seed + 1``): the
-    candidate (``kind == "combination"``) that removes the most noise there; the tables report it on the main pool.
+    Each filter's rules, and the best combination, are chosen on a validation pool (``validation_size`` pairs, world
+    seed ``seed + 1``): the candidate rules of each filter, then the filter (``kind == "combination"``), that remove
+    the most noise there; the tables report them on the main pool.
     """
     if not 0 < kept < 1:
         raise UsageError(f"--kept must lie in (0, 1); got {kept!r}")
