@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from probclip.cli import main as cli_main
-from probclip.curate.demo import noise_table, run_demo, standard_filters
+from probclip.curate.demo import noise_table, run_demo, standard_filters, tune
 from probclip.curate.noisy_pool import build_noisy_pool, read_truth
 from probclip.data.webdataset import iter_tar_records
 from probclip.errors import UsageError
@@ -62,10 +63,38 @@ def test_noise_table_counts_precision_and_recall():
 
 
 def test_every_standard_filter_keeps_the_same_fraction():
-    names = [f["name"] for f in standard_filters(0.3)]
+    filters = standard_filters(0.3)
+    names = [f["name"] for f in filters]
     assert len(set(names)) == len(names) and "cosine (SigLIP)" in names and "CSD" in names
     assert not any("," in n for n in names)  # --filters is a comma-separated list
-    assert all(f["rules"][-1].split()[:2] in (["top", "30%"], ["bottom", "30%"]) for f in standard_filters(0.3))
+    for filt in filters:
+        assert filt["candidates"] and all(rules[-1].split()[:2] in (["top", "30%"], ["bottom", "30%"])
+                                          for rules in filt["candidates"]), filt["name"]
+    tuned = [f["name"] for f in filters if len(f["candidates"]) > 1]
+    assert tuned and all(f["kind"] == "combination" for f in filters if f["name"] in tuned)
+
+
+def _scores_table(**columns) -> pa.Table:
+    n = len(next(iter(columns.values())))
+    return pa.table({"shard": ["s"] * n, "key": [str(i) for i in range(n)], "uid": [str(i) for i in range(n)],
+                     "caption": ["c"] * n, **{k: np.asarray(v, dtype=np.float64) for k, v in columns.items()}})
+
+
+def test_tune_applies_the_candidate_that_removes_the_most_noise_on_the_validation_pool():
+    # 6 clean pairs, 2 vague captions (high text_u, high cosine), 2 mismatched ones (low cosine)
+    labels = ["clean"] * 6 + ["vague"] * 2 + ["mismatch"] * 2
+    cosine = [0.90, 0.85, 0.80, 0.75, 0.70, 0.65, 0.95, 0.92, 0.10, 0.20]
+    text_u = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 5.0, 6.0, 0.1, 0.2]
+    table = _scores_table(cosine=cosine, text_u=text_u, image_u=[0.0] * 10)
+    filters = [{"name": "f", "model": "prolip", "kind": "combination",
+                "candidates": [["top 60% cosine"], ["text_u <= q80", "top 60% cosine"], ["text_u <= q80",
+                                                                                          "top 60% cosine"]]},
+               {"name": "g", "model": "prolip", "kind": "clip score", "candidates": [["top 60% cosine"]]}]
+    tuned = tune(filters, {"prolip": table, "siglip": table}, labels)
+    assert tuned[0]["rules"] == ["text_u <= q80", "top 60% cosine"]  # the first of two equal candidates
+    assert tuned[0]["validation"]["any"]["recall"] == 1.0 and tuned[0]["validation"]["vague"]["recall"] == 1.0
+    assert tuned[1]["rules"] == ["top 60% cosine"]
+    assert tuned[1]["validation"]["any"]["recall"] == 0.5 and tuned[1]["validation"]["vague"]["recall"] == 0.0
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +114,11 @@ def test_demo_end_to_end_at_tiny_scale(tmp_path, quickstart_dir, capsys):
     table = (tmp_path / "demo" / "noise_table.md").read_text()
     assert "| cosine (SigLIP) | `top 60% cosine` |" in table and "(best)" in table and "clean 72, mismatch 12" in table
     assert record["best"] in [f["name"] for f in standard_filters(0.6) if f["kind"] == "combination"]
+    candidates = {f["name"]: f["candidates"] for f in standard_filters(0.6)}
+    assert all(row["rules"] in candidates[row["name"]] for row in record["filters"])
+    best_row = next(row for row in record["filters"] if row["name"] == record["best"])
+    assert best_row["validation_any_recall"] == max(row["validation_any_recall"] for row in record["filters"]
+                                                    if row["kind"] == "combination")
     assert set(record["downstream"]) == {"cosine (SigLIP)", record["best"]}
     for name in record["downstream"]:
         runs = record["downstream"][name]["runs"]

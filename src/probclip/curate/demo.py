@@ -7,7 +7,8 @@
    here).
 3. Apply every filter of :func:`standard_filters` at the same kept fraction and measure, per noise kind, the
    precision (share of the removed pairs that are of that kind) and recall (share of that kind removed):
-   ``noise_table.md`` / ``demo.json``. The best combination is chosen on the validation pool.
+   ``noise_table.md`` / ``demo.json``. The percentiles and weights of the tuned combinations, and the best
+   combination, are chosen on the validation pool (:func:`tune`).
 4. Optionally (``--train-steps``), train the quickstart's ProLIP recipe on the subsets of some filters for the same
    number of steps and seeds, and evaluate each model on the held-out test split: ``downstream.md``.
 """
@@ -38,44 +39,72 @@ from .score import read_scores, score_pool
 from .subset import reshard
 
 __all__ = ["BEST", "DOWNSTREAM_FILTERS", "noise_table", "quickstart_models", "run_demo", "standard_filters",
-           "train_on_subset"]
+           "train_on_subset", "tune"]
 
 #: The name standing for the combination chosen on the validation pool.
 BEST = "best combination"
 #: The filters trained on downstream by default (names of :func:`standard_filters`, or ``BEST``).
-DOWNSTREAM_FILTERS = ("cosine (SigLIP)", "cosine (ProLIP means)", BEST)
+DOWNSTREAM_FILTERS = ("cosine (SigLIP)", BEST)
+#: Percentiles tried for the uncertainty cuts of the tuned combinations (100: no cut).
+CUT_PERCENTILES = (85, 88, 90, 92, 95, 100)
+#: Coefficients tried for the uncertainties in the tuned linear scores (log-spaced: the scales of ``u`` differ
+#: between models by orders of magnitude).
+TEXT_U_WEIGHTS = (0, 0.1, 0.3, 1, 3, 10, 30, 100)
+IMAGE_U_WEIGHTS = (0, 1, 3, 10, 30, 100)
+
+
+def _cuts_then(ranking: str) -> list[list[str]]:
+    """Candidate rules: drop the captions and images above percentiles of ``text_u`` / ``image_u``, then
+    ``ranking`` (a ranking rule)."""
+    return [[f"image_u <= q{i}", f"text_u <= q{t}", ranking] for t in CUT_PERCENTILES for i in CUT_PERCENTILES]
 
 
 def standard_filters(kept: float) -> list[dict]:
-    """The compared filters at kept fraction ``kept``: ``{"name", "model", "kind", "rules"}``.
+    """The compared filters at kept fraction ``kept``: ``{"name", "model", "kind", "candidates"}``.
 
     ``model``: whose scores the rules read (``prolip``, ``siglip``, or ``siglip+prolip``: the ProLIP columns plus
     ``siglip_cosine``); ``kind``: ``clip score`` (a cosine), ``probabilistic`` (one score of the ProLIP model) or
-    ``combination`` (the candidates for the best combination). Every filter keeps exactly ``kept`` of the pool: its
-    last rule is a ranking; rules before it drop the most uncertain images or captions at a percentile of the pool.
-    The coefficients of the linear scores suit the quickstart model's scales (``text_u`` about 1e-3, CSD about 1).
+    ``combination`` (the candidates for the best combination). ``candidates``: lists of rules; a filter with several
+    is tuned: the demo applies the candidate that removes the most noise on the validation pool. Every candidate
+    keeps exactly ``kept`` of the pool: its last rule is a ranking; rules before it drop the most uncertain images or
+    captions at a percentile of the pool.
     """
     pct = f"{100 * kept:g}%"
     return [
-        {"name": "cosine (SigLIP)", "model": "siglip", "kind": "clip score", "rules": [f"top {pct} cosine"]},
-        {"name": "cosine (ProLIP means)", "model": "prolip", "kind": "clip score", "rules": [f"top {pct} cosine"]},
-        {"name": "CSD", "model": "prolip", "kind": "probabilistic", "rules": [f"bottom {pct} csd"]},
-        {"name": "match probability", "model": "prolip", "kind": "probabilistic", "rules": [f"top {pct} match_prob"]},
+        {"name": "cosine (SigLIP)", "model": "siglip", "kind": "clip score", "candidates": [[f"top {pct} cosine"]]},
+        {"name": "cosine (ProLIP means)", "model": "prolip", "kind": "clip score",
+         "candidates": [[f"top {pct} cosine"]]},
+        {"name": "CSD", "model": "prolip", "kind": "probabilistic", "candidates": [[f"bottom {pct} csd"]]},
+        {"name": "match probability", "model": "prolip", "kind": "probabilistic",
+         "candidates": [[f"top {pct} match_prob"]]},
         {"name": "uncertainty only", "model": "prolip", "kind": "probabilistic",
-         "rules": ["image_u <= q90", f"bottom {pct} text_u"]},
-        {"name": "uncertainty q90 then CSD", "model": "prolip", "kind": "combination",
-         "rules": ["image_u <= q90", "text_u <= q90", f"bottom {pct} csd"]},
-        {"name": "uncertainty q95 then CSD", "model": "prolip", "kind": "combination",
-         "rules": ["image_u <= q95", "text_u <= q95", f"bottom {pct} csd"]},
-        {"name": "uncertainty q95 then cosine", "model": "prolip", "kind": "combination",
-         "rules": ["image_u <= q95", "text_u <= q95", f"top {pct} cosine"]},
-        {"name": "CSD + 100 text_u", "model": "prolip", "kind": "combination",
-         "rules": [f"bottom {pct} csd + 100 * text_u"]},
-        {"name": "CSD - 0.05 image_in_text", "model": "prolip", "kind": "combination",
-         "rules": [f"bottom {pct} csd - 0.05 * image_in_text"]},
-        {"name": "uncertainty q95 then SigLIP cosine", "model": "siglip+prolip", "kind": "combination",
-         "rules": ["image_u <= q95", "text_u <= q95", f"top {pct} siglip_cosine"]},
+         "candidates": [["image_u <= q90", f"bottom {pct} text_u"]]},
+        {"name": "uncertainty cuts then CSD", "model": "prolip", "kind": "combination",
+         "candidates": _cuts_then(f"bottom {pct} csd")},
+        {"name": "uncertainty cuts then ProLIP cosine", "model": "prolip", "kind": "combination",
+         "candidates": _cuts_then(f"top {pct} cosine")},
+        {"name": "CSD + a text_u + b image_u", "model": "prolip", "kind": "combination",
+         "candidates": [[f"bottom {pct} csd + {a:g} * text_u + {b:g} * image_u"]
+                        for a in TEXT_U_WEIGHTS for b in IMAGE_U_WEIGHTS]},
+        {"name": "CSD - c image_in_text", "model": "prolip", "kind": "combination",
+         "candidates": [[f"bottom {pct} csd - {c:g} * image_in_text"] for c in (0.01, 0.03, 0.1, 0.3, 1)]},
+        {"name": "uncertainty cuts then SigLIP cosine", "model": "siglip+prolip", "kind": "combination",
+         "candidates": _cuts_then(f"top {pct} siglip_cosine")},
+        {"name": "SigLIP cosine - a text_u - b image_u", "model": "siglip+prolip", "kind": "combination",
+         "candidates": [[f"top {pct} siglip_cosine - {a:g} * text_u - {b:g} * image_u"]
+                        for a in TEXT_U_WEIGHTS for b in IMAGE_U_WEIGHTS]},
     ]
+
+
+def tune(filters: list[dict], tables: dict[str, pa.Table], labels: list[str]) -> list[dict]:
+    """Each filter with ``rules`` (its candidate that removes the most noise on the pool ``tables``, the first of
+    equals) and ``validation`` (that candidate's :func:`noise_table` there)."""
+    tuned = []
+    for filt in filters:
+        tables_of = [noise_table(labels, _apply({**filt, "rules": rules}, tables)) for rules in filt["candidates"]]
+        best = max(range(len(tables_of)), key=lambda i: (tables_of[i]["any"]["recall"], -i))
+        tuned.append({**filt, "rules": filt["candidates"][best], "validation": tables_of[best]})
+    return tuned
 
 
 def noise_table(labels: list[str], kept: np.ndarray) -> dict:
@@ -122,18 +151,22 @@ def _apply(filt: dict, tables: dict[str, pa.Table]) -> np.ndarray:
 
 
 def noise_markdown(rows: list[dict], kept: float, pool: dict, best: str, validation: dict) -> str:
-    """The noise table: one row per filter, precision / recall per noise kind."""
-    header = ("| filter | rules | " + " | ".join(NOISE_KINDS) + " | any noise |\n|---|---|"
-              + "---|" * (len(NOISE_KINDS) + 1))
+    """The noise table: one row per filter, precision / recall per noise kind, and the share of all noise the
+    filter removed on the validation pool (where the tuned filters chose their rules and the best was chosen)."""
+    header = ("| filter | rules | " + " | ".join(NOISE_KINDS) + " | any noise | any noise (validation) |\n|---|---|"
+              + "---|" * (len(NOISE_KINDS) + 2))
     counts = ", ".join(f"{k} {v}" for k, v in pool["counts"].items())
     lines = [f"Kept fraction {kept:g} of {pool['size']} pairs ({counts}); each cell: precision / recall of "
-             f"removing that kind. **best**: the combination that removed the most noise on a validation pool of "
-             f"{validation['size']} pairs (world seed {validation['seed']}).", "", header]
+             f"removing that kind. A filter tuned over N candidates applies the one that removed the most noise on a "
+             f"validation pool of {validation['size']} pairs (world seed {validation['seed']}); **best**: the "
+             "combination that removed the most noise there.", "", header]
     for row in rows:
         name = f"**{row['name']}** (best)" if row["name"] == best else row["name"]
+        if row.get("tuned_over", 1) > 1:
+            name += f" (tuned over {row['tuned_over']})"
         rules = "; ".join(f"`{r}`" for r in row["rules"])
         cells = [f"{row['table'][k]['precision']:.2f} / {row['table'][k]['recall']:.2f}" for k in (*NOISE_KINDS, "any")]
-        lines.append(f"| {name} | {rules} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {rules} | " + " | ".join(cells) + f" | {row['validation_any_recall']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -186,8 +219,9 @@ def run_demo(out_dir: str | Path, *, pool_size: int = 50_000, validation_size: i
              batch_size: int = 128, num_workers: int = 1, log=print) -> dict:
     """Run the demo (module docstring) into ``out_dir``; returns the ``demo.json`` record.
 
-    The best combination is chosen on a validation pool (``validation_size`` pairs, world seed ``seed + 1``): the
-    candidate (``kind == "combination"``) that removes the most noise there; the tables report it on the main pool.
+    Each filter's rules, and the best combination, are chosen on a validation pool (``validation_size`` pairs, world
+    seed ``seed + 1``): the candidate rules of each filter, then the filter (``kind == "combination"``), that remove
+    the most noise there; the tables report them on the main pool.
     """
     if not 0 < kept < 1:
         raise UsageError(f"--kept must lie in (0, 1); got {kept!r}")
@@ -207,12 +241,12 @@ def run_demo(out_dir: str | Path, *, pool_size: int = 50_000, validation_size: i
     val_tables, _, val_labels = _score_both(out / "validation", models, out, "-validation", batch_size, num_workers,
                                             timings, log)
     tables, manifests, labels = _score_both(out / "pool", models, out, "", batch_size, num_workers, timings, log)
-    filters = standard_filters(kept)
-    on_validation = {f["name"]: noise_table(val_labels, _apply(f, val_tables)) for f in filters}
+    filters = tune(standard_filters(kept), val_tables, val_labels)
     best = max((f["name"] for f in filters if f["kind"] == "combination"),
-               key=lambda name: on_validation[name]["any"]["recall"])
-    rows = [{**f, "table": noise_table(labels, _apply(f, tables)),
-             "validation_any_recall": on_validation[f["name"]]["any"]["recall"]} for f in filters]
+               key=lambda name: next(f["validation"]["any"]["recall"] for f in filters if f["name"] == name))
+    rows = [{**{k: v for k, v in f.items() if k not in ("candidates", "validation")},
+             "table": noise_table(labels, _apply(f, tables)), "tuned_over": len(f["candidates"]),
+             "validation_any_recall": f["validation"]["any"]["recall"]} for f in filters]
     (out / "noise_table.md").write_text(noise_markdown(rows, kept, pool, best, validation), encoding="utf-8")
     log((out / "noise_table.md").read_text(encoding="utf-8"))
     record = {"pool": pool, "validation": validation, "kept": kept, "models": {k: str(v) for k, v in models.items()},
