@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +138,14 @@ def test_demo_end_to_end_at_tiny_scale(tmp_path, quickstart_dir, capsys):
     code = cli_main(["curate", "demo", "--out", str(tmp_path / "demo"), "--quickstart", str(quickstart_dir),
                      "--pool-size", "130", "--validation-size", "60"])
     assert code == 2 and "holds a pool of 120 pairs" in capsys.readouterr().err
+    # two trainings at a time, each in its own process: the same seeded models, the same metrics
+    shutil.copytree(tmp_path / "demo", tmp_path / "parallel", ignore=shutil.ignore_patterns("runs", "subsets", "scores-*"))
+    code = cli_main(["curate", "demo", "--out", str(tmp_path / "parallel"), "--quickstart", str(quickstart_dir),
+                     "--pool-size", "120", "--validation-size", "60", "--train-steps", "2", "--seeds", "2",
+                     "--filters", ",".join(filters), "--jobs", "2"])
+    assert code == 0
+    parallel = json.loads((tmp_path / "parallel" / "demo.json").read_text())["downstream"]
+    assert {name: [r["metrics"] for r in result["runs"]] for name, result in parallel.items()} == {
+        name: [r["metrics"] for r in result["runs"]] for name, result in record["downstream"].items()}
+    code = cli_main(["curate", "demo", "--out", str(tmp_path / "parallel"), "--jobs", "0"])
+    assert code == 2 and "--jobs must be >= 1; got 0" in capsys.readouterr().err

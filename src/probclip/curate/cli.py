@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                            f"{'; '.join(f['name'] for f in standard_filters(0.5))})")
     demo.add_argument("--seed", type=int, default=0, help="world seed of the pool (default 0)")
     demo.add_argument("--threads", type=int, default=1, help="torch CPU threads for training (default 1)")
+    demo.add_argument("--jobs", type=int, default=1,
+                      help="trainings on the subsets run at a time, each in its own process (default 1; on a "
+                           "machine with C cores, --jobs C with --threads 1 is the fastest)")
     return parser
 
 
@@ -125,7 +128,7 @@ def _filter(args) -> int:
 
 def _demo(args) -> int:
     for name, value in (("--pool-size", args.pool_size), ("--validation-size", args.validation_size),
-                        ("--seeds", args.seeds), ("--threads", args.threads)):
+                        ("--seeds", args.seeds), ("--threads", args.threads), ("--jobs", args.jobs)):
         if value < 1:
             raise UsageError(f"{name} must be >= 1; got {value}")
     if args.train_steps < 0:
@@ -134,7 +137,7 @@ def _demo(args) -> int:
              quickstart=args.quickstart, minutes=args.minutes,
              train_steps=args.train_steps, seeds=args.seeds,
              downstream=tuple(n.strip() for n in args.filters.split(",") if n.strip()), seed=args.seed,
-             threads=args.threads)
+             threads=args.threads, jobs=args.jobs)
     print(f"tables: {args.out}/noise_table.md" + (f", {args.out}/downstream.md" if args.train_steps else ""))
     return 0
 

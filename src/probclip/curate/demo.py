@@ -15,8 +15,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import math
+import multiprocessing
 import statistics
 import time
 from pathlib import Path
@@ -216,7 +218,7 @@ def _score_both(folder: Path, models: dict, out: Path, suffix: str, batch_size: 
 def run_demo(out_dir: str | Path, *, pool_size: int = 50_000, validation_size: int = 10_000, kept: float = 0.6,
              quickstart: str | Path | None = None, minutes: float = 8.0, train_steps: int = 0, seeds: int = 3,
              downstream: tuple[str, ...] = DOWNSTREAM_FILTERS, seed: int = 0, threads: int = 1,
-             batch_size: int = 128, num_workers: int = 1, log=print) -> dict:
+             batch_size: int = 128, num_workers: int = 1, jobs: int = 1, log=print) -> dict:
     """Run the demo (module docstring) into ``out_dir``; returns the ``demo.json`` record.
 
     Each filter's rules, and the best combination, are chosen on a validation pool (``validation_size`` pairs, world
@@ -254,7 +256,8 @@ def run_demo(out_dir: str | Path, *, pool_size: int = 50_000, validation_size: i
     write_json_atomic(out / "demo.json", record)  # the tables, kept if the training below is interrupted
     if train_steps:
         names = tuple(best if n == BEST else n for n in downstream)
-        record["downstream"] = _downstream(out, rows, tables, manifests, names, train_steps, seeds, threads, log)
+        record["downstream"] = _downstream(out, rows, tables, manifests, names, train_steps, seeds, threads, log,
+                                           jobs)
         (out / "downstream.md").write_text(downstream_markdown(record["downstream"], train_steps, kept),
                                            encoding="utf-8")
         log((out / "downstream.md").read_text(encoding="utf-8"))
@@ -263,25 +266,48 @@ def run_demo(out_dir: str | Path, *, pool_size: int = 50_000, validation_size: i
     return record
 
 
+def _use_start_method(method: str) -> None:
+    """In a training process: start the data loader's workers as this platform's main process would (a spawned
+    process otherwise inherits ``spawn``, which cannot pickle the shard readers)."""
+    multiprocessing.set_start_method(method, force=True)
+
+
+def _timed_training(shards: Path, steps: int, seed: int, out: Path, threads: int) -> tuple[dict, float]:
+    tick = time.perf_counter()
+    metrics = train_on_subset(shards, steps, seed, out, threads)
+    return metrics, time.perf_counter() - tick
+
+
 def _downstream(out: Path, rows: list[dict], tables: dict, manifests: dict, names, steps: int, seeds: int,
-                threads: int, log) -> dict:
+                threads: int, log, jobs: int = 1) -> dict:
+    """Train on each named filter's subset, ``seeds`` seeds each, ``jobs`` trainings at a time (each in its own
+    process when ``jobs > 1``, with ``threads`` torch threads: every run is seeded, so the results do not depend
+    on ``jobs``)."""
     by_name = {r["name"]: r for r in rows}
     unknown = [n for n in names if n not in by_name]
     if unknown:
         raise UsageError(f"unknown filters {unknown}; expected some of {list(by_name)}")
-    results = {}
+    kept_counts, work = {}, []
     for name in names:
         kept = _apply(by_name[name], tables)
+        kept_counts[name] = int(kept.sum())
         subset = out / "subsets" / _slug(name)
         reshard(tables["prolip"].filter(pa.array(kept)), manifests["prolip"], subset / "shards", shard_size=5000,
                 overwrite=True)
-        runs = []
-        for s in range(seeds):
-            tick = time.perf_counter()
-            log(f"training on the subset of {name!r} (seed {s}, {steps} steps)")
-            metrics = train_on_subset(subset / "shards", steps, s, out / "runs" / _slug(name) / f"seed{s}", threads)
-            runs.append({"seed": s, "seconds": time.perf_counter() - tick, "metrics": metrics})
-        results[name] = {"kept": int(kept.sum()), "runs": runs}
+        work += [(name, s, subset / "shards", out / "runs" / _slug(name) / f"seed{s}") for s in range(seeds)]
+    log(f"training {len(work)} models of {steps} steps, {jobs} at a time")
+    if jobs == 1:
+        done = [_timed_training(shards, steps, s, run_dir, threads) for _, s, shards, run_dir in work]
+    else:
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                    initializer=_use_start_method,
+                                                    initargs=(multiprocessing.get_start_method(),)) as pool:
+            futures = [pool.submit(_timed_training, shards, steps, s, run_dir, threads)
+                       for _, s, shards, run_dir in work]
+            done = [f.result() for f in futures]
+    results = {name: {"kept": kept_counts[name], "runs": []} for name in names}
+    for (name, s, _, _), (metrics, seconds) in zip(work, done, strict=True):
+        results[name]["runs"].append({"seed": s, "seconds": seconds, "metrics": metrics})
     return results
 
 
