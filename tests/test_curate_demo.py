@@ -139,7 +139,8 @@ def test_demo_end_to_end_at_tiny_scale(tmp_path, quickstart_dir, capsys):
                      "--pool-size", "130", "--validation-size", "60"])
     assert code == 2 and "holds a pool of 120 pairs" in capsys.readouterr().err
     # two trainings at a time, each in its own process: the same seeded models, the same metrics
-    shutil.copytree(tmp_path / "demo", tmp_path / "parallel", ignore=shutil.ignore_patterns("runs", "subsets", "scores-*"))
+    shutil.copytree(tmp_path / "demo", tmp_path / "parallel",
+                    ignore=shutil.ignore_patterns("runs", "subsets", "scores-*"))
     code = cli_main(["curate", "demo", "--out", str(tmp_path / "parallel"), "--quickstart", str(quickstart_dir),
                      "--pool-size", "120", "--validation-size", "60", "--train-steps", "2", "--seeds", "2",
                      "--filters", ",".join(filters), "--jobs", "2"])
