@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -35,7 +34,7 @@ from starlette.exceptions import HTTPException
 from ..jsonsafe import json_safe
 from ..search import SearchIndex
 from .schemas import EmbeddingQuery, SearchRequest
-from .service import SearchService
+from .service import SearchService, parse_json_body
 
 __all__ = ["KnnRequest", "clip_retrieval_router", "similarity_from_csd"]
 
@@ -73,16 +72,6 @@ def similarity_from_csd(csd: float, query_u: float) -> float:
 
 def _error(status: int, detail: str) -> HTTPException:
     return HTTPException(status, detail)
-
-
-async def _json_body(request: Request) -> Any:
-    body = await request.body()
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise _error(400, f"malformed JSON body: {str(err).splitlines()[0]}") from err
-    except RecursionError as err:
-        raise _error(400, "malformed JSON body: nested too deeply") from err
 
 
 def _validation_detail(err: ValidationError) -> str:
@@ -125,7 +114,7 @@ def clip_retrieval_router(service: SearchService) -> APIRouter:
 
     @router.post("/knn-service", summary="clip-retrieval: nearest items to a text, an image or an embedding")
     async def knn_service(request: Request) -> JSONResponse:
-        payload = await _json_body(request)
+        payload = parse_json_body(await request.body())
         if not isinstance(payload, dict):
             raise _error(400, f"the JSON body must be an object; got {type(payload).__name__}")
         try:
@@ -187,7 +176,7 @@ def clip_retrieval_router(service: SearchService) -> APIRouter:
 
     @router.post("/metadata", summary="clip-retrieval: the metadata of row ids")
     async def metadata(request: Request) -> list[dict]:
-        payload = await _json_body(request)
+        payload = parse_json_body(await request.body())
         ids = payload.get("ids") if isinstance(payload, dict) else None
         if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise _error(422, "the body must be {\"ids\": [row ids], \"indice_name\": NAME}")

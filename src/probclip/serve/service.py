@@ -42,9 +42,20 @@ from .schemas import SearchRequest
 from .uncertainty_scale import UncertaintyScale
 
 __all__ = ["FORM_FIELDS", "MAX_ABS_LOGVAR", "SearchService", "ServiceDep", "get_service", "named_indexes",
-           "thumbnail_bytes"]
+           "parse_json_body", "thumbnail_bytes"]
 
 log = logging.getLogger("probclip.serve")
+
+
+def parse_json_body(body: bytes):
+    """The parsed JSON of a request body; a one-line 400 ``ServiceError`` when it is malformed or nested too deeply
+    (every JSON endpoint: ``/search`` and the clip-retrieval ones)."""
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ServiceError(400, f"malformed JSON body: {first_line(err)}") from err
+    except RecursionError as err:
+        raise ServiceError(400, "malformed JSON body: nested too deeply") from err
 
 #: Fields a multipart search form may carry besides the ``image`` file: ``SearchRequest``'s, less the JSON-only
 #: query kinds.
@@ -100,13 +111,7 @@ class SearchService:
         if content_type not in ("application/json", ""):
             raise ServiceError(415, f"unsupported content type {content_type!r}; send application/json or "
                                     f"multipart/form-data")
-        body = await request.body()
-        try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ServiceError(400, f"malformed JSON body: {first_line(err)}") from err
-        except RecursionError as err:
-            raise ServiceError(400, "malformed JSON body: nested too deeply") from err
+        payload = parse_json_body(await request.body())
         if not isinstance(payload, dict):
             raise ServiceError(400, f"the JSON body must be an object; got {type(payload).__name__}")
         try:
