@@ -193,7 +193,8 @@ Training: {metrics['train']['steps']} steps of {metrics['config']['batch_size']}
 <p>R-precision per score and query level (in brackets the order: Kendall tau between rank and caption level, +1 =
 general to specific). Queries: every test caption ("captions" pools them) and the {len(eval_set.scenes)} images;
 truth: the captions strictly more general / more specific than a caption, or true of an image
-(see <code>probclip eval --task hierarchy</code>).</p>
+(see <code>probclip eval --task hierarchy</code>). <code>directional</code> is what the search ranks by;
+<code>denotation</code> looks at the test images through a match probability calibrated on the training split.</p>
 {_hierarchy_table(details.get("hierarchy", {}), (baseline_details or {}).get("hierarchy"))}
 {body}
 </body></html>
