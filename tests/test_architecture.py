@@ -127,7 +127,8 @@ def _find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 #: The foundations: small modules every layer may use.
 FOUNDATIONS = frozenset({"embedding", "errors", "plotting", "jsonsafe", "terminal", "limits", "devices",
-                         "config_fields", "textfiles", "image_decoding", "transforms", "distances", "process_group"})
+                         "config_fields", "textfiles", "image_decoding", "transforms", "distances", "process_group",
+                         "hierarchy_head"})
 
 #: Which top-level package (or single module) of probclip may import which others. ``"probclip"`` is the package's
 #: ``__init__``. A package or module missing from this table fails ``test_every_package_is_in_the_layer_table``.
@@ -145,6 +146,7 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "image_decoding": frozenset({"errors", "limits"}),
     "transforms": frozenset({"image_decoding", "errors", "limits"}),
     "distances": frozenset({"embedding"}),
+    "hierarchy_head": frozenset({"embedding", "errors"}),
     "process_group": frozenset({"devices", "errors"}),
     # the command dispatcher (it reads the package's version)
     "cli": frozenset({"probclip", "errors", "terminal"}),

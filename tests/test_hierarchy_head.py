@@ -1,0 +1,111 @@
+"""The hierarchy head: its terms, its fit, its exact inner-product form for the search, and its file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from probclip.embedding import ProbEmbedding
+from probclip.errors import InputError
+from probclip.hierarchy_head import (
+    HEAD_FILE,
+    TERMS,
+    HierarchyHead,
+    PairWeights,
+    find_hierarchy_head,
+    fit_pair_weights,
+    load_hierarchy_head,
+    pair_terms,
+)
+from probclip.search.vectors import inclusion_item_features
+
+
+def _embeddings(n: int, d: int, seed: int) -> ProbEmbedding:
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=-1)
+    return ProbEmbedding(mean, torch.randn(n, d, generator=g) - 3.0)
+
+
+def _head(d: int = 8, seed: int = 0) -> HierarchyHead:
+    rng = np.random.default_rng(seed)
+    return HierarchyHead({"text_in_text": PairWeights(rng.normal(size=(len(TERMS), d)), 0.3, "random"),
+                          "image_in_text": PairWeights(rng.normal(size=(len(TERMS), d)), -0.2, "random")})
+
+
+def test_terms_follow_their_definition():
+    a, b = _embeddings(3, 5, 0), _embeddings(4, 5, 1)
+    t = pair_terms(a, b)
+    assert t.shape == (3, 4, len(TERMS), 5)
+    i, j = 2, 1
+    mu_a, lv_a, mu_b, lv_b = a.mean[i].double(), a.logvar[i].double(), b.mean[j].double(), b.logvar[j].double()
+    d2 = (mu_a - mu_b) ** 2
+    expected = [d2 / lv_b.exp(), d2 / lv_a.exp(), mu_a * mu_b, lv_a.exp(), lv_b.exp(), (-lv_a).exp(), (-lv_b).exp()]
+    for k, e in enumerate(expected):
+        assert torch.allclose(t[i, j, k], e), TERMS[k]
+
+
+@pytest.mark.parametrize("side", ["inner", "outer"])
+def test_query_weights_are_the_logits_as_an_exact_inner_product(side):
+    head, q, items = _head(), _embeddings(3, 8, 2), _embeddings(50, 8, 3)
+    features = inclusion_item_features(items.mean.numpy(), items.logvar.numpy()).astype(np.float64)
+    weights = head.query_weights("text_in_text", q.mean.numpy(), q.logvar.numpy(), side)
+    found = features @ weights.T  # [items, Q], up to a per-query constant
+    kind = head.kind("text", "text")
+    exact = (kind.logits(q, items) if side == "inner" else kind.logits(items, q).T).numpy().T
+    assert np.allclose(found - found[:1], exact - exact[:1], atol=1e-5)
+    assert np.array_equal(np.argsort(-found[:, 0]), np.argsort(-exact[:, 0]))
+
+
+def test_fit_recovers_a_known_relation():
+    # "a in b" holds when b is wider than a in every dimension and a's mean lies close to b's
+    rng = np.random.default_rng(0)
+    d, n = 6, 120
+    mean = torch.as_tensor(rng.normal(scale=0.3, size=(n, d)))
+    logvar = torch.as_tensor(rng.uniform(-4, 0, size=(n, 1)).repeat(d, 1))
+    e = ProbEmbedding(mean, logvar)
+    s = logvar[:, 0].exp().numpy()
+    dist = ((mean[:, None] - mean[None]) ** 2).sum(-1).numpy()
+    truth = (s[None, :] > 2 * s[:, None]) & (dist < s[None, :] * d)
+    np.fill_diagonal(truth, False)
+    fitted = fit_pair_weights(e, e, truth, "toy", seed=0)
+    logits = fitted.logits(e, e).numpy()
+    accuracy = ((logits > 0) == truth).mean()
+    balanced = 0.5 * ((logits[truth] > 0).mean() + (logits[~truth] <= 0).mean())
+    assert balanced > 0.9, (accuracy, balanced)
+    assert fitted.weights.shape == (len(TERMS), d) and fitted.fitted_on == "toy"
+    again = fit_pair_weights(e, e, truth, "toy", seed=0)
+    assert np.array_equal(again.weights, fitted.weights)
+
+
+def test_fit_refuses_a_truth_without_both_classes():
+    e = _embeddings(4, 3, 0)
+    with pytest.raises(ValueError, match="both related and unrelated"):
+        fit_pair_weights(e, e, np.zeros((4, 4), bool))
+    with pytest.raises(ValueError, match=r"\[4, 4\]"):
+        fit_pair_weights(e, e, np.ones((4, 3), bool))
+
+
+def test_file_round_trip_and_checks(tmp_path):
+    head = _head()
+    path = head.to_file(tmp_path / HEAD_FILE)
+    loaded = find_hierarchy_head(tmp_path, dim=8)
+    assert set(loaded.pairs) == {"text_in_text", "image_in_text"} and loaded.dim == 8
+    for k, v in head.pairs.items():
+        assert np.array_equal(loaded.pairs[k].weights, v.weights) and loaded.pairs[k].bias == v.bias
+        assert loaded.pairs[k].fitted_on == "random"
+    assert find_hierarchy_head(tmp_path / "none") is None and find_hierarchy_head(None) is None
+    with pytest.raises(InputError, match="fitted for 8-dimensional embeddings; this model's are 16"):
+        load_hierarchy_head(path, dim=16)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(InputError, match="not a readable hierarchy head"):
+        load_hierarchy_head(bad)
+    from safetensors.numpy import save_file
+    save_file({"x": np.zeros(2)}, str(bad), metadata={"format": "something else"})
+    with pytest.raises(InputError, match="is not a hierarchy head"):
+        load_hierarchy_head(bad)
+    save_file({"text_in_text.weights": np.full((len(TERMS), 8), np.nan), "text_in_text.bias": np.zeros(1)},
+              str(bad), metadata={"format": "probclip-hierarchy-head-1"})
+    with pytest.raises(InputError, match="non-finite"):
+        load_hierarchy_head(bad)
