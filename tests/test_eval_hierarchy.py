@@ -178,11 +178,33 @@ def test_cli_hierarchy_on_the_synthetic_world_and_on_a_csv(tmp_path, world_check
     assert set(results["match_calibration"]) == {"a", "c", "d", "fitted_on"}
     assert "training-split" in results["match_calibration"]["fitted_on"]
     assert "image" in general["denotation"] and "denotation" in results["metrics"]["specific"]
+    assert "image" in general["head"] and results["hierarchy_head"]["source"].startswith("fitted on 1000 training")
     assert "R-precision" in (out / "report.html").read_text()
     csv_path = build_hierarcaps(tmp_path / "hc")
     assert main(["--model", str(world_checkpoint), "--task", "hierarchy", "--data", str(csv_path), "--image-root",
                  str(tmp_path / "hc" / "imgs"), "--out", str(tmp_path / "hc_out"), "--no-progress"]) == 0
     assert json.loads((tmp_path / "hc_out" / "results.json").read_text())["n_images"] == 12
+
+
+def test_cli_hierarchy_uses_the_head_stored_beside_the_model(tmp_path, world_checkpoint):
+    import shutil
+
+    from probclip.hierarchy_head import HEAD_FILE, TERMS, HierarchyHead, PairWeights
+
+    model_dir = tmp_path / "with-head"
+    shutil.copytree(world_checkpoint, model_dir)
+    rng = np.random.default_rng(0)
+    HierarchyHead({k: PairWeights(rng.normal(size=(len(TERMS), 64)), 0.0, "stored for the test")
+                   for k in ("text_in_text", "image_in_text")}).to_file(model_dir / HEAD_FILE)
+    out = tmp_path / "out"
+    assert main(["--model", str(model_dir), "--task", "hierarchy", "--out", str(out), "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["hierarchy_head"] == {"source": "stored beside the model",
+                                         "fitted_on": {"text_in_text": "stored for the test",
+                                                       "image_in_text": "stored for the test"}}
+    (model_dir / HEAD_FILE).write_bytes(b"damaged")
+    assert main(["--model", str(model_dir), "--task", "hierarchy", "--out", str(tmp_path / "o2"),
+                 "--no-progress"]) == 1
 
 
 def test_denotation_of_the_exact_truth_finds_every_generalisation_and_specialisation():
@@ -243,3 +265,47 @@ def test_hierarchy_results_add_the_denotation_score_only_with_a_match_probabilit
     assert with_evidence["general"]["directional"] == plain["general"]["directional"]
     with pytest.raises(ValueError, match="match_probability must be"):
         hierarchy_results(captions, images, levels, truth, empty, True, exact[:, :3])
+
+
+def _ideal_embedding(captions) -> ProbEmbedding:
+    """A caption's Gaussian in a block per attribute: a one-hot mean and a small variance in the blocks of the
+    attributes it names, a zero mean and a large variance elsewhere (single-object captions only)."""
+    from probclip.synthetic.world import ATTRIBUTES, COLOURS, POSITIONS, SHAPES, SIZES
+
+    values = {"shape": SHAPES, "colour": tuple(COLOURS), "size": SIZES, "position": POSITIONS}
+    mean, logvar = torch.zeros(len(captions), 16), torch.zeros(len(captions), 16)
+    for row, caption in enumerate(captions):
+        for attribute, value in (caption.descriptions[0] if caption.descriptions else ()):
+            block = 4 * ATTRIBUTES.index(attribute)
+            mean[row, block + values[attribute].index(value)] = 1.0
+            logvar[row, block: block + 4] = -4.0
+    return ProbEmbedding(mean, logvar)
+
+
+def test_a_head_fitted_on_the_training_split_finds_the_generalisations_of_an_ideal_geometry():
+    """On Gaussians that hold the hierarchy exactly, a head fitted on training-split captions ranks the test
+    captions' generalisations first, and ``head_scores`` returns one direction of each pair only."""
+    from probclip.eval.hierarchy import head_scores
+    from probclip.hierarchy_head import HierarchyHead, fit_pair_weights
+    from probclip.synthetic.evaluation import draw_scenes
+    from probclip.synthetic.world import entailment_matrix
+
+    _, drawn = draw_scenes(0, 300, "train")
+    train_caps = [c for _, c in sorted({c.text: c for caps in drawn for c in caps if c.level < 5}.items())]
+    entailed = entailment_matrix(train_caps)
+    ideal = _ideal_embedding(train_caps)
+    head = HierarchyHead({"text_in_text": fit_pair_weights(ideal, ideal, entailed & ~entailed.T, "ideal")})
+    eval_set = build_evaluation_set(0, num_scenes=200, num_degraded=1, num_zeroshot=1)
+    keep = np.array([c.level < 5 for c in eval_set.captions])
+    captions = [c for c, k in zip(eval_set.captions, keep) if k]
+    truth = synthetic_hierarchy_truth(eval_set)
+    levels = np.array([c.level for c in captions])
+    general = head_scores(head, _ideal_embedding(captions), None, "general")
+    specific = head_scores(head, _ideal_embedding(captions), None, "specific")
+    own = np.arange(len(captions))
+    general_rp = per_query_metrics(general, truth["general"][keep][:, keep], levels, own)["r_precision"]
+    specific_rp = per_query_metrics(specific, truth["specific"][keep][:, keep], levels, own)["r_precision"]
+    assert np.nanmean(general_rp) > 0.95 and np.nanmean(specific_rp[levels <= 3]) > 0.95
+    assert not (np.isfinite(general.numpy()) & np.isfinite(specific.numpy())).any()
+    with pytest.raises(ValueError, match="no image_in_text weights"):
+        head_scores(head, _ideal_embedding(captions), _ideal_embedding(captions[:2]), "general")

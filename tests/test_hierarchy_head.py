@@ -36,13 +36,21 @@ def _head(d: int = 8, seed: int = 0) -> HierarchyHead:
 def test_terms_follow_their_definition():
     a, b = _embeddings(3, 5, 0), _embeddings(4, 5, 1)
     t = pair_terms(a, b)
-    assert t.shape == (3, 4, len(TERMS), 5)
+    assert t.shape == (3, 4, len(TERMS), 5) and len(TERMS) == 24
     i, j = 2, 1
-    mu_a, lv_a, mu_b, lv_b = a.mean[i].double(), a.logvar[i].double(), b.mean[j].double(), b.logvar[j].double()
-    d2 = (mu_a - mu_b) ** 2
-    expected = [d2 / lv_b.exp(), d2 / lv_a.exp(), mu_a * mu_b, lv_a.exp(), lv_b.exp(), (-lv_a).exp(), (-lv_b).exp()]
-    for k, e in enumerate(expected):
-        assert torch.allclose(t[i, j, k], e), TERMS[k]
+
+    def functions(e, row):
+        mu, lv = e.mean[row].double(), e.logvar[row].double()
+        return {"1": torch.ones_like(mu), "mu": mu, "mu2": mu * mu, "s": lv.exp(), "p": (-lv).exp()}
+
+    inner, outer = functions(a, i), functions(b, j)
+    for n, (k, l) in enumerate(TERMS):
+        assert torch.allclose(t[i, j, n], inner[k] * outer[l]), (k, l)
+    # ProLIP's own per-dimension distance term is one combination of them
+    d2_p_outer = (a.mean[i].double() - b.mean[j].double()) ** 2 / b.logvar[j].double().exp()
+    combo = t[i, j, TERMS.index(("mu2", "p"))] - 2 * t[i, j, TERMS.index(("mu", "mu"))] * outer["p"] \
+        + t[i, j, TERMS.index(("1", "mu2"))] * outer["p"]
+    assert torch.allclose(combo, d2_p_outer)
 
 
 @pytest.mark.parametrize("side", ["inner", "outer"])
@@ -53,7 +61,8 @@ def test_query_weights_are_the_logits_as_an_exact_inner_product(side):
     found = features @ weights.T  # [items, Q], up to a per-query constant
     kind = head.kind("text", "text")
     exact = (kind.logits(q, items) if side == "inner" else kind.logits(items, q).T).numpy().T
-    assert np.allclose(found - found[:1], exact - exact[:1], atol=1e-5)
+    scale = np.abs(exact).max()  # the stored features are float32
+    assert np.allclose(found - found[:1], exact - exact[:1], rtol=0, atol=1e-5 * scale)
     assert np.array_equal(np.argsort(-found[:, 0]), np.argsort(-exact[:, 0]))
 
 
@@ -106,6 +115,6 @@ def test_file_round_trip_and_checks(tmp_path):
     with pytest.raises(InputError, match="is not a hierarchy head"):
         load_hierarchy_head(bad)
     save_file({"text_in_text.weights": np.full((len(TERMS), 8), np.nan), "text_in_text.bias": np.zeros(1)},
-              str(bad), metadata={"format": "probclip-hierarchy-head-1"})
+              str(bad), metadata={"format": "probclip-hierarchy-head-2"})
     with pytest.raises(InputError, match="non-finite"):
         load_hierarchy_head(bad)

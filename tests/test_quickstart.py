@@ -45,8 +45,8 @@ def test_writes_metrics_report_plots_and_model(two_runs, capsys):
     assert "total_seconds" in json.loads((out / "timings.json").read_text())
     hierarchy = metrics["hierarchy"]
     assert set(hierarchy) == {"general", "specific"}
-    assert set(hierarchy["general"]) == {"directional", "test", "csd", "mean", "walk", "denotation"}
-    for score in ("directional", "mean", "denotation"):
+    assert set(hierarchy["general"]) == {"directional", "test", "csd", "mean", "walk", "denotation", "head"}
+    for score in ("directional", "mean", "denotation", "head"):
         assert {"image", "captions", "1", "5"} <= set(hierarchy["general"][score])
         assert 0.0 <= hierarchy["general"][score]["image"]["r_precision"] <= 1.0
         assert {"captions", "0", "3"} <= set(hierarchy["specific"][score])
@@ -71,6 +71,11 @@ def test_saved_model_loads_and_encodes(two_runs):
         image = model.encode_image(preprocess(item["image"])[None])
         text = model.encode_text(get_tokenizer(model)(item["captions"]))
     assert image.mean.shape == (1, model.config.embed_dim) and text.mean.shape[0] == len(item["captions"])
+    from probclip.hierarchy_head import find_hierarchy_head
+
+    head = find_hierarchy_head(two_runs[0] / "model", dim=model.config.embed_dim)  # what its searches rank by
+    assert set(head.pairs) == {"text_in_text", "image_in_text"}
+    assert "training-split scenes" in head.pairs["text_in_text"].fitted_on
     assert get_tokenizer(model).unknown_words(item["captions"][-1]) == []
 
 

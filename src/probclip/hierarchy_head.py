@@ -1,17 +1,22 @@
-"""The hierarchy head: ProLIP's inclusion test with its per-dimension weights fitted on known hierarchies.
+"""The hierarchy head: an inclusion test whose per-dimension terms are weighted as fitted on known hierarchies.
 
-The inclusion test ``test(a in b)`` (:func:`probclip.inclusion_score`) sums, over the embedding dimensions, fixed
-terms of the two Gaussians with equal weight. The head keeps the same kind of terms and fits one weight per term and
-dimension by logistic regression on pairs whose relation is known (the synthetic world's training split, or any
-labelled hierarchy): ``P(a is included in b) = sigmoid(sum_k sum_d W[k, d] F_k[d](a, b) + bias)``, with ``a`` the
-more specific side and ``b`` the more general one, and the per-dimension terms (``s = exp(lv)`` the variance,
-``p = 1 / s``, ``mu`` the mean)::
+ProLIP's inclusion test ``test(a in b)`` (:func:`probclip.inclusion_score`) adds, over the embedding dimensions, a
+fixed function of the two Gaussians' means and variances, with equal weight per dimension. The head keeps the same
+ingredients and fits how they combine, per dimension, by logistic regression on pairs whose relation is known (the
+synthetic world's training split, or any labelled hierarchy)::
 
-    F = [(mu_a - mu_b)^2 p_b, (mu_a - mu_b)^2 p_a, mu_a mu_b, s_a, s_b, p_a, p_b]
+    P(a is included in b) = sigmoid(sum_d sum_(k, l) W[(k, l), d] f_k(a)[d] f_l(b)[d] + bias)
 
-Each term is linear in the item features the search already stores for the inclusion candidates
-(``[mu, mu^2, s, mu p, mu^2 p, p, sum lv]``, :func:`probclip.search.vectors.inclusion_item_features`), whichever side
-the item takes, so a search can find the head's top items with an exact inner-product search
+with ``a`` the more specific side ("inner"), ``b`` the more general one ("outer") and the per-dimension functions
+``f`` in ``BASIS = (1, mu, mu^2, s, p)`` (``s = exp(lv)`` the variance, ``p = 1 / s``): every product of one
+function of each side (``TERMS``, 24 of them; the constant ``1 x 1`` is the bias). The test's own terms are such
+products (``(mu_a - mu_b)^2 p_b = mu_a^2 p_b - 2 mu_a mu_b p_b + mu_b^2 p_b`` needs ``mu p`` and ``mu^2 p`` too,
+which the item features hold), so the test is one point of a richer family, and the head picks the point that
+separates the known pairs best.
+
+Every term is linear in the item features the search already stores for its inclusion candidates
+(``[mu, mu^2, s, mu p, mu^2 p, p, sum lv]``, :func:`probclip.search.vectors.inclusion_item_features`), whichever
+side the item takes, so a search finds the head's top items with an exact inner-product search
 (:meth:`HierarchyHead.query_weights`).
 
 A head has one weight table per pair of modalities it was fitted on, keyed ``"<inner>_in_<outer>"``:
@@ -31,17 +36,22 @@ import torch
 from .embedding import ProbEmbedding
 from .errors import InputError
 
-__all__ = ["HEAD_FILE", "PAIR_KINDS", "TERMS", "HierarchyHead", "pair_terms", "fit_pair_weights",
+__all__ = ["HEAD_FILE", "PAIR_KINDS", "BASIS", "TERMS", "HierarchyHead", "pair_terms", "fit_pair_weights",
            "load_hierarchy_head", "find_hierarchy_head"]
 
 #: File name of a head stored beside a model.
 HEAD_FILE = "hierarchy_head.safetensors"
 #: Pairs of modalities a head may hold weights for: ``"<inner>_in_<outer>"``.
 PAIR_KINDS = ("text_in_text", "image_in_text")
-#: The per-dimension terms, in the order of the weight table's rows.
-TERMS = ("sq_dist_p_outer", "sq_dist_p_inner", "mean_product", "s_inner", "s_outer", "p_inner", "p_outer")
-_FORMAT = "probclip-hierarchy-head-1"
-#: Pairs per block when scoring many pairs at once (bounds the ``[block, G, 7, D]`` intermediate).
+#: The per-dimension functions of one side: 1, the mean, its square, the variance, the precision.
+BASIS = ("1", "mu", "mu2", "s", "p")
+#: The terms ``(inner function, outer function)``, in the order of the weight table's rows (``1 x 1`` is the bias).
+TERMS = tuple((k, l) for k in BASIS for l in BASIS if (k, l) != ("1", "1"))
+#: Where each function of ``BASIS`` (but the constant) sits among the stored item features
+#: ``[mu, mu^2, s, mu p, mu^2 p, p, sum lv]``: the block index.
+_FEATURE_BLOCK = {"mu": 0, "mu2": 1, "s": 2, "p": 5}
+_FORMAT = "probclip-hierarchy-head-2"
+#: Pairs per block when scoring many pairs at once (bounds the ``[block, G, len(TERMS), D]`` intermediate).
 _BLOCK_ELEMENTS = 2**24
 
 
@@ -52,22 +62,22 @@ def _sides(embedding: ProbEmbedding | tuple) -> tuple[torch.Tensor, torch.Tensor
     return torch.as_tensor(mean).double(), torch.as_tensor(logvar).double()
 
 
+def _basis(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """``[N, len(BASIS), D]`` float64: the functions of ``BASIS`` of each row."""
+    return torch.stack([torch.ones_like(mean), mean, mean * mean, logvar.exp(), (-logvar).exp()], dim=1)
+
+
 def pair_terms(inner: ProbEmbedding, outer: ProbEmbedding) -> torch.Tensor:
-    """The head's terms of every pair: ``[Ni, No, 7, D]`` float64 for ``inner`` ``[Ni, D]`` and ``outer`` ``[No, D]``
-    (``TERMS`` order)."""
-    mu_a, lv_a = _sides(inner)
-    mu_b, lv_b = _sides(outer)
-    s_a, s_b, p_a, p_b = lv_a.exp(), lv_b.exp(), (-lv_a).exp(), (-lv_b).exp()
-    d2 = (mu_a[:, None] - mu_b[None]) ** 2
-    n_a, n_b = len(mu_a), len(mu_b)
-    return torch.stack([d2 * p_b[None], d2 * p_a[:, None], mu_a[:, None] * mu_b[None],
-                        s_a[:, None].expand(n_a, n_b, -1), s_b[None].expand(n_a, n_b, -1),
-                        p_a[:, None].expand(n_a, n_b, -1), p_b[None].expand(n_a, n_b, -1)], dim=2)
+    """The head's terms of every pair: ``[Ni, No, len(TERMS), D]`` float64 for ``inner`` ``[Ni, D]`` and ``outer``
+    ``[No, D]`` (``TERMS`` order)."""
+    a, b = _basis(*_sides(inner)), _basis(*_sides(outer))
+    products = a[:, None, :, None] * b[None, :, None, :]  # [Ni, No, K, K, D]
+    return products.flatten(2, 3)[:, :, 1:]
 
 
 @dataclass(frozen=True)
 class PairWeights:
-    """The fitted weights of one pair kind: ``weights`` ``[7, D]`` float64 (rows in ``TERMS`` order), ``bias``."""
+    """The fitted weights of one pair kind: ``weights`` ``[len(TERMS), D]`` float64 (``TERMS`` order), ``bias``."""
 
     weights: np.ndarray
     bias: float
@@ -107,18 +117,18 @@ class HierarchyHead:
         """
         if query_side not in ("inner", "outer"):
             raise ValueError(f"query_side must be 'inner' or 'outer'; got {query_side!r}")
-        w = self.pairs[kind].weights
-        mu, p = np.asarray(mean, np.float64), np.exp(-np.asarray(logvar, np.float64))
-        w_d2_item_p, w_d2_query_p = (w[0], w[1]) if query_side == "inner" else (w[1], w[0])
-        w_s_item, w_p_item = (w[4], w[6]) if query_side == "inner" else (w[3], w[5])
-        # (mu_q - mu_x)^2 p_x = mu_q^2 p_x - 2 mu_q (mu p)_x + (mu^2 p)_x ; (mu_q - mu_x)^2 p_q: on mu_x and mu_x^2
-        on_mu = -2 * w_d2_query_p * p * mu + w[2] * mu
-        on_sq = w_d2_query_p * p
-        on_s = np.broadcast_to(w_s_item, mu.shape)
-        on_mp = -2 * w_d2_item_p * mu
-        on_sqp = np.broadcast_to(w_d2_item_p, mu.shape)
-        on_p = w_d2_item_p * mu * mu + w_p_item
-        return np.concatenate([on_mu, on_sq, on_s, on_mp, on_sqp, on_p, np.zeros((mu.shape[0], 1))], axis=1)
+        w = np.concatenate([np.zeros((1, self.pairs[kind].weights.shape[1])), self.pairs[kind].weights])
+        w = w.reshape(len(BASIS), len(BASIS), -1)  # [inner function, outer function, D]
+        if query_side == "outer":
+            w = w.transpose(1, 0, 2)  # [query function, item function, D]
+        mean, logvar = torch.as_tensor(mean).double(), torch.as_tensor(logvar).double()
+        query = _basis(mean, logvar).numpy()  # [Q, K, D]
+        on_item = np.einsum("qkd,kld->qld", query, w)  # [Q, item function, D]
+        out = np.zeros((mean.shape[0], 6 * mean.shape[1] + 1))
+        dim = mean.shape[1]
+        for function, block in _FEATURE_BLOCK.items():
+            out[:, block * dim:(block + 1) * dim] = on_item[:, BASIS.index(function)]
+        return out
 
     def to_file(self, path: str | Path) -> Path:
         """Write the head as safetensors (float64 tables, the fit's description in the metadata)."""
@@ -127,7 +137,7 @@ class HierarchyHead:
         path = Path(path)
         tensors = {f"{k}.weights": np.ascontiguousarray(v.weights, np.float64) for k, v in self.pairs.items()}
         tensors.update({f"{k}.bias": np.array([v.bias], np.float64) for k, v in self.pairs.items()})
-        meta = {"format": _FORMAT, "terms": json.dumps(TERMS),
+        meta = {"format": _FORMAT, "terms": json.dumps(["x".join(t) for t in TERMS]),
                 "fitted_on": json.dumps({k: v.fitted_on for k, v in self.pairs.items()})}
         save_file(tensors, str(path), metadata=meta)
         return path
@@ -181,12 +191,13 @@ def find_hierarchy_head(model_dir: str | Path | None, dim: int | None = None) ->
 
 
 def fit_pair_weights(inner: ProbEmbedding, outer: ProbEmbedding, truth: np.ndarray, fitted_on: str = "",
-                     negatives_per_positive: float = 8.0, seed: int = 0, l2: float = 1e-4) -> PairWeights:
+                     negatives_per_positive: float = 4.0, seed: int = 0, l2: float = 1e-4) -> PairWeights:
     """Fit one pair kind by logistic regression on ``truth`` ``[Ni, No]`` (``inner_i`` included in ``outer_j``).
 
     Every positive pair is used, and a seeded sample of ``negatives_per_positive`` negatives per positive (all of
     them when there are fewer); the two classes are weighted equally. L-BFGS on standardised terms with an L2
-    penalty ``l2``; the result is folded back into raw-term weights.
+    penalty ``l2`` (float32: the terms of ``P`` pairs take ``P x 24 x D x 4`` bytes); the result is folded back into
+    raw-term weights (float64).
     """
     truth = np.asarray(truth, dtype=bool)
     if truth.shape != (len(inner), len(outer)) or truth.all() or not truth.any():
@@ -203,12 +214,13 @@ def fit_pair_weights(inner: ProbEmbedding, outer: ProbEmbedding, truth: np.ndarr
     mu_b, lv_b = _sides(outer)
     x = _terms_of_pairs(mu_a, lv_a, mu_b, lv_b, rows, cols)
     x = x.reshape(len(chosen), -1)
-    y = torch.as_tensor(truth.ravel()[chosen], dtype=torch.float64)
-    weight = torch.where(y > 0, 0.5 / max(1, pos.size), 0.5 / max(1, take)).double()
-    mean, std = x.mean(0), x.std(0).clamp_min(1e-12)
-    z = (x - mean) / std
-    w = torch.zeros(z.shape[1] + 1, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([w], max_iter=500, line_search_fn="strong_wolfe")
+    y = torch.as_tensor(truth.ravel()[chosen], dtype=torch.float32)
+    weight = torch.where(y > 0, 0.5 / max(1, pos.size), 0.5 / max(1, take))
+    mean, std = x.double().mean(0), x.double().std(0).clamp_min(1e-12)
+    z = ((x - mean.float()) / std.float()).contiguous()
+    del x
+    w = torch.zeros(z.shape[1] + 1, dtype=torch.float32, requires_grad=True)
+    optimizer = torch.optim.LBFGS([w], max_iter=300, line_search_fn="strong_wolfe")
 
     def closure():
         optimizer.zero_grad()
@@ -219,15 +231,14 @@ def fit_pair_weights(inner: ProbEmbedding, outer: ProbEmbedding, truth: np.ndarr
         return loss
 
     optimizer.step(closure)
-    w = w.detach()
+    w = w.detach().double()
     raw = w[:-1] / std
     bias = float(w[-1] - (mean / std) @ w[:-1])
     return PairWeights(raw.reshape(len(TERMS), -1).numpy(), bias, fitted_on)
 
 
 def _terms_of_pairs(mu_a, lv_a, mu_b, lv_b, rows: np.ndarray, cols: np.ndarray) -> torch.Tensor:
-    """``[P, 7, D]`` terms of the pairs ``(rows[i], cols[i])``."""
+    """``[P, len(TERMS), D]`` float32 terms of the pairs ``(rows[i], cols[i])``."""
     ra, cb = torch.as_tensor(rows), torch.as_tensor(cols)
-    ma, la, mb, lb = mu_a[ra], lv_a[ra], mu_b[cb], lv_b[cb]
-    d2 = (ma - mb) ** 2
-    return torch.stack([d2 * (-lb).exp(), d2 * (-la).exp(), ma * mb, la.exp(), lb.exp(), (-la).exp(), (-lb).exp()], 1)
+    a, b = _basis(mu_a, lv_a).float(), _basis(mu_b, lv_b).float()
+    return (a[ra][:, :, None] * b[cb][:, None]).flatten(1, 2)[:, 1:]

@@ -28,9 +28,15 @@ import torch
 from .cli import run_command
 from .errors import UsageError
 from .eval.hierarchy import flat_hierarchy_metrics
+from .hierarchy_head import HEAD_FILE
 from .jsonsafe import json_safe
 from .synthetic import build_evaluation_set, evaluate_synthetic, world_vocabulary
-from .synthetic.hierarchy import synthetic_hierarchy_metrics, synthetic_match_calibration
+from .synthetic.hierarchy import (
+    synthetic_hierarchy_head,
+    synthetic_hierarchy_metrics,
+    synthetic_match_calibration,
+    training_material,
+)
 from .synthetic.report import write_report
 from .tokenizers import get_tokenizer, word_tokenizer_config
 from .train import train
@@ -170,16 +176,20 @@ def run_quickstart(out_dir: str | Path, steps: int, seed: int = 0, threads: int 
         tokenizer = get_tokenizer(model)
         with torch.no_grad():
             empty = model.encode_text(tokenizer([""]))
-        calibration = None
+        calibration = head = None
         if objective == "prolip":
-            calibration = synthetic_match_calibration(model, tokenizer, image_transform(model.config.vision), seed)
+            _say("fitting the match calibration and the hierarchy head on the training split")
+            transform = image_transform(model.config.vision)
+            material = training_material(model, tokenizer, transform, seed)
+            calibration = synthetic_match_calibration(model, tokenizer, transform, seed, material=material)
+            head = synthetic_hierarchy_head(model, tokenizer, transform, seed, material=material)
         details["hierarchy"] = synthetic_hierarchy_metrics(details["embeddings"], eval_set, empty,
                                                            probabilistic=objective == "prolip", model=model,
-                                                           calibration=calibration)
+                                                           calibration=calibration, head=head)
         metrics.update(flat_hierarchy_metrics(details["hierarchy"]))
-        results[objective] = (model, metrics, details, result)
-    prolip_model, prolip_metrics, prolip_details, prolip_result = results["prolip"]
-    _, baseline_metrics, baseline_details, baseline_result = results["siglip"]
+        results[objective] = (model, metrics, details, result, head)
+    prolip_model, prolip_metrics, prolip_details, prolip_result, prolip_head = results["prolip"]
+    _, baseline_metrics, baseline_details, baseline_result, _ = results["siglip"]
     metrics = _nest(prolip_metrics)
     metrics["train"] = _train_summary("prolip", prolip_result)
     metrics["baseline"] = _nest(baseline_metrics)
@@ -192,6 +202,7 @@ def run_quickstart(out_dir: str | Path, steps: int, seed: int = 0, threads: int 
         json.dumps(metrics, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8"
     )
     prolip_model.save_pretrained(out / "model")
+    prolip_head.to_file(out / "model" / HEAD_FILE)  # the search ranks "more general / more specific" by it
     report = write_report(out, metrics, eval_set, prolip_details, baseline_details)
     timings["total_seconds"] = time.perf_counter() - started
     (out / "timings.json").write_text(json.dumps(timings, indent=2, sort_keys=True) + "\n", encoding="utf-8")

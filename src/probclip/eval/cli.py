@@ -18,6 +18,7 @@ from pathlib import Path
 from ..cli import run_command
 from ..devices import check_device
 from ..errors import InputError, ProbclipError, UsageError
+from ..hierarchy_head import find_hierarchy_head
 from ..limits import current_limits, set_limits
 from ..synthetic.hierarchy import evaluate_synthetic_hierarchy
 from ..terminal import printable
@@ -127,10 +128,14 @@ def run(args: argparse.Namespace, out: Path | None = None) -> dict:
     if args.task == "hierarcaps":
         return evaluate_hierarcaps(model, args.data, options, n_steps=args.steps)
     if args.task == "hierarchy":
+        head = None
+        if model.probabilistic and Path(args.model).is_dir():  # a local model directory may hold its head
+            head = find_hierarchy_head(args.model, dim=int(model.model.config.embed_dim))
         if args.data is None:
             return evaluate_synthetic_hierarchy(model.model, model.tokenizer, model.preprocess, seed=args.seed,
-                                                out_dir=out, name=model.name, probabilistic=model.probabilistic)
-        return evaluate_hierarchy(model, args.data, options)
+                                                out_dir=out, name=model.name, probabilistic=model.probabilistic,
+                                                head=head)
+        return evaluate_hierarchy(model, args.data, options, head=head)
     if args.replacements is None:
         raise ValueError("--task rococo needs --replacements FILE (JSON {word: [replacements]} or a word list)")
     return evaluate_rococo(model, args.data, args.replacements, options, mix_weight=args.mix_weight, seed=args.seed)

@@ -26,6 +26,10 @@ Scores (``HIERARCHY_SCORES``; ``test(a in b)`` is ProLIP's inclusion test at eps
   (visual denotations), "more specific" the other way round, each returned only in the direction of the larger
   share; for an image query, ``p(caption, image)`` itself (:func:`denotation_scores`). It looks at the images, not
   at the stored Gaussians alone, so ``probclip search`` does not rank by it.
+- ``head`` (when a :class:`~probclip.hierarchy_head.HierarchyHead` is given): the head's logit of ``P(query in
+  item)`` (``general``) or ``P(item in query)`` (``specific``), over the captions where it beats the reverse logit
+  (caption queries) or where ``P > 0.5`` (image queries, which have no reverse); what ``probclip search`` ranks by
+  when the collection carries a head (:func:`head_scores`).
 
 :func:`evaluate_hierarchy` runs the task on a HierarCaps CSV (the levels of each chain, general -> specific, are
 the truth); ``probclip.synthetic.hierarchy`` runs it on the synthetic world, whose truth is exact.
@@ -44,6 +48,7 @@ from scipy.stats import kendalltau
 
 from ..distances import inclusion_score
 from ..embedding import ProbEmbedding
+from ..hierarchy_head import HierarchyHead
 from .encode import EvalModel, embedding_means, encode_images, encode_texts
 from .hierarcaps import hierarchical_walk
 from .image_check import skipped_report
@@ -52,6 +57,7 @@ from .readers import HierarCapsData, read_hierarcaps
 from .report import plot_bars, write_results
 
 __all__ = ["DIRECTIONS", "HIERARCHY_SCORES", "HIERARCHY_METRICS", "MatchCalibration", "denotation_scores",
+           "head_scores",
            "fit_match_calibration", "hierarchy_scores",
            "hierarchy_metrics", "hierarcaps_truth", "evaluate_hierarchy", "flat_hierarchy_metrics", "hierarchy_table",
            "hierarchy_tables"]
@@ -126,6 +132,28 @@ def denotation_scores(probability: torch.Tensor, direction: str) -> torch.Tensor
     if direction == "specific":
         return torch.where(share.T > share, share.T, -math.inf)
     return torch.cat([torch.where(share > share.T, share, -math.inf), p.T])
+
+
+def head_scores(head: HierarchyHead, captions: ProbEmbedding, images: ProbEmbedding | None,
+                direction: str) -> torch.Tensor:
+    """The ``head`` score: ``[G + N, G]`` for ``general`` (caption queries, then image queries), ``[G, G]`` for
+    ``specific``; ``-inf`` for the items a search with the head does not return (see the module docstring)."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {list(DIRECTIONS)}; got {direction!r}")
+    text = head.kind("text", "text")
+    if text is None:
+        raise ValueError(f"the head holds no text_in_text weights (it has {sorted(head.pairs)})")
+    inner = text.logits(captions, captions)  # [q, i]: P(caption q in caption i)
+    if direction == "specific":
+        return torch.where(inner.T > inner, inner.T, -math.inf)
+    rows = [torch.where(inner > inner.T, inner, -math.inf)]
+    if images is not None and len(images):
+        image = head.kind("image", "text")
+        if image is None:
+            raise ValueError(f"the head holds no image_in_text weights (it has {sorted(head.pairs)})")
+        logits = image.logits(images, captions)
+        rows.append(torch.where(logits > 0, logits, -math.inf))
+    return torch.cat(rows)
 
 
 def _sides(query: ProbEmbedding, gallery: ProbEmbedding, direction: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -279,12 +307,14 @@ def _scores_for(query, gallery, direction: str, probabilistic: bool, empty) -> d
 
 
 def hierarchy_results(captions, images, caption_levels: np.ndarray, truth: Mapping[str, np.ndarray],
-                      empty, probabilistic: bool, match_probability: torch.Tensor | None = None) -> dict:
+                      empty, probabilistic: bool, match_probability: torch.Tensor | None = None,
+                      head: HierarchyHead | None = None) -> dict:
     """``{"general": {score: {group: metrics}}, "specific": {...}}`` for caption and image queries.
 
     ``captions`` ``[G, D]`` are both the caption queries and the gallery; ``images`` ``[N, D]`` are queries of
     ``general`` only (``truth["image"]``: the captions true of each image). ``match_probability``: a calibrated
-    ``P(caption true of image)`` ``[G, N]`` over these images, which adds the ``denotation`` score.
+    ``P(caption true of image)`` ``[G, N]`` over these images, which adds the ``denotation`` score. ``head``: a
+    hierarchy head, which adds the ``head`` score.
     """
     exclude = np.concatenate([np.arange(len(caption_levels)), np.full(len(truth["image"]), -1)])
     groups = [str(int(level)) for level in caption_levels] + ["image"] * len(truth["image"])
@@ -299,6 +329,9 @@ def hierarchy_results(captions, images, caption_levels: np.ndarray, truth: Mappi
                              f"{len(truth['image'])}]; got {tuple(match_probability.shape)}")
         general["denotation"] = denotation_scores(match_probability, "general")
         specific["denotation"] = denotation_scores(match_probability, "specific")
+    if head is not None and probabilistic:
+        general["head"] = head_scores(head, captions, images, "general")
+        specific["head"] = head_scores(head, captions, None, "specific")
     results = {"general": hierarchy_metrics(general, general_truth, groups, caption_levels, exclude)}
     results["specific"] = hierarchy_metrics(specific, truth["specific"], groups[: len(caption_levels)],
                                             caption_levels, exclude[: len(caption_levels)])
@@ -338,8 +371,9 @@ def hierarchy_plot(metrics: Mapping, path: Path) -> Path:
 
 
 def evaluate_hierarchy(model: EvalModel, data: HierarCapsData | str | Path,
-                       options: EvalOptions | None = None) -> dict:
-    """The hierarchy task on a HierarCaps CSV (``id,captions,image_url``); writes results and a plot."""
+                       options: EvalOptions | None = None, head: HierarchyHead | None = None) -> dict:
+    """The hierarchy task on a HierarCaps CSV (``id,captions,image_url``); writes results and a plot. ``head``: the
+    model's hierarchy head, when it has one (adds the ``head`` score)."""
     options = EvalOptions.of(options)
     if not isinstance(data, HierarCapsData):
         data = read_hierarcaps(data, image_root=options.image_root)
@@ -348,7 +382,7 @@ def evaluate_hierarchy(model: EvalModel, data: HierarCapsData | str | Path,
                            progress=options.progress)
     captions = encode_texts(model.model, texts, model.tokenizer, progress=options.progress)
     empty = encode_texts(model.model, [""], model.tokenizer, progress=False)
-    metrics = hierarchy_results(captions, images, levels, truth, empty, model.probabilistic)
+    metrics = hierarchy_results(captions, images, levels, truth, empty, model.probabilistic, head=head)
     results = {"task": "hierarchy", "data": "hierarcaps", "model": model.name, "probabilistic": model.probabilistic,
                "n_images": len(data.items), "n_captions": len(texts), "metrics": metrics,
                "skipped_images": skipped_report(data), "tables": hierarchy_tables(metrics)}

@@ -7,17 +7,21 @@ caption true of its scene (``caption_is_true``). Metrics and scores: :mod:`probc
 
 For a probabilistic model the task also scores ``denotation``: the model's match probability is calibrated on the
 *training* split (``CALIBRATION_SCENES`` scenes and their captions, whose truth the world gives;
-:func:`synthetic_match_calibration`), and the test images are the evidence.
+:func:`synthetic_match_calibration`), and the test images are the evidence; and ``head``: the hierarchy head
+(:mod:`probclip.hierarchy_head`) stored beside the model, or else one fitted on the same training-split material
+(:func:`synthetic_hierarchy_head`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..embedding import ProbEmbedding
 from ..eval.hierarchy import (
     MatchCalibration,
     fit_match_calibration,
@@ -26,14 +30,48 @@ from ..eval.hierarchy import (
     hierarchy_tables,
 )
 from ..eval.report import write_results
+from ..hierarchy_head import HierarchyHead, fit_pair_weights
 from .evaluation import EvaluationSet, build_evaluation_set, draw_scenes, encode_scenes, encode_synthetic, encode_texts
-from .world import entailment_matrix, truth_matrix
+from .world import Caption, Scene, entailment_matrix, truth_matrix
 
-__all__ = ["CALIBRATION_SCENES", "synthetic_hierarchy_truth", "synthetic_hierarchy_metrics",
-           "synthetic_match_calibration", "evaluate_synthetic_hierarchy"]
+__all__ = ["CALIBRATION_SCENES", "TrainingMaterial", "training_material", "synthetic_hierarchy_truth",
+           "synthetic_hierarchy_metrics", "synthetic_match_calibration", "synthetic_hierarchy_head",
+           "evaluate_synthetic_hierarchy"]
 
-#: Training-split scenes the match calibration of the ``denotation`` score is fitted on.
+#: Training-split scenes the match calibration of the ``denotation`` score and the hierarchy head are fitted on.
 CALIBRATION_SCENES = 1000
+
+
+@dataclass(frozen=True)
+class TrainingMaterial:
+    """Training-split scenes and their distinct captions (sorted by text), encoded by a model."""
+
+    scenes: list[Scene]
+    captions: list[Caption]
+    images: ProbEmbedding
+    texts: ProbEmbedding
+    seed: int
+
+    def describe(self) -> str:
+        """Where a fit on this material comes from, in words."""
+        return (f"{len(self.scenes)} training-split scenes of the synthetic world (seed {self.seed}) and their "
+                f"{len(self.captions)} captions")
+
+
+def training_material(model, tokenizer, transform, seed: int,
+                      num_scenes: int = CALIBRATION_SCENES) -> TrainingMaterial:
+    """The first ``num_scenes`` scenes of the *training* split (world seed ``seed``) and their distinct captions,
+    encoded by ``model`` in eval mode (never the test split)."""
+    scenes, drawn = draw_scenes(seed, num_scenes, "train", "occlusion")
+    captions = [c for _, c in sorted({c.text: c for caps in drawn for c in caps}.items())]
+    was_training = model.training
+    model.eval()
+    try:
+        images = encode_scenes(model, scenes, transform)
+        texts = encode_texts(model, [c.text for c in captions], tokenizer)
+    finally:
+        model.train(was_training)
+    return TrainingMaterial(scenes, captions, images, texts, seed)
 
 
 def synthetic_hierarchy_truth(eval_set: EvaluationSet) -> dict[str, np.ndarray]:
@@ -44,21 +82,27 @@ def synthetic_hierarchy_truth(eval_set: EvaluationSet) -> dict[str, np.ndarray]:
     return {"general": strict, "specific": strict.T.copy(), "image": eval_set.truth.copy()}
 
 
-def synthetic_match_calibration(model, tokenizer, transform, seed: int,
-                                num_scenes: int = CALIBRATION_SCENES) -> MatchCalibration:
+def synthetic_match_calibration(model, tokenizer, transform, seed: int, num_scenes: int = CALIBRATION_SCENES,
+                                material: TrainingMaterial | None = None) -> MatchCalibration:
     """The model's match probability calibrated on ``num_scenes`` scenes of the *training* split (world seed
-    ``seed``) and their distinct captions, against the world's truth (never on the test split)."""
-    scenes, drawn = draw_scenes(seed, num_scenes, "train", "occlusion")
-    captions = sorted({c.text: c for caps in drawn for c in caps}.items())
-    was_training = model.training
-    model.eval()
-    try:
-        images = encode_scenes(model, scenes, transform)
-        texts = encode_texts(model, [text for text, _ in captions], tokenizer)
-    finally:
-        model.train(was_training)
-    truth = truth_matrix(scenes, [c for _, c in captions]).T  # [captions, scenes]
-    return fit_match_calibration(texts, images, truth, *_logit_parameters(model))
+    ``seed``) and their distinct captions, against the world's truth (never on the test split). ``material``: the
+    encoded training material when already at hand (:func:`training_material`)."""
+    material = material or training_material(model, tokenizer, transform, seed, num_scenes)
+    truth = truth_matrix(material.scenes, material.captions).T  # [captions, scenes]
+    return fit_match_calibration(material.texts, material.images, truth, *_logit_parameters(model))
+
+
+def synthetic_hierarchy_head(model, tokenizer, transform, seed: int, num_scenes: int = CALIBRATION_SCENES,
+                             material: TrainingMaterial | None = None) -> HierarchyHead:
+    """A hierarchy head fitted on the *training* split's material (:func:`training_material`): ``text_in_text`` on
+    the strict entailments between its captions, ``image_in_text`` on which captions are true of which scenes."""
+    material = material or training_material(model, tokenizer, transform, seed, num_scenes)
+    entailed = entailment_matrix(material.captions)  # [i, j]: caption i entails caption j
+    where = material.describe()
+    text = fit_pair_weights(material.texts, material.texts, entailed & ~entailed.T, where, seed=seed)
+    image = fit_pair_weights(material.images, material.texts, truth_matrix(material.scenes, material.captions),
+                             where, seed=seed)
+    return HierarchyHead({"text_in_text": text, "image_in_text": image})
 
 
 def _logit_parameters(model) -> tuple[float, float]:
@@ -66,10 +110,11 @@ def _logit_parameters(model) -> tuple[float, float]:
 
 
 def synthetic_hierarchy_metrics(embeddings: dict, eval_set: EvaluationSet, empty, probabilistic: bool = True,
-                                model=None, calibration: MatchCalibration | None = None) -> dict:
+                                model=None, calibration: MatchCalibration | None = None,
+                                head: HierarchyHead | None = None) -> dict:
     """The hierarchy metrics from :func:`~probclip.synthetic.evaluation.encode_synthetic`'s ``embeddings`` and the
     empty caption's embedding ``empty`` ``[1, D]``; with ``model`` and its ``calibration``
-    (:func:`synthetic_match_calibration`), the ``denotation`` score too."""
+    (:func:`synthetic_match_calibration`), the ``denotation`` score too; with a ``head``, the ``head`` score."""
     levels = np.array([c.level for c in eval_set.captions])
     probability = None
     if probabilistic and calibration is not None:
@@ -78,12 +123,16 @@ def synthetic_hierarchy_metrics(embeddings: dict, eval_set: EvaluationSet, empty
         probability = calibration.probability(embeddings["captions"], embeddings["images"],
                                               *_logit_parameters(model))
     return hierarchy_results(embeddings["captions"], embeddings["images"], levels,
-                             synthetic_hierarchy_truth(eval_set), empty, probabilistic, probability)
+                             synthetic_hierarchy_truth(eval_set), empty, probabilistic, probability, head)
 
 
 def evaluate_synthetic_hierarchy(model, tokenizer, transform, seed: int = 0, out_dir: str | Path | None = None,
-                                 name: str = "model", probabilistic: bool = True) -> dict:
-    """The hierarchy task on the synthetic world's test split (world seed ``seed``: the quickstart's scenes)."""
+                                 name: str = "model", probabilistic: bool = True,
+                                 head: HierarchyHead | None = None) -> dict:
+    """The hierarchy task on the synthetic world's test split (world seed ``seed``: the quickstart's scenes).
+
+    ``head``: the model's stored hierarchy head (what its collections' searches rank by); None fits one on the
+    training split, as the quickstart does."""
     if not probabilistic:
         raise ValueError("the hierarchy task on the synthetic world needs a probclip model trained on it (e.g. "
                          "the quickstart's model/); give a HierarCaps CSV with --data for other models")
@@ -92,12 +141,19 @@ def evaluate_synthetic_hierarchy(model, tokenizer, transform, seed: int = 0, out
     model.eval()
     with torch.no_grad():
         empty = model.encode_text(tokenizer([""]))
-    calibration = synthetic_match_calibration(model, tokenizer, transform, seed)
-    metrics = synthetic_hierarchy_metrics(embeddings, eval_set, empty, probabilistic, model, calibration)
+    material = training_material(model, tokenizer, transform, seed)
+    calibration = synthetic_match_calibration(model, tokenizer, transform, seed, material=material)
+    head_source = "stored beside the model"
+    if head is None:
+        head, head_source = synthetic_hierarchy_head(model, tokenizer, transform, seed, material=material), \
+            f"fitted on {material.describe()}"
+    metrics = synthetic_hierarchy_metrics(embeddings, eval_set, empty, probabilistic, model, calibration, head)
     results = {"task": "hierarchy", "data": f"synthetic world, test split, seed {seed}", "model": name,
                "probabilistic": probabilistic, "n_images": len(eval_set.scenes), "n_captions": len(eval_set.captions),
                "match_calibration": {**dataclasses.asdict(calibration),
                                      "fitted_on": f"{CALIBRATION_SCENES} training-split scenes, seed {seed}"},
+               "hierarchy_head": {"source": head_source,
+                                  "fitted_on": {k: v.fitted_on for k, v in head.pairs.items()}},
                "metrics": metrics, "tables": hierarchy_tables(metrics)}
     if out_dir is not None:
         results["plots"] = [hierarchy_plot(metrics, Path(out_dir) / "hierarchy.png").name]
