@@ -44,8 +44,8 @@ def test_terms_follow_their_definition():
         return {"1": torch.ones_like(mu), "mu": mu, "mu2": mu * mu, "s": lv.exp(), "p": (-lv).exp()}
 
     inner, outer = functions(a, i), functions(b, j)
-    for n, (k, l) in enumerate(TERMS):
-        assert torch.allclose(t[i, j, n], inner[k] * outer[l]), (k, l)
+    for n, (k, m) in enumerate(TERMS):
+        assert torch.allclose(t[i, j, n], inner[k] * outer[m]), (k, m)
     # ProLIP's own per-dimension distance term is one combination of them
     d2_p_outer = (a.mean[i].double() - b.mean[j].double()) ** 2 / b.logvar[j].double().exp()
     combo = t[i, j, TERMS.index(("mu2", "p"))] - 2 * t[i, j, TERMS.index(("mu", "mu"))] * outer["p"] \

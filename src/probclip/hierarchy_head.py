@@ -46,7 +46,7 @@ PAIR_KINDS = ("text_in_text", "image_in_text")
 #: The per-dimension functions of one side: 1, the mean, its square, the variance, the precision.
 BASIS = ("1", "mu", "mu2", "s", "p")
 #: The terms ``(inner function, outer function)``, in the order of the weight table's rows (``1 x 1`` is the bias).
-TERMS = tuple((k, l) for k in BASIS for l in BASIS if (k, l) != ("1", "1"))
+TERMS = tuple((inner, outer) for inner in BASIS for outer in BASIS if (inner, outer) != ("1", "1"))
 #: Where each function of ``BASIS`` (but the constant) sits among the stored item features
 #: ``[mu, mu^2, s, mu p, mu^2 p, p, sum lv]``: the block index.
 _FEATURE_BLOCK = {"mu": 0, "mu2": 1, "s": 2, "p": 5}
