@@ -30,6 +30,7 @@ from ..embedding import ProbEmbedding
 from ..errors import UsageError
 from ..jsonsafe import json_safe
 from ..search import SearchIndex, SearchResults
+from ..search.head_ranking import head_ranking
 from .batching import SearchBatcher
 from .decode_slots import DecodeSlots, decode_upload
 from .dedup import candidate_rows, fetch_k, hide_duplicates
@@ -246,8 +247,14 @@ class SearchService:
         query_u = described.get("uncertainty")
         percentile = None if query_u is None else scale.percentile(query_u)
         filtered = req.max_uncertainty is not None or req.uncertainty_quantile is not None
-        return empty_reason(req.score, described.get("kind", ""), query_u, index.modality, percentile,
-                            scale.quantiles().get("0.5"), filtered)
+        kind = described.get("kind", "")
+        ranking = None
+        if req.hierarchy_head and req.directional and req.score in ("includes", "included"):
+            ranking = head_ranking(index.head.get(), req.score, kind if kind in ("text", "image") else
+                                   described.get("modality"), index.modality)
+        head_check = None if ranking is None else "half" if ranking.reverse_kind is None else "reverse"
+        return empty_reason(req.score, kind, query_u, index.modality, percentile, scale.quantiles().get("0.5"),
+                            filtered, head_check)
 
 
 async def _deduplicated(index: SearchIndex, results: SearchResults, k: int) -> tuple[SearchResults, int]:
