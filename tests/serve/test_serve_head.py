@@ -73,6 +73,10 @@ def test_the_answer_says_the_head_ranked_it_with_its_probabilities(client, index
                                                       "modality": "text"},
                                         "index": texts.name, "score": "included", "k": 5}).json()
     assert told["ranked_by"] == "hierarchy head" and [h["row_id"] for h in told["results"]] == expected.ids.tolist()
+    table = client.post("/search?format=csv", json={"item": {"index": texts.name, "row_id": 3}, "index": texts.name,
+                                                    "score": "included", "k": 5}).text.splitlines()
+    assert table[0].startswith("rank,row_id,score,probability,uncertainty,")
+    assert float(table[1].split(",")[3]) == pytest.approx(body["results"][0]["probability"])
     csd = client.post("/search", json={"item": {"index": texts.name, "row_id": 3}, "index": texts.name}).json()
     assert csd["ranked_by"] == "closed-form sampled distance"
 
