@@ -217,7 +217,7 @@ def part_inclusion(work: Path, n: int, dim: int, q: int, oversample: int, quicks
 
 def random_head(sample: probclip.ProbEmbedding, seed: int = 0):
     """A hierarchy head with random weights (``text_in_text`` and ``image_in_text``): standard normal, each divided
-    by the spread of its term over pairs of ``sample`` and by ``sqrt(7 D)``, so every term and dimension weighs
+    by the spread of its term over pairs of ``sample`` and by ``sqrt(len(TERMS) D)``, so every term and dimension weighs
     alike and the logits are of order 1."""
     from probclip.hierarchy_head import TERMS, HierarchyHead, PairWeights, pair_terms
 
@@ -236,7 +236,7 @@ def part_head(work: Path, n: int, dim: int, q: int, oversample: int) -> dict:
     if not index_file.is_file():
         build_index(root, kind="flat", progress=False)
     index = SearchIndex.load(root, "text")
-    head = random_head(index.stored.embedding(np.arange(0, index.rows, max(1, index.rows // 64))[:64]))
+    head = random_head(index.stored.embedding(np.arange(0, index.rows, max(1, index.rows // 32))[:32]))
     carry_head(root, head.to_file(work / "head.safetensors"))
     index = SearchIndex.load(root, "text")
     query = queries(q, dim)

@@ -14,7 +14,7 @@ import probclip
 from probclip.cli import main
 from probclip.embedding import ProbEmbedding
 from probclip.errors import InputError
-from probclip.hierarchy_head import HEAD_FILE, TERMS, HierarchyHead, PairWeights
+from probclip.hierarchy_head import HEAD_FILE, TERMS, HierarchyHead, PairWeights, pair_terms
 from probclip.search import SearchIndex, build_index
 from probclip.search.collection_head import HeadFileError, carry_head
 from probclip.search.head_ranking import head_ranking
@@ -27,9 +27,14 @@ D = 16
 
 
 def _head(seed: int = 0, dim: int = D) -> HierarchyHead:
+    """Random weights, each divided by its term's spread over pairs of random Gaussians (logits of order 1)."""
     rng = np.random.default_rng(seed)
-    return HierarchyHead({"text_in_text": PairWeights(rng.normal(size=(len(TERMS), dim)) * 0.2, 0.3, "random t"),
-                          "image_in_text": PairWeights(rng.normal(size=(len(TERMS), dim)) * 0.2, -0.2, "random i")})
+    mean, logvar = random_gaussians(24, dim, 99)
+    sample = ProbEmbedding(torch.from_numpy(mean), torch.from_numpy(logvar))
+    spread = pair_terms(sample, sample).reshape(-1, len(TERMS), dim).std(0).clamp_min(1e-12).numpy()
+    scale = spread * np.sqrt(len(TERMS) * dim) / 3
+    return HierarchyHead({"text_in_text": PairWeights(rng.normal(size=(len(TERMS), dim)) / scale, 0.3, "random t"),
+                          "image_in_text": PairWeights(rng.normal(size=(len(TERMS), dim)) / scale, -0.2, "random i")})
 
 
 def _collection(root, texts: int = 300, images: int = 200, head: HierarchyHead | None = None):
@@ -123,14 +128,20 @@ def test_the_candidate_path_equals_an_exhaustive_head_scan(tmp_path):
     root, rows = _collection(tmp_path / "c", texts=3000, images=50, head=_head(1))
     index = SearchIndex.load(root, "text")
     ranking = head_ranking(index.head.get(), "included", "text", "text")
+    scans, scan_ids = [], index.scorer.scan_ids
+    index.scorer.scan_ids = lambda allowed: scans.append(allowed) or scan_ids(allowed)
+    complete = 0
     for seed in range(10, 16):
         query = _query(seed)
         for score in ("included", "includes"):
             for directional in (True, False):
                 options = dict(k=5, score=score, directional=directional, query_modality="text", oversample=4)
                 fast = index.search(query, exhaustive=False, **options)[0]
+                assert scans == []  # the candidate path, which scanned no row beyond its candidates
                 full = index.search(query, exhaustive=True, **options)[0]
-                assert not fast.exact and full.exact and fast.ranked_by == "hierarchy head"
+                scans.clear()
+                assert full.exact and fast.ranked_by == "hierarchy head"
+                complete += fast.exact  # the head's exact top lists show when nothing can be missing
                 assert fast.ids.tolist() == full.ids.tolist(), (seed, score, directional)
                 assert np.array_equal(fast.scores, full.scores)
         # the inner-product candidates are the head's exact top-n
@@ -138,6 +149,7 @@ def test_the_candidate_path_equals_an_exhaustive_head_scan(tmp_path):
         proposed = index.candidates.inclusion(query, "included", n, None, 0.0, False, ranking)[0]
         logits = _reference(_head(1), "included", query, rows["text"], "text", "text", False)
         assert set(proposed.tolist()) == set(_top(logits, n).tolist())
+    assert complete >= 20  # of 24 searches
 
 
 def test_a_damaged_or_missing_head_file_is_a_one_line_error(tmp_path):

@@ -145,17 +145,20 @@ class CandidateSources:
         return [order[max(0, i - n): i + n] for i in at]
 
     def deepened(self, query: ProbEmbedding, score: str, n: int, allowed, eps: float,
-                 nearest: np.ndarray | None = None, ranking: HeadRanking | None = None):
+                 nearest: np.ndarray | None = None, ranking: HeadRanking | None = None, k: int = 1):
         """Directional inclusion candidates of one query ``[1, D]``, re-ranked.
 
-        Returns ``(ids, scores, margins, scanned)``. Takes ``n`` candidates from the approximation index and from
+        Returns ``(ids, scores, margins, exact)``. Takes ``n`` candidates from the approximation index and from
         the CSD index, and ``n x U_NEIGHBOURS`` on each side of the query's ``u``. When more than half of the first
         two lists are copies of the query (margin exactly 0: a stored item searched with, in a collection with many
         duplicates), they hide the rows that qualify: it searches ``DEEPEN_FACTOR`` times deeper, up to
         ``n x DEEPEN_LIMIT``; a depth that would
-        re-rank half of the rows scans them all instead (``scanned``: the ranking is then exact). ``nearest``: the
-        first depth's candidates of the two indexes, when already searched (in one batch for many queries);
-        ``ranking``: the hierarchy head ranks instead of the test.
+        re-rank half of the rows scans them all instead (``exact``: the ranking is then exact). ``nearest``: the
+        first depth's candidates of the two indexes, when already searched (in one batch for many queries).
+
+        ``ranking``: the hierarchy head ranks instead of the test. Its candidates are exact top lists, so the search
+        knows when its top ``k`` is complete (:meth:`~probclip.search.head_ranking.HeadRanking.complete`; ``exact``)
+        and goes deeper, by the same steps, until it is, instead of looking at copies of the query.
         """
         first = n
         while True:
@@ -167,6 +170,13 @@ class CandidateSources:
                                      self.csd(query.mean.numpy(), n, allowed)[0])
             ids = np.union1d(nearest, self.uncertainty_neighbours(query, n * U_NEIGHBOURS, allowed)[0])
             ids, scores, margins = self.scorer.rerank(query, score, ids, allowed, eps, True, ranking)
+            if ranking is not None:
+                if ranking.complete(scores, margins, k, n):
+                    return ids, scores, margins, True
+                if n >= first * self.knobs["deepen_limit"]:
+                    return ids, scores, margins, False
+                n *= self.knobs["deepen_factor"]
+                continue
             copies = int(np.isin(nearest, ids[margins == 0], assume_unique=True).sum())
             if 2 * copies <= nearest.size or n >= first * self.knobs["deepen_limit"]:
                 return ids, scores, margins, False

@@ -15,33 +15,44 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..embedding import ProbEmbedding
-from ..hierarchy_head import HierarchyHead, PairWeights
+from ..hierarchy_head import HierarchyHead
+from .vectors import inclusion_feature_products
 
-__all__ = ["RANKED_BY", "HeadRanking", "head_ranking", "pair_logits"]
+__all__ = ["RANKED_BY", "SELECTION_SLACK", "HeadRanking", "head_ranking", "pair_logits"]
 
 #: What ranked a search's results per score when the head does not (``SearchResults.ranked_by``).
 RANKED_BY = {"csd": "closed-form sampled distance", "mean": "cosine of means", "includes": "inclusion test",
              "included": "inclusion test"}
 
 
+#: Relative slack for the float32 inner products that select the head's candidates (:meth:`HeadRanking.complete`):
+#: a row left out may score up to this much (times ``1 + |bound|``) above the bound it was left out by.
+SELECTION_SLACK = 1e-4
+
+
 def _kind(inner: str, outer: str) -> str:
     return f"{inner}_in_{outer}"
 
 
-def pair_logits(pair: PairWeights, inner: tuple[np.ndarray, np.ndarray],
-                outer: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """float64 logits of ``P(inner included in outer)`` for ``(mean, logvar)`` sides ``[n, D]`` and ``[1, D]`` (either
-    way round) -> ``[n]``: the head's terms (:data:`~probclip.hierarchy_head.TERMS`) summed with its weights, with
-    ``[n, D]`` intermediates only (one query against a block of rows)."""
-    w = np.asarray(pair.weights, np.float64)
-    mu_a, lv_a = (np.asarray(x, np.float64) for x in inner)
-    mu_b, lv_b = (np.asarray(x, np.float64) for x in outer)
-    s_a, s_b, p_a, p_b = np.exp(lv_a), np.exp(lv_b), np.exp(-lv_a), np.exp(-lv_b)
-    per_dim = ((mu_a - mu_b) ** 2 * (w[0] * p_b + w[1] * p_a) + w[2] * mu_a * mu_b + w[3] * s_a + w[4] * s_b
-               + w[5] * p_a + w[6] * p_b)
-    return per_dim.sum(-1) + pair.bias
+def pair_logits(head: HierarchyHead, kind: str, query: tuple[np.ndarray, np.ndarray],
+                items: tuple[np.ndarray, np.ndarray], query_side: str) -> np.ndarray:
+    """float64 logits ``[n]`` of one query ``(mean, logvar)`` ``[1, D]`` against items ``[n, D]`` under the pair kind
+    ``kind``, the query on ``query_side`` (``"inner"`` / ``"outer"``).
+
+    The head's exact inner-product form (:meth:`~probclip.hierarchy_head.HierarchyHead.query_weights`) over the items'
+    inclusion features in float64 (:func:`~probclip.search.vectors.inclusion_feature_products`), plus the per-query
+    constant, taken from the head's own logit of the query against itself (``PairWeights.logits``): the logit, with
+    one matrix-vector product per feature block.
+    """
+    q_mean, q_logvar = (np.asarray(x, np.float64).reshape(1, -1) for x in query)
+    weights = head.query_weights(kind, q_mean, q_logvar, query_side)[0]
+    itself = head.pairs[kind].logits(ProbEmbedding(torch.from_numpy(q_mean), torch.from_numpy(q_logvar)),
+                                     ProbEmbedding(torch.from_numpy(q_mean), torch.from_numpy(q_logvar)))
+    constant = float(itself[0, 0]) - float(inclusion_feature_products(q_mean, q_logvar, weights)[0])
+    return inclusion_feature_products(items[0], items[1], weights) + constant
 
 
 @dataclass(frozen=True)
@@ -67,13 +78,37 @@ class HeadRanking:
         """float64 logits ``[n]`` of one query ``[1, D]`` against items ``[n, D]``, and their margins (``+inf``
         without ``directional``; else the logit minus the reverse logit, or the logit when there is no reverse)."""
         q, items = (query.mean.numpy(), query.logvar.numpy()), (means, logvars)
-        inner, outer = (q, items) if self.query_side == "inner" else (items, q)
-        logits = pair_logits(self.head.pairs[self.kind], inner, outer)
+        logits = pair_logits(self.head, self.kind, q, items, self.query_side)
         if not directional:
             return logits, np.full(logits.size, np.inf)
         if self.reverse_kind is None:
             return logits, logits.copy()
-        return logits, logits - pair_logits(self.head.pairs[self.reverse_kind], outer, inner)
+        return logits, logits - pair_logits(self.head, self.reverse_kind, q, items, self._other_side)
+
+    @property
+    def _other_side(self) -> str:
+        return "outer" if self.query_side == "inner" else "inner"
+
+    def complete(self, scores: np.ndarray, margins: np.ndarray, k: int, n: int, directional: bool = True) -> bool:
+        """True when no row outside a search's candidates can enter its top ``k``.
+
+        ``scores`` / ``margins``: the exact float64 values of candidates that hold the top ``n`` rows by the head's
+        logit and (``directional``, with a reverse kind) by its margin (:meth:`query_weights`: exact inner products).
+        Every other row then has a logit at most the candidates' ``n``-th largest (the bound) and a margin at most
+        their ``n``-th largest margin: the top ``k`` is complete when its ``k``-th logit beats the bound, or
+        (``directional``) when no other row can pass the check (margin bound <= 0), each with
+        :data:`SELECTION_SLACK`.
+        """
+        if scores.size < n:  # fewer rows than asked for: the candidates are every allowed row
+            return True
+        bound = float(np.partition(scores, -n)[-n])
+        passing = scores[margins > 0]
+        if passing.size >= k and float(np.partition(passing, -k)[-k]) > bound + SELECTION_SLACK * (1 + abs(bound)):
+            return True
+        if not directional:
+            return False
+        margin_bound = bound if self.reverse_kind is None else float(np.partition(margins, -n)[-n])
+        return margin_bound + SELECTION_SLACK * (1 + abs(margin_bound)) <= 0
 
     def query_weights(self, mean: np.ndarray, logvar: np.ndarray, margin: bool = False) -> np.ndarray:
         """float64 ``[Q, 6D + 1]`` weights over the stored inclusion features: ``features @ weights.T`` is, up to a
@@ -81,8 +116,7 @@ class HeadRanking:
         weights = self.head.query_weights(self.kind, mean, logvar, self.query_side)
         if not margin or self.reverse_kind is None:
             return weights
-        other_side = "outer" if self.query_side == "inner" else "inner"
-        return weights - self.head.query_weights(self.reverse_kind, mean, logvar, other_side)
+        return weights - self.head.query_weights(self.reverse_kind, mean, logvar, self._other_side)
 
 
 def head_ranking(head: HierarchyHead | None, score: str, query_modality: str | None,

@@ -241,9 +241,11 @@ class SearchIndex:
             one, scanned = emb[qi: qi + 1], False
             if deepen:
                 ids, scores, margins, scanned = self.candidates.deepened(one, score, k * over, allowed, eps, ids,
-                                                                         ranking)
+                                                                         ranking, k)
             else:
                 ids, scores, margins = self.scorer.rerank(one, score, ids, allowed, eps, directional, ranking)
+                if ranking is not None and not exact:  # the head's candidates are exact top lists: complete?
+                    scanned = ranking.complete(scores, margins, k, k * over, directional=False)
             keep = margins > 0
             top_ids, top_scores = top(scores[keep], ids[keep], k, higher)
             out.append(SearchResults(ids=top_ids.astype(np.int64), scores=top_scores.astype(np.float32),
