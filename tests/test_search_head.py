@@ -167,6 +167,12 @@ def test_a_damaged_or_missing_head_file_is_a_one_line_error(tmp_path):
     assert index.search(_query(3), score="included", query_modality="text", hierarchy_head=False)[0].ranked_by == \
         "inclusion test"
     assert index.search(_query(3), score="csd", query_modality="text")[0].ranked_by != "hierarchy head"
+    (root / HEAD_FILE).write_bytes(b"not a head")  # unreadable, though recorded with its fingerprint
+    data = json.loads((root / "manifest.json").read_text())
+    data["hierarchy_head"] = {**record.to_dict(), "fingerprint": file_fingerprint(root / HEAD_FILE)}
+    (root / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(HeadFileError, match=r"is not a readable hierarchy head .*; run `probclip embed` again"):
+        SearchIndex.load(root, "text").search(_query(3), score="included", query_modality="text")
     (root / HEAD_FILE).unlink()
     with pytest.raises(HeadFileError, match="hierarchy_head.safetensors is missing"):
         SearchIndex.load(root, "text").search(_query(3), score="includes", query_modality="text")

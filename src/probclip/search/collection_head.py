@@ -103,5 +103,8 @@ class CollectionHead:
             raise HeadFileError(f"hierarchy head {path} is not the file `probclip embed` copied into this collection "
                              f"(fingerprint {found}, the manifest records {self.record.fingerprint}): it was replaced "
                              f"or damaged; {again}")
-        self._head = load_hierarchy_head(path, self.dim)
+        try:
+            self._head = load_hierarchy_head(path, self.dim)
+        except InputError as err:  # e.g. written by an older probclip, in a format this one does not read
+            raise HeadFileError(f"{err}; {again}") from err
         return self._head
