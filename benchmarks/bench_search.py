@@ -11,6 +11,11 @@ Parts (``--parts``, default all):
   re-rank) vs a brute-force inclusion scan (``probclip.inclusion_score`` over every row): recall@10 and speed
   ratio, both directions, on random Gaussians and on the synthetic world's embeddings (``--quickstart DIR``: the
   collection ``prepare_quickstart_collection`` builds from a quickstart model).
+- ``head``: the hierarchy head's ranking of ``included`` / ``includes`` (with the direction check) from the candidate
+  path (exact inner products of the head's logit and margin over the stored inclusion features, the CSD index and
+  the rows nearest in ``u``, exact re-rank) vs an exhaustive head scan (every row's exact float64 logits):
+  recall@10 and speed ratio, on a text collection of random Gaussians with a random head whose weights are
+  standard normal divided by each term's spread over the collection (:func:`random_head`).
 - ``embed``: ``probclip embed`` images/s (decoding in DataLoader workers, writing shards) vs bare ``encode_image``
   on the same images, preprocessed in advance, same batch size.
 
@@ -18,7 +23,7 @@ Galleries are clustered random Gaussians (unit means around ``--clusters`` centr
 plus a per-item offset; queries drawn the same way), written as a float16 collection.
 
     python benchmarks/bench_search.py --n 200000 --dim 768 [--hnsw-n 100000] [--inclusion-n 50000] \
-        [--quickstart DIR] [--parts flat,hnsw,inclusion,embed]
+        [--quickstart DIR] [--parts flat,hnsw,inclusion,head,embed]
 """
 
 from __future__ import annotations
@@ -55,12 +60,12 @@ def clustered_gaussians(n: int, dim: int, seed: int, clusters: int = 1000, sprea
     return mean, logvar
 
 
-def make_collection(root: Path, n: int, dim: int, seed: int = 0) -> Path:
+def make_collection(root: Path, n: int, dim: int, seed: int = 0, modality: str = "image") -> Path:
     if (root / "manifest.json").is_file():  # kept in a --work folder by an earlier run
         return root
     record = {"name": "bench", "config_hash": "0" * 16, "fingerprint": "b" * 16, "embed_dim": dim, "source": None}
     mean, logvar = clustered_gaussians(n, dim, seed)
-    write_collection(root, {"image": (mean, logvar)}, model=record, dtype="float16", shard_rows=50_000)
+    write_collection(root, {modality: (mean, logvar)}, model=record, dtype="float16", shard_rows=50_000)
     return root
 
 
@@ -210,6 +215,54 @@ def part_inclusion(work: Path, n: int, dim: int, q: int, oversample: int, quicks
     return out
 
 
+def random_head(sample: probclip.ProbEmbedding, seed: int = 0):
+    """A hierarchy head with random weights (``text_in_text`` and ``image_in_text``): standard normal, each divided
+    by the spread of its term over pairs of ``sample`` and by ``sqrt(len(TERMS) D)``, so every term and dimension weighs
+    alike and the logits are of order 1."""
+    from probclip.hierarchy_head import TERMS, HierarchyHead, PairWeights, pair_terms
+
+    spread = pair_terms(sample, sample).reshape(-1, len(TERMS), sample.dim).std(0).clamp_min(1e-12).numpy()
+    rng = np.random.default_rng(seed)
+    scale = np.sqrt(len(TERMS) * sample.dim)
+    return HierarchyHead({kind: PairWeights(rng.normal(size=(len(TERMS), sample.dim)) / spread / scale, 0.0, "random")
+                          for kind in ("text_in_text", "image_in_text")})
+
+
+def part_head(work: Path, n: int, dim: int, q: int, oversample: int) -> dict:
+    from probclip.search.collection_head import carry_head
+
+    root = make_collection(work / f"head-{n}", n, dim, modality="text")
+    index_file = root / "index" / "text.inclusion.npy"
+    if not index_file.is_file():
+        build_index(root, kind="flat", progress=False)
+    index = SearchIndex.load(root, "text")
+    head = random_head(index.stored.embedding(np.arange(0, index.rows, max(1, index.rows // 32))[:32]))
+    carry_head(root, head.to_file(work / "head.safetensors"))
+    index = SearchIndex.load(root, "text")
+    query = queries(q, dim)
+    out = {}
+    for name, score, modality in (("captions-by-captions-included", "included", "text"),
+                                  ("captions-by-captions-includes", "includes", "text"),
+                                  ("captions-by-images-included", "included", "image")):
+        def scan(score=score, modality=modality):
+            return index.search(query, k=10, score=score, query_modality=modality, exhaustive=True)
+
+        def fast(score=score, modality=modality):
+            return index.search(query, k=10, score=score, query_modality=modality, exhaustive=False,
+                                oversample=oversample)
+
+        truth, found = scan(), fast()
+        assert truth[0].ranked_by == found[0].ranked_by == "hierarchy head"
+        t_scan, t_fast = timed_pair(scan, fast, repeats=1)
+        out[name] = {"recall_at_10": recall([r.ids for r in found], [r.ids for r in truth]),
+                     "true_items": sum(len(r) for r in truth), "speedup": t_scan / t_fast,
+                     "probclip_qps": q / t_fast, "exhaustive_qps": q / t_scan}
+        print(f"head {name} N={index.rows} D={index.dim} Q={q}: recall@10 {out[name]['recall_at_10']:.3f} (of "
+              f"{out[name]['true_items']} items passing the check)   candidates+re-rank {q / t_fast:8.1f} q/s   "
+              f"exhaustive head scan {q / t_scan:8.1f} q/s   speed-up {t_scan / t_fast:.1f}x", flush=True)
+    return out
+
+
 def part_embed(work: Path, count: int, model_name: str, batch: int, workers: int) -> dict:
     from PIL import Image
 
@@ -261,7 +314,7 @@ def main() -> None:
     parser.add_argument("--embed-model", default="ProLIP-Small-Word")
     parser.add_argument("--embed-batch", type=int, default=64)
     parser.add_argument("--embed-workers", type=int, default=1)
-    parser.add_argument("--parts", default="flat,hnsw,inclusion,embed")
+    parser.add_argument("--parts", default="flat,hnsw,inclusion,head,embed")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed)")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
@@ -280,6 +333,9 @@ def main() -> None:
         if "inclusion" in parts:
             numbers["inclusion"] = part_inclusion(work, args.inclusion_n, args.dim, args.inclusion_queries,
                                                   args.inclusion_oversample, args.quickstart, args.synthetic_scenes)
+        if "head" in parts:
+            numbers["head"] = part_head(work, args.inclusion_n, args.dim, args.inclusion_queries,
+                                        args.inclusion_oversample)
         if "embed" in parts:
             numbers["embed"] = part_embed(work, args.embed_images, args.embed_model, args.embed_batch,
                                           args.embed_workers)

@@ -385,6 +385,35 @@ def setup_foreign_shard(tmp: Path) -> None:
     _write(tmp / "c" / "text_emb" / "text_emb_0.npy", (tmp / "c2" / "text_emb" / "text_emb_0.npy").read_bytes())
 
 
+def _write_head(path: Path, dim: int, seed: int = 0) -> None:
+    import numpy as np
+
+    from probclip.hierarchy_head import TERMS, HierarchyHead, PairWeights
+
+    rng = np.random.default_rng(seed)
+    HierarchyHead({"text_in_text": PairWeights(rng.normal(size=(len(TERMS), dim)), 0.0)}).to_file(path)
+
+
+def setup_damaged_head_in_model(tmp: Path) -> None:
+    from probclip.hierarchy_head import HEAD_FILE
+
+    setup_captions(tmp)
+    _write(tmp / "model" / HEAD_FILE, b"not a head")
+
+
+def setup_replaced_collection_head(tmp: Path) -> None:
+    """A collection that carries its model's head, whose copy was then replaced by another head."""
+    from probclip.hierarchy_head import HEAD_FILE
+    from probclip.search import build_index, embed_collection
+
+    setup_captions(tmp)
+    dim = probclip.create_model("ProLIP-Tiny").embed_dim
+    _write_head(tmp / "model" / HEAD_FILE, dim)
+    embed_collection(str(tmp / "model"), tmp / "captions.txt", tmp / "c", num_workers=0, progress=False)
+    build_index(tmp / "c", kind="flat", progress=False)
+    _write_head(tmp / "c" / HEAD_FILE, dim, seed=1)
+
+
 def setup_truncated_index(tmp: Path) -> None:
     setup_indexed_collection(tmp)
     path = tmp / "c" / "index" / "text.flat.npy"
@@ -682,6 +711,10 @@ CASES += [
     ("search-foreign-shard", [*SEARCH, "--text", "a"], setup_foreign_shard, 1,
      "text_emb_0.npy is not the file `probclip embed` wrote for this collection"),
     ("search-truncated-index", [*SEARCH, "--text", "a"], setup_truncated_index, 1, "text.flat.npy"),
+    ("embed-damaged-head", [*EMBED, "--data", "{tmp}/captions.txt"], setup_damaged_head_in_model, 1,
+     "{tmp}/model/hierarchy_head.safetensors is not a readable hierarchy head"),
+    ("search-replaced-head", [*SEARCH, "--text", "a", "--score", "included"], setup_replaced_collection_head, 1,
+     "hierarchy_head.safetensors is not the file `probclip embed` copied into this collection"),
     ("search-truncated-metadata", [*SEARCH, "--text", "a"], setup_truncated_metadata, 1,
      "text_metadata_0.parquet is truncated or corrupt"),
     ("search-control-characters", ["search", "{tmp}/absent\x1b]0;title\x07", "--text", "a"], None, 1,

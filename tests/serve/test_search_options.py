@@ -43,16 +43,19 @@ def test_every_option_is_offered_by_the_api_and_surfaces_are_known():
 def test_the_api_defines_no_option_default_of_its_own():
     params = inspect.signature(SearchIndex.search).parameters
     # k and score stay positional; None means "the SearchOptions default"; every other option is a keyword of
-    # SearchOptions (no second list of names and defaults in the signature)
+    # SearchOptions (no second list of names and defaults in the signature); query_modality says what an embedding
+    # query was encoded from: a property of the query, not an option
     assert [p.default for name, p in params.items() if name in ("k", "score")] == [None, None]
-    assert set(params) == {"self", "query", "k", "score", "options", "option_values"}
+    assert set(params) == {"self", "query", "k", "score", "options", "query_modality", "option_values"}
+    assert params["query_modality"].kind is inspect.Parameter.KEYWORD_ONLY and params["query_modality"].default is None
     assert params["option_values"].kind is inspect.Parameter.VAR_KEYWORD
 
 
 def test_the_cli_flags_defaults_and_help_come_from_search_options():
     actions = _cli_actions()
     cli = SearchOptions.names("cli")
-    assert set(cli) == {"k", "score", "max_uncertainty", "uncertainty_quantile", "eps", "directional"}
+    assert set(cli) == {"k", "score", "max_uncertainty", "uncertainty_quantile", "eps", "directional",
+                        "hierarchy_head"}
     for name, default in SearchOptions.defaults("cli").items():
         action = actions[name]
         assert action.default == default, name
@@ -62,9 +65,9 @@ def test_the_cli_flags_defaults_and_help_come_from_search_options():
     args = build_parser().parse_args(["c", "--text", "a"])
     assert options_from_args(args) == SearchOptions()
     args = build_parser().parse_args(["c", "--text", "a", "--k", "3", "--score", "included", "--eps", "-10",
-                                      "--no-direction-check", "--uncertainty-quantile", "0.5"])
+                                      "--no-direction-check", "--uncertainty-quantile", "0.5", "--no-hierarchy-head"])
     assert options_from_args(args) == SearchOptions(k=3, score="included", eps=-10.0, directional=False,
-                                                    uncertainty_quantile=0.5)
+                                                    uncertainty_quantile=0.5, hierarchy_head=False)
 
 
 def test_the_http_schema_is_made_from_search_options():

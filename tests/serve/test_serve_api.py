@@ -99,7 +99,7 @@ def test_search_options_list_the_scores_and_defaults_of_the_service(client):
     assert options["scores"] == list(SCORES) and options["scores"][0] == options["defaults"]["score"] == "csd"
     assert options["higher_is_better"] == HIGHER_IS_BETTER
     assert options["defaults"] == {"k": 10, "score": "csd", "max_uncertainty": None, "uncertainty_quantile": None,
-                                   "eps": 0.0, "directional": True, "deduplicate": False}
+                                   "eps": 0.0, "directional": True, "hierarchy_head": True, "deduplicate": False}
     assert options["max_k"] == ServiceLimits().max_k
 
 
@@ -124,7 +124,7 @@ def test_image_upload_base64_and_embedding_queries(client, tiny_indexes):
     _assert_same(by_embedding.json()["results"], expected)
     by_item = client.post("/search", json={"item": {"index": image_index.name, "row_id": 3}, "k": 4})
     _assert_same(by_item.json()["results"], expected)
-    assert by_item.json()["query"] == {"kind": "item", "index": image_index.name, "row_id": 3,
+    assert by_item.json()["query"] == {"kind": "item", "index": image_index.name, "row_id": 3, "modality": "image",
                                        "uncertainty": pytest.approx(float(stored.uncertainty[0]), rel=1e-6)}
 
 

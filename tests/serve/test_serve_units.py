@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.exceptions import HTTPException
 
 from probclip.errors import InputError, UsageError
+from probclip.search.collection_head import HeadFileError
 from probclip.search.layout import ShardFileError
 from probclip.serve import create_app
 from probclip.serve.cli import build_parser, limits_from_args
@@ -155,6 +156,7 @@ def test_every_row_of_the_error_table_answers_its_status_in_one_json_line(tiny_i
         "UsageError": (UsageError("bad option 'x' for <object at 0x7f00dead>; expected y"), 400),
         "InputError": (InputError("unreadable /home/someone/secret/file.csv"), 400),
         "ShardFileError": (ShardFileError("shard file /srv/c/img_emb/img_emb_0.npy was replaced\nmore"), 503),
+            "HeadFileError": (HeadFileError("hierarchy head /srv/c/hierarchy_head.safetensors is missing\nmore"), 503),
         "RequestValidationError": (RequestValidationError([{"loc": ("body", "k"), "msg": "too big"}]), 422),
         "HTTPException": (HTTPException(418, "teapot"), 418),
     }

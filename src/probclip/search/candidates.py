@@ -13,6 +13,7 @@ import numpy as np
 from ..embedding import ProbEmbedding
 from ..errors import InputError
 from .backends import IndexBackend, OpenContext, exact_topk, load_rows_npy
+from .head_ranking import HeadRanking
 from .layout import StoredRows, collection_file, file_fingerprint
 from .manifest import IndexEntry
 from .scoring import ExactScorer, top
@@ -93,10 +94,14 @@ class CandidateSources:
         return best_ids
 
     def inclusion(self, query: ProbEmbedding, score: str, n: int, allowed, eps: float,
-                              directional: bool = False) -> list[np.ndarray]:
+                  directional: bool = False, ranking: HeadRanking | None = None) -> list[np.ndarray]:
         """Per query, the top ``n`` rows by the inner-product approximation of the test, and (``directional``
         ``included``) the top ``n`` by the approximate test plus its approximate margin over the reverse test (empty
-        without the index)."""
+        without the index).
+
+        With a hierarchy head's ``ranking``, the same stored features give the head's logit and (``directional``,
+        when the head holds the reverse kind) its margin exactly as inner products
+        (:meth:`~probclip.search.head_ranking.HeadRanking.query_weights`): the top ``n`` by each."""
         if self._inclusion_index is None:
             if "inclusion_file" not in self.files.entry.files:  # built with --no-inclusion
                 return [np.zeros(0, np.int64)] * query.mean.shape[0]
@@ -111,10 +116,15 @@ class CandidateSources:
                 raise InputError(f"{self.files.path('mean_variance_file')} holds shape {self._mean_variance.shape}, "
                                  f"expected ({self.stored.dim},); rebuild it with `probclip index {self.files.root}`")
         mean, logvar = query.mean.numpy(), query.logvar.numpy()
-        weights = [inclusion_query_weights(mean, logvar, self._mean_variance, score, eps)]
-        if directional and score == "included":  # "includes" finds its items without it (and at half the cost)
-            weights.append(inclusion_query_weights(mean, logvar, self._mean_variance, score, eps,
-                                                   margin_weight=MARGIN_WEIGHT))
+        if ranking is not None:
+            weights = [ranking.query_weights(mean, logvar)]
+            if directional and ranking.reverse_kind is not None:
+                weights.append(ranking.query_weights(mean, logvar, margin=True))
+        else:
+            weights = [inclusion_query_weights(mean, logvar, self._mean_variance, score, eps)]
+            if directional and score == "included":  # "includes" finds its items without it (at half the cost)
+                weights.append(inclusion_query_weights(mean, logvar, self._mean_variance, score, eps,
+                                                       margin_weight=MARGIN_WEIGHT))
         ids = exact_topk(self._inclusion_index, np.concatenate(weights), n, allowed, faiss.METRIC_INNER_PRODUCT)
         q = query.mean.shape[0]
         return [np.unique(np.concatenate([ids[i + j * q] for j in range(len(weights))])) for i in range(q)]
@@ -135,27 +145,38 @@ class CandidateSources:
         return [order[max(0, i - n): i + n] for i in at]
 
     def deepened(self, query: ProbEmbedding, score: str, n: int, allowed, eps: float,
-                             nearest: np.ndarray | None = None):
+                 nearest: np.ndarray | None = None, ranking: HeadRanking | None = None, k: int = 1):
         """Directional inclusion candidates of one query ``[1, D]``, re-ranked.
 
-        Returns ``(ids, scores, margins, scanned)``. Takes ``n`` candidates from the approximation index and from
+        Returns ``(ids, scores, margins, exact)``. Takes ``n`` candidates from the approximation index and from
         the CSD index, and ``n x U_NEIGHBOURS`` on each side of the query's ``u``. When more than half of the first
         two lists are copies of the query (margin exactly 0: a stored item searched with, in a collection with many
         duplicates), they hide the rows that qualify: it searches ``DEEPEN_FACTOR`` times deeper, up to
         ``n x DEEPEN_LIMIT``; a depth that would
-        re-rank half of the rows scans them all instead (``scanned``: the ranking is then exact). ``nearest``: the
+        re-rank half of the rows scans them all instead (``exact``: the ranking is then exact). ``nearest``: the
         first depth's candidates of the two indexes, when already searched (in one batch for many queries).
+
+        ``ranking``: the hierarchy head ranks instead of the test. Its candidates are exact top lists, so the search
+        knows when its top ``k`` is complete (:meth:`~probclip.search.head_ranking.HeadRanking.complete`; ``exact``)
+        and goes deeper, by the same steps, until it is, instead of looking at copies of the query.
         """
         first = n
         while True:
             if 2 * n * (1 + U_NEIGHBOURS) * 2 >= self.stored.rows:
                 ids = np.concatenate(self.scorer.scan_ids(allowed) or [np.zeros(0, np.int64)])
-                return (*self.scorer.rerank(query, score, ids, allowed, eps, True), True)
+                return (*self.scorer.rerank(query, score, ids, allowed, eps, True, ranking), True)
             if nearest is None or n != first:
-                nearest = np.union1d(self.inclusion(query, score, n, allowed, eps, True)[0],
+                nearest = np.union1d(self.inclusion(query, score, n, allowed, eps, True, ranking)[0],
                                      self.csd(query.mean.numpy(), n, allowed)[0])
             ids = np.union1d(nearest, self.uncertainty_neighbours(query, n * U_NEIGHBOURS, allowed)[0])
-            ids, scores, margins = self.scorer.rerank(query, score, ids, allowed, eps, True)
+            ids, scores, margins = self.scorer.rerank(query, score, ids, allowed, eps, True, ranking)
+            if ranking is not None:
+                if ranking.complete(scores, margins, k, n):
+                    return ids, scores, margins, True
+                if n >= first * self.knobs["deepen_limit"]:
+                    return ids, scores, margins, False
+                n *= self.knobs["deepen_factor"]
+                continue
             copies = int(np.isin(nearest, ids[margins == 0], assume_unique=True).sum())
             if 2 * copies <= nearest.size or n >= first * self.knobs["deepen_limit"]:
                 return ids, scores, margins, False

@@ -30,6 +30,7 @@ from ..limits import LimitExceededError
 from ..process_group import barrier, init_distributed
 from ..tokenizers import get_tokenizer
 from ..transforms import image_transform
+from .collection_head import carry_head, model_head_file
 from .input_digest import fingerprint, input_digests
 from .inputs import CollectionInputs, image_source, list_inputs
 from .job import finished_job, prepare_output, unfinished_job
@@ -166,6 +167,9 @@ def embed_collection(model: nn.Module | str, data: str | Path, out_dir: str | Pa
         shard_rows: rows per shard file (per modality).
         dtype: storage dtype of means and log-variances, ``float16`` or ``float32`` (``u`` is always float32).
         model_source: where to reload ``model`` from (recorded in the manifest; set from ``model`` when a path).
+            When it is a folder holding a hierarchy head (``hierarchy_head.safetensors``), the collection carries a
+            copy of it (:mod:`probclip.search.collection_head`), which ranks its more general / more specific
+            searches.
         overwrite: replace a collection made by a different job (other data, model or options) instead of refusing
             to (see :mod:`probclip.search.job`).
     Under ``torchrun`` each rank embeds the shards ``s % world_size == rank``; rank 0 writes the manifest.
@@ -196,12 +200,15 @@ def embed_collection(model: nn.Module | str, data: str | Path, out_dir: str | Pa
                          f"{'text' if modality == 'image' else 'image'} or other data")
     counts = {m: n for m, n in counts.items() if n}
     record = model_record(model, model_source)
+    head_file = model_head_file(model_source, record["embed_dim"])  # a bad head stops the run before any work
     digests = input_digests(inputs, tuple(counts))
     job = JobRecord(data=str(Path(data).resolve()), modality=modality, shard_rows=shard_rows, dtype=dtype,
                     model_fingerprint=record["fingerprint"], split=split,
                     image_root=None if image_root is None else str(Path(image_root).resolve()), counts=counts,
                     inputs_fingerprint=fingerprint(digests))
     if not overwrite and finished_job(out) == job:
+        if dist.is_main:
+            carry_head(out, head_file)  # the model folder's head may have been fitted (or changed) since
         return out  # finished already (indexes built on it are kept)
     if dist.is_main:
         prepare_output(out, job, digests, inputs, overwrite)
@@ -220,5 +227,6 @@ def embed_collection(model: nn.Module | str, data: str | Path, out_dir: str | Pa
     barrier()
     if dist.is_main:
         merge_manifest(out, job, record, counts, shard_rows)
+        carry_head(out, head_file)
     barrier()
     return out

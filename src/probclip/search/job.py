@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import UsageError
+from ..hierarchy_head import HEAD_FILE
 from ..terminal import printable
 from .input_digest import INPUTS_DIR, describe_change, write_digests
 from .layout import MANIFEST_NAME, PREFIXES, write_json_atomic
@@ -23,7 +24,7 @@ from .writer import PROGRESS_DIR
 __all__ = ["COLLECTION_ENTRIES", "finished_job", "prepare_output", "unfinished_job"]
 
 #: The entries of a collection folder that ``overwrite`` removes.
-COLLECTION_ENTRIES = (MANIFEST_NAME, PROGRESS_DIR, INPUTS_DIR, "index", "metadata",
+COLLECTION_ENTRIES = (MANIFEST_NAME, PROGRESS_DIR, INPUTS_DIR, HEAD_FILE, "index", "metadata",
                       *(f"{p}_{kind}" for p in PREFIXES.values() for kind in ("emb", "logvar")))
 
 

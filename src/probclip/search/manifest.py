@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
+from ..hierarchy_head import PAIR_KINDS
 from .backends import backend_names
 from .layout import DTYPES, MANIFEST_NAME, MODALITIES, SHARD_FILES, Shard, collection_file, write_json_atomic
 
-__all__ = ["FILE_KINDS", "FORMAT", "FORMAT_VERSION", "INDEX_FILE_KEYS", "IndexEntry", "JobRecord", "Manifest",
-           "ModalityInfo", "ModelRecord", "SkippedInput", "read_job_file", "read_manifest", "read_manifest_job",
-           "upgrade", "write_manifest"]
+__all__ = ["FILE_KINDS", "FORMAT", "FORMAT_VERSION", "INDEX_FILE_KEYS", "HeadRecord", "IndexEntry", "JobRecord",
+           "Manifest", "ModalityInfo", "ModelRecord", "SkippedInput", "read_job_file", "read_manifest",
+           "read_manifest_job", "upgrade", "write_manifest"]
 
 FORMAT = "probclip-collection"
 FORMAT_VERSION = 2
@@ -170,6 +171,24 @@ class IndexEntry:
 
 
 @dataclass(frozen=True)
+class HeadRecord:
+    """The hierarchy head the collection carries (:mod:`probclip.hierarchy_head`), copied from the model's folder by
+    ``probclip embed``: ``file`` (relative to the collection), its ``fingerprint``
+    (:func:`~probclip.search.layout.file_fingerprint`), the pair ``kinds`` it holds (``"text_in_text"``, ...) and
+    ``fitted_on``: per kind, what it was fitted on."""
+
+    file: str
+    fingerprint: str
+    kinds: tuple[str, ...]
+    fitted_on: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """The JSON form."""
+        return {"file": self.file, "fingerprint": self.fingerprint, "kinds": list(self.kinds),
+                "fitted_on": dict(self.fitted_on)}
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A collection's manifest (see the module docstring). ``job`` is the embedding job (:class:`JobRecord`), whose
     ``inputs_fingerprint`` identifies the inputs (:mod:`probclip.search.input_digest`). A top-level ``inputs`` record
@@ -182,6 +201,7 @@ class Manifest:
     indexes: dict[str, IndexEntry] = field(default_factory=dict)
     shard_rows: int | None = None
     job: JobRecord | None = None
+    hierarchy_head: HeadRecord | None = None
     format_version: int = FORMAT_VERSION
     upgraded_from: int | None = None
 
@@ -208,6 +228,8 @@ class Manifest:
                               for m, i in self.modalities.items()},
                "indexes": {m: e.to_dict() for m, e in self.indexes.items()},
                "shard_rows": self.shard_rows, "job": None if self.job is None else self.job.to_dict()}
+        if self.hierarchy_head is not None:
+            out["hierarchy_head"] = self.hierarchy_head.to_dict()
         if self.upgraded_from is not None:
             out["upgraded_from"] = self.upgraded_from
         return out
@@ -244,8 +266,9 @@ class Manifest:
             if data.get(name) is not None:
                 _mapping(path, name, data.get(name))
         job = None if data.get("job") is None else JobRecord.from_dict(data["job"])
+        head = None if data.get("hierarchy_head") is None else _head(root, path, data["hierarchy_head"])
         return cls(model=record, dtype=data["dtype"], modalities=modalities, indexes=indexes, shard_rows=shard_rows,
-                   job=job, format_version=FORMAT_VERSION,
+                   job=job, hierarchy_head=head, format_version=FORMAT_VERSION,
                    upgraded_from=data.get("upgraded_from"))
 
 
@@ -343,6 +366,20 @@ def _index(root: Path, path: Path, modality: str, entry: object, modalities: dic
         collection_file(root, entry[key], f"indexes.{modality}.{key}")
     _mapping(path, f"indexes.{modality}.fingerprints", entry.get("fingerprints", {}))
     return IndexEntry.from_dict(entry)
+
+
+def _head(root: Path, path: Path, value: object) -> HeadRecord:
+    """The ``hierarchy_head`` record, checked (its file inside the collection, its kinds known)."""
+    value = _mapping(path, "hierarchy_head", value)
+    collection_file(root, value.get("file"), "hierarchy_head.file")
+    if not isinstance(value.get("fingerprint"), str) or not value.get("fingerprint"):
+        raise _bad(path, "hierarchy_head.fingerprint", value.get("fingerprint"), "a non-empty string")
+    kinds = value.get("kinds")
+    if not isinstance(kinds, list) or not kinds or any(k not in PAIR_KINDS for k in kinds):
+        raise _bad(path, "hierarchy_head.kinds", kinds, f"a non-empty list of {list(PAIR_KINDS)}")
+    fitted_on = _mapping(path, "hierarchy_head.fitted_on", value.get("fitted_on", {}))
+    return HeadRecord(file=value["file"], fingerprint=value["fingerprint"], kinds=tuple(kinds),
+                      fitted_on=dict(fitted_on))
 
 
 def write_manifest(root: str | Path, manifest: dict) -> None:

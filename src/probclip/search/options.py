@@ -130,7 +130,9 @@ class SearchOptions:
         uncertainty_quantile: keep only items with ``u`` at most this quantile of the collection's ``u``.
         eps: log-precision offset of the inclusion test (0: the means matter; training used -10 / -20).
         directional: ``includes`` / ``included`` keep only the items for which the test in the direction asked beats
-            the reverse test.
+            the reverse test (with the hierarchy head: its logit beats the reverse one, or ``P > 0.5``).
+        hierarchy_head: rank ``includes`` / ``included`` by the collection's hierarchy head when it has one for the
+            pair of modalities (:mod:`probclip.search.head_ranking`); False: by the inclusion test.
         oversample: candidates per result for approximate kinds and the inclusion test (None: the index's own).
         exhaustive: scan every row for the inclusion test (None: when rows x D is small enough).
     """
@@ -148,10 +150,15 @@ class SearchOptions:
         exclusive_minimum=0, maximum=1))
     eps: float = _option(0.0, OptionSpec(
         "log-precision offset of the inclusion test (includes / included): 0 keeps the means in play; training used "
-        "-10 and -20", _eps, minimum=-MAX_ABS_EPS, maximum=MAX_ABS_EPS))
+        "-10 and -20; it does not apply where the hierarchy head ranks", _eps, minimum=-MAX_ABS_EPS,
+        maximum=MAX_ABS_EPS))
     directional: bool = _option(True, OptionSpec(
         "includes / included: keep only items for which the test in the direction asked beats the reverse test "
-        "(fewer than k may come back); off: rank every item by the raw test", _flag, cli_flag="--direction-check"))
+        "(with the hierarchy head: its probability beats the reverse one, or exceeds 0.5 where it has no reverse; "
+        "fewer than k may come back); off: rank every item by the raw score", _flag, cli_flag="--direction-check"))
+    hierarchy_head: bool = _option(True, OptionSpec(
+        "rank more general / more specific (included / includes) by the collection's hierarchy head when it has one "
+        "for the two modalities; off: by the plain inclusion test", _flag))
     oversample: int | None = _option(None, OptionSpec(
         "candidates per result for the approximate index kinds and the inclusion test (default: the index's own)",
         _optional_positive_int, surfaces=("api",), minimum=1))

@@ -8,7 +8,10 @@ import numpy as np
 
 from .options import HIGHER_IS_BETTER, SCORES  # defined with the search options; also importable from here
 
-__all__ = ["SCORES", "HIGHER_IS_BETTER", "SearchResults"]
+#: ``SearchResults.ranked_by`` when the collection's hierarchy head ranked.
+HEAD_RANKED_BY = "hierarchy head"
+
+__all__ = ["HEAD_RANKED_BY", "SCORES", "HIGHER_IS_BETTER", "SearchResults"]
 
 
 @dataclass
@@ -20,6 +23,9 @@ class SearchResults:
         metadata: one dict per result (``row_id``, ``source``, ``caption``, ``u``, ...).
         score: the score's name; higher_is_better: False for ``csd``; exact: True when the ranking is exact
             (no item of the collection can be missing from it).
+        ranked_by: what computed the scores: ``closed-form sampled distance``, ``cosine of means``,
+            ``inclusion test`` or ``hierarchy head`` (then each score is the head's logit of the item being more
+            general / more specific than the query, and :attr:`probabilities` its probability).
     """
 
     ids: np.ndarray
@@ -29,14 +35,27 @@ class SearchResults:
     score: str = "csd"
     higher_is_better: bool = False
     exact: bool = True
+    ranked_by: str = "closed-form sampled distance"
+
+    @property
+    def probabilities(self) -> np.ndarray | None:
+        """float64 ``[k]`` probabilities ``sigmoid(score)`` when the hierarchy head ranked, else None."""
+        if self.ranked_by != HEAD_RANKED_BY:
+            return None
+        return 1.0 / (1.0 + np.exp(-self.scores.astype(np.float64)))
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
 
     def to_dict(self) -> dict:
-        """JSON-ready dict: ``score``, ``higher_is_better``, ``exact``, ``results`` (rank, row_id, score, u, ...)."""
+        """JSON-ready dict: ``score``, ``higher_is_better``, ``exact``, ``ranked_by``, ``results`` (rank, row_id,
+        score, u, ..., and ``probability`` where the hierarchy head ranked)."""
         rows = []
+        probabilities = self.probabilities
         for rank, (i, s, u, meta) in enumerate(
                 zip(self.ids, self.scores, self.uncertainty, self.metadata, strict=True), 1):
             rows.append({**meta, "rank": rank, "row_id": int(i), "score": float(s), "u": float(u)})
-        return {"score": self.score, "higher_is_better": self.higher_is_better, "exact": self.exact, "results": rows}
+            if probabilities is not None:
+                rows[-1]["probability"] = float(probabilities[rank - 1])
+        return {"score": self.score, "higher_is_better": self.higher_is_better, "exact": self.exact,
+                "ranked_by": self.ranked_by, "results": rows}

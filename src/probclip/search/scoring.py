@@ -1,4 +1,5 @@
-"""Exact scores over the stored rows: CSD, cosine of means and the inclusion test, their margins, the ranking.
+"""Exact scores over the stored rows: CSD, cosine of means, the inclusion test or the collection's hierarchy head,
+their margins, the ranking.
 
 The one place where a candidate's score and its ranking are computed (:class:`ExactScorer`); candidate sources
 (:mod:`probclip.search.candidates`) only propose rows. Scores are float64 from the stored float32 means and
@@ -6,7 +7,9 @@ log-variances (``u`` as stored); ties are broken by the smaller row id (:func:`t
 
 A row qualifies when its margin is positive: for a directional inclusion score (``includes`` / ``included`` with
 ``directional``) the margin is the test in the direction asked minus the reverse test (0 for a copy of the query);
-otherwise it is +inf.
+otherwise it is +inf. Where the collection's hierarchy head ranks an inclusion score (a
+:class:`~probclip.search.head_ranking.HeadRanking` given), the score is the head's logit and the margin the one it
+defines (:mod:`probclip.search.head_ranking`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 
 from ..embedding import ProbEmbedding
 from ..errors import UsageError
+from .head_ranking import HeadRanking
 from .layout import StoredRows
 from .vectors import inclusion_test, inclusion_tests
 
@@ -57,17 +61,20 @@ class ExactScorer:
         return [ids[i: i + SCAN_ROWS] for i in range(0, ids.size, SCAN_ROWS)]
 
     def scores(self, score: str, query: ProbEmbedding, ids: np.ndarray, eps: float,
-               directional: bool = False) -> tuple[np.ndarray, np.ndarray]:
+               directional: bool = False, ranking: HeadRanking | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Exact scores of one query ``[1, D]`` against rows ``ids`` (float64) and their margins (float64).
 
         A row qualifies when its margin is positive: for a directional inclusion score the margin is the test in
-        the direction asked minus the reverse test (0 for a copy of the query); otherwise it is +inf.
+        the direction asked minus the reverse test (0 for a copy of the query); otherwise it is +inf. ``ranking``:
+        the hierarchy head ranks the inclusion score instead of the test (``eps`` does not apply).
         """
         if ids.size == 0:
             return np.zeros(0), np.zeros(0)
         if score in ("csd", "mean"):
             return self._distance(score, query, ids), np.full(ids.size, np.inf)
         means, logvars = self.stored.means(ids), self.stored.logvars(ids)
+        if ranking is not None:
+            return ranking.scores(query, means, logvars, directional)
         q_mean, q_logvar = query.mean.numpy(), query.logvar.numpy()
         pair = (means, logvars), (q_mean, q_logvar)  # score "includes": test(item in query)
         inner, outer = pair if score == "includes" else pair[::-1]
@@ -86,12 +93,14 @@ class ExactScorer:
         norms = np.linalg.norm(means, axis=1) * np.linalg.norm(q)
         return means @ q / np.where(norms > 0, norms, 1.0)
 
-    def rerank(self, query: ProbEmbedding, score: str, ids, allowed, eps: float, directional: bool):
-        """Exact scores of one query ``[1, D]`` over candidate ``ids``: ``(ids, scores, margins)`` (see ``_exact``)."""
+    def rerank(self, query: ProbEmbedding, score: str, ids, allowed, eps: float, directional: bool,
+               ranking: HeadRanking | None = None):
+        """Exact scores of one query ``[1, D]`` over candidate ``ids``: ``(ids, scores, margins)`` (see
+        :meth:`scores`)."""
         ids = np.unique(np.asarray(ids, dtype=np.int64))
         if allowed is not None:
             ids = ids[allowed[ids]]
-        blocks = [self.scores(score, query, ids[i: i + SCAN_ROWS], eps, directional)
+        blocks = [self.scores(score, query, ids[i: i + SCAN_ROWS], eps, directional, ranking)
                   for i in range(0, ids.size, SCAN_ROWS)]
         scores = np.concatenate([b[0] for b in blocks] or [np.zeros(0)])
         margins = np.concatenate([b[1] for b in blocks] or [np.zeros(0)])

@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Search an indexed collection with a caption or an image. Scores: csd (closed-form sampled "
                     "distance, lower is closer), mean (cosine of means), includes (items included in the query: "
                     "more specific), included (items that include the query: more general); the inclusion scores "
-                    "keep only items for which the test holds in the direction asked.")
+                    "keep only items for which the test holds in the direction asked. A collection embedded with a "
+                    "model folder holding a hierarchy head ranks includes / included by the head (P: its "
+                    "probability; --no-hierarchy-head: by the inclusion test).")
     parser.add_argument("collection", help="collection folder (embedded and indexed)")
     query = parser.add_mutually_exclusive_group(required=True)
     query.add_argument("--text", help="a caption to search with")
@@ -42,17 +44,20 @@ def format_table(results: SearchResults, query_u: float | None = None) -> str:
     """A readable table: rank, score, uncertainty u, caption or source (control characters escaped)."""
     arrow = "higher is better" if results.higher_is_better else "lower is closer"
     how = "exact" if results.exact else "approximate candidates, exact re-rank"
-    lines = [f"score: {results.score} ({arrow}; {how})"]
+    lines = [f"score: {results.score} ({arrow}; {how}; ranked by the {results.ranked_by})"]
     if query_u is not None:
         lines.append(f"query uncertainty u = {query_u:.4g}")
-    lines.append(f"{'rank':>4}  {'score':>10}  {'u':>9}  item")
+    probabilities = results.probabilities  # where the hierarchy head ranked: P(more general / more specific)
+    p_head = f"  {'P':>6}" if probabilities is not None else ""
+    lines.append(f"{'rank':>4}  {'score':>10}{p_head}  {'u':>9}  item")
     for rank, (score, u, meta) in enumerate(
             zip(results.scores, results.uncertainty, results.metadata, strict=True), 1):
+        p_cell = f"  {probabilities[rank - 1]:>6.3f}" if probabilities is not None else ""
         label = meta.get("caption") or meta.get("source") or ""
         source = meta.get("source") or ""
         if meta.get("caption") and source and meta.get("offset", -1) == -1 and "/" in source:
             label = f"{meta['caption']}  [{meta['source'].rsplit('/', 1)[-1]}]"
-        lines.append(f"{rank:>4}  {score:>10.4f}  {u:>9.4g}  {printable(label)}")
+        lines.append(f"{rank:>4}  {score:>10.4f}{p_cell}  {u:>9.4g}  {printable(label)}")
     if not len(results):
         lines.append("(no item qualifies)")
     return "\n".join(lines)
@@ -76,7 +81,8 @@ def _run(argv: list[str]) -> int:
             except ImageLoadError as err:
                 raise InputError(str(err)) from err
         embedding = index.encode(query)
-        results = index.search(embedding, options=options)[0]
+        modality_of_query = "text" if args.text is not None else "image"
+        results = index.search(embedding, options=options, query_modality=modality_of_query)[0]
         query_u = float(embedding.uncertainty[0])
         if args.json:
             print(json.dumps({"index": index.name, "query_u": query_u, **results.to_dict()}, indent=2))

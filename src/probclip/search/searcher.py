@@ -13,6 +13,12 @@ default): ``includes`` keeps items with ``test(item in query) > test(query in it
 inclusion loss trains, and ranks them by ``test(item in query)``; ``included`` the reverse. The raw test alone
 rewards every low-variance item near the query, so without the check both directions list the most specific items.
 
+A collection that carries a hierarchy head (:mod:`probclip.search.collection_head`) ranks the inclusion scores by
+the head's logits instead, where the head holds the pair of modalities asked and the query's modality is known
+(a text or an image; an embedding when ``query_modality`` says which): see :mod:`probclip.search.head_ranking`.
+The option ``hierarchy_head=False`` ranks by the test. The candidates of a large collection then come from the
+same stored features, as exact inner products of the head's logit and margin.
+
 ``SearchIndex`` is a facade over parts with one job each: :class:`~probclip.search.queries.QueryEncoder` (queries
 to embeddings), :class:`~probclip.search.candidates.CandidateSources` (the backend's index and the other candidate
 sources), :class:`~probclip.search.scoring.ExactScorer` (the exact scores and their ranking over stored rows) and
@@ -32,14 +38,16 @@ from ..embedding import ProbEmbedding
 from ..errors import InputError, UsageError
 from .backends import backend_for
 from .candidates import CandidateSources, IndexFiles
+from .collection_head import CollectionHead
+from .head_ranking import RANKED_BY, head_ranking
 from .items import CollectionItems
-from .layout import MANIFEST_NAME, StoredRows, check_modality
+from .layout import MANIFEST_NAME, MODALITIES, StoredRows, check_modality
 from .manifest import INDEX_FILE_KEYS, Manifest, read_manifest
 from .model_id import model_fingerprint
 from .model_loading import load_model
 from .options import HIGHER_IS_BETTER, SearchOptions
 from .queries import QueryEncoder
-from .results import SearchResults
+from .results import HEAD_RANKED_BY, SearchResults
 from .scoring import ExactScorer, top
 
 __all__ = ["DEFAULT_OVERSAMPLE", "EXHAUSTIVE_ELEMENTS", "SearchIndex"]
@@ -112,6 +120,8 @@ class SearchIndex:
         self.scorer = ExactScorer(self.stored)
         self.candidates = CandidateSources(self.stored, self.backend, self.files, self.scorer, self.knobs)
         self.items = CollectionItems(self.stored)
+        #: The hierarchy head the collection carries (its file checked when a search first needs it).
+        self.head = CollectionHead(root, manifest.hierarchy_head, self.dim)
 
     # ------------------------------------------------------------------------------------------------ loading
     @classmethod
@@ -176,7 +186,7 @@ class SearchIndex:
         return self.queries.encode(query)
 
     def search(self, query, k: int | None = None, score: str | None = None, *, options: SearchOptions | None = None,
-               **option_values) -> list[SearchResults]:
+               query_modality: str | None = None, **option_values) -> list[SearchResults]:
         """Search with one or more queries; returns one :class:`SearchResults` per query, best first.
 
         Args:
@@ -184,8 +194,10 @@ class SearchIndex:
             k, score, **option_values: any field of :class:`~probclip.search.options.SearchOptions` by name
                 (``k``: results per query, default 10; ``score``: ``csd``, ``mean``, ``includes`` or ``included``;
                 ``max_uncertainty``, ``uncertainty_quantile``, ``eps``, ``directional``, ``oversample``,
-                ``exhaustive``), overriding ``options``.
+                ``exhaustive``, ``hierarchy_head``), overriding ``options``.
             options: a ``SearchOptions`` (default: the defaults). A bad or unknown option is a ``UsageError``.
+            query_modality: ``text`` or ``image``: what an embedding query was encoded from (texts and images say so
+                themselves); None for an embedding of unknown origin, which the hierarchy head cannot rank.
 
         ``directional`` (the default) keeps, for ``includes`` / ``included``, only the items for which the test in
         the direction asked beats the reverse test (see the module docstring); a query can then get fewer than ``k``.
@@ -193,7 +205,11 @@ class SearchIndex:
         given = {name: value for name, value in (("k", k), ("score", score)) if value is not None}
         opts = SearchOptions.from_values({**given, **option_values}, base=options)
         k, score, eps, directional = opts.k, opts.score, opts.eps, opts.directional
+        query_modality = self._query_modality(query, query_modality)
         emb = self.encode(query)
+        ranking = head_ranking(self.head.get() if opts.hierarchy_head and score in ("includes", "included") else None,
+                               score, query_modality, self.modality)
+        ranked_by = HEAD_RANKED_BY if ranking is not None else RANKED_BY[score]
         allowed = self.scorer.allowed(opts.max_uncertainty, opts.uncertainty_quantile, self.name)
         k = int(min(k, self.rows))
         over = opts.oversample or int(self.knobs["oversample"])
@@ -214,7 +230,7 @@ class SearchIndex:
             if scan:
                 candidates = [np.concatenate(self.scorer.scan_ids(allowed) or [np.zeros(0, np.int64)])] * len(emb)
             else:  # the first depth in one batch (each index read once); a directional search deepens per query
-                by_test = self.candidates.inclusion(emb, score, k * over, allowed, eps, directional)
+                by_test = self.candidates.inclusion(emb, score, k * over, allowed, eps, directional, ranking)
                 by_csd = self.candidates.csd(mean, k * over, allowed)
                 candidates = [np.union1d(a, b) for a, b in zip(by_test, by_csd, strict=True)]
                 deepen = directional
@@ -224,19 +240,34 @@ class SearchIndex:
         for qi, ids in enumerate(candidates):
             one, scanned = emb[qi: qi + 1], False
             if deepen:
-                ids, scores, margins, scanned = self.candidates.deepened(one, score, k * over, allowed, eps, ids)
+                ids, scores, margins, scanned = self.candidates.deepened(one, score, k * over, allowed, eps, ids,
+                                                                         ranking, k)
             else:
-                ids, scores, margins = self.scorer.rerank(one, score, ids, allowed, eps, directional)
+                ids, scores, margins = self.scorer.rerank(one, score, ids, allowed, eps, directional, ranking)
+                if ranking is not None and not exact:  # the head's candidates are exact top lists: complete?
+                    scanned = ranking.complete(scores, margins, k, k * over, directional=False)
             keep = margins > 0
             top_ids, top_scores = top(scores[keep], ids[keep], k, higher)
             out.append(SearchResults(ids=top_ids.astype(np.int64), scores=top_scores.astype(np.float32),
                                      uncertainty=self.stored.u[top_ids].astype(np.float32), metadata=[],
-                                     score=score, higher_is_better=higher, exact=exact or scanned))
+                                     score=score, higher_is_better=higher, exact=exact or scanned,
+                                     ranked_by=ranked_by))
         metadata = self.metadata(np.concatenate([r.ids for r in out]))  # one read for every query's results
         start = 0
         for r in out:
             r.metadata, start = metadata[start: start + len(r)], start + len(r)
         return out
+
+    @staticmethod
+    def _query_modality(query, given: str | None) -> str | None:
+        """The modality of ``query``: ``text`` for str, ``image`` for PIL images, ``given`` for an embedding."""
+        if given is not None and given not in MODALITIES:
+            raise UsageError(f"query_modality must be one of {list(MODALITIES)} or None; got {given!r}")
+        first = query[0] if isinstance(query, (list, tuple)) and query else query
+        found = "text" if isinstance(first, str) else "image" if isinstance(first, Image.Image) else None
+        if found is not None and given is not None and given != found:
+            raise UsageError(f"query_modality = {given!r}, but the query is a {found}")
+        return found or given
 
     def metadata(self, ids: Sequence[int] | np.ndarray) -> list[dict]:
         """One metadata dict per row id (see :meth:`CollectionItems.metadata`)."""

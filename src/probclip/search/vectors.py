@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["INCLUSION_DIRECTIONS", "augment_gallery", "augment_query", "inclusion_item_features",
-           "inclusion_query_weights", "inclusion_test", "inclusion_tests"]
+__all__ = ["INCLUSION_DIRECTIONS", "augment_gallery", "augment_query", "inclusion_feature_products",
+           "inclusion_item_features", "inclusion_query_weights", "inclusion_test", "inclusion_tests"]
 
 
 def augment_gallery(mean: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -58,6 +58,22 @@ def inclusion_item_features(mean: np.ndarray, logvar: np.ndarray) -> np.ndarray:
     s, p = np.exp(logvar), np.exp(-logvar)
     square = mean * mean
     return np.concatenate([mean, square, s, mean * p, square * p, p, logvar.sum(-1, keepdims=True)], axis=1)
+
+
+def inclusion_feature_products(mean: np.ndarray, logvar: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """float64 ``[n]``: ``inclusion_item_features(mean, logvar) @ weights`` for ``weights`` ``[6D + 1]``, computed in
+    float64 one feature block ``[n, D]`` at a time (never the ``[n, 6D + 1]`` matrix): the exact value of a linear
+    score over the features, such as the hierarchy head's logit up to its per-query constant."""
+    mean, logvar = np.asarray(mean, np.float64), np.asarray(logvar, np.float64)
+    w = np.asarray(weights, np.float64)
+    dim = mean.shape[1]
+    block = [w[i * dim:(i + 1) * dim] for i in range(6)]
+    out = mean @ block[0] + (mean * mean) @ block[1]
+    s = np.exp(logvar)
+    out += s @ block[2]
+    p = np.reciprocal(s, out=s)
+    out += (mean * p) @ block[3] + (mean * mean * p) @ block[4] + p @ block[5]
+    return out + logvar.sum(1) * w[6 * dim]
 
 
 def _direction_weights(mean: np.ndarray, s_q: np.ndarray, s_bar: np.ndarray, direction: str,

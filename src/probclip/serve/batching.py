@@ -2,7 +2,8 @@
 
 A request hands its query to :meth:`SearchBatcher.search` and awaits a future. The worker thread takes every
 query waiting in the queue (optionally after a grace period, ``max_wait_s``, that lets simultaneous requests
-meet), groups the ones that can share one call (same index, same kind of query, same ``SearchOptions``), encodes
+meet), groups the ones that can share one call (same index, same kind and modality of query, same ``SearchOptions``),
+encodes
 and searches each group with one ``index.search`` call, and hands each request its own result. While the worker
 runs the model or the index, the event loop keeps answering other requests.
 """
@@ -44,6 +45,7 @@ class _Pending:
     index: SearchIndex
     kind: str
     query: Any  # str, PIL image, or a one-row ProbEmbedding [1, D]
+    modality: str | None  # what the query was encoded from (text, image; None: an embedding of unknown origin)
     params: SearchOptions
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
@@ -83,8 +85,8 @@ class SearchBatcher:
             are grouped in its next round anyway.
         on_batch: optional callback ``(index_name, batch_size, seconds)`` after each grouped call (metrics).
 
-    The index must offer ``encode(query) -> ProbEmbedding [Q, D]`` and ``search(embedding, options=SearchOptions)``
-    (``probclip.search.SearchIndex``).
+    The index must offer ``encode(query) -> ProbEmbedding [Q, D]`` and ``search(embedding, options=SearchOptions,
+    query_modality=...)`` (``probclip.search.SearchIndex``).
     """
 
     def __init__(self, max_batch: int = 64, max_wait_s: float = 0.0,
@@ -121,11 +123,14 @@ class SearchBatcher:
         return self._thread is not None and self._thread.is_alive()
 
     # ------------------------------------------------------------------ requests
-    async def search(self, index: SearchIndex, kind: str, query: Any, params: SearchOptions) -> BatchAnswer:
+    async def search(self, index: SearchIndex, kind: str, query: Any, params: SearchOptions,
+                     modality: str | None = None) -> BatchAnswer:
         """Queue one query and wait for its :class:`BatchAnswer` (the worker does the work, never the event loop).
 
         ``kind`` is ``"text"`` (a str), ``"image"`` (a PIL image) or ``"embedding"`` (a ``ProbEmbedding`` of
-        shape ``[D]`` or ``[1, D]``). Errors raised by the search are raised here.
+        shape ``[D]`` or ``[1, D]``); ``modality``: what an embedding was encoded from (``text`` / ``image``, e.g. a
+        stored item's; None: unknown), which lets the collection's hierarchy head rank it. Errors raised by the
+        search are raised here.
         """
         if kind not in QUERY_KINDS:
             raise ValueError(f"unknown query kind {kind!r}; expected one of {QUERY_KINDS}")
@@ -135,7 +140,8 @@ class SearchBatcher:
             query = query[None]
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put(_Pending(index, kind, query, params, loop, future))
+        modality = kind if kind in ("text", "image") else modality
+        self._queue.put(_Pending(index, kind, query, modality, params, loop, future))
         return await future
 
     # ------------------------------------------------------------------ worker
@@ -161,18 +167,18 @@ class SearchBatcher:
                 return
             groups: dict[tuple, list[_Pending]] = defaultdict(list)
             for item in self._take_round(first):
-                groups[(id(item.index), item.kind, item.params)].append(item)
+                groups[(id(item.index), item.kind, item.modality, item.params)].append(item)
             for items in groups.values():
                 self._run_group(items)
 
     def _run_group(self, items: list[_Pending]) -> None:
-        index, kind, params = items[0].index, items[0].kind, items[0].params
+        index, kind, modality, params = items[0].index, items[0].kind, items[0].modality, items[0].params
         start = time.perf_counter()
         try:
             # Encode the group once (one model call), then search with the embeddings: the requests also learn
             # their query's own uncertainty.
             queries = index.encode(_stack(kind, [it.query for it in items]))
-            results = index.search(queries, options=params)
+            results = index.search(queries, options=params, query_modality=modality)
             if len(results) != len(items):
                 raise RuntimeError(f"index.search returned {len(results)} results for {len(items)} queries")
             query_u = queries.uncertainty.reshape(-1).tolist()

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import InputError, UsageError
+from ..search.collection_head import HeadFileError
 from ..search.layout import ShardFileError
 from .limits import ImageTooLargeError
 from .metadata import scrub_detail
@@ -72,6 +73,7 @@ ERROR_TABLE: tuple[ErrorRule, ...] = (
     ErrorRule(RequestTooLargeError, lambda err: (413, first_line(err))),
     ErrorRule(UsageError, lambda err: (400, first_line(err))),
     ErrorRule(ShardFileError, lambda err: (503, f"the collection on disk is damaged: {first_line(err)}")),
+    ErrorRule(HeadFileError, lambda err: (503, f"the collection on disk is damaged: {first_line(err)}")),
     ErrorRule(InputError, lambda err: (400, first_line(err))),
     ErrorRule(RequestValidationError, lambda err: (422, validation_message(err))),
     ErrorRule(StarletteHTTPException, lambda err: (err.status_code, str(err.detail))),

@@ -1,6 +1,7 @@
 """Search results as CSV (``POST /search?format=csv``; the page's "CSV" download).
 
-One row per result, best first: ``rank, row_id, score, uncertainty, uncertainty_percentile, image_url`` and then
+One row per result, best first: ``rank, row_id, score, probability, uncertainty, uncertainty_percentile, image_url``
+(``probability``: the hierarchy head's, empty where it did not rank) and then
 every served metadata field (``caption``, ``source``, ...). A text cell that a spreadsheet would run as a formula
 (starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return) is prefixed with ``'``.
 """
@@ -14,7 +15,7 @@ from typing import Any
 
 __all__ = ["RESULT_COLUMNS", "results_csv"]
 
-RESULT_COLUMNS = ("rank", "row_id", "score", "uncertainty", "uncertainty_percentile", "image_url")
+RESULT_COLUMNS = ("rank", "row_id", "score", "probability", "uncertainty", "uncertainty_percentile", "image_url")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 

@@ -88,7 +88,8 @@ async def search(request: Request, service: ServiceDep, format: Literal["json", 
     results, described = await service.run(req, index, image)
     body = {"index": index.name, "modality": index.modality, "query": json_safe(described, other=str),
             "score": results.score, "higher_is_better": bool(results.higher_is_better),
-            "exact": bool(results.exact), "k": req.k, "results": await service.hits(index, results)}
+            "exact": bool(results.exact), "ranked_by": results.ranked_by, "k": req.k,
+            "results": await service.hits(index, results)}
     body["took_ms"] = round((time.perf_counter() - start) * 1000, 3)
     if not body["results"]:
         body["empty_reason"] = await service.empty_reason(index, req, described)

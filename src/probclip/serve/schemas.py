@@ -8,7 +8,7 @@ alone (it hides copies among the results).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 from pydantic_core import PydanticCustomError
@@ -37,6 +37,9 @@ class EmbeddingQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
     mean: list[float] = Field(description="[D] the Gaussian mean (normalised to unit length by the service)")
     logvar: list[float] = Field(description="[D] log sigma^2 per dimension")
+    modality: Literal["text", "image"] | None = Field(
+        None, description="what the embedding was encoded from; lets the collection's hierarchy head rank "
+                          "'includes' / 'included' (without it the inclusion test ranks an embedding)")
 
 
 class ItemQuery(BaseModel):
@@ -114,6 +117,9 @@ class SearchHit(BaseModel):
 
     row_id: int
     score: float
+    probability: float | None = Field(
+        None, description="where the hierarchy head ranked: the probability that the item is more general "
+                          "(included) / more specific (includes) than the query, sigmoid(score)")
     uncertainty: float = Field(description="u = sum_d exp(logvar_d) of the item")
     uncertainty_percentile: float | None = Field(
         None, description="fraction of the index's items (sampled) with a lower u, 0..1")
@@ -130,6 +136,9 @@ class SearchResponse(BaseModel):
     score: str
     higher_is_better: bool
     exact: bool = Field(description="True when the ranking is exact; False when an approximate index may miss items")
+    ranked_by: str = Field(description="what computed the scores: 'closed-form sampled distance', 'cosine of "
+                                       "means', 'inclusion test' or 'hierarchy head' (the score is then the head's "
+                                       "logit and each result carries its probability)")
     k: int
     results: list[SearchHit]
     took_ms: float

@@ -30,6 +30,7 @@ from ..embedding import ProbEmbedding
 from ..errors import UsageError
 from ..jsonsafe import json_safe
 from ..search import SearchIndex, SearchResults
+from ..search.head_ranking import head_ranking
 from .batching import SearchBatcher
 from .decode_slots import DecodeSlots, decode_upload
 from .dedup import candidate_rows, fetch_k, hide_duplicates
@@ -154,7 +155,8 @@ class SearchService:
         return req, image
 
     async def query_of(self, req: SearchRequest, index: SearchIndex, image: bytes | None) -> tuple[str, Query, dict]:
-        """``(kind, query, description)`` for the batcher: a text, a decoded image or a ``ProbEmbedding`` [1, D]."""
+        """``(kind, query, description)`` for the batcher: a text, a decoded image or a ``ProbEmbedding`` [1, D]
+        (an item's description names its ``modality``)."""
         if req.text is not None:
             text = req.text.strip()
             if not text or len(text) > self.limits.max_text_chars:
@@ -182,7 +184,10 @@ class SearchService:
             if norm == 0:
                 raise ServiceError(422, "embedding mean must not be all zeros")
             emb = ProbEmbedding((m / norm)[None], lv[None])
-            return "embedding", emb, {"kind": "embedding", "uncertainty": float(emb.uncertainty[0])}
+            described = {"kind": "embedding", "uncertainty": float(emb.uncertainty[0])}
+            if req.embedding.modality is not None:
+                described["modality"] = req.embedding.modality
+            return "embedding", emb, described
         source = self.index(req.item.index)
         row = self.row_id(source, req.item.row_id)
         emb = await run_in_threadpool(source.embedding, [row])
@@ -190,7 +195,7 @@ class SearchService:
         if emb.dim != index.dim:
             raise ServiceError(422, f"item of {source.name!r} has {emb.dim} dimensions, index {index.name!r} has "
                                     f"{index.dim}")
-        return "embedding", emb, {"kind": "item", "index": source.name, "row_id": row,
+        return "embedding", emb, {"kind": "item", "index": source.name, "row_id": row, "modality": source.modality,
                                   "uncertainty": float(emb.uncertainty[0])}
 
     async def run(self, req: SearchRequest, index: SearchIndex, image: bytes | None) -> tuple[SearchResults, dict]:
@@ -204,14 +209,15 @@ class SearchService:
         self.batcher.start()  # idempotent: also serves apps driven without their lifespan (ASGI test transports)
         async with self.decode_slots.hold() if image is not None else nullcontext():
             kind, query, described = await self.query_of(req, index, image)
-            answer = await self.batcher.search(index, kind, query, params)
+            modality = kind if kind in ("text", "image") else described.get("modality")  # None: raw numbers
+            answer = await self.batcher.search(index, kind, query, params, modality)
             del query
         results = answer.results
         if req.deduplicate:
             shown, hidden = await _deduplicated(index, results, req.k)
             while len(shown) < req.k and len(results) == params.k < index.rows:  # copies hid too many: fetch more
                 params = replace(params, k=fetch_k(req.k, index.rows, params.k))
-                results = (await self.batcher.search(index, "embedding", answer.query, params)).results
+                results = (await self.batcher.search(index, "embedding", answer.query, params, modality)).results
                 shown, hidden = await _deduplicated(index, results, req.k)
             results = shown
             described["duplicates_hidden"] = hidden
@@ -225,11 +231,14 @@ class SearchService:
         scale = self.scales[index.name]
         await scale.ready()
         public = self.policies[index.name].public
-        return [{"row_id": row_id, "score": json_safe(score), "uncertainty": json_safe(u),
-                 "uncertainty_percentile": scale.percentile(u), "metadata": json_safe(public(meta), other=str),
-                 "image_url": self.image_url(index, row_id)}
-                for row_id, score, u, meta in zip(results.ids.tolist(), results.scores.tolist(),
-                                                  results.uncertainty.tolist(), results.metadata, strict=True)]
+        probabilities = results.probabilities
+        probabilities = [None] * len(results) if probabilities is None else probabilities.tolist()
+        return [{"row_id": row_id, "score": json_safe(score), "probability": json_safe(probability),
+                 "uncertainty": json_safe(u), "uncertainty_percentile": scale.percentile(u),
+                 "metadata": json_safe(public(meta), other=str), "image_url": self.image_url(index, row_id)}
+                for row_id, score, probability, u, meta in zip(results.ids.tolist(), results.scores.tolist(),
+                                                               probabilities, results.uncertainty.tolist(),
+                                                               results.metadata, strict=True)]
 
     async def empty_reason(self, index: SearchIndex, req: SearchRequest, described: dict) -> str | None:
         """Why a search found nothing (see ``probclip.serve.explain``)."""
@@ -238,8 +247,14 @@ class SearchService:
         query_u = described.get("uncertainty")
         percentile = None if query_u is None else scale.percentile(query_u)
         filtered = req.max_uncertainty is not None or req.uncertainty_quantile is not None
-        return empty_reason(req.score, described.get("kind", ""), query_u, index.modality, percentile,
-                            scale.quantiles().get("0.5"), filtered)
+        kind = described.get("kind", "")
+        ranking = None
+        if req.hierarchy_head and req.directional and req.score in ("includes", "included"):
+            ranking = head_ranking(index.head.get(), req.score, kind if kind in ("text", "image") else
+                                   described.get("modality"), index.modality)
+        head_check = None if ranking is None else "half" if ranking.reverse_kind is None else "reverse"
+        return empty_reason(req.score, kind, query_u, index.modality, percentile, scale.quantiles().get("0.5"),
+                            filtered, head_check)
 
 
 async def _deduplicated(index: SearchIndex, results: SearchResults, k: int) -> tuple[SearchResults, int]:

@@ -122,13 +122,21 @@ const SCORE_HELP = {
             "that direction (it is more general than the query)",
 };
 const SCORE_SHORT = { csd: "CSD", mean: "cosine", includes: "inclusion", included: "inclusion" };
+// Where the collection's hierarchy head ranked (data.ranked_by), each card shows the head's probability P instead.
+const HEAD_HELP = {
+  includes: "hierarchy head: the probability that this item is more specific than the query (included in it), " +
+            "from weights fitted on known hierarchies",
+  included: "hierarchy head: the probability that this item is more general than the query (the query is " +
+            "included in it), from weights fitted on known hierarchies",
+};
 
 function render(data) {
   const status = $("status");
   status.textContent = "";
   const lead = document.createElement("span");
   const quality = data.exact ? "exact ranking" : "approximate ranking: may miss items";
-  lead.textContent = `${data.results.length} results for ${describeQuery(data.query)} · ${SCORE_NAMES[data.score]} · `;
+  const byHead = data.ranked_by === "hierarchy head" ? " by the hierarchy head" : "";
+  lead.textContent = `${data.results.length} results for ${describeQuery(data.query)} · ${SCORE_NAMES[data.score]}${byHead} · `;
   const q = document.createElement("span");
   q.textContent = quality;
   if (!data.exact) q.className = "approx";
@@ -161,8 +169,13 @@ function render(data) {
     }
     card.querySelector(".caption").textContent = caption;
     const value = card.querySelector(".scoreval");
-    value.textContent = `${SCORE_SHORT[data.score] ?? data.score} ${fmt(hit.score)}`;
-    value.title = SCORE_HELP[data.score] ?? data.score;
+    if (hit.probability !== null && hit.probability !== undefined) {
+      value.textContent = `P ${fmt(hit.probability, 3)}`;
+      value.title = `${HEAD_HELP[data.score] ?? data.score}: P = ${fmt(hit.probability, 3)} (logit ${fmt(hit.score)})`;
+    } else {
+      value.textContent = `${SCORE_SHORT[data.score] ?? data.score} ${fmt(hit.score)}`;
+      value.title = SCORE_HELP[data.score] ?? data.score;
+    }
     card.querySelector(".rowid").textContent = `#${hit.row_id}`;
     const pct = hit.uncertainty_percentile === null ? null : Math.round(hit.uncertainty_percentile * 100);
     const bar = card.querySelector(".ubar");

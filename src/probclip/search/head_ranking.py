@@ -1,0 +1,134 @@
+"""Ranking "more general" / "more specific" by a hierarchy head: which pair kind a search asks, its exact logits and
+margins, and its exact inner-product weights over the stored inclusion features.
+
+A search with score ``included`` (items that include the query) puts the query on the inner side and the items on
+the outer one: the head's kind ``f"{query_modality}_in_{item_modality}"``; ``includes`` (items the query includes)
+the reverse: ``f"{item_modality}_in_{query_modality}"``. When the collection's head holds that kind, the score of an
+item is the head's logit of ``P(inner included in outer)`` (float64), in place of the inclusion test. The direction
+check (``directional``) keeps an item when its margin is positive: the logit minus the logit with the roles
+swapped when the head holds the swapped kind (``text_in_text``), else the logit itself (``P > 0.5``). The inclusion
+test's ``eps`` does not apply to the head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..embedding import ProbEmbedding
+from ..hierarchy_head import HierarchyHead
+from .vectors import inclusion_feature_products
+
+__all__ = ["RANKED_BY", "SELECTION_SLACK", "HeadRanking", "head_ranking", "pair_logits"]
+
+#: What ranked a search's results per score when the head does not (``SearchResults.ranked_by``).
+RANKED_BY = {"csd": "closed-form sampled distance", "mean": "cosine of means", "includes": "inclusion test",
+             "included": "inclusion test"}
+
+
+#: Relative slack for the float32 inner products that select the head's candidates (:meth:`HeadRanking.complete`):
+#: a row left out may score up to this much (times ``1 + |bound|``) above the bound it was left out by.
+SELECTION_SLACK = 1e-4
+
+
+def _kind(inner: str, outer: str) -> str:
+    return f"{inner}_in_{outer}"
+
+
+def pair_logits(head: HierarchyHead, kind: str, query: tuple[np.ndarray, np.ndarray],
+                items: tuple[np.ndarray, np.ndarray], query_side: str) -> np.ndarray:
+    """float64 logits ``[n]`` of one query ``(mean, logvar)`` ``[1, D]`` against items ``[n, D]`` under the pair kind
+    ``kind``, the query on ``query_side`` (``"inner"`` / ``"outer"``).
+
+    The head's exact inner-product form (:meth:`~probclip.hierarchy_head.HierarchyHead.query_weights`) over the items'
+    inclusion features in float64 (:func:`~probclip.search.vectors.inclusion_feature_products`), plus the per-query
+    constant, taken from the head's own logit of the query against itself (``PairWeights.logits``): the logit, with
+    one matrix-vector product per feature block.
+    """
+    q_mean, q_logvar = (np.asarray(x, np.float64).reshape(1, -1) for x in query)
+    weights = head.query_weights(kind, q_mean, q_logvar, query_side)[0]
+    itself = head.pairs[kind].logits(ProbEmbedding(torch.from_numpy(q_mean), torch.from_numpy(q_logvar)),
+                                     ProbEmbedding(torch.from_numpy(q_mean), torch.from_numpy(q_logvar)))
+    constant = float(itself[0, 0]) - float(inclusion_feature_products(q_mean, q_logvar, weights)[0])
+    return inclusion_feature_products(items[0], items[1], weights) + constant
+
+
+@dataclass(frozen=True)
+class HeadRanking:
+    """The head's ranking of one score for one query modality against one item modality.
+
+    ``score``: ``includes`` or ``included``; ``head``: the head; ``kind``: the pair kind asked; ``reverse_kind``: the
+    kind with the roles swapped, or None when the head lacks it (the margin is then the logit itself).
+    """
+
+    score: str
+    head: HierarchyHead
+    kind: str
+    reverse_kind: str | None
+
+    @property
+    def query_side(self) -> str:
+        """``"inner"`` for ``included`` (the items are the more general side), ``"outer"`` for ``includes``."""
+        return "inner" if self.score == "included" else "outer"
+
+    def scores(self, query: ProbEmbedding, means: np.ndarray, logvars: np.ndarray,
+               directional: bool) -> tuple[np.ndarray, np.ndarray]:
+        """float64 logits ``[n]`` of one query ``[1, D]`` against items ``[n, D]``, and their margins (``+inf``
+        without ``directional``; else the logit minus the reverse logit, or the logit when there is no reverse)."""
+        q, items = (query.mean.numpy(), query.logvar.numpy()), (means, logvars)
+        logits = pair_logits(self.head, self.kind, q, items, self.query_side)
+        if not directional:
+            return logits, np.full(logits.size, np.inf)
+        if self.reverse_kind is None:
+            return logits, logits.copy()
+        return logits, logits - pair_logits(self.head, self.reverse_kind, q, items, self._other_side)
+
+    @property
+    def _other_side(self) -> str:
+        return "outer" if self.query_side == "inner" else "inner"
+
+    def complete(self, scores: np.ndarray, margins: np.ndarray, k: int, n: int, directional: bool = True) -> bool:
+        """True when no row outside a search's candidates can enter its top ``k``.
+
+        ``scores`` / ``margins``: the exact float64 values of candidates that hold the top ``n`` rows by the head's
+        logit and (``directional``, with a reverse kind) by its margin (:meth:`query_weights`: exact inner products).
+        Every other row then has a logit at most the candidates' ``n``-th largest (the bound) and a margin at most
+        their ``n``-th largest margin: the top ``k`` is complete when its ``k``-th logit beats the bound, or
+        (``directional``) when no other row can pass the check (margin bound <= 0), each with
+        :data:`SELECTION_SLACK`.
+        """
+        if scores.size < n:  # fewer rows than asked for: the candidates are every allowed row
+            return True
+        bound = float(np.partition(scores, -n)[-n])
+        passing = scores[margins > 0]
+        if passing.size >= k and float(np.partition(passing, -k)[-k]) > bound + SELECTION_SLACK * (1 + abs(bound)):
+            return True
+        if not directional:
+            return False
+        margin_bound = bound if self.reverse_kind is None else float(np.partition(margins, -n)[-n])
+        return margin_bound + SELECTION_SLACK * (1 + abs(margin_bound)) <= 0
+
+    def query_weights(self, mean: np.ndarray, logvar: np.ndarray, margin: bool = False) -> np.ndarray:
+        """float64 ``[Q, 6D + 1]`` weights over the stored inclusion features: ``features @ weights.T`` is, up to a
+        per-query constant, the logit (``margin`` False) or the directional margin (``margin`` True), exactly."""
+        weights = self.head.query_weights(self.kind, mean, logvar, self.query_side)
+        if not margin or self.reverse_kind is None:
+            return weights
+        return weights - self.head.query_weights(self.reverse_kind, mean, logvar, self._other_side)
+
+
+def head_ranking(head: HierarchyHead | None, score: str, query_modality: str | None,
+                 item_modality: str) -> HeadRanking | None:
+    """The head's ranking of ``score`` for a query of ``query_modality`` against items of ``item_modality``, or None
+    when the inclusion test ranks: no head, a score other than ``includes`` / ``included``, a query of unknown
+    modality (an embedding given as numbers), or a head without that pair kind (e.g. ``image_in_image``)."""
+    if head is None or query_modality is None or score not in ("includes", "included"):
+        return None
+    inner, outer = (query_modality, item_modality) if score == "included" else (item_modality, query_modality)
+    kind = _kind(inner, outer)
+    if kind not in head.pairs:
+        return None
+    reverse = _kind(outer, inner)
+    return HeadRanking(score, head, kind, reverse if reverse in head.pairs else None)
