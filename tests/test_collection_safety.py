@@ -469,3 +469,19 @@ def test_a_quickstart_collection_follows_its_quickstart_model(tmp_path, models):
     assert manifest.model.fingerprint != first
     index = SearchIndex.load(collection, "image")
     assert len(index.search(index.encode("a red circle"), k=3)[0]) == 3  # the new model encodes its queries
+
+
+def test_a_quickstart_collection_takes_up_a_head_fitted_after_it_was_built(tmp_path, models):
+    from probclip.hierarchy_head import HEAD_FILE, TERMS, HierarchyHead, PairWeights
+    from probclip.search.quickstart import prepare_quickstart_collection
+
+    shutil.copytree(models[0], tmp_path / "q" / "model")
+    collection = prepare_quickstart_collection(tmp_path / "q", progress=False)
+    assert read_manifest(collection).hierarchy_head is None
+    dim = read_manifest(collection).model.embed_dim
+    weights = np.random.default_rng(0).normal(size=(len(TERMS), dim))
+    HierarchyHead({"text_in_text": PairWeights(weights, 0.0, "later")}).to_file(tmp_path / "q" / "model" / HEAD_FILE)
+    prepare_quickstart_collection(tmp_path / "q", progress=False)  # same model: nothing embedded again
+    record = read_manifest(collection).hierarchy_head
+    assert record is not None and record.kinds == ("text_in_text",) and record.fitted_on == {"text_in_text": "later"}
+    assert (collection / HEAD_FILE).read_bytes() == (tmp_path / "q" / "model" / HEAD_FILE).read_bytes()

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..synthetic.evaluation import draw_scenes
 from ..synthetic.world import render_scene
+from .collection_head import carry_head, model_head_file
 from .embed import embed_collection
 from .index import build_index
 from .job import finished_job, unfinished_job
@@ -67,7 +68,8 @@ def prepare_quickstart_collection(quickstart_dir: str | Path, *, progress: bool 
     Given the folder ``probclip quickstart --out DIR`` wrote (``DIR/model`` holds the trained model), writes the
     synthetic world's test split to ``DIR/search-data`` (the quickstart's seed), embeds it with ``DIR/model`` and
     builds flat indexes for images and captions; each step is skipped when already done. A collection embedded with
-    an earlier quickstart model (the quickstart was run again) is embedded again.
+    an earlier quickstart model (the quickstart was run again) is embedded again; one embedded with the same model
+    gets the model folder's current hierarchy head (``model/hierarchy_head.safetensors``).
     """
     root = Path(quickstart_dir)
     model_dir = root / "model"
@@ -82,6 +84,8 @@ def prepare_quickstart_collection(quickstart_dir: str | Path, *, progress: bool 
         rows = manifest.rows()
         if (rows and all(m in manifest.indexes and manifest.indexes[m].rows == n for m, n in rows.items())
                 and manifest.model.fingerprint == fingerprint):
+            # the model is the same; its hierarchy head may have been fitted (again) since: bring it up to date
+            carry_head(collection, model_head_file(str(model_dir), int(model.config.embed_dim)))
             return collection
     data = write_synthetic_test_split(root / "search-data", seed=_quickstart_seed(root))
     # derived from the quickstart folder alone: a collection (or unfinished run) of an earlier quickstart model is
