@@ -179,10 +179,12 @@ def run_quickstart(out_dir: str | Path, steps: int, seed: int = 0, threads: int 
         calibration = head = None
         if objective == "prolip":
             _say("fitting the match calibration and the hierarchy head on the training split")
+            fit_started = time.perf_counter()
             transform = image_transform(model.config.vision)
             material = training_material(model, tokenizer, transform, seed)
             calibration = synthetic_match_calibration(model, tokenizer, transform, seed, material=material)
             head = synthetic_hierarchy_head(model, tokenizer, transform, seed, material=material)
+            timings["prolip.fit_seconds"] = time.perf_counter() - fit_started
         details["hierarchy"] = synthetic_hierarchy_metrics(details["embeddings"], eval_set, empty,
                                                            probabilistic=objective == "prolip", model=model,
                                                            calibration=calibration, head=head)
