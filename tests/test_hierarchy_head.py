@@ -64,6 +64,10 @@ def test_query_weights_are_the_logits_as_an_exact_inner_product(side):
     scale = np.abs(exact).max()  # the stored features are float32
     assert np.allclose(found - found[:1], exact - exact[:1], rtol=0, atol=1e-5 * scale)
     assert np.array_equal(np.argsort(-found[:, 0]), np.argsort(-exact[:, 0]))
+    # with the query's constant the form gives the logit itself
+    weights, constants = head.query_form("text_in_text", q.mean.numpy(), q.logvar.numpy(), side)
+    assert np.array_equal(weights, head.query_weights("text_in_text", q.mean.numpy(), q.logvar.numpy(), side))
+    assert np.allclose(features @ weights.T + constants, exact, rtol=0, atol=1e-5 * scale)
 
 
 def test_fit_recovers_a_known_relation():

@@ -36,7 +36,7 @@ import torch
 from .embedding import ProbEmbedding
 from .errors import InputError
 
-__all__ = ["HEAD_FILE", "PAIR_KINDS", "BASIS", "TERMS", "HierarchyHead", "pair_terms", "fit_pair_weights",
+__all__ = ["HEAD_FILE", "PAIR_KINDS", "BASIS", "TERMS", "HierarchyHead", "pair_kind", "pair_terms", "fit_pair_weights",
            "load_hierarchy_head", "find_hierarchy_head"]
 
 #: File name of a head stored beside a model.
@@ -55,6 +55,11 @@ _FORMAT = "probclip-hierarchy-head-2"
 _BLOCK_ELEMENTS = 2**24
 
 
+def pair_kind(inner: str, outer: str) -> str:
+    """The key of the weights for modality ``inner`` included in modality ``outer``: ``"<inner>_in_<outer>"``."""
+    return f"{inner}_in_{outer}"
+
+
 def _sides(embedding: ProbEmbedding | tuple) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(embedding, ProbEmbedding):
         return embedding.mean.double(), embedding.logvar.double()
@@ -67,12 +72,16 @@ def _basis(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.ones_like(mean), mean, mean * mean, logvar.exp(), (-logvar).exp()], dim=1)
 
 
+def _products(inner_basis: torch.Tensor, outer_basis: torch.Tensor) -> torch.Tensor:
+    """``[..., len(TERMS), D]``: the ``TERMS`` of broadcast ``[..., K, D]`` bases of the two sides."""
+    products = inner_basis[..., :, None, :] * outer_basis[..., None, :, :]  # [..., K, K, D]
+    return products.flatten(-3, -2)[..., 1:, :]
+
+
 def pair_terms(inner: ProbEmbedding, outer: ProbEmbedding) -> torch.Tensor:
     """The head's terms of every pair: ``[Ni, No, len(TERMS), D]`` float64 for ``inner`` ``[Ni, D]`` and ``outer``
     ``[No, D]`` (``TERMS`` order)."""
-    a, b = _basis(*_sides(inner)), _basis(*_sides(outer))
-    products = a[:, None, :, None] * b[None, :, None, :]  # [Ni, No, K, K, D]
-    return products.flatten(2, 3)[:, :, 1:]
+    return _products(_basis(*_sides(inner))[:, None], _basis(*_sides(outer))[None])
 
 
 @dataclass(frozen=True)
@@ -106,11 +115,13 @@ class HierarchyHead:
 
     def kind(self, inner: str, outer: str) -> PairWeights | None:
         """The weights for ``inner`` included in ``outer`` (modalities ``text`` / ``image``), or None."""
-        return self.pairs.get(f"{inner}_in_{outer}")
+        return self.pairs.get(pair_kind(inner, outer))
 
-    def query_weights(self, kind: str, mean: np.ndarray, logvar: np.ndarray, query_side: str) -> np.ndarray:
-        """float64 ``[Q, 6D + 1]`` weights over the stored item features ``[mu, mu^2, s, mu p, mu^2 p, p, sum lv]``:
-        ``features @ weights.T`` is the head's logit up to a per-query constant, exactly.
+    def query_form(self, kind: str, mean: np.ndarray, logvar: np.ndarray,
+                   query_side: str) -> tuple[np.ndarray, np.ndarray]:
+        """The head's logit for queries ``[Q, D]`` as a linear function of the stored item features
+        ``[mu, mu^2, s, mu p, mu^2 p, p, sum lv]``: ``(weights [Q, 6D + 1], constants [Q])``, float64, with
+        ``logit = features @ weights.T + constants``, exactly.
 
         ``query_side``: ``"inner"`` (the items are the more general side: search "more general") or ``"outer"``
         (the items are the more specific side: "more specific").
@@ -128,7 +139,13 @@ class HierarchyHead:
         dim = mean.shape[1]
         for function, block in _FEATURE_BLOCK.items():
             out[:, block * dim:(block + 1) * dim] = on_item[:, BASIS.index(function)]
-        return out
+        constants = on_item[:, BASIS.index("1")].sum(-1) + self.pairs[kind].bias  # the terms of the query alone
+        return out, constants
+
+    def query_weights(self, kind: str, mean: np.ndarray, logvar: np.ndarray, query_side: str) -> np.ndarray:
+        """float64 ``[Q, 6D + 1]``: the weights of :meth:`query_form` (``features @ weights.T`` is the head's logit
+        up to a per-query constant, exactly)."""
+        return self.query_form(kind, mean, logvar, query_side)[0]
 
     def to_file(self, path: str | Path) -> Path:
         """Write the head as safetensors (float64 tables, the fit's description in the metadata)."""
@@ -240,5 +257,4 @@ def fit_pair_weights(inner: ProbEmbedding, outer: ProbEmbedding, truth: np.ndarr
 def _terms_of_pairs(mu_a, lv_a, mu_b, lv_b, rows: np.ndarray, cols: np.ndarray) -> torch.Tensor:
     """``[P, len(TERMS), D]`` float32 terms of the pairs ``(rows[i], cols[i])``."""
     ra, cb = torch.as_tensor(rows), torch.as_tensor(cols)
-    a, b = _basis(mu_a, lv_a).float(), _basis(mu_b, lv_b).float()
-    return (a[ra][:, :, None] * b[cb][:, None]).flatten(1, 2)[:, 1:]
+    return _products(_basis(mu_a, lv_a).float()[ra], _basis(mu_b, lv_b).float()[cb])

@@ -15,10 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..embedding import ProbEmbedding
-from ..hierarchy_head import HierarchyHead
+from ..hierarchy_head import HierarchyHead, pair_kind
 from .vectors import inclusion_feature_products
 
 __all__ = ["RANKED_BY", "SELECTION_SLACK", "HeadRanking", "head_ranking", "pair_logits"]
@@ -33,26 +32,18 @@ RANKED_BY = {"csd": "closed-form sampled distance", "mean": "cosine of means", "
 SELECTION_SLACK = 1e-4
 
 
-def _kind(inner: str, outer: str) -> str:
-    return f"{inner}_in_{outer}"
-
-
 def pair_logits(head: HierarchyHead, kind: str, query: tuple[np.ndarray, np.ndarray],
                 items: tuple[np.ndarray, np.ndarray], query_side: str) -> np.ndarray:
     """float64 logits ``[n]`` of one query ``(mean, logvar)`` ``[1, D]`` against items ``[n, D]`` under the pair kind
     ``kind``, the query on ``query_side`` (``"inner"`` / ``"outer"``).
 
-    The head's exact inner-product form (:meth:`~probclip.hierarchy_head.HierarchyHead.query_weights`) over the items'
-    inclusion features in float64 (:func:`~probclip.search.vectors.inclusion_feature_products`), plus the per-query
-    constant, taken from the head's own logit of the query against itself (``PairWeights.logits``): the logit, with
-    one matrix-vector product per feature block.
+    The head's exact linear form (:meth:`~probclip.hierarchy_head.HierarchyHead.query_form`) over the items'
+    inclusion features in float64 (:func:`~probclip.search.vectors.inclusion_feature_products`): one matrix-vector
+    product per feature block, plus the query's constant.
     """
     q_mean, q_logvar = (np.asarray(x, np.float64).reshape(1, -1) for x in query)
-    weights = head.query_weights(kind, q_mean, q_logvar, query_side)[0]
-    itself = head.pairs[kind].logits(ProbEmbedding(torch.from_numpy(q_mean), torch.from_numpy(q_logvar)),
-                                     ProbEmbedding(torch.from_numpy(q_mean), torch.from_numpy(q_logvar)))
-    constant = float(itself[0, 0]) - float(inclusion_feature_products(q_mean, q_logvar, weights)[0])
-    return inclusion_feature_products(items[0], items[1], weights) + constant
+    weights, constants = head.query_form(kind, q_mean, q_logvar, query_side)
+    return inclusion_feature_products(items[0], items[1], weights[0]) + float(constants[0])
 
 
 @dataclass(frozen=True)
@@ -127,8 +118,8 @@ def head_ranking(head: HierarchyHead | None, score: str, query_modality: str | N
     if head is None or query_modality is None or score not in ("includes", "included"):
         return None
     inner, outer = (query_modality, item_modality) if score == "included" else (item_modality, query_modality)
-    kind = _kind(inner, outer)
+    kind = pair_kind(inner, outer)
     if kind not in head.pairs:
         return None
-    reverse = _kind(outer, inner)
+    reverse = pair_kind(outer, inner)
     return HeadRanking(score, head, kind, reverse if reverse in head.pairs else None)
