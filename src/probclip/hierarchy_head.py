@@ -200,7 +200,7 @@ def load_hierarchy_head(path: str | Path, dim: int | None = None) -> HierarchyHe
 
 
 def find_hierarchy_head(model_dir: str | Path | None, dim: int | None = None) -> HierarchyHead | None:
-    """The head stored in ``model_dir`` (``HEAD_FILE``), or None when the directory has none."""
+    """The head stored in ``model_dir`` (``HEAD_FILE``), or None when it holds none (or is not a local folder)."""
     if model_dir is None:
         return None
     path = Path(model_dir) / HEAD_FILE

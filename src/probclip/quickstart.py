@@ -31,12 +31,7 @@ from .eval.hierarchy import flat_hierarchy_metrics
 from .hierarchy_head import HEAD_FILE
 from .jsonsafe import json_safe
 from .synthetic import build_evaluation_set, evaluate_synthetic, world_vocabulary
-from .synthetic.hierarchy import (
-    synthetic_hierarchy_head,
-    synthetic_hierarchy_metrics,
-    synthetic_match_calibration,
-    training_material,
-)
+from .synthetic.hierarchy import synthetic_hierarchy_metrics, synthetic_training_fits
 from .synthetic.report import write_report
 from .tokenizers import get_tokenizer, word_tokenizer_config
 from .train import train
@@ -180,10 +175,7 @@ def run_quickstart(out_dir: str | Path, steps: int, seed: int = 0, threads: int 
         if objective == "prolip":
             _say("fitting the match calibration and the hierarchy head on the training split")
             fit_started = time.perf_counter()
-            transform = image_transform(model.config.vision)
-            material = training_material(model, tokenizer, transform, seed)
-            calibration = synthetic_match_calibration(model, tokenizer, transform, seed, material=material)
-            head = synthetic_hierarchy_head(model, tokenizer, transform, seed, material=material)
+            calibration, head, _ = synthetic_training_fits(model, tokenizer, image_transform(model.config.vision), seed)
             timings["prolip.fit_seconds"] = time.perf_counter() - fit_started
         details["hierarchy"] = synthetic_hierarchy_metrics(details["embeddings"], eval_set, empty,
                                                            probabilistic=objective == "prolip", model=model,

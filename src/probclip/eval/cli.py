@@ -128,9 +128,8 @@ def run(args: argparse.Namespace, out: Path | None = None) -> dict:
     if args.task == "hierarcaps":
         return evaluate_hierarcaps(model, args.data, options, n_steps=args.steps)
     if args.task == "hierarchy":
-        head = None
-        if model.probabilistic and Path(args.model).is_dir():  # a local model directory may hold its head
-            head = find_hierarchy_head(args.model, dim=int(model.model.config.embed_dim))
+        # a local model directory may hold its head (a hub id holds none here)
+        head = find_hierarchy_head(args.model, int(model.model.config.embed_dim)) if model.probabilistic else None
         if args.data is None:
             return evaluate_synthetic_hierarchy(model.model, model.tokenizer, model.preprocess, seed=args.seed,
                                                 out_dir=out, name=model.name, probabilistic=model.probabilistic,

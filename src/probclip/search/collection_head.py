@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import InputError
-from ..hierarchy_head import HEAD_FILE, HierarchyHead, load_hierarchy_head
+from ..hierarchy_head import HEAD_FILE, HierarchyHead, find_hierarchy_head, load_hierarchy_head
 from .layout import collection_file, file_fingerprint
 from .manifest import HeadRecord, Manifest, read_manifest
 
@@ -33,13 +33,9 @@ class HeadFileError(InputError):
 def model_head_file(model_source: str | None, dim: int) -> Path | None:
     """The head stored beside a local model folder ``model_source`` (checked: loaded with the model's ``dim``), or
     None when the model is not a local folder or its folder holds none. A bad file is an ``InputError`` naming it."""
-    if not model_source or not Path(model_source).is_dir():
+    if not model_source or find_hierarchy_head(model_source, dim) is None:
         return None
-    path = Path(model_source) / HEAD_FILE
-    if not path.is_file():
-        return None
-    load_hierarchy_head(path, dim)
-    return path
+    return Path(model_source) / HEAD_FILE
 
 
 def carry_head(root: str | Path, head_file: Path | None) -> Manifest:

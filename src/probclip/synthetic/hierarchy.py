@@ -36,7 +36,7 @@ from .world import Caption, Scene, entailment_matrix, truth_matrix
 
 __all__ = ["CALIBRATION_SCENES", "TrainingMaterial", "training_material", "synthetic_hierarchy_truth",
            "synthetic_hierarchy_metrics", "synthetic_match_calibration", "synthetic_hierarchy_head",
-           "evaluate_synthetic_hierarchy"]
+           "synthetic_training_fits", "evaluate_synthetic_hierarchy"]
 
 #: Training-split scenes the match calibration of the ``denotation`` score and the hierarchy head are fitted on.
 CALIBRATION_SCENES = 1000
@@ -105,6 +105,17 @@ def synthetic_hierarchy_head(model, tokenizer, transform, seed: int, num_scenes:
     return HierarchyHead({"text_in_text": text, "image_in_text": image})
 
 
+def synthetic_training_fits(model, tokenizer, transform, seed: int, head: HierarchyHead | None = None
+                            ) -> tuple[MatchCalibration, HierarchyHead, TrainingMaterial]:
+    """The match calibration and the hierarchy head from one encoding of the training split
+    (:func:`training_material`): ``(calibration, head, material)``; a given ``head`` is kept, not fitted again."""
+    material = training_material(model, tokenizer, transform, seed)
+    calibration = synthetic_match_calibration(model, tokenizer, transform, seed, material=material)
+    if head is None:
+        head = synthetic_hierarchy_head(model, tokenizer, transform, seed, material=material)
+    return calibration, head, material
+
+
 def _logit_parameters(model) -> tuple[float, float]:
     return float(model.logit_scale.detach()), float(model.logit_bias.detach())
 
@@ -141,12 +152,9 @@ def evaluate_synthetic_hierarchy(model, tokenizer, transform, seed: int = 0, out
     model.eval()
     with torch.no_grad():
         empty = model.encode_text(tokenizer([""]))
-    material = training_material(model, tokenizer, transform, seed)
-    calibration = synthetic_match_calibration(model, tokenizer, transform, seed, material=material)
-    head_source = "stored beside the model"
-    if head is None:
-        head, head_source = synthetic_hierarchy_head(model, tokenizer, transform, seed, material=material), \
-            f"fitted on {material.describe()}"
+    stored = head is not None
+    calibration, head, material = synthetic_training_fits(model, tokenizer, transform, seed, head)
+    head_source = "stored beside the model" if stored else f"fitted on {material.describe()}"
     metrics = synthetic_hierarchy_metrics(embeddings, eval_set, empty, probabilistic, model, calibration, head)
     results = {"task": "hierarchy", "data": f"synthetic world, test split, seed {seed}", "model": name,
                "probabilistic": probabilistic, "n_images": len(eval_set.scenes), "n_captions": len(eval_set.captions),
