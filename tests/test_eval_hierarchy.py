@@ -179,7 +179,12 @@ def test_cli_hierarchy_on_the_synthetic_world_and_on_a_csv(tmp_path, world_check
     assert "training-split" in results["match_calibration"]["fitted_on"]
     assert "image" in general["denotation"] and "denotation" in results["metrics"]["specific"]
     assert "image" in general["head"] and results["hierarchy_head"]["source"].startswith("fitted on 1000 training")
-    assert "R-precision" in (out / "report.html").read_text()
+    breakdown = results["breakdown"]
+    assert set(breakdown) == {"head", "directional"}
+    assert sum(v["queries"] for v in breakdown["head"]["general, images"].values()) == 500
+    assert "binding" in breakdown["head"]["mistakes of image queries"]["all images"]["kinds"]  # an untrained model
+    report = (out / "report.html").read_text()
+    assert "R-precision" in report and "by kind of query" in report
     csv_path = build_hierarcaps(tmp_path / "hc")
     assert main(["--model", str(world_checkpoint), "--task", "hierarchy", "--data", str(csv_path), "--image-root",
                  str(tmp_path / "hc" / "imgs"), "--out", str(tmp_path / "hc_out"), "--no-progress"]) == 0

@@ -59,7 +59,8 @@ from .report import plot_bars, write_results
 __all__ = ["DIRECTIONS", "HIERARCHY_SCORES", "HIERARCHY_METRICS", "MatchCalibration", "denotation_scores",
            "head_scores",
            "fit_match_calibration", "hierarchy_scores",
-           "hierarchy_metrics", "hierarcaps_truth", "evaluate_hierarchy", "flat_hierarchy_metrics", "hierarchy_table",
+           "hierarchy_metrics", "hierarchy_score_matrices", "hierarchy_metrics_of", "hierarchy_results",
+           "hierarcaps_truth", "evaluate_hierarchy", "flat_hierarchy_metrics", "hierarchy_table",
            "hierarchy_tables"]
 
 DIRECTIONS = ("general", "specific")
@@ -306,36 +307,52 @@ def _scores_for(query, gallery, direction: str, probabilistic: bool, empty) -> d
             if not (s == "walk" and direction != "general")}
 
 
-def hierarchy_results(captions, images, caption_levels: np.ndarray, truth: Mapping[str, np.ndarray],
-                      empty, probabilistic: bool, match_probability: torch.Tensor | None = None,
-                      head: HierarchyHead | None = None) -> dict:
-    """``{"general": {score: {group: metrics}}, "specific": {...}}`` for caption and image queries.
+def hierarchy_score_matrices(captions, images, caption_levels: np.ndarray, empty, probabilistic: bool,
+                             match_probability: torch.Tensor | None = None, head: HierarchyHead | None = None
+                             ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Every score's matrices: ``(general, specific)``, ``general[score]`` ``[G + N, G]`` ("more general" of the G
+    caption queries, then the N image queries, over the G captions) and ``specific[score]`` ``[G, G]``.
 
-    ``captions`` ``[G, D]`` are both the caption queries and the gallery; ``images`` ``[N, D]`` are queries of
-    ``general`` only (``truth["image"]``: the captions true of each image). ``match_probability``: a calibrated
-    ``P(caption true of image)`` ``[G, N]`` over these images, which adds the ``denotation`` score. ``head``: a
-    hierarchy head, which adds the ``head`` score.
+    ``captions`` ``[G, D]`` are both the caption queries and the gallery; ``images`` ``[N, D]``.
+    ``match_probability``: a calibrated ``P(caption true of image)`` ``[G, N]``, which adds the ``denotation``
+    score; ``head``: a hierarchy head, which adds the ``head`` score.
     """
-    exclude = np.concatenate([np.arange(len(caption_levels)), np.full(len(truth["image"]), -1)])
-    groups = [str(int(level)) for level in caption_levels] + ["image"] * len(truth["image"])
     cat = ProbEmbedding.cat if isinstance(captions, ProbEmbedding) else torch.cat
-    queries = cat([captions, images])
-    general_truth = np.concatenate([truth["general"], truth["image"]])
-    general = _scores_for(queries, captions, "general", probabilistic, empty)
+    general = _scores_for(cat([captions, images]), captions, "general", probabilistic, empty)
     specific = _scores_for(captions, captions, "specific", probabilistic, empty)
     if match_probability is not None:
-        if tuple(match_probability.shape) != (len(caption_levels), len(truth["image"])):
+        if tuple(match_probability.shape) != (len(caption_levels), len(images)):
             raise ValueError(f"match_probability must be [captions, images] = [{len(caption_levels)}, "
-                             f"{len(truth['image'])}]; got {tuple(match_probability.shape)}")
+                             f"{len(images)}]; got {tuple(match_probability.shape)}")
         general["denotation"] = denotation_scores(match_probability, "general")
         specific["denotation"] = denotation_scores(match_probability, "specific")
     if head is not None and probabilistic:
         general["head"] = head_scores(head, captions, images, "general")
         specific["head"] = head_scores(head, captions, None, "specific")
+    return general, specific
+
+
+def hierarchy_metrics_of(general: Mapping[str, torch.Tensor], specific: Mapping[str, torch.Tensor],
+                         caption_levels: np.ndarray, truth: Mapping[str, np.ndarray]) -> dict:
+    """``{"general": {score: {group: metrics}}, "specific": {...}}`` of :func:`hierarchy_score_matrices`' output
+    (``truth["image"]``: the captions true of each image)."""
+    exclude = np.concatenate([np.arange(len(caption_levels)), np.full(len(truth["image"]), -1)])
+    groups = [str(int(level)) for level in caption_levels] + ["image"] * len(truth["image"])
+    general_truth = np.concatenate([truth["general"], truth["image"]])
     results = {"general": hierarchy_metrics(general, general_truth, groups, caption_levels, exclude)}
     results["specific"] = hierarchy_metrics(specific, truth["specific"], groups[: len(caption_levels)],
                                             caption_levels, exclude[: len(caption_levels)])
     return results
+
+
+def hierarchy_results(captions, images, caption_levels: np.ndarray, truth: Mapping[str, np.ndarray],
+                      empty, probabilistic: bool, match_probability: torch.Tensor | None = None,
+                      head: HierarchyHead | None = None) -> dict:
+    """``{"general": {score: {group: metrics}}, "specific": {...}}`` for caption and image queries: the metrics of
+    :func:`hierarchy_score_matrices` (same arguments) against ``truth``."""
+    general, specific = hierarchy_score_matrices(captions, images, caption_levels, empty, probabilistic,
+                                                 match_probability, head)
+    return hierarchy_metrics_of(general, specific, caption_levels, truth)
 
 
 def hierarchy_table(metrics: Mapping, metric: str = "r_precision") -> list[list]:

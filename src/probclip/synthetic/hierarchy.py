@@ -9,7 +9,8 @@ For a probabilistic model the task also scores ``denotation``: the model's match
 *training* split (``CALIBRATION_SCENES`` scenes and their captions, whose truth the world gives;
 :func:`synthetic_match_calibration`), and the test images are the evidence; and ``head``: the hierarchy head
 (:mod:`probclip.hierarchy_head`) stored beside the model, or else one fitted on the same training-split material
-(:func:`synthetic_hierarchy_head`).
+(:func:`synthetic_hierarchy_head`). ``results.json``'s ``breakdown`` says where the search's scores go wrong
+(:mod:`probclip.synthetic.hierarchy_breakdown`).
 """
 
 from __future__ import annotations
@@ -25,19 +26,24 @@ from ..embedding import ProbEmbedding
 from ..eval.hierarchy import (
     MatchCalibration,
     fit_match_calibration,
+    hierarchy_metrics_of,
     hierarchy_plot,
-    hierarchy_results,
+    hierarchy_score_matrices,
     hierarchy_tables,
 )
 from ..eval.report import write_results
 from ..hierarchy_head import HierarchyHead, fit_pair_weights
 from .evaluation import EvaluationSet, build_evaluation_set, draw_scenes, encode_scenes, encode_synthetic, encode_texts
+from .hierarchy_breakdown import breakdown_tables, hierarchy_breakdown
 from .world import Caption, Scene, entailment_matrix, truth_matrix
 
 __all__ = ["CALIBRATION_SCENES", "TrainingMaterial", "training_material", "synthetic_hierarchy_truth",
-           "synthetic_hierarchy_metrics", "synthetic_match_calibration", "synthetic_hierarchy_head",
-           "synthetic_training_fits", "evaluate_synthetic_hierarchy"]
+           "synthetic_score_matrices", "synthetic_hierarchy_metrics", "synthetic_match_calibration",
+           "synthetic_hierarchy_head", "synthetic_training_fits", "BREAKDOWN_SCORES", "evaluate_synthetic_hierarchy"]
 
+#: Scores whose answers the task breaks down by kind of query and of mistake: what the search ranks by with a
+#: hierarchy head and without one.
+BREAKDOWN_SCORES = ("head", "directional")
 #: Training-split scenes the match calibration of the ``denotation`` score and the hierarchy head are fitted on.
 CALIBRATION_SCENES = 1000
 
@@ -120,12 +126,13 @@ def _logit_parameters(model) -> tuple[float, float]:
     return float(model.logit_scale.detach()), float(model.logit_bias.detach())
 
 
-def synthetic_hierarchy_metrics(embeddings: dict, eval_set: EvaluationSet, empty, probabilistic: bool = True,
-                                model=None, calibration: MatchCalibration | None = None,
-                                head: HierarchyHead | None = None) -> dict:
-    """The hierarchy metrics from :func:`~probclip.synthetic.evaluation.encode_synthetic`'s ``embeddings`` and the
-    empty caption's embedding ``empty`` ``[1, D]``; with ``model`` and its ``calibration``
-    (:func:`synthetic_match_calibration`), the ``denotation`` score too; with a ``head``, the ``head`` score."""
+def synthetic_score_matrices(embeddings: dict, eval_set: EvaluationSet, empty, probabilistic: bool = True,
+                             model=None, calibration: MatchCalibration | None = None,
+                             head: HierarchyHead | None = None) -> tuple[dict, dict]:
+    """Every score's ``(general, specific)`` matrices (:func:`~probclip.eval.hierarchy.hierarchy_score_matrices`)
+    from :func:`~probclip.synthetic.evaluation.encode_synthetic`'s ``embeddings`` and the empty caption's embedding
+    ``empty`` ``[1, D]``; with ``model`` and its ``calibration`` (:func:`synthetic_match_calibration`), the
+    ``denotation`` score too; with a ``head``, the ``head`` score."""
     levels = np.array([c.level for c in eval_set.captions])
     probability = None
     if probabilistic and calibration is not None:
@@ -133,8 +140,18 @@ def synthetic_hierarchy_metrics(embeddings: dict, eval_set: EvaluationSet, empty
             raise ValueError("the denotation score needs the model (its logit scale and bias) with its calibration")
         probability = calibration.probability(embeddings["captions"], embeddings["images"],
                                               *_logit_parameters(model))
-    return hierarchy_results(embeddings["captions"], embeddings["images"], levels,
-                             synthetic_hierarchy_truth(eval_set), empty, probabilistic, probability, head)
+    return hierarchy_score_matrices(embeddings["captions"], embeddings["images"], levels, empty, probabilistic,
+                                    probability, head)
+
+
+def synthetic_hierarchy_metrics(embeddings: dict, eval_set: EvaluationSet, empty, probabilistic: bool = True,
+                                model=None, calibration: MatchCalibration | None = None,
+                                head: HierarchyHead | None = None) -> dict:
+    """The hierarchy metrics of :func:`synthetic_score_matrices` (same arguments) against the world's truth."""
+    general, specific = synthetic_score_matrices(embeddings, eval_set, empty, probabilistic, model, calibration,
+                                                 head)
+    levels = np.array([c.level for c in eval_set.captions])
+    return hierarchy_metrics_of(general, specific, levels, synthetic_hierarchy_truth(eval_set))
 
 
 def evaluate_synthetic_hierarchy(model, tokenizer, transform, seed: int = 0, out_dir: str | Path | None = None,
@@ -155,14 +172,21 @@ def evaluate_synthetic_hierarchy(model, tokenizer, transform, seed: int = 0, out
     stored = head is not None
     calibration, head, material = synthetic_training_fits(model, tokenizer, transform, seed, head)
     head_source = "stored beside the model" if stored else f"fitted on {material.describe()}"
-    metrics = synthetic_hierarchy_metrics(embeddings, eval_set, empty, probabilistic, model, calibration, head)
+    general, specific = synthetic_score_matrices(embeddings, eval_set, empty, probabilistic, model, calibration,
+                                                 head)
+    truth = synthetic_hierarchy_truth(eval_set)
+    levels = np.array([c.level for c in eval_set.captions])
+    metrics = hierarchy_metrics_of(general, specific, levels, truth)
+    searched = {k: general[k] for k in BREAKDOWN_SCORES if k in general}  # what the search ranks by
+    breakdown = hierarchy_breakdown(searched, specific, truth, eval_set, {c.text for c in material.captions})
     results = {"task": "hierarchy", "data": f"synthetic world, test split, seed {seed}", "model": name,
                "probabilistic": probabilistic, "n_images": len(eval_set.scenes), "n_captions": len(eval_set.captions),
                "match_calibration": {**dataclasses.asdict(calibration),
                                      "fitted_on": f"{CALIBRATION_SCENES} training-split scenes, seed {seed}"},
                "hierarchy_head": {"source": head_source,
                                   "fitted_on": {k: v.fitted_on for k, v in head.pairs.items()}},
-               "metrics": metrics, "tables": hierarchy_tables(metrics)}
+               "metrics": metrics, "breakdown": breakdown,
+               "tables": {**hierarchy_tables(metrics), **breakdown_tables(breakdown)}}
     if out_dir is not None:
         results["plots"] = [hierarchy_plot(metrics, Path(out_dir) / "hierarchy.png").name]
         write_results(out_dir, results)
