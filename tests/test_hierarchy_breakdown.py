@@ -57,6 +57,7 @@ def test_breakdown_of_the_exact_truth_is_right_everywhere_and_of_a_wrong_score_n
         values = [v["r_precision"] for v in right[question].values() if v["queries"]]
         assert values and all(v == 1.0 for v in values), (question, right[question])
     assert right["mistakes of image queries"]["all images"] == {"wrong": 0, "kinds": {}}
+    assert right["mistakes of more specific, levels 0-3"] == {"wrong": 0, "kinds": {}}
     # a wrong score: every caption true of some test image ranks above every caption true of this one, so its
     # mistakes are captions false of the query image, each of the kind the world gives it
     anywhere = exact.clone()
@@ -76,11 +77,26 @@ def test_breakdown_of_the_exact_truth_is_right_everywhere_and_of_a_wrong_score_n
                 expected[kind] = expected.get(kind, 0) + 1
     assert {k: v["count"] for k, v in mistakes["kinds"].items()} == expected
     assert wrong["general, images"]["1 object, seen combinations"]["r_precision"] < 1.0
-    tables = breakdown_tables({**breakdown, "anywhere": wrong})
+    # "more specific" by the reverse of the truth: every wrong answer is counted by its caption's level
+    levels = np.array([c.level for c in eval_set.captions])
+    backwards = hierarchy_breakdown({"backwards": exact}, {"backwards": -specific}, truth, eval_set)["backwards"]
+    wrong_levels = backwards["mistakes of more specific, levels 0-3"]
+    expected = {}
+    for q in np.nonzero(levels <= 3)[0]:
+        row = -specific[q].numpy().copy()
+        row[q] = -np.inf
+        n_right = int(truth["specific"][q].sum())
+        for j in np.lexsort((np.arange(n_captions), -row))[:n_right]:
+            if not truth["specific"][q, j]:
+                name = "level 5 (full scene)" if levels[j] == 5 else f"level {levels[j]}"
+                expected[name] = expected.get(name, 0) + 1
+    assert wrong_levels["wrong"] > 0 and {k: v["count"] for k, v in wrong_levels["kinds"].items()} == expected
+    tables = breakdown_tables({**breakdown, "anywhere": wrong, "backwards": backwards})
     assert set(tables) == {"R-precision by kind of query: general, images",
                            "R-precision by kind of query: general, captions",
                            "R-precision by kind of query: specific, captions of levels 0-3",
-                           "Wrong captions among an image's top R, by kind (share)"}
+                           "Wrong captions among an image's top R, by kind (share)",
+                           'Wrong captions among the top R of "more specific" (levels 0-3), by their level (share)'}
     header, *rows = tables["R-precision by kind of query: general, images"]
-    assert header[0] == "score" and [r[0] for r in rows] == ["exact", "anywhere"]
+    assert header[0] == "score" and [r[0] for r in rows] == ["exact", "anywhere", "backwards"]
     assert all(v == 1.0 for v in rows[0][1:] if v is not None)

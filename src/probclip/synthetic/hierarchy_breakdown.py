@@ -9,20 +9,22 @@ The world knows why an answer is wrong, so the task can say it:
 - the wrong captions among an image query's top R (R = its number of right captions): ``binding`` (every value it
   names is in the image, but on different objects: "a red square" for a red circle and a blue square),
   ``absent <attribute>`` (a value it names is on no object: the model misread that attribute), or ``full scene``
-  (a wrong full-scene caption whose values are all present).
+  (a wrong full-scene caption whose values are all present);
+- the wrong captions among a "more specific" caption query's top R, by their level (full-scene captions that do not
+  hold the query's object are the text side of binding).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import numpy as np
 import torch
 
 from ..eval.hierarchy import per_query_metrics
 from .evaluation import EvaluationSet
-from .world import ATTRIBUTES, HELDOUT_COMBINATIONS, Caption, Scene
+from .world import ATTRIBUTES, FULL_SCENE_LEVEL, HELDOUT_COMBINATIONS, Caption, Scene
 
 __all__ = ["mistake_kind", "query_kinds", "hierarchy_breakdown", "breakdown_tables"]
 
@@ -79,18 +81,28 @@ def _mean(values: np.ndarray, mask: np.ndarray) -> dict:
     return {"r_precision": float(chosen.mean()) if chosen.size else float("nan"), "queries": int(chosen.size)}
 
 
-def _mistakes(scores: np.ndarray, truth: np.ndarray, eval_set: EvaluationSet, mask: np.ndarray) -> dict:
-    """Counts of the kinds of wrong captions among the top R of the image queries in ``mask``."""
+def _mistakes(scores: np.ndarray, truth: np.ndarray, mask: np.ndarray, kind_of: Callable[[int, int], str],
+              itself: np.ndarray | None = None) -> dict:
+    """Counts of ``kind_of(query, item)`` over the wrong items among the top R of the queries in ``mask``
+    (``itself``: each query's own gallery index, left out of its ranking)."""
     counts: Counter = Counter()
     for q in np.nonzero(mask)[0]:
-        n_right = int(truth[q].sum())
-        if n_right == 0:
+        row = scores[q].copy()
+        if itself is not None:
+            row[itself[q]] = -np.inf
+        right = truth[q]
+        n_right = int(right.sum()) - (int(right[itself[q]]) if itself is not None else 0)
+        if n_right <= 0:
             continue
-        returned = np.nonzero(np.isfinite(scores[q]))[0]
-        top = returned[np.lexsort((returned, -scores[q][returned]))][:n_right]
-        counts.update(mistake_kind(eval_set.scenes[q], eval_set.captions[j]) for j in top if not truth[q, j])
+        returned = np.nonzero(np.isfinite(row))[0]
+        top = returned[np.lexsort((returned, -row[returned]))][:n_right]
+        counts.update(kind_of(q, j) for j in top if not right[j])
     total = sum(counts.values())
     return {"wrong": total, "kinds": {k: {"count": n, "share": n / total} for k, n in counts.most_common()}}
+
+
+def _level_name(level: int) -> str:
+    return "level 5 (full scene)" if level == FULL_SCENE_LEVEL else f"level {level}"
 
 
 def hierarchy_breakdown(general: Mapping[str, torch.Tensor], specific: Mapping[str, torch.Tensor],
@@ -106,12 +118,18 @@ def hierarchy_breakdown(general: Mapping[str, torch.Tensor], specific: Mapping[s
         training_captions: texts of the captions a fit saw (adds the "in the training captions" kinds).
 
     Returns ``{score: {"general, images": {kind: {r_precision, queries}}, "general, captions": {...},
-    "specific, captions of levels 0-3": {...}, "mistakes of image queries": {wrong, kinds}}}``.
+    "specific, captions of levels 0-3": {...}, "mistakes of image queries": {images: {wrong, kinds}},
+    "mistakes of more specific, levels 0-3": {wrong, kinds}}}``: a wrong image answer's kind is
+    :func:`mistake_kind`, a wrong "more specific" answer's its caption level.
     """
     kinds = query_kinds(eval_set, training_captions)
     levels = np.array([c.level for c in eval_set.captions])
     n_captions = len(levels)
     itself = np.arange(n_captions)
+
+    def image_mistake(q: int, j: int) -> str:
+        return mistake_kind(eval_set.scenes[q], eval_set.captions[j])
+
     out = {}
     for score in general:
         matrix = general[score].double().numpy()
@@ -124,9 +142,13 @@ def hierarchy_breakdown(general: Mapping[str, torch.Tensor], specific: Mapping[s
             low = np.isin(levels, SPECIFIC_LEVELS)
             entry["specific, captions of levels 0-3"] = {k: _mean(by_specific, m & low)
                                                          for k, m in kinds["caption"].items()}
+            entry["mistakes of more specific, levels 0-3"] = _mistakes(
+                specific[score].double().numpy(), truth["specific"], low,
+                lambda q, j: _level_name(int(levels[j])), itself)
+        images = matrix[n_captions:]
         entry["mistakes of image queries"] = {
-            "all images": _mistakes(matrix[n_captions:], truth["image"], eval_set, np.ones(len(by_image), bool)),
-            **{k: _mistakes(matrix[n_captions:], truth["image"], eval_set, m) for k, m in kinds["image"].items()},
+            "all images": _mistakes(images, truth["image"], np.ones(len(by_image), bool), image_mistake),
+            **{k: _mistakes(images, truth["image"], m, image_mistake) for k, m in kinds["image"].items()},
         }
         out[score] = entry
     return out
@@ -152,6 +174,15 @@ def breakdown_tables(breakdown: Mapping) -> dict[str, list[list]]:
         for group, part in entry["mistakes of image queries"].items():
             rows.append([score, group, part["wrong"], *(part["kinds"].get(k, {}).get("share", 0.0) for k in kinds)])
     tables["Wrong captions among an image's top R, by kind (share)"] = rows
+    levels = list(dict.fromkeys(k for entry in breakdown.values()
+                                for k in entry.get("mistakes of more specific, levels 0-3", {}).get("kinds", {})))
+    if levels:
+        rows = [["score", "wrong in top R", *levels]]
+        for score, entry in breakdown.items():
+            part = entry.get("mistakes of more specific, levels 0-3")
+            if part is not None:
+                rows.append([score, part["wrong"], *(part["kinds"].get(k, {}).get("share", 0.0) for k in levels)])
+        tables["Wrong captions among the top R of \"more specific\" (levels 0-3), by their level (share)"] = rows
     return tables
 
 
