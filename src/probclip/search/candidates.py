@@ -14,7 +14,7 @@ from ..embedding import ProbEmbedding
 from ..errors import InputError
 from .backends import IndexBackend, OpenContext, exact_topk, load_rows_npy
 from .head_ranking import HeadRanking
-from .layout import StoredRows, collection_file, file_fingerprint
+from .layout import StoredRows, collection_file, verify_fingerprint
 from .manifest import IndexEntry
 from .scoring import ExactScorer, top
 from .vectors import inclusion_query_weights
@@ -47,11 +47,7 @@ class IndexFiles:
         if not isinstance(expected, str):
             raise InputError(f"the manifest records no fingerprint of index file {path} (built by an older probclip, "
                              f"or the manifest was edited); {rebuild}")
-        found = file_fingerprint(path)
-        if found != expected:
-            raise InputError(f"index file {path} is not the file `probclip index` wrote for this collection "
-                             f"(fingerprint {found}, the manifest records {expected}): it was replaced or damaged; "
-                             f"{rebuild}")
+        verify_fingerprint(path, expected, "index file", "`probclip index` wrote for", rebuild)
         self._checked[key] = str(path)
         return str(path)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..hierarchy_head import HEAD_FILE, HierarchyHead, find_hierarchy_head, load_hierarchy_head
-from .layout import collection_file, file_fingerprint
+from .layout import collection_file, file_fingerprint, verify_fingerprint
 from .manifest import HeadRecord, Manifest, read_manifest
 
 __all__ = ["CollectionHead", "HeadFileError", "carry_head", "model_head_file"]
@@ -94,11 +94,8 @@ class CollectionHead:
                  "options, which copies it anew")
         if not path.is_file():
             raise HeadFileError(f"hierarchy head {path} is missing; {again}")
-        found = file_fingerprint(path)
-        if found != self.record.fingerprint:
-            raise HeadFileError(f"hierarchy head {path} is not the file `probclip embed` copied into this collection "
-                             f"(fingerprint {found}, the manifest records {self.record.fingerprint}): it was replaced "
-                             f"or damaged; {again}")
+        verify_fingerprint(path, self.record.fingerprint, "hierarchy head", "`probclip embed` copied into", again,
+                           HeadFileError)
         try:
             self._head = load_hierarchy_head(path, self.dim)
         except InputError as err:  # e.g. written by an older probclip, in a format this one does not read

@@ -58,6 +58,7 @@ __all__ = [
     "logvar_path",
     "metadata_path",
     "shard_files",
+    "verify_fingerprint",
     "write_json_atomic",
 ]
 
@@ -124,6 +125,17 @@ def collection_file(root: str | Path, relative: object, what: str) -> Path:
         raise InputError(f"{root / MANIFEST_NAME}: {what} {relative!r} lies outside the collection {str(root)!r}; "
                          f"rebuild the index with `probclip index {root}`")
     return path
+
+
+def verify_fingerprint(path: Path, expected: str, what: str, wrote: str, remedy: str,
+                       error: type[InputError] = InputError) -> None:
+    """Raise ``error`` unless the file ``path`` has the fingerprint ``expected`` the manifest records: "``what``
+    ``path`` is not the file ``wrote`` this collection (fingerprint ..., the manifest records ...): it was replaced
+    or damaged; ``remedy``"."""
+    found = file_fingerprint(path)
+    if found != expected:
+        raise error(f"{what} {path} is not the file {wrote} this collection (fingerprint {found}, the manifest "
+                    f"records {expected}): it was replaced or damaged; {remedy}")
 
 
 def file_fingerprint(path: str | Path) -> str:
@@ -216,12 +228,9 @@ class StoredRows:
         key = _file_key(path, expected)
         if key in _VERIFIED:
             return
-        found = file_fingerprint(path)
-        if found != expected:
-            raise ShardFileError(f"shard file {path} is not the file `probclip embed` wrote for this collection "
-                                 f"(fingerprint {found}, the manifest records {expected}): it was replaced or "
-                                 f"damaged; rerun `probclip embed ... --out {self.root} --overwrite` to embed the "
-                                 "collection again")
+        verify_fingerprint(path, expected, "shard file", "`probclip embed` wrote for",
+                           f"rerun `probclip embed ... --out {self.root} --overwrite` to embed the collection again",
+                           ShardFileError)
         _VERIFIED.add(key)
 
     def _open(self, k: int, name: str, path: Path) -> np.ndarray:
