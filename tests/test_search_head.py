@@ -26,15 +26,17 @@ from search_helpers import MODEL_RECORD, brute_directional_inclusion, random_gau
 D = 16
 
 
-def _head(seed: int = 0, dim: int = D) -> HierarchyHead:
-    """Random weights, each divided by its term's spread over pairs of random Gaussians (logits of order 1)."""
+def _head(seed: int = 0, dim: int = D, generality: float = 0.7) -> HierarchyHead:
+    """Random weights, each divided by its term's spread over pairs of random Gaussians (logits of order 1), and a
+    ``generality`` for "more specific"."""
     rng = np.random.default_rng(seed)
     mean, logvar = random_gaussians(24, dim, 99)
     sample = ProbEmbedding(torch.from_numpy(mean), torch.from_numpy(logvar))
     spread = pair_terms(sample, sample).reshape(-1, len(TERMS), dim).std(0).clamp_min(1e-12).numpy()
     scale = spread * np.sqrt(len(TERMS) * dim) / 3
-    return HierarchyHead({"text_in_text": PairWeights(rng.normal(size=(len(TERMS), dim)) / scale, 0.3, "random t"),
-                          "image_in_text": PairWeights(rng.normal(size=(len(TERMS), dim)) / scale, -0.2, "random i")})
+    return HierarchyHead({
+        "text_in_text": PairWeights(rng.normal(size=(len(TERMS), dim)) / scale, 0.3, "random t", generality),
+        "image_in_text": PairWeights(rng.normal(size=(len(TERMS), dim)) / scale, -0.2, "random i", generality / 2)})
 
 
 def _collection(root, texts: int = 300, images: int = 200, head: HierarchyHead | None = None):
@@ -58,22 +60,29 @@ def _query(seed: int) -> ProbEmbedding:
 
 
 def _reference(head: HierarchyHead, score: str, query: ProbEmbedding, items, query_modality: str,
-               item_modality: str, directional: bool) -> np.ndarray:
-    """The head's logits by ``PairWeights.logits`` (torch, pair terms), -inf where the direction check fails."""
+               item_modality: str, directional: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The head's ranking keys by ``PairWeights.logits`` (torch, pair terms): the logits, plus for ``includes`` the
+    generality times the item's mean log-variance; -inf where the direction check fails. And the logits."""
+    lv_items = items[1].astype(np.float64)
     items = ProbEmbedding(torch.from_numpy(items[0]), torch.from_numpy(items[1]))
     if score == "included":
-        asked = head.pairs[f"{query_modality}_in_{item_modality}"].logits(query, items)[0]
+        pair = head.pairs[f"{query_modality}_in_{item_modality}"]
+        asked = pair.logits(query, items)[0]
         reverse = head.pairs.get(f"{item_modality}_in_{query_modality}")
         back = None if reverse is None else reverse.logits(items, query)[:, 0]
+        generality = 0.0
     else:
-        asked = head.pairs[f"{item_modality}_in_{query_modality}"].logits(items, query)[:, 0]
+        pair = head.pairs[f"{item_modality}_in_{query_modality}"]
+        asked = pair.logits(items, query)[:, 0]
         reverse = head.pairs.get(f"{query_modality}_in_{item_modality}")
         back = None if reverse is None else reverse.logits(query, items)[0]
+        generality = pair.generality
     asked = asked.numpy()
+    keys = asked + generality * lv_items.mean(1)
     if not directional:
-        return asked
+        return keys, asked
     margin = asked if back is None else asked - back.numpy()
-    return np.where(margin > 0, asked, -np.inf)
+    return np.where(margin > 0, keys, -np.inf), asked
 
 
 def _top(values: np.ndarray, k: int) -> np.ndarray:
@@ -96,12 +105,14 @@ def test_the_head_ranks_the_inclusion_scores_by_its_logits(headed, score, query_
     for seed in (5, 6, 7):
         query = _query(seed)
         found = index.search(query, k=8, score=score, directional=directional, query_modality=query_modality)[0]
-        expected = _reference(head, score, query, rows[item_modality], query_modality, item_modality, directional)
+        expected, logits = _reference(head, score, query, rows[item_modality], query_modality, item_modality,
+                                      directional)
         top = _top(expected, 8)
         assert found.ranked_by == "hierarchy head" and found.exact
         assert found.ids.tolist() == top.tolist()
         assert np.allclose(found.scores, expected[top], rtol=1e-5, atol=1e-5)
-        assert np.allclose(found.probabilities, 1 / (1 + np.exp(-expected[top])), atol=1e-6)
+        # the probability is the logit's, without the generality term of "more specific"
+        assert np.allclose(found.probabilities, 1 / (1 + np.exp(-logits[top])), atol=1e-6)
         row = found.to_dict()
         assert row["ranked_by"] == "hierarchy head" and row["results"][0]["probability"] == pytest.approx(
             float(found.probabilities[0]))
@@ -127,7 +138,6 @@ def test_without_the_head_or_a_pair_it_lacks_the_inclusion_test_ranks(headed):
 def test_the_candidate_path_equals_an_exhaustive_head_scan(tmp_path):
     root, rows = _collection(tmp_path / "c", texts=3000, images=50, head=_head(1))
     index = SearchIndex.load(root, "text")
-    ranking = head_ranking(index.head.get(), "included", "text", "text")
     scans, scan_ids = [], index.scorer.scan_ids
     index.scorer.scan_ids = lambda allowed: scans.append(allowed) or scan_ids(allowed)
     complete = 0
@@ -144,11 +154,14 @@ def test_the_candidate_path_equals_an_exhaustive_head_scan(tmp_path):
                 complete += fast.exact  # the head's exact top lists show when nothing can be missing
                 assert fast.ids.tolist() == full.ids.tolist(), (seed, score, directional)
                 assert np.array_equal(fast.scores, full.scores)
-        # the inner-product candidates are the head's exact top-n
+        # the inner-product candidates are the head's exact top-n by its ranking key (for "more specific": with the
+        # generality term)
         n = 40
-        proposed = index.candidates.inclusion(query, "included", n, None, 0.0, False, ranking)[0]
-        logits = _reference(_head(1), "included", query, rows["text"], "text", "text", False)
-        assert set(proposed.tolist()) == set(_top(logits, n).tolist())
+        for score in ("included", "includes"):
+            ranking = head_ranking(index.head.get(), score, "text", "text")
+            proposed = index.candidates.inclusion(query, score, n, None, 0.0, False, ranking)[0]
+            keys, _ = _reference(_head(1), score, query, rows["text"], "text", "text", False)
+            assert set(proposed.tolist()) == set(_top(keys, n).tolist()), score
     assert complete >= 20  # of 24 searches
 
 

@@ -22,6 +22,12 @@ side the item takes, so a search finds the head's top items with an exact inner-
 A head has one weight table per pair of modalities it was fitted on, keyed ``"<inner>_in_<outer>"``:
 ``text_in_text`` (a caption included in a more general caption) and ``image_in_text`` (an image included in a
 caption that is true of it). It is stored beside the model as ``hierarchy_head.safetensors``.
+
+"More specific" ranks by the logit plus ``generality`` times the item's mean log-variance
+(:meth:`PairWeights.specific_rank`): among the items the query includes, the nearer, more general specialisations
+come first. ``generality`` is chosen on held-out pairs (:func:`probclip.eval.hierarchy.fit_specific_generality`); 0
+ranks by the logit alone. It is linear in the stored feature ``sum lv``, so the exact search keeps working. It
+changes the order only, never which items pass the direction check nor their probability.
 """
 
 from __future__ import annotations
@@ -50,7 +56,9 @@ TERMS = tuple((inner, outer) for inner in BASIS for outer in BASIS if (inner, ou
 #: Where each function of ``BASIS`` (but the constant) sits among the stored item features
 #: ``[mu, mu^2, s, mu p, mu^2 p, p, sum lv]``: the block index.
 _FEATURE_BLOCK = {"mu": 0, "mu2": 1, "s": 2, "p": 5}
-_FORMAT = "probclip-hierarchy-head-2"
+_FORMAT = "probclip-hierarchy-head-3"
+#: Earlier formats this version reads: format 2 has no ``generality`` (read as 0).
+_READ_FORMATS = ("probclip-hierarchy-head-2", _FORMAT)
 #: Pairs per block when scoring many pairs at once (bounds the ``[block, G, len(TERMS), D]`` intermediate).
 _BLOCK_ELEMENTS = 2**24
 
@@ -86,11 +94,21 @@ def pair_terms(inner: ProbEmbedding, outer: ProbEmbedding) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class PairWeights:
-    """The fitted weights of one pair kind: ``weights`` ``[len(TERMS), D]`` float64 (``TERMS`` order), ``bias``."""
+    """The fitted weights of one pair kind: ``weights`` ``[len(TERMS), D]`` float64 (``TERMS`` order), ``bias``;
+    ``generality``: weight of the inner item's mean log-variance in the "more specific" ranking
+    (:meth:`specific_rank`)."""
 
     weights: np.ndarray
     bias: float
     fitted_on: str = ""
+    generality: float = 0.0
+
+    def specific_rank(self, logits, inner_logvar):
+        """The "more specific" ranking key of inner items ``[..., N]`` (torch or numpy, float64): their logits plus
+        ``generality`` times their mean log-variance (``inner_logvar`` ``[N, D]``)."""
+        if not self.generality:
+            return logits
+        return logits + self.generality * inner_logvar.mean(-1)
 
     def logits(self, inner: ProbEmbedding, outer: ProbEmbedding) -> torch.Tensor:
         """``[Ni, No]`` float64 logits of ``P(inner_i included in outer_j)``."""
@@ -154,6 +172,7 @@ class HierarchyHead:
         path = Path(path)
         tensors = {f"{k}.weights": np.ascontiguousarray(v.weights, np.float64) for k, v in self.pairs.items()}
         tensors.update({f"{k}.bias": np.array([v.bias], np.float64) for k, v in self.pairs.items()})
+        tensors.update({f"{k}.generality": np.array([v.generality], np.float64) for k, v in self.pairs.items()})
         meta = {"format": _FORMAT, "terms": json.dumps(["x".join(t) for t in TERMS]),
                 "fitted_on": json.dumps({k: v.fitted_on for k, v in self.pairs.items()})}
         save_file(tensors, str(path), metadata=meta)
@@ -173,17 +192,20 @@ def load_hierarchy_head(path: str | Path, dim: int | None = None) -> HierarchyHe
             meta, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
     except (OSError, SafetensorError) as err:
         raise InputError(f"{path} is not a readable hierarchy head ({err}); delete it or fit it again") from err
-    if meta.get("format") != _FORMAT:
-        raise InputError(f"{path} is not a hierarchy head: format {meta.get('format')!r}, expected {_FORMAT!r}")
+    if meta.get("format") not in _READ_FORMATS:
+        raise InputError(f"{path} is not a hierarchy head this probclip reads: format {meta.get('format')!r}, "
+                         f"expected one of {list(_READ_FORMATS)}")
+    parts = ("weights", "bias") if meta["format"] == _READ_FORMATS[0] else ("weights", "bias", "generality")
     try:
         fitted_on = json.loads(meta.get("fitted_on", "{}"))
     except json.JSONDecodeError as err:
         raise InputError(f"{path}: its 'fitted_on' metadata is not valid JSON ({err})") from err
     kinds = sorted({k.split(".")[0] for k in tensors})
     unknown = [k for k in kinds if k not in PAIR_KINDS]
-    if unknown or not kinds or set(tensors) != {f"{k}.{t}" for k in kinds for t in ("weights", "bias")}:
-        raise InputError(f"{path} holds tensors {sorted(tensors)}; expected '<kind>.weights' and '<kind>.bias' for "
-                         f"kinds among {list(PAIR_KINDS)}")
+    if unknown or not kinds or set(tensors) != {f"{k}.{t}" for k in kinds for t in parts}:
+        expected = " and ".join(f"'<kind>.{t}'" for t in parts)
+        raise InputError(f"{path} holds tensors {sorted(tensors)}; expected {expected} for kinds among "
+                         f"{list(PAIR_KINDS)}")
     pairs = {}
     for k in kinds:
         w, b = tensors[f"{k}.weights"].astype(np.float64), tensors[f"{k}.bias"].astype(np.float64)
@@ -193,9 +215,13 @@ def load_hierarchy_head(path: str | Path, dim: int | None = None) -> HierarchyHe
         if dim is not None and w.shape[1] != dim:
             raise InputError(f"{path}: {k} was fitted for {w.shape[1]}-dimensional embeddings; this model's are "
                              f"{dim}-dimensional")
-        if not (np.isfinite(w).all() and np.isfinite(b).all()):
+        g = tensors.get(f"{k}.generality", np.zeros(1)).astype(np.float64)
+        if g.shape != (1,):
+            raise InputError(f"{path}: {k} has generality of shape {g.shape}; expected (1,)")
+        if not (np.isfinite(w).all() and np.isfinite(b).all() and np.isfinite(g).all()):
             raise InputError(f"{path}: {k} holds non-finite weights")
-        pairs[k] = PairWeights(w, float(b[0]), str(fitted_on.get(k, "")) if isinstance(fitted_on, dict) else "")
+        pairs[k] = PairWeights(w, float(b[0]), str(fitted_on.get(k, "")) if isinstance(fitted_on, dict) else "",
+                               float(g[0]))
     return HierarchyHead(pairs)
 
 

@@ -27,9 +27,10 @@ Scores (``HIERARCHY_SCORES``; ``test(a in b)`` is ProLIP's inclusion test at eps
   share; for an image query, ``p(caption, image)`` itself (:func:`denotation_scores`). It looks at the images, not
   at the stored Gaussians alone, so ``probclip search`` does not rank by it.
 - ``head`` (when a :class:`~probclip.hierarchy_head.HierarchyHead` is given): the head's logit of ``P(query in
-  item)`` (``general``) or ``P(item in query)`` (``specific``), over the captions where it beats the reverse logit
-  (caption queries) or where ``P > 0.5`` (image queries, which have no reverse); what ``probclip search`` ranks by
-  when the collection carries a head (:func:`head_scores`).
+  item)`` (``general``) or ``P(item in query)`` (``specific``, plus the head's ``generality`` term, which puts the
+  nearer specialisations first: :func:`fit_specific_generality`), over the captions where it beats the reverse
+  logit (caption queries) or where ``P > 0.5`` (image queries, which have no reverse); what ``probclip search``
+  ranks by when the collection carries a head (:func:`head_scores`).
 
 :func:`evaluate_hierarchy` runs the task on a HierarCaps CSV (the levels of each chain, general -> specific, are
 the truth); ``probclip.synthetic.hierarchy`` runs it on the synthetic world, whose truth is exact.
@@ -37,6 +38,7 @@ the truth); ``probclip.synthetic.hierarchy`` runs it on the synthetic world, who
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -58,7 +60,7 @@ from .report import plot_bars, write_results
 
 __all__ = ["DIRECTIONS", "HIERARCHY_SCORES", "HIERARCHY_METRICS", "MatchCalibration", "denotation_scores",
            "head_scores",
-           "fit_match_calibration", "hierarchy_scores",
+           "fit_match_calibration", "fit_specific_generality", "GENERALITY_GRID", "hierarchy_scores",
            "hierarchy_metrics", "hierarchy_score_matrices", "hierarchy_metrics_of", "hierarchy_results",
            "hierarcaps_truth", "evaluate_hierarchy", "flat_hierarchy_metrics", "hierarchy_table",
            "hierarchy_tables"]
@@ -146,7 +148,8 @@ def head_scores(head: HierarchyHead, captions: ProbEmbedding, images: ProbEmbedd
         raise ValueError(f"the head holds no text_in_text weights (it has {sorted(head.pairs)})")
     inner = text.logits(captions, captions)  # [q, i]: P(caption q in caption i)
     if direction == "specific":
-        return torch.where(inner.T > inner, inner.T, -math.inf)
+        rank = text.specific_rank(inner.T, captions.logvar.double()[None])  # [q, i], i the more specific side
+        return torch.where(inner.T > inner, rank, -math.inf)
     rows = [torch.where(inner > inner.T, inner, -math.inf)]
     if images is not None and len(images):
         image = head.kind("image", "text")
@@ -155,6 +158,35 @@ def head_scores(head: HierarchyHead, captions: ProbEmbedding, images: ProbEmbedd
         logits = image.logits(images, captions)
         rows.append(torch.where(logits > 0, logits, -math.inf))
     return torch.cat(rows)
+
+
+#: Values of ``generality`` :func:`fit_specific_generality` tries.
+GENERALITY_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
+
+
+def fit_specific_generality(head: HierarchyHead, captions: ProbEmbedding, more_specific: np.ndarray,
+                            grid: Sequence[float] = GENERALITY_GRID) -> tuple[HierarchyHead, dict[float, float]]:
+    """Choose the ``text_in_text`` weights' ``generality`` (see :meth:`PairWeights.specific_rank`) on held-out
+    captions: the grid value with the best mean R-precision of "more specific" over ``captions`` ``[G, D]`` as
+    queries and gallery, against ``more_specific`` ``[G, G]`` (row q: the captions strictly more specific than
+    caption q). Returns the head with that ``generality`` and ``{value: R-precision}``; ties go to the smaller value.
+
+    Use captions the head was *not* fitted on: on its own fitting pairs the logit alone already ranks right.
+    """
+    text = head.kind("text", "text")
+    if text is None:
+        raise ValueError(f"the head holds no text_in_text weights (it has {sorted(head.pairs)})")
+    if not grid or any(not math.isfinite(g) for g in grid):
+        raise ValueError(f"grid must be a non-empty list of finite numbers; got {list(grid)}")
+    levels = np.zeros(len(captions), dtype=np.int64)
+    itself = np.arange(len(captions))
+    table = {}
+    for value in grid:
+        trial = HierarchyHead({**head.pairs, "text_in_text": dataclasses.replace(text, generality=float(value))})
+        scores = head_scores(trial, captions, None, "specific")
+        table[float(value)] = _nanmean(per_query_metrics(scores, more_specific, levels, itself)["r_precision"])
+    best = max(table, key=lambda g: (table[g], -g))
+    return HierarchyHead({**head.pairs, "text_in_text": dataclasses.replace(text, generality=best)}), table
 
 
 def _sides(query: ProbEmbedding, gallery: ProbEmbedding, direction: str) -> tuple[torch.Tensor, torch.Tensor]:

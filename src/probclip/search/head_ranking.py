@@ -4,10 +4,12 @@ margins, and its exact inner-product weights over the stored inclusion features.
 A search with score ``included`` (items that include the query) puts the query on the inner side and the items on
 the outer one: the head's kind ``f"{query_modality}_in_{item_modality}"``; ``includes`` (items the query includes)
 the reverse: ``f"{item_modality}_in_{query_modality}"``. When the collection's head holds that kind, the score of an
-item is the head's logit of ``P(inner included in outer)`` (float64), in place of the inclusion test. The direction
-check (``directional``) keeps an item when its margin is positive: the logit minus the logit with the roles
-swapped when the head holds the swapped kind (``text_in_text``), else the logit itself (``P > 0.5``). The inclusion
-test's ``eps`` does not apply to the head.
+item is the head's logit of ``P(inner included in outer)`` (float64), in place of the inclusion test; for
+``includes`` plus the kind's ``generality`` times the item's mean log-variance
+(:meth:`~probclip.hierarchy_head.PairWeights.specific_rank`: nearer specialisations first). The direction check
+(``directional``) keeps an item when its margin is positive: the logit minus the logit with the roles swapped when
+the head holds the swapped kind (``text_in_text``), else the logit itself (``P > 0.5``). An item's probability is
+the sigmoid of its logit, without the generality term. The inclusion test's ``eps`` does not apply to the head.
 """
 
 from __future__ import annotations
@@ -60,21 +62,39 @@ class HeadRanking:
     reverse_kind: str | None
 
     @property
+    def generality(self) -> float:
+        """Weight of the item's mean log-variance in the ranking key: the kind's ``generality`` for ``includes``, 0
+        for ``included``."""
+        return self.head.pairs[self.kind].generality if self.score == "includes" else 0.0
+
+    @property
     def query_side(self) -> str:
         """``"inner"`` for ``included`` (the items are the more general side), ``"outer"`` for ``includes``."""
         return "inner" if self.score == "included" else "outer"
 
     def scores(self, query: ProbEmbedding, means: np.ndarray, logvars: np.ndarray,
                directional: bool) -> tuple[np.ndarray, np.ndarray]:
-        """float64 logits ``[n]`` of one query ``[1, D]`` against items ``[n, D]``, and their margins (``+inf``
-        without ``directional``; else the logit minus the reverse logit, or the logit when there is no reverse)."""
+        """float64 ranking keys ``[n]`` of one query ``[1, D]`` against items ``[n, D]`` (the logits, plus the
+        generality term for ``includes``), and their margins (``+inf`` without ``directional``; else the logit minus
+        the reverse logit, or the logit when there is no reverse)."""
         q, items = (query.mean.numpy(), query.logvar.numpy()), (means, logvars)
         logits = pair_logits(self.head, self.kind, q, items, self.query_side)
+        keys = self._with_generality(logits, logvars)
         if not directional:
-            return logits, np.full(logits.size, np.inf)
+            return keys, np.full(logits.size, np.inf)
         if self.reverse_kind is None:
-            return logits, logits.copy()
-        return logits, logits - pair_logits(self.head, self.reverse_kind, q, items, self._other_side)
+            return keys, logits.copy()
+        return keys, logits - pair_logits(self.head, self.reverse_kind, q, items, self._other_side)
+
+    def _with_generality(self, logits: np.ndarray, logvars: np.ndarray) -> np.ndarray:
+        g = self.generality
+        return logits + g * np.asarray(logvars, np.float64).mean(-1) if g else logits
+
+    def probabilities(self, keys: np.ndarray, logvars: np.ndarray) -> np.ndarray:
+        """float64 ``[k]`` probabilities of items ``[k, D]`` (``logvars``) from their ranking keys ``[k]``: the
+        sigmoid of the logit, the generality term taken out."""
+        logits = np.asarray(keys, np.float64) - self._with_generality(np.zeros(len(keys)), logvars)
+        return 1.0 / (1.0 + np.exp(-logits))
 
     @property
     def _other_side(self) -> str:
@@ -103,9 +123,14 @@ class HeadRanking:
 
     def query_weights(self, mean: np.ndarray, logvar: np.ndarray, margin: bool = False) -> np.ndarray:
         """float64 ``[Q, 6D + 1]`` weights over the stored inclusion features: ``features @ weights.T`` is, up to a
-        per-query constant, the logit (``margin`` False) or the directional margin (``margin`` True), exactly."""
+        per-query constant, the ranking key (``margin`` False) or the directional margin (``margin`` True), exactly.
+        """
         weights = self.head.query_weights(self.kind, mean, logvar, self.query_side)
-        if not margin or self.reverse_kind is None:
+        if not margin:
+            dim = (weights.shape[1] - 1) // 6
+            weights[:, -1] += self.generality / dim  # the last feature is sum_d lv: g * mean_d lv
+            return weights
+        if self.reverse_kind is None:
             return weights
         return weights - self.head.query_weights(self.reverse_kind, mean, logvar, self._other_side)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -24,8 +24,10 @@ class SearchResults:
         score: the score's name; higher_is_better: False for ``csd``; exact: True when the ranking is exact
             (no item of the collection can be missing from it).
         ranked_by: what computed the scores: ``closed-form sampled distance``, ``cosine of means``,
-            ``inclusion test`` or ``hierarchy head`` (then each score is the head's logit of the item being more
-            general / more specific than the query, and :attr:`probabilities` its probability).
+            ``inclusion test`` or ``hierarchy head`` (then each score is the head's ranking key: its logit of the
+            item being more general / more specific than the query, plus for "more specific" its generality term).
+        probabilities: float64 ``[k]`` where the hierarchy head ranked: the head's probability that the item is more
+            general / more specific than the query (the sigmoid of its logit); else None.
     """
 
     ids: np.ndarray
@@ -36,16 +38,17 @@ class SearchResults:
     higher_is_better: bool = False
     exact: bool = True
     ranked_by: str = "closed-form sampled distance"
-
-    @property
-    def probabilities(self) -> np.ndarray | None:
-        """float64 ``[k]`` probabilities ``sigmoid(score)`` when the hierarchy head ranked, else None."""
-        if self.ranked_by != HEAD_RANKED_BY:
-            return None
-        return 1.0 / (1.0 + np.exp(-self.scores.astype(np.float64)))
+    probabilities: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
+
+    def take(self, keep: np.ndarray | slice) -> SearchResults:
+        """The results at positions ``keep`` (an index array or a slice), every per-result field alike."""
+        metadata = self.metadata[keep] if isinstance(keep, slice) else [self.metadata[i] for i in keep]
+        return replace(self, ids=self.ids[keep], scores=self.scores[keep], uncertainty=self.uncertainty[keep],
+                       metadata=metadata if self.metadata else [],
+                       probabilities=None if self.probabilities is None else self.probabilities[keep])
 
     def to_dict(self) -> dict:
         """JSON-ready dict: ``score``, ``higher_is_better``, ``exact``, ``ranked_by``, ``results`` (rank, row_id,

@@ -248,10 +248,13 @@ class SearchIndex:
                     scanned = ranking.complete(scores, margins, k, k * over, directional=False)
             keep = margins > 0
             top_ids, top_scores = top(scores[keep], ids[keep], k, higher)
-            out.append(SearchResults(ids=top_ids.astype(np.int64), scores=top_scores.astype(np.float32),
+            top_ids = top_ids.astype(np.int64)
+            probabilities = None if ranking is None else ranking.probabilities(top_scores,
+                                                                               self.stored.logvars(top_ids))
+            out.append(SearchResults(ids=top_ids, scores=top_scores.astype(np.float32),
                                      uncertainty=self.stored.u[top_ids].astype(np.float32), metadata=[],
                                      score=score, higher_is_better=higher, exact=exact or scanned,
-                                     ranked_by=ranked_by))
+                                     ranked_by=ranked_by, probabilities=probabilities))
         metadata = self.metadata(np.concatenate([r.ids for r in out]))  # one read for every query's results
         start = 0
         for r in out:

@@ -14,8 +14,6 @@ than k, so that k results come back whenever the index has them.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from ..search import SearchIndex, SearchResults
@@ -85,12 +83,6 @@ def _stored_means(index: SearchIndex, ids: np.ndarray) -> np.ndarray:
     return index.embedding(ids).mean.numpy()
 
 
-def _first(results: SearchResults, keep: np.ndarray | slice) -> SearchResults:
-    metadata = results.metadata[keep] if isinstance(keep, slice) else [results.metadata[i] for i in keep]
-    return replace(results, ids=results.ids[keep], scores=results.scores[keep],
-                   uncertainty=results.uncertainty[keep], metadata=metadata if results.metadata else [])
-
-
 def hide_duplicates(index: SearchIndex, results: SearchResults, k: int) -> tuple[SearchResults, int]:
     """``(results without duplicates, truncated to k; how many were hidden)`` for one ``SearchResults``.
 
@@ -102,5 +94,5 @@ def hide_duplicates(index: SearchIndex, results: SearchResults, k: int) -> tuple
         if hidden.size:
             keep = np.ones(len(results), dtype=bool)
             keep[hidden] = False
-            return _first(results, np.flatnonzero(keep)[:k]), int(hidden.size)
-    return _first(results, slice(0, k)), 0
+            return results.take(np.flatnonzero(keep)[:k]), int(hidden.size)
+    return results.take(slice(0, k)), 0

@@ -26,6 +26,7 @@ from ..embedding import ProbEmbedding
 from ..eval.hierarchy import (
     MatchCalibration,
     fit_match_calibration,
+    fit_specific_generality,
     hierarchy_metrics_of,
     hierarchy_plot,
     hierarchy_score_matrices,
@@ -39,7 +40,8 @@ from .world import Caption, Scene, entailment_matrix, truth_matrix
 
 __all__ = ["CALIBRATION_SCENES", "TrainingMaterial", "training_material", "synthetic_hierarchy_truth",
            "synthetic_score_matrices", "synthetic_hierarchy_metrics", "synthetic_match_calibration",
-           "synthetic_hierarchy_head", "synthetic_training_fits", "BREAKDOWN_SCORES", "evaluate_synthetic_hierarchy"]
+           "synthetic_hierarchy_head", "tuning_captions", "synthetic_training_fits", "BREAKDOWN_SCORES",
+           "evaluate_synthetic_hierarchy"]
 
 #: Scores whose answers the task breaks down by kind of query and of mistake: what the search ranks by with a
 #: hierarchy head and without one.
@@ -98,17 +100,37 @@ def synthetic_match_calibration(model, tokenizer, transform, seed: int, num_scen
     return fit_match_calibration(material.texts, material.images, truth, *_logit_parameters(model))
 
 
+def tuning_captions(model, tokenizer, seed: int, num_scenes: int = CALIBRATION_SCENES
+                    ) -> tuple[list[Caption], ProbEmbedding]:
+    """The distinct captions of the *training* split's scenes ``num_scenes .. 2 num_scenes - 1`` (after the scenes a
+    head is fitted on; sorted by text) and their embeddings: held-out captions to tune the head's ``generality``."""
+    _, drawn = draw_scenes(seed, 2 * num_scenes, "train", "occlusion")
+    captions = [c for _, c in sorted({c.text: c for caps in drawn[num_scenes:] for c in caps}.items())]
+    was_training = model.training
+    model.eval()
+    try:
+        texts = encode_texts(model, [c.text for c in captions], tokenizer)
+    finally:
+        model.train(was_training)
+    return captions, texts
+
+
 def synthetic_hierarchy_head(model, tokenizer, transform, seed: int, num_scenes: int = CALIBRATION_SCENES,
                              material: TrainingMaterial | None = None) -> HierarchyHead:
     """A hierarchy head fitted on the *training* split's material (:func:`training_material`): ``text_in_text`` on
-    the strict entailments between its captions, ``image_in_text`` on which captions are true of which scenes."""
+    the strict entailments between its captions, ``image_in_text`` on which captions are true of which scenes; its
+    ``generality`` is chosen on the captions of the next ``num_scenes`` training scenes (:func:`tuning_captions`)."""
     material = material or training_material(model, tokenizer, transform, seed, num_scenes)
     entailed = entailment_matrix(material.captions)  # [i, j]: caption i entails caption j
     where = material.describe()
     text = fit_pair_weights(material.texts, material.texts, entailed & ~entailed.T, where, seed=seed)
     image = fit_pair_weights(material.images, material.texts, truth_matrix(material.scenes, material.captions),
                              where, seed=seed)
-    return HierarchyHead({"text_in_text": text, "image_in_text": image})
+    head = HierarchyHead({"text_in_text": text, "image_in_text": image})
+    captions, texts = tuning_captions(model, tokenizer, seed, num_scenes)
+    entailed = entailment_matrix(captions)
+    head, _ = fit_specific_generality(head, texts, (entailed & ~entailed.T).T.copy())
+    return head
 
 
 def synthetic_training_fits(model, tokenizer, transform, seed: int, head: HierarchyHead | None = None
