@@ -314,3 +314,41 @@ def test_a_head_fitted_on_the_training_split_finds_the_generalisations_of_an_ide
     assert not (np.isfinite(general.numpy()) & np.isfinite(specific.numpy())).any()
     with pytest.raises(ValueError, match="no image_in_text weights"):
         head_scores(head, _ideal_embedding(captions), _ideal_embedding(captions[:2]), "general")
+
+
+def test_the_generality_fit_prefers_nearer_specialisations_where_the_truth_asks_for_them():
+    """With the truth of "more specific" restricted to the nearest specialisations (one level down), a positive
+    generality ranks them above the deeper ones; the fit finds it, and its table is the R-precision of each value."""
+    import dataclasses
+
+    from probclip.eval.hierarchy import fit_specific_generality, head_scores
+    from probclip.hierarchy_head import HierarchyHead, fit_pair_weights
+    from probclip.synthetic.evaluation import draw_scenes
+    from probclip.synthetic.world import entailment_matrix
+
+    _, drawn = draw_scenes(0, 300, "train")
+    caps = [c for _, c in sorted({c.text: c for caps in drawn for c in caps if c.level < 5}.items())]
+    entailed = entailment_matrix(caps)
+    ideal = _ideal_embedding(caps)
+    fitted = fit_pair_weights(ideal, ideal, entailed & ~entailed.T, "ideal")
+    head = HierarchyHead({"text_in_text": fitted, "image_in_text": dataclasses.replace(fitted, fitted_on="kept")})
+    levels = np.array([c.level for c in caps])
+    strict = (entailed & ~entailed.T).T  # [q, i]: caption i strictly more specific than caption q
+    nearest = strict & (levels[None, :] == levels[:, None] + 1)
+    grid = (0.0, 1.0, 2.0, 4.0, 8.0)
+    tuned, table = fit_specific_generality(head, ideal, nearest, grid)
+    own = np.arange(len(caps))
+    for value in grid:
+        trial = HierarchyHead({"text_in_text": dataclasses.replace(fitted, generality=value)})
+        rp = per_query_metrics(head_scores(trial, ideal, None, "specific"), nearest, np.zeros(len(caps)), own)
+        assert table[value] == pytest.approx(np.nanmean(rp["r_precision"]))
+    chosen = tuned.pairs["text_in_text"].generality
+    assert chosen == max(grid, key=lambda g: (table[g], -g)) and chosen > 0
+    assert table[chosen] > table[0.0] + 0.1
+    assert tuned.pairs["image_in_text"].fitted_on == "kept"  # the other kinds are kept as they were
+    # on the full truth the logit alone already ranks every specialisation first: nothing to gain
+    assert fit_specific_generality(head, ideal, strict, grid)[0].pairs["text_in_text"].generality == 0.0
+    with pytest.raises(ValueError, match="grid must be"):
+        fit_specific_generality(head, ideal, nearest, (0.0, float("nan")))
+    with pytest.raises(ValueError, match="no text_in_text weights"):
+        fit_specific_generality(HierarchyHead({"image_in_text": fitted}), ideal, nearest)

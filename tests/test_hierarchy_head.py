@@ -29,7 +29,7 @@ def _embeddings(n: int, d: int, seed: int) -> ProbEmbedding:
 
 def _head(d: int = 8, seed: int = 0) -> HierarchyHead:
     rng = np.random.default_rng(seed)
-    return HierarchyHead({"text_in_text": PairWeights(rng.normal(size=(len(TERMS), d)), 0.3, "random"),
+    return HierarchyHead({"text_in_text": PairWeights(rng.normal(size=(len(TERMS), d)), 0.3, "random", 1.5),
                           "image_in_text": PairWeights(rng.normal(size=(len(TERMS), d)), -0.2, "random")})
 
 
@@ -106,7 +106,8 @@ def test_file_round_trip_and_checks(tmp_path):
     assert set(loaded.pairs) == {"text_in_text", "image_in_text"} and loaded.dim == 8
     for k, v in head.pairs.items():
         assert np.array_equal(loaded.pairs[k].weights, v.weights) and loaded.pairs[k].bias == v.bias
-        assert loaded.pairs[k].fitted_on == "random"
+        assert loaded.pairs[k].fitted_on == "random" and loaded.pairs[k].generality == v.generality
+    assert loaded.pairs["text_in_text"].generality == 1.5
     assert find_hierarchy_head(tmp_path / "none") is None and find_hierarchy_head(None) is None
     with pytest.raises(InputError, match="fitted for 8-dimensional embeddings; this model's are 16"):
         load_hierarchy_head(path, dim=16)
@@ -122,3 +123,26 @@ def test_file_round_trip_and_checks(tmp_path):
               str(bad), metadata={"format": "probclip-hierarchy-head-2"})
     with pytest.raises(InputError, match="non-finite"):
         load_hierarchy_head(bad)
+    weights = np.ones((len(TERMS), 8))
+    save_file({"text_in_text.weights": weights, "text_in_text.bias": np.zeros(1),
+               "text_in_text.generality": np.array([np.inf])}, str(bad),
+              metadata={"format": "probclip-hierarchy-head-3"})
+    with pytest.raises(InputError, match="non-finite"):
+        load_hierarchy_head(bad)
+    # format 3 needs the generality; format 2 (written before it) is read with generality 0
+    save_file({"text_in_text.weights": weights, "text_in_text.bias": np.zeros(1)}, str(bad),
+              metadata={"format": "probclip-hierarchy-head-3"})
+    with pytest.raises(InputError, match="'<kind>.generality'"):
+        load_hierarchy_head(bad)
+    save_file({"text_in_text.weights": weights, "text_in_text.bias": np.zeros(1)}, str(bad),
+              metadata={"format": "probclip-hierarchy-head-2", "fitted_on": "{}"})
+    assert load_hierarchy_head(bad).pairs["text_in_text"].generality == 0.0
+
+
+def test_the_specific_rank_adds_the_generality_times_the_mean_log_variance():
+    pair = _head().pairs["text_in_text"]
+    logits = torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64)
+    logvar = torch.tensor([[-1.0, -3.0], [0.0, 0.0], [-2.0, -4.0]], dtype=torch.float64)
+    assert torch.allclose(pair.specific_rank(logits, logvar), logits + 1.5 * torch.tensor([-2.0, 0.0, -3.0]))
+    plain = _head().pairs["image_in_text"]
+    assert plain.specific_rank(logits, logvar) is logits
