@@ -15,7 +15,8 @@ Parts (``--parts``, default all):
   path (exact inner products of the head's logit and margin over the stored inclusion features, the CSD index and
   the rows nearest in ``u``, exact re-rank) vs an exhaustive head scan (every row's exact float64 logits):
   recall@10 and speed ratio, on a text collection of random Gaussians with a random head whose weights are
-  standard normal divided by each term's spread over the collection (:func:`random_head`).
+  standard normal divided by each term's spread over the collection, and a generality of 2 for ``includes``
+  (:func:`random_head`).
 - ``embed``: ``probclip embed`` images/s (decoding in DataLoader workers, writing shards) vs bare ``encode_image``
   on the same images, preprocessed in advance, same batch size.
 
@@ -215,17 +216,17 @@ def part_inclusion(work: Path, n: int, dim: int, q: int, oversample: int, quicks
     return out
 
 
-def random_head(sample: probclip.ProbEmbedding, seed: int = 0):
+def random_head(sample: probclip.ProbEmbedding, seed: int = 0, generality: float = 2.0):
     """A hierarchy head with random weights (``text_in_text`` and ``image_in_text``): standard normal, each divided
     by the spread of its term over pairs of ``sample`` and by ``sqrt(len(TERMS) D)``, so every term and dimension weighs
-    alike and the logits are of order 1."""
+    alike and the logits are of order 1; ``generality`` for "more specific" (the quickstart's heads choose 2-2.5)."""
     from probclip.hierarchy_head import TERMS, HierarchyHead, PairWeights, pair_terms
 
     spread = pair_terms(sample, sample).reshape(-1, len(TERMS), sample.dim).std(0).clamp_min(1e-12).numpy()
     rng = np.random.default_rng(seed)
     scale = np.sqrt(len(TERMS) * sample.dim)
-    return HierarchyHead({kind: PairWeights(rng.normal(size=(len(TERMS), sample.dim)) / spread / scale, 0.0, "random")
-                          for kind in ("text_in_text", "image_in_text")})
+    return HierarchyHead({kind: PairWeights(rng.normal(size=(len(TERMS), sample.dim)) / spread / scale, 0.0, "random",
+                                            generality) for kind in ("text_in_text", "image_in_text")})
 
 
 def part_head(work: Path, n: int, dim: int, q: int, oversample: int) -> dict:

@@ -242,3 +242,29 @@ def test_embed_copies_and_records_the_model_folders_head(tmp_path, capsys):
     (tmp_path / "model" / HEAD_FILE).unlink()
     assert main(argv) == 0
     assert read_manifest(tmp_path / "c").hierarchy_head is None and not copied.exists()
+
+
+@pytest.mark.parametrize("hierarchy_head", [True, False])
+def test_a_copy_of_the_query_is_neither_more_general_nor_more_specific(tmp_path, hierarchy_head):
+    """A stored row searched with its own unrounded embedding (a caption embedded again as a query) fails the
+    direction check of both scores, with the head and with the inclusion test; a row one step away does not count."""
+    from probclip.search.scoring import copies_of_query
+
+    text, image = random_gaussians(300, D, 0), random_gaussians(20, D, 1)
+    root = tmp_path / "c"
+    write_collection(root, {"text": text, "image": image}, model=dict(MODEL_RECORD, embed_dim=D), dtype="float16",
+                     shard_rows=128)
+    carry_head(root, _head().to_file(tmp_path / HEAD_FILE))
+    build_index(root, kind="flat", progress=False)
+    index = SearchIndex.load(root, "text")
+    for row in range(40):
+        query = ProbEmbedding(torch.from_numpy(text[0][row: row + 1]), torch.from_numpy(text[1][row: row + 1]))
+        for score in ("includes", "included"):
+            found = index.search(query, k=300, score=score, query_modality="text", hierarchy_head=hierarchy_head)[0]
+            assert row not in found.ids.tolist(), (row, score)
+    means, logvars = index.stored.means(np.arange(300)), index.stored.logvars(np.arange(300))
+    query = ProbEmbedding(torch.from_numpy(text[0][:1]), torch.from_numpy(text[1][:1]))
+    assert copies_of_query(query, means, logvars, np.float16).tolist() == [True] + [False] * 299
+    moved = text[1][:1].copy()
+    moved[0, 3] += 0.05  # far beyond float16's rounding of a log-variance
+    assert not copies_of_query(ProbEmbedding(query.mean, torch.from_numpy(moved)), means, logvars, np.float16)[0]

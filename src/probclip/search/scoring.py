@@ -6,8 +6,10 @@ The one place where a candidate's score and its ranking are computed (:class:`Ex
 log-variances (``u`` as stored); ties are broken by the smaller row id (:func:`top`).
 
 A row qualifies when its margin is positive: for a directional inclusion score (``includes`` / ``included`` with
-``directional``) the margin is the test in the direction asked minus the reverse test (0 for a copy of the query);
-otherwise it is +inf. Where the collection's hierarchy head ranks an inclusion score (a
+``directional``) the margin is the test in the direction asked minus the reverse test; otherwise it is +inf. A copy
+of the query (:func:`copies_of_query`: the same embedding up to the collection's storage precision, such as the
+stored caption a text query was embedded from) gets margin 0: it is neither more general nor more specific than
+the query. Where the collection's hierarchy head ranks an inclusion score (a
 :class:`~probclip.search.head_ranking.HeadRanking` given), the score is the head's logit and the margin the one it
 defines (:mod:`probclip.search.head_ranking`).
 """
@@ -22,10 +24,28 @@ from .head_ranking import HeadRanking
 from .layout import StoredRows
 from .vectors import inclusion_test, inclusion_tests
 
-__all__ = ["SCAN_ROWS", "ExactScorer", "top"]
+__all__ = ["SCAN_ROWS", "COPY_RELATIVE_TOLERANCE", "ExactScorer", "copies_of_query", "top"]
 
 #: Rows per block of an exhaustive scan.
 SCAN_ROWS = 65536
+
+
+#: Relative difference, beyond the storage precision, within which a row still copies the query: float32 embeddings
+#: of one input differ by about 1e-7 relative between batches.
+COPY_RELATIVE_TOLERANCE = 1e-6
+
+
+def copies_of_query(query: ProbEmbedding, means: np.ndarray, logvars: np.ndarray, dtype) -> np.ndarray:
+    """bool ``[n]``: the rows ``[n, D]`` that equal the query ``[1, D]`` up to the storage precision ``dtype``, in
+    every dimension of the mean and the log-variance: within one unit in the last place of ``dtype`` at the query's
+    value, plus ``COPY_RELATIVE_TOLERANCE`` relative. A caption's or an image's stored row is such a copy of the same
+    caption or image embedded again as a query."""
+    out = np.ones(len(means), dtype=bool)
+    for stored, value in ((means, query.mean.numpy()[0]), (logvars, query.logvar.numpy()[0])):
+        value = value.astype(np.float64)
+        tolerance = np.abs(np.spacing(value.astype(dtype))).astype(np.float64) + COPY_RELATIVE_TOLERANCE * np.abs(value)
+        out &= (np.abs(np.asarray(stored, np.float64) - value) <= tolerance).all(1)
+    return out
 
 
 def top(scores: np.ndarray, ids: np.ndarray, k: int, higher: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -74,14 +94,18 @@ class ExactScorer:
             return self._distance(score, query, ids), np.full(ids.size, np.inf)
         means, logvars = self.stored.means(ids), self.stored.logvars(ids)
         if ranking is not None:
-            return ranking.scores(query, means, logvars, directional)
-        q_mean, q_logvar = query.mean.numpy(), query.logvar.numpy()
-        pair = (means, logvars), (q_mean, q_logvar)  # score "includes": test(item in query)
-        inner, outer = pair if score == "includes" else pair[::-1]
-        if not directional:
-            return inclusion_test(*inner, *outer, eps), np.full(ids.size, np.inf)
-        asked, reverse = inclusion_tests(*inner, *outer, eps)
-        return asked, asked - reverse
+            scores, margins = ranking.scores(query, means, logvars, directional)
+        else:
+            q_mean, q_logvar = query.mean.numpy(), query.logvar.numpy()
+            pair = (means, logvars), (q_mean, q_logvar)  # score "includes": test(item in query)
+            inner, outer = pair if score == "includes" else pair[::-1]
+            if not directional:
+                return inclusion_test(*inner, *outer, eps), np.full(ids.size, np.inf)
+            scores, reverse = inclusion_tests(*inner, *outer, eps)
+            margins = scores - reverse
+        if directional:
+            margins = np.where(copies_of_query(query, means, logvars, self.stored.dtype), 0.0, margins)
+        return scores, margins
 
     def _distance(self, score: str, query: ProbEmbedding, ids: np.ndarray) -> np.ndarray:
         """CSD or cosine of means of one query ``[1, D]`` against rows ``ids``, float64."""
