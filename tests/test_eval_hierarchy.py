@@ -206,7 +206,8 @@ def test_cli_hierarchy_uses_the_head_stored_beside_the_model(tmp_path, world_che
     results = json.loads((out / "results.json").read_text())
     assert results["hierarchy_head"] == {"source": "stored beside the model",
                                          "fitted_on": {"text_in_text": "stored for the test",
-                                                       "image_in_text": "stored for the test"}}
+                                                       "image_in_text": "stored for the test"},
+                                         "generality": {"text_in_text": 0.0, "image_in_text": 0.0}}
     (model_dir / HEAD_FILE).write_bytes(b"damaged")
     assert main(["--model", str(model_dir), "--task", "hierarchy", "--out", str(tmp_path / "o2"),
                  "--no-progress"]) == 1

@@ -206,7 +206,8 @@ def evaluate_synthetic_hierarchy(model, tokenizer, transform, seed: int = 0, out
                "match_calibration": {**dataclasses.asdict(calibration),
                                      "fitted_on": f"{CALIBRATION_SCENES} training-split scenes, seed {seed}"},
                "hierarchy_head": {"source": head_source,
-                                  "fitted_on": {k: v.fitted_on for k, v in head.pairs.items()}},
+                                  "fitted_on": {k: v.fitted_on for k, v in head.pairs.items()},
+                                  "generality": {k: v.generality for k, v in head.pairs.items()}},
                "metrics": metrics, "breakdown": breakdown,
                "tables": {**hierarchy_tables(metrics), **breakdown_tables(breakdown)}}
     if out_dir is not None:
