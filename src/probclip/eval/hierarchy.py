@@ -50,7 +50,7 @@ from scipy.stats import kendalltau
 
 from ..distances import inclusion_score
 from ..embedding import ProbEmbedding
-from ..hierarchy_head import HierarchyHead
+from ..hierarchy_head import HierarchyHead, PairWeights
 from .encode import EvalModel, embedding_means, encode_images, encode_texts
 from .hierarcaps import hierarchical_walk
 from .image_check import skipped_report
@@ -137,6 +137,13 @@ def denotation_scores(probability: torch.Tensor, direction: str) -> torch.Tensor
     return torch.cat([torch.where(share > share.T, share, -math.inf), p.T])
 
 
+def _specific_head_scores(text: PairWeights, inner: torch.Tensor, captions: ProbEmbedding) -> torch.Tensor:
+    """``[q, i]`` "more specific" head scores from the ``text_in_text`` logits ``inner`` ``[q, i]`` (caption q in
+    caption i): the specific rank of caption i in q where that logit beats the reverse one, else ``-inf``."""
+    rank = text.specific_rank(inner.T, captions.logvar.double()[None])  # [q, i], i the more specific side
+    return torch.where(inner.T > inner, rank, -math.inf)
+
+
 def head_scores(head: HierarchyHead, captions: ProbEmbedding, images: ProbEmbedding | None,
                 direction: str) -> torch.Tensor:
     """The ``head`` score: ``[G + N, G]`` for ``general`` (caption queries, then image queries), ``[G, G]`` for
@@ -148,8 +155,7 @@ def head_scores(head: HierarchyHead, captions: ProbEmbedding, images: ProbEmbedd
         raise ValueError(f"the head holds no text_in_text weights (it has {sorted(head.pairs)})")
     inner = text.logits(captions, captions)  # [q, i]: P(caption q in caption i)
     if direction == "specific":
-        rank = text.specific_rank(inner.T, captions.logvar.double()[None])  # [q, i], i the more specific side
-        return torch.where(inner.T > inner, rank, -math.inf)
+        return _specific_head_scores(text, inner, captions)
     rows = [torch.where(inner > inner.T, inner, -math.inf)]
     if images is not None and len(images):
         image = head.kind("image", "text")
@@ -180,10 +186,10 @@ def fit_specific_generality(head: HierarchyHead, captions: ProbEmbedding, more_s
         raise ValueError(f"grid must be a non-empty list of finite numbers; got {list(grid)}")
     levels = np.zeros(len(captions), dtype=np.int64)
     itself = np.arange(len(captions))
+    inner = text.logits(captions, captions)  # once: the generality changes the ranking only
     table = {}
     for value in grid:
-        trial = HierarchyHead({**head.pairs, "text_in_text": dataclasses.replace(text, generality=float(value))})
-        scores = head_scores(trial, captions, None, "specific")
+        scores = _specific_head_scores(dataclasses.replace(text, generality=float(value)), inner, captions)
         table[float(value)] = _nanmean(per_query_metrics(scores, more_specific, levels, itself)["r_precision"])
     best = max(table, key=lambda g: (table[g], -g))
     return HierarchyHead({**head.pairs, "text_in_text": dataclasses.replace(text, generality=best)}), table
