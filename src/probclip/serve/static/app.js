@@ -125,7 +125,7 @@ const SCORE_SHORT = { csd: "CSD", mean: "cosine", includes: "inclusion", include
 // Where the collection's hierarchy head ranked (data.ranked_by), each card shows the head's probability P instead.
 const HEAD_HELP = {
   includes: "hierarchy head: the probability that this item is more specific than the query (included in it), " +
-            "from weights fitted on known hierarchies",
+            "from weights fitted on known hierarchies; the nearest specialisations are listed first",
   included: "hierarchy head: the probability that this item is more general than the query (the query is " +
             "included in it), from weights fitted on known hierarchies",
 };
