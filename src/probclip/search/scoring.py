@@ -40,11 +40,17 @@ def copies_of_query(query: ProbEmbedding, means: np.ndarray, logvars: np.ndarray
     every dimension of the mean and the log-variance: within one unit in the last place of ``dtype`` at the query's
     value, plus ``COPY_RELATIVE_TOLERANCE`` relative. A caption's or an image's stored row is such a copy of the same
     caption or image embedded again as a query."""
-    out = np.ones(len(means), dtype=bool)
+    out = np.zeros(len(means), dtype=bool)
+    sides = []
     for stored, value in ((means, query.mean.numpy()[0]), (logvars, query.logvar.numpy()[0])):
         value = value.astype(np.float64)
         tolerance = np.abs(np.spacing(value.astype(dtype))).astype(np.float64) + COPY_RELATIVE_TOLERANCE * np.abs(value)
-        out &= (np.abs(np.asarray(stored, np.float64) - value) <= tolerance).all(1)
+        sides.append((stored, value, tolerance))
+    stored, value, tolerance = sides[0]
+    rows = np.flatnonzero(np.abs(np.asarray(stored[:, 0], np.float64) - value[0]) <= tolerance[0])  # few rows
+    for stored, value, tolerance in sides:
+        rows = rows[(np.abs(np.asarray(stored[rows], np.float64) - value) <= tolerance).all(1)]
+    out[rows] = True
     return out
 
 
