@@ -23,7 +23,8 @@ means, and their uncertainty keys are left out.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,8 +50,8 @@ from .world import (
     truth_matrix,
 )
 
-__all__ = ["ZEROSHOT_TEMPLATES", "EvaluationSet", "build_evaluation_set", "draw_scenes", "encode_scenes",
-           "encode_synthetic", "encode_texts", "evaluate_synthetic"]
+__all__ = ["ZEROSHOT_TEMPLATES", "EvaluationSet", "build_evaluation_set", "draw_scenes", "in_eval_mode",
+           "encode_scenes", "encode_synthetic", "encode_texts", "evaluate_synthetic"]
 
 #: Prompt ensembles of the zero-shot classifiers of the main object's attribute ("{}" is the class value).
 ZEROSHOT_TEMPLATES = {
@@ -155,12 +156,21 @@ def encode_texts(model, texts, tokenizer, batch_size: int = 1000) -> ProbEmbeddi
     return ProbEmbedding.cat(parts)
 
 
-def encode_synthetic(model, eval_set: EvaluationSet, tokenizer, transform) -> dict:
-    """Embeddings of everything in ``eval_set`` (model in eval mode): keys ``images``, ``captions``, ``degraded``,
-    ``zeroshot_images``, ``class_texts`` (``[classes * templates]``, class-major)."""
+@contextlib.contextmanager
+def in_eval_mode(model) -> Iterator[None]:
+    """Put ``model`` in eval mode for the block, then back in the mode it was in (also on an error)."""
     was_training = model.training
     model.eval()
     try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def encode_synthetic(model, eval_set: EvaluationSet, tokenizer, transform) -> dict:
+    """Embeddings of everything in ``eval_set`` (model in eval mode): keys ``images``, ``captions``, ``degraded``,
+    ``zeroshot_images``, ``class_texts`` (``[classes * templates]``, class-major)."""
+    with in_eval_mode(model):
         attribute = eval_set.zeroshot_attribute
         class_texts = [t.format(value) for value in ZEROSHOT_CLASSES[attribute] for t in ZEROSHOT_TEMPLATES[attribute]]
         return {
@@ -170,8 +180,6 @@ def encode_synthetic(model, eval_set: EvaluationSet, tokenizer, transform) -> di
             "zeroshot_images": encode_scenes(model, eval_set.zeroshot_scenes, transform),
             "class_texts": encode_texts(model, class_texts, tokenizer),
         }
-    finally:
-        model.train(was_training)
 
 
 def _scores(query: ProbEmbedding, gallery: ProbEmbedding, probabilistic: bool) -> torch.Tensor:

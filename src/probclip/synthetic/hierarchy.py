@@ -34,7 +34,15 @@ from ..eval.hierarchy import (
 )
 from ..eval.report import write_results
 from ..hierarchy_head import HierarchyHead, fit_pair_weights
-from .evaluation import EvaluationSet, build_evaluation_set, draw_scenes, encode_scenes, encode_synthetic, encode_texts
+from .evaluation import (
+    EvaluationSet,
+    build_evaluation_set,
+    draw_scenes,
+    encode_scenes,
+    encode_synthetic,
+    encode_texts,
+    in_eval_mode,
+)
 from .hierarchy_breakdown import breakdown_tables, hierarchy_breakdown
 from .world import Caption, Scene, entailment_matrix, truth_matrix
 
@@ -72,13 +80,9 @@ def training_material(model, tokenizer, transform, seed: int,
     encoded by ``model`` in eval mode (never the test split)."""
     scenes, drawn = draw_scenes(seed, num_scenes, "train", "occlusion")
     captions = [c for _, c in sorted({c.text: c for caps in drawn for c in caps}.items())]
-    was_training = model.training
-    model.eval()
-    try:
+    with in_eval_mode(model):
         images = encode_scenes(model, scenes, transform)
         texts = encode_texts(model, [c.text for c in captions], tokenizer)
-    finally:
-        model.train(was_training)
     return TrainingMaterial(scenes, captions, images, texts, seed)
 
 
@@ -106,12 +110,8 @@ def tuning_captions(model, tokenizer, seed: int, num_scenes: int = CALIBRATION_S
     head is fitted on; sorted by text) and their embeddings: held-out captions to tune the head's ``generality``."""
     _, drawn = draw_scenes(seed, 2 * num_scenes, "train", "occlusion")
     captions = [c for _, c in sorted({c.text: c for caps in drawn[num_scenes:] for c in caps}.items())]
-    was_training = model.training
-    model.eval()
-    try:
+    with in_eval_mode(model):
         texts = encode_texts(model, [c.text for c in captions], tokenizer)
-    finally:
-        model.train(was_training)
     return captions, texts
 
 
