@@ -79,21 +79,24 @@ class HeadRanking:
         the reverse logit, or the logit when there is no reverse)."""
         q, items = (query.mean.numpy(), query.logvar.numpy()), (means, logvars)
         logits = pair_logits(self.head, self.kind, q, items, self.query_side)
-        keys = self._with_generality(logits, logvars)
+        keys = self._rank(logits, logvars)
         if not directional:
             return keys, np.full(logits.size, np.inf)
         if self.reverse_kind is None:
             return keys, logits.copy()
         return keys, logits - pair_logits(self.head, self.reverse_kind, q, items, self._other_side)
 
-    def _with_generality(self, logits: np.ndarray, logvars: np.ndarray) -> np.ndarray:
-        g = self.generality
-        return logits + g * np.asarray(logvars, np.float64).mean(-1) if g else logits
+    def _rank(self, logits: np.ndarray, logvars: np.ndarray) -> np.ndarray:
+        """The ranking keys of items ``[n, D]`` (``logvars``) from their logits ``[n]``: for ``includes`` the kind's
+        "more specific" rank (:meth:`~probclip.hierarchy_head.PairWeights.specific_rank`), else the logits."""
+        if self.score != "includes":
+            return logits
+        return self.head.pairs[self.kind].specific_rank(logits, np.asarray(logvars, np.float64))
 
     def probabilities(self, keys: np.ndarray, logvars: np.ndarray) -> np.ndarray:
         """float64 ``[k]`` probabilities of items ``[k, D]`` (``logvars``) from their ranking keys ``[k]``: the
         sigmoid of the logit, the generality term taken out."""
-        logits = np.asarray(keys, np.float64) - self._with_generality(np.zeros(len(keys)), logvars)
+        logits = np.asarray(keys, np.float64) - self._rank(np.zeros(len(keys)), logvars)
         return 1.0 / (1.0 + np.exp(-logits))
 
     @property
