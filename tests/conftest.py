@@ -9,6 +9,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import probclip  # noqa: E402
+
 FIXTURES = Path(__file__).parent / "fixtures"
 OFFICIAL = FIXTURES / "prolip-official"
 
@@ -17,6 +19,15 @@ OFFICIAL = FIXTURES / "prolip-official"
 def _seed_everything():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A ProLIP-Tiny checkpoint with seed-0 weights, shared by the tests that only read it."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    probclip.create_model("ProLIP-Tiny").save_pretrained(path)
+    return path
 
 
 @pytest.fixture

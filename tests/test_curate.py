@@ -31,23 +31,15 @@ COLUMNS = ["cosine", "csd", "match_prob", "image_u", "text_u", "image_in_text", 
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    probclip.create_model("ProLIP-Tiny").save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def pool(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("pool") / "shards"
     return root, write_datacomp_pool(root, shards=3, per_shard=6)
 
 
 @pytest.fixture(scope="module")
-def scored(tmp_path_factory, model_dir, pool) -> Path:
+def scored(tmp_path_factory, tiny_model_dir, pool) -> Path:
     out = tmp_path_factory.mktemp("scores") / "scores"
-    _in_one_thread(score_pool, str(model_dir), pool[0], out, shard_rows=4, batch_size=3, num_workers=0,
+    _in_one_thread(score_pool, str(tiny_model_dir), pool[0], out, shard_rows=4, batch_size=3, num_workers=0,
                    progress=False)
     return out
 
@@ -72,7 +64,7 @@ def _files(out: Path) -> dict[str, bytes]:
     return found
 
 
-def test_scores_of_a_datacomp_pool(scored, model_dir, pool):
+def test_scores_of_a_datacomp_pool(scored, tiny_model_dir, pool):
     root, info = pool
     table, manifest = read_scores(scored)
     rows = table.to_pydict()
@@ -88,7 +80,7 @@ def test_scores_of_a_datacomp_pool(scored, model_dir, pool):
     assert "cannot identify image" in reasons["000000001"]
     assert [s["scored"] for s in manifest["shards"]] == [3, 6, 6]
     # each row is the model's pair scores of that image and its caption
-    model = probclip.create_model_from_pretrained(str(model_dir))
+    model = probclip.create_model_from_pretrained(str(tiny_model_dir))
     model = model[0] if isinstance(model, tuple) else model
     tokenizer = probclip.get_tokenizer(model)
     n = 9  # shard 1, sample 3: key 000010003
@@ -120,16 +112,16 @@ def _jpeg_file(root: Path, n: int) -> Path:
     return path
 
 
-def test_uids_from_the_parquet_beside_each_shard(tmp_path, model_dir):
+def test_uids_from_the_parquet_beside_each_shard(tmp_path, tiny_model_dir):
     root = tmp_path / "pool"
     info = write_datacomp_pool(root, shards=1, per_shard=4, uid_in_json=False, special=False)
-    table, _ = read_scores(score_pool(str(model_dir), root, tmp_path / "s", num_workers=0, progress=False))
+    table, _ = read_scores(score_pool(str(tiny_model_dir), root, tmp_path / "s", num_workers=0, progress=False))
     assert table.column("uid").to_pylist() == [info["uids"][k] for k in info["keys"]]
 
 
-def test_sigkill_and_restart_equals_uninterrupted_run(tmp_path, scored, model_dir, pool):
+def test_sigkill_and_restart_equals_uninterrupted_run(tmp_path, scored, tiny_model_dir, pool):
     out = tmp_path / "killed"
-    cmd = [PYTHON, "-m", "probclip.curate", "score", "--model", str(model_dir), "--data", str(pool[0]), "--out",
+    cmd = [PYTHON, "-m", "probclip.curate", "score", "--model", str(tiny_model_dir), "--data", str(pool[0]), "--out",
            str(out), "--shard-rows", "4", "--batch-size", "3", "--num-workers", "0", "--no-progress"]
     process = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = out / "embeddings" / ".progress" / "image_0.json"
@@ -151,17 +143,17 @@ def test_sigkill_and_restart_equals_uninterrupted_run(tmp_path, scored, model_di
     assert _files(out) == _files(scored)
 
 
-def test_torchrun_two_processes_equal_one(tmp_path, scored, model_dir, pool):
+def test_torchrun_two_processes_equal_one(tmp_path, scored, tiny_model_dir, pool):
     torchrun = Path(PYTHON).with_name("torchrun")
     two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "probclip.curate", "score",
-                          "--model", str(model_dir), "--data", str(pool[0]), "--out", str(tmp_path / "two"),
+                          "--model", str(tiny_model_dir), "--data", str(pool[0]), "--out", str(tmp_path / "two"),
                           "--shard-rows", "4", "--batch-size", "3", "--num-workers", "0", "--no-progress"],
                          env=ENV, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     assert _files(tmp_path / "two") == _files(scored)
 
 
-def test_another_models_scores_folder_is_refused(tmp_path, scored, model_dir, pool):
+def test_another_models_scores_folder_is_refused(tmp_path, scored, tiny_model_dir, pool):
     torch.manual_seed(1)
     other = probclip.create_model("ProLIP-Tiny")
     copy = tmp_path / "scores"
@@ -170,7 +162,7 @@ def test_another_models_scores_folder_is_refused(tmp_path, scored, model_dir, po
         score_pool(other, pool[0], copy, num_workers=0, progress=False)
     with pytest.raises(UsageError, match="the scores were made by another model"):
         filter_pool(scored, tmp_path / "subset", ["top 50% cosine"], model=other)
-    record = filter_pool(scored, tmp_path / "subset", ["top 50% cosine"], model=str(model_dir))
+    record = filter_pool(scored, tmp_path / "subset", ["top 50% cosine"], model=str(tiny_model_dir))
     assert record["kept"] == 7
 
 
@@ -281,14 +273,14 @@ def _model_of(scored: Path) -> str:
     return json.loads((scored / "scores.json").read_text())["model"]["source"]
 
 
-def test_filter_refuses_what_it_cannot_do(tmp_path, scored, pool, model_dir):
+def test_filter_refuses_what_it_cannot_do(tmp_path, scored, pool, tiny_model_dir):
     with pytest.raises(InputError, match="the rules keep nothing of the 15 scored pairs: rule 'cosine > 5'"):
         filter_pool(scored, tmp_path / "a", ["top 50% cosine", "cosine > 5"])
     with pytest.raises(UsageError, match="is the folder of the source shards"):
         filter_pool(scored, tmp_path / "b", ["top 50% cosine"], reshard_dir=pool[0])
     root = tmp_path / "no-uids"
     write_datacomp_pool(root, shards=1, per_shard=3, uid_in_json=False, with_parquet=False, special=False)
-    no_uids = score_pool(str(model_dir), root, tmp_path / "s", num_workers=0, progress=False)
+    no_uids = score_pool(str(tiny_model_dir), root, tmp_path / "s", num_workers=0, progress=False)
     with pytest.raises(InputError, match=r"the pool has no uid for 3 of the 3 kept samples \(e.g. 00000000.tar:"):
         filter_pool(no_uids, tmp_path / "c", ["top 100% cosine"], fmt="datacomp")
     record = filter_pool(no_uids, tmp_path / "d", ["top 100% cosine"])

@@ -35,14 +35,6 @@ def _image(i: int) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    probclip.create_model("ProLIP-Tiny").save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     """24 images with side-car captions, and one file that is not an image."""
     root = tmp_path_factory.mktemp("folder") / "images"
@@ -68,11 +60,11 @@ def _arrays(out: Path) -> dict[str, bytes]:
     return found
 
 
-def test_embed_folder_layout_skips_and_metadata(tmp_path, model_dir, folder):
-    model = probclip.create_model_from_pretrained(str(model_dir))
+def test_embed_folder_layout_skips_and_metadata(tmp_path, tiny_model_dir, folder):
+    model = probclip.create_model_from_pretrained(str(tiny_model_dir))
     model = model[0] if isinstance(model, tuple) else model
     out = embed_collection(model, folder, tmp_path / "c", shard_rows=10, batch_size=4, num_workers=0,
-                           progress=False, model_source=str(model_dir))
+                           progress=False, model_source=str(tiny_model_dir))
     manifest = json.loads((out / "manifest.json").read_text())
     image, text = manifest["modalities"]["image"], manifest["modalities"]["text"]
     assert (image["inputs"], image["rows"], image["skipped"]) == (24, 23, 1)
@@ -81,7 +73,7 @@ def test_embed_folder_layout_skips_and_metadata(tmp_path, model_dir, folder):
     assert (text["rows"], text["skipped"]) == (24 - 1 + 1 + 1, 0)  # 23 numbered captions + im10's + "a picture"
     assert [s["rows"] for s in image["shards"]] == [10, 9, 4]  # im10 (shard 1) skipped
     assert [s["first_row"] for s in image["shards"]] == [0, 10, 19]
-    assert manifest["model"]["fingerprint"] and manifest["model"]["source"] == str(model_dir)
+    assert manifest["model"]["fingerprint"] and manifest["model"]["source"] == str(tiny_model_dir)
     mean = np.load(out / "img_emb" / "img_emb_1.npy")
     logvar = np.load(out / "img_logvar" / "img_logvar_1.npy")
     assert mean.dtype == np.float16 and mean.shape == (9, 64)
@@ -111,7 +103,7 @@ def _png(i: int) -> bytes:
     return buffer.getvalue()
 
 
-def test_embed_csv_karpathy_webdataset_and_captions_file(tmp_path, model_dir, folder):
+def test_embed_csv_karpathy_webdataset_and_captions_file(tmp_path, tiny_model_dir, folder):
     csv_path = tmp_path / "pairs.csv"
     csv_path.write_text("image,caption\n" + "".join(f"{folder}/im{i:02d}.png,caption {i}\n" for i in range(5))
                         + "missing.png,a lost image\n")
@@ -129,7 +121,7 @@ def test_embed_csv_karpathy_webdataset_and_captions_file(tmp_path, model_dir, fo
     cases = [(csv_path, {}, (6, 5, 1, 6)), (karpathy, {"image_root": folder, "split": "test"}, (3, 3, 0, 6)),
              (shards, {}, (5, 5, 0, 5)), (captions, {}, (0, 0, 0, 2))]
     for data, extra, (inputs, rows, skipped, texts) in cases:
-        out = embed_collection(str(model_dir), data, tmp_path / f"out-{data.name}", **common, **extra)
+        out = embed_collection(str(tiny_model_dir), data, tmp_path / f"out-{data.name}", **common, **extra)
         manifest = json.loads((out / "manifest.json").read_text())
         got = manifest["modalities"].get("image", {"inputs": 0, "rows": 0, "skipped": 0})
         assert (got["inputs"], got["rows"], got["skipped"], manifest["modalities"]["text"]["rows"]) == (
@@ -142,32 +134,32 @@ def test_embed_csv_karpathy_webdataset_and_captions_file(tmp_path, model_dir, fo
     assert SearchIndex.load(tmp_path / "out-shards", "text").open_image(0) is None
     with pytest.raises(InputError, match="holds no image and no caption"):
         (tmp_path / "empty").mkdir()
-        embed_collection(str(model_dir), tmp_path / "empty", tmp_path / "out-empty", **common)
+        embed_collection(str(tiny_model_dir), tmp_path / "empty", tmp_path / "out-empty", **common)
     with pytest.raises(InputError, match="holds no image"):
-        embed_collection(str(model_dir), captions, tmp_path / "out-img", modality="image", **common)
+        embed_collection(str(tiny_model_dir), captions, tmp_path / "out-img", modality="image", **common)
     with pytest.raises(UsageError, match="dtype must be one of"):
-        embed_collection(str(model_dir), captions, tmp_path / "out-x", dtype="int8", **common)
+        embed_collection(str(tiny_model_dir), captions, tmp_path / "out-x", dtype="int8", **common)
 
 
-def _embed_cmd(model_dir, data, out, *extra) -> list[str]:
-    return ["-m", "probclip.embed", "--model", str(model_dir), "--data", str(data), "--out", str(out),
+def _embed_cmd(tiny_model_dir, data, out, *extra) -> list[str]:
+    return ["-m", "probclip.embed", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out),
             "--shard-rows", "3", "--batch-size", "3", "--num-workers", "0", "--no-progress", *extra]
 
 
-def _reference_run(model_dir, data, out) -> None:
+def _reference_run(tiny_model_dir, data, out) -> None:
     """The same job in this process, on one thread like the subprocesses (OMP_NUM_THREADS=1)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        embed_collection(str(model_dir), data, out, shard_rows=3, batch_size=3, num_workers=0, progress=False)
+        embed_collection(str(tiny_model_dir), data, out, shard_rows=3, batch_size=3, num_workers=0, progress=False)
     finally:
         torch.set_num_threads(threads)
 
 
-def test_sigkill_and_restart_equals_uninterrupted_run(tmp_path, model_dir, folder):
-    _reference_run(model_dir, folder, tmp_path / "ref")
+def test_sigkill_and_restart_equals_uninterrupted_run(tmp_path, tiny_model_dir, folder):
+    _reference_run(tiny_model_dir, folder, tmp_path / "ref")
     killed_out = tmp_path / "killed"
-    process = subprocess.Popen([PYTHON, *_embed_cmd(model_dir, folder, killed_out)], env=ENV,
+    process = subprocess.Popen([PYTHON, *_embed_cmd(tiny_model_dir, folder, killed_out)], env=ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first_shard = killed_out / ".progress" / "image_0.json"
     deadline = time.time() + 240
@@ -178,22 +170,22 @@ def test_sigkill_and_restart_equals_uninterrupted_run(tmp_path, model_dir, folde
     assert first_shard.exists() and not (killed_out / "manifest.json").exists()
     done_before = sorted(p.name for p in (killed_out / ".progress").glob("image_*.json"))
     assert len(done_before) < 8  # killed part-way: 23 images in 8 shards of 3
-    resumed = subprocess.run([PYTHON, *_embed_cmd(model_dir, folder, killed_out)], env=ENV,
+    resumed = subprocess.run([PYTHON, *_embed_cmd(tiny_model_dir, folder, killed_out)], env=ENV,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "image: 23 rows in 8 shards, 1 skipped" in resumed.stdout
     assert _arrays(killed_out) == _arrays(tmp_path / "ref")
     with pytest.raises(UsageError, match=r"holds a different embedding job \(differs in \['dtype'\]\)"):
-        embed_collection(str(model_dir), folder, tmp_path / "ref", shard_rows=3, batch_size=3, num_workers=0,
+        embed_collection(str(tiny_model_dir), folder, tmp_path / "ref", shard_rows=3, batch_size=3, num_workers=0,
                          dtype="float32", progress=False)
 
 
-def test_torchrun_two_gloo_processes_equal_one(tmp_path, model_dir, folder):
-    _reference_run(model_dir, folder, tmp_path / "one")
+def test_torchrun_two_gloo_processes_equal_one(tmp_path, tiny_model_dir, folder):
+    _reference_run(tiny_model_dir, folder, tmp_path / "one")
     torchrun = Path(PYTHON).with_name("torchrun")
     two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2",
-                          *_embed_cmd(model_dir, folder, tmp_path / "two")], env=ENV, capture_output=True, text=True,
-                         timeout=300)
+                          *_embed_cmd(tiny_model_dir, folder, tmp_path / "two")], env=ENV, capture_output=True,
+                         text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     assert _arrays(tmp_path / "two") == _arrays(tmp_path / "one")
     manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
@@ -206,9 +198,9 @@ def _cli(capsys, *argv) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def test_index_and_search_commands(tmp_path, model_dir, folder, capsys):
+def test_index_and_search_commands(tmp_path, tiny_model_dir, folder, capsys):
     out = tmp_path / "c"
-    code, stdout, _ = _cli(capsys, "embed", "--model", str(model_dir), "--data", str(folder), "--out", str(out),
+    code, stdout, _ = _cli(capsys, "embed", "--model", str(tiny_model_dir), "--data", str(folder), "--out", str(out),
                            "--shard-rows", "3", "--num-workers", "0", "--no-progress")
     assert code == 0 and "image: 23 rows in 8 shards, 1 skipped" in stdout and "im10.png" in stdout
     code, stdout, _ = _cli(capsys, "index", str(out), "--kind", "flat", "--no-progress")
