@@ -25,8 +25,8 @@ from probclip.eval.hierarchy import (
 )
 from probclip.eval.options import EvalOptions
 from probclip.synthetic.evaluation import build_evaluation_set
-from probclip.synthetic.hierarchy import synthetic_hierarchy_truth
-from probclip.synthetic.world import caption_is_true, entails
+from probclip.synthetic.hierarchy import strictly_more_general, synthetic_hierarchy_truth
+from probclip.synthetic.world import caption_is_true, entails, parse_caption
 from test_eval_fixtures import build_hierarcaps, colour_eval_model
 
 
@@ -353,3 +353,12 @@ def test_the_generality_fit_prefers_nearer_specialisations_where_the_truth_asks_
         fit_specific_generality(head, ideal, nearest, (0.0, float("nan")))
     with pytest.raises(ValueError, match="no text_in_text weights"):
         fit_specific_generality(HierarchyHead({"image_in_text": fitted}), ideal, nearest)
+
+
+def test_strictly_more_general_is_one_way_and_never_the_caption_itself():
+    texts = ["a shape", "a red shape", "a small red circle", "a small red circle"]
+    strict = strictly_more_general([parse_caption(t) for t in texts])
+    assert strict[1, 0] and strict[2, 0] and strict[2, 1]  # [q, i]: i is more general than q
+    assert not strict[0, 1] and not strict[1, 2]
+    assert not strict[2, 3] and not strict[3, 2]  # the same caption twice: neither is more general
+    assert not strict.diagonal().any()

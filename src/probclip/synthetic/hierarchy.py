@@ -16,6 +16,7 @@ For a probabilistic model the task also scores ``denotation``: the model's match
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,8 +49,8 @@ from .world import Caption, Scene, entailment_matrix, truth_matrix
 
 __all__ = ["CALIBRATION_SCENES", "TrainingMaterial", "training_material", "synthetic_hierarchy_truth",
            "synthetic_score_matrices", "synthetic_hierarchy_metrics", "synthetic_match_calibration",
-           "synthetic_hierarchy_head", "tuning_captions", "synthetic_training_fits", "BREAKDOWN_SCORES",
-           "evaluate_synthetic_hierarchy"]
+           "synthetic_hierarchy_head", "strictly_more_general", "tuning_captions", "synthetic_training_fits",
+           "BREAKDOWN_SCORES", "evaluate_synthetic_hierarchy"]
 
 #: Scores whose answers the task breaks down by kind of query and of mistake: what the search ranks by with a
 #: hierarchy head and without one.
@@ -86,11 +87,17 @@ def training_material(model, tokenizer, transform, seed: int,
     return TrainingMaterial(scenes, captions, images, texts, seed)
 
 
+def strictly_more_general(captions: Sequence[Caption]) -> np.ndarray:
+    """bool ``[G, G]``: ``[q, i]`` when caption ``i`` is strictly more general than caption ``q`` (``q`` entails
+    ``i`` and not the other way round); its transpose says "strictly more specific"."""
+    entailed = entailment_matrix(captions)  # [i, j]: caption i entails caption j
+    return entailed & ~entailed.T
+
+
 def synthetic_hierarchy_truth(eval_set: EvaluationSet) -> dict[str, np.ndarray]:
     """``{"general": [G, G], "specific": [G, G], "image": [N, G]}`` bool over ``eval_set.captions``: row q holds
     the captions strictly more general than caption q, strictly more specific, and true of image q."""
-    entailed = entailment_matrix(eval_set.captions)  # [i, j]: caption i entails caption j
-    strict = entailed & ~entailed.T
+    strict = strictly_more_general(eval_set.captions)
     return {"general": strict, "specific": strict.T.copy(), "image": eval_set.truth.copy()}
 
 
@@ -121,15 +128,14 @@ def synthetic_hierarchy_head(model, tokenizer, transform, seed: int, num_scenes:
     the strict entailments between its captions, ``image_in_text`` on which captions are true of which scenes; its
     ``generality`` is chosen on the captions of the next ``num_scenes`` training scenes (:func:`tuning_captions`)."""
     material = material or training_material(model, tokenizer, transform, seed, num_scenes)
-    entailed = entailment_matrix(material.captions)  # [i, j]: caption i entails caption j
     where = material.describe()
-    text = fit_pair_weights(material.texts, material.texts, entailed & ~entailed.T, where, seed=seed)
+    text = fit_pair_weights(material.texts, material.texts, strictly_more_general(material.captions), where,
+                            seed=seed)
     image = fit_pair_weights(material.images, material.texts, truth_matrix(material.scenes, material.captions),
                              where, seed=seed)
     head = HierarchyHead({"text_in_text": text, "image_in_text": image})
     captions, texts = tuning_captions(model, tokenizer, seed, num_scenes)
-    entailed = entailment_matrix(captions)
-    head, _ = fit_specific_generality(head, texts, (entailed & ~entailed.T).T.copy())
+    head, _ = fit_specific_generality(head, texts, strictly_more_general(captions).T.copy())
     return head
 
 
