@@ -362,3 +362,19 @@ def test_strictly_more_general_is_one_way_and_never_the_caption_itself():
     assert not strict[0, 1] and not strict[1, 2]
     assert not strict[2, 3] and not strict[3, 2]  # the same caption twice: neither is more general
     assert not strict.diagonal().any()
+
+
+def test_in_eval_mode_gives_the_model_its_mode_back_also_after_an_error():
+    from probclip.synthetic.evaluation import in_eval_mode
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    with in_eval_mode(model):
+        assert not model.training and not model[1].training
+    assert model.training and model[1].training
+    with pytest.raises(RuntimeError, match="inside"), in_eval_mode(model):
+        raise RuntimeError("inside")
+    assert model.training
+    model.eval()
+    with in_eval_mode(model):
+        pass
+    assert not model.training

@@ -193,15 +193,15 @@ def evaluate_synthetic_hierarchy(model, tokenizer, transform, seed: int = 0, out
         raise ValueError("the hierarchy task on the synthetic world needs a probclip model trained on it (e.g. "
                          "the quickstart's model/); give a HierarCaps CSV with --data for other models")
     eval_set = build_evaluation_set(seed, degradation_kind="occlusion")
-    embeddings = encode_synthetic(model, eval_set, tokenizer, transform)
-    model.eval()
-    with torch.no_grad():
-        empty = model.encode_text(tokenizer([""]))
     stored = head is not None
-    calibration, head, material = synthetic_training_fits(model, tokenizer, transform, seed, head)
+    with in_eval_mode(model):  # the model's own mode comes back afterwards
+        embeddings = encode_synthetic(model, eval_set, tokenizer, transform)
+        with torch.no_grad():
+            empty = model.encode_text(tokenizer([""]))
+        calibration, head, material = synthetic_training_fits(model, tokenizer, transform, seed, head)
+        general, specific = synthetic_score_matrices(embeddings, eval_set, empty, probabilistic, model, calibration,
+                                                     head)
     head_source = "stored beside the model" if stored else f"fitted on {material.describe()}"
-    general, specific = synthetic_score_matrices(embeddings, eval_set, empty, probabilistic, model, calibration,
-                                                 head)
     truth = synthetic_hierarchy_truth(eval_set)
     levels = np.array([c.level for c in eval_set.captions])
     metrics = hierarchy_metrics_of(general, specific, levels, truth)
