@@ -10,7 +10,9 @@ Ratios are explicit and named by what they count:
 - ``text_mask_prob``: probability that each non-padding text token is masked (reference: 0.75, i.e. masks 75%
   of the tokens). ``text_mask_mode`` says how: ``replace`` puts the mask token in its place (the reference);
   ``drop`` removes it and closes the gap, so the view is a shorter text (a more general caption, with no token
-  that real captions never contain).
+  that real captions never contain); ``phrase`` takes a strictly more general caption that the data source makes
+  by dropping whole phrases (``probclip.data.text_views``; the synthetic world's), and drops words as ``drop``
+  for a caption without one.
 - ``fraction``: masked views are made for 1 in every ``1 / fraction`` samples, chosen by global index in the
   batch so that the choice does not depend on how the batch is split across processes
   (``probclip.train.step.masked_selection``; reference: 0.125, the reference takes the first ``B / 8``).
@@ -21,11 +23,14 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["TEXT_MASK_MODES", "IMAGE_MASK_MODES", "num_masked", "num_kept_patches", "sample_keep_patches",
-           "mask_text_tokens", "paint_masked_patches"]
+__all__ = ["TEXT_MASK_MODES", "TOKEN_MASK_MODES", "IMAGE_MASK_MODES", "num_masked", "num_kept_patches",
+           "sample_keep_patches", "mask_text_tokens", "paint_masked_patches"]
 
-#: How a masked text token is removed: replaced by the mask token (reference), or dropped from the sequence.
-TEXT_MASK_MODES = ("replace", "drop")
+#: How ``mask_text_tokens`` removes a masked token: replaced by the mask token (reference), or dropped.
+TOKEN_MASK_MODES = ("replace", "drop")
+#: How a masked text view is made: the token modes, or ``phrase``: a strictly more general caption from the data
+#: source (``probclip.data.text_views``; a caption without one drops words as ``drop`` does).
+TEXT_MASK_MODES = (*TOKEN_MASK_MODES, "phrase")
 #: What a masked image view does with the patches it does not keep: drop their tokens (reference) or paint them grey.
 IMAGE_MASK_MODES = ("drop", "grey")
 
@@ -68,8 +73,8 @@ def mask_text_tokens(tokens: torch.Tensor, mask_prob: float, mask_id: int | None
     """
     if not 0.0 <= mask_prob <= 1.0:
         raise ValueError(f"text_mask_prob must be in [0, 1]; got {mask_prob!r}")
-    if mode not in TEXT_MASK_MODES:
-        raise ValueError(f"text mask mode must be one of {list(TEXT_MASK_MODES)}; got {mode!r}")
+    if mode not in TOKEN_MASK_MODES:
+        raise ValueError(f"text mask mode must be one of {list(TOKEN_MASK_MODES)}; got {mode!r}")
     if mask_prob == 0.0:
         return tokens.clone()
     if mode == "replace" and mask_id is None:

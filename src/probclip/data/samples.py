@@ -75,6 +75,9 @@ class PairBatch:
         errors: messages of the first few skipped samples (for the log).
         position: the data position after this batch, used to resume (``{"worker": w, "consumed": n}`` for
             streaming sources, ``{"step": s}`` for indexed ones).
+        phrase_views: long tensor ``[B, L]``: each caption's phrase view (``masking.text_mask_mode: phrase``;
+            rows without one hold the caption itself), or None.
+        has_phrase_view: bool tensor ``[B]``: which rows of ``phrase_views`` are views, or None.
     """
 
     images: torch.Tensor
@@ -82,10 +85,14 @@ class PairBatch:
     skipped: int = 0
     errors: list = field(default_factory=list)
     position: dict = field(default_factory=dict)
+    phrase_views: torch.Tensor | None = None
+    has_phrase_view: torch.Tensor | None = None
 
     def pin_memory(self) -> PairBatch:
         """Page-locked copies of the tensors (used by ``DataLoader(pin_memory=True)``)."""
-        return PairBatch(self.images.pin_memory(), self.tokens.pin_memory(), self.skipped, self.errors, self.position)
+        views = None if self.phrase_views is None else self.phrase_views.pin_memory()
+        return PairBatch(self.images.pin_memory(), self.tokens.pin_memory(), self.skipped, self.errors, self.position,
+                         views, self.has_phrase_view)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -99,12 +106,16 @@ class PairCollator:
         tokenizer: ``tokenizer(list[str]) -> LongTensor [B, L]``.
         random_transform: the transform draws random numbers (e.g. random resized crop); they are then drawn from
             a generator seeded per sample, so that results do not depend on worker scheduling.
+        phrase_view: ``make(caption, rng) -> str | None`` (``probclip.data.text_views``): each batch also carries
+            the drawn caption's phrase view (``rng`` seeded per sample); None: no views.
     """
 
-    def __init__(self, transform: Callable, tokenizer: Callable, random_transform: bool = False):
+    def __init__(self, transform: Callable, tokenizer: Callable, random_transform: bool = False,
+                 phrase_view: Callable[[str, random.Random], str | None] | None = None):
         self.transform = transform
         self.tokenizer = tokenizer
         self.random_transform = random_transform
+        self.phrase_view = phrase_view
 
     def image_tensor(self, image: Image.Image, seed: int) -> torch.Tensor:
         """``image`` -> ``[3, H, W]``; random transforms use a torch generator state derived from ``seed``."""
@@ -117,12 +128,18 @@ class PairCollator:
     def __call__(self, samples: Sequence[tuple[Image.Image, list[str], int]], skipped: int = 0,
                  errors: list | None = None, position: dict | None = None) -> PairBatch:
         """``samples``: ``(image, captions, seed)`` triples -> ``PairBatch`` (one caption drawn per sample)."""
-        images, texts = [], []
+        images, texts, views = [], [], []
         for image, captions, seed in samples:
             images.append(self.image_tensor(image, seed))
             texts.append(draw_caption(captions, random.Random(seed)))
-        tokens = self.tokenizer(texts)
-        return PairBatch(torch.stack(images), tokens, skipped, list(errors or []), dict(position or {}))
+            if self.phrase_view is not None:
+                views.append(self.phrase_view(texts[-1], random.Random(f"phrase view {seed}")))
+        batch = PairBatch(torch.stack(images), self.tokenizer(texts), skipped, list(errors or []),
+                          dict(position or {}))
+        if self.phrase_view is not None:
+            batch.phrase_views = self.tokenizer([view or text for view, text in zip(views, texts)])
+            batch.has_phrase_view = torch.tensor([view is not None for view in views], dtype=torch.bool)
+        return batch
 
 
 def as_pil(image: Any, name: str) -> Image.Image:

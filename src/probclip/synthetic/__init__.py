@@ -2,10 +2,12 @@
 source ``data.source: synthetic`` (``source``), the evaluation (``evaluation``), webdataset shards and the
 ``probclip synth`` command (``shards``, ``cli``) and the quickstart report (``report``).
 
-Importing this package registers the ``synthetic`` data source, the same way a user registers their own.
+Importing this package registers the ``synthetic`` data source and its phrase views (``masking.text_mask_mode:
+phrase``), the same way a user registers their own.
 """
 
 from ..data.sources import register_source
+from ..data.text_views import register_phrase_views
 from .evaluation import (
     EvaluationSet,
     build_evaluation_set,
@@ -13,9 +15,10 @@ from .evaluation import (
     evaluate_synthetic,
 )
 from .source import build_synthetic_source
-from .world import Caption, Scene, SyntheticDataset, world_vocabulary
+from .world import Caption, Scene, SyntheticDataset, phrase_view, world_vocabulary
 
 register_source("synthetic", build_synthetic_source)
+register_phrase_views("synthetic", phrase_view)
 
 __all__ = [
     "Caption",

@@ -24,6 +24,7 @@ own seeded stream, so the same index gives the same item on every machine and ca
 from __future__ import annotations
 
 import itertools
+import random
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ __all__ = [
     "entails",
     "entailment_matrix",
     "parse_caption",
+    "phrase_view",
     "world_vocabulary",
     "SyntheticDataset",
 ]
@@ -377,6 +379,28 @@ def parse_caption(text: str) -> Caption:
         raise ValueError(f"{text!r}: a full-scene ('only ...') caption must give every attribute of every object")
     level = FULL_SCENE_LEVEL if exclusive else len(descriptions[0])
     return _caption(descriptions, exclusive, level)
+
+
+def phrase_view(text: str, rng: random.Random) -> str | None:
+    """A strictly more general caption of the caption ``text``, made by dropping whole phrases: the attributes of
+    one of its objects (drawn with ``rng``), each kept with probability 1/2 (at least one dropped unless ``text`` is
+    a full-scene caption, which any one object's description generalises). None for "a shape" (nothing is more
+    general) and for a text that is not a caption of this world.
+
+    Unlike dropping single words, the view is always a caption of the world: "only a small red circle at the top
+    left and ..." may give "a red circle" or "a small shape at the top left", never "a red at the and".
+    """
+    try:
+        caption = parse_caption(text)
+    except ValueError:
+        return None
+    description = caption.descriptions[rng.randrange(len(caption.descriptions))]
+    kept = [pair for pair in description if rng.random() < 0.5]
+    if not caption.exclusive and len(kept) == len(description):
+        if not description:
+            return None
+        kept.pop(rng.randrange(len(kept)))
+    return _caption([tuple(kept)], False, len(kept)).text
 
 
 def world_vocabulary() -> list[str]:

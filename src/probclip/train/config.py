@@ -271,7 +271,10 @@ class MaskingSection:
         image_mask_mode: ``drop`` (reference): the patches not kept are removed from the token sequence;
             ``grey``: they are painted mid-grey and every token is kept (an occluded image).
         text_mask_mode: ``replace`` (reference): a masked token is REPLACED by the tokenizer's mask token (needs
-            one); ``drop``: masked tokens are REMOVED, so the view is a shorter, more general text.
+            one); ``drop``: masked tokens are REMOVED, so the view is a shorter, more general text; ``phrase``: the
+            view is a strictly more general caption that the data source makes by dropping whole phrases
+            (``probclip.data.text_views``: ``data.source: synthetic``), words dropped as ``drop`` (with
+            ``text_mask_prob``) for a caption without one.
     """
 
     fraction: float = 0.125

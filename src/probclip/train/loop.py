@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..data.samples import PairCollator
 from ..data.sources import TrainBatches, build_train_batches
+from ..data.text_views import phrase_view_maker, phrase_view_sources
 from ..errors import InputError, UsageError
 from ..losses import NonFiniteLossError, PairLoss, build_loss
 from ..models import load_pretrained_model
@@ -230,6 +231,20 @@ def _restore_training_state(state: dict | None, optimizer, scaler, dist_info: Di
     return ranks_data[dist_info.rank]
 
 
+def _phrase_views(config: TrainConfig):
+    """The phrase view maker of the run's data source (``masking.text_mask_mode: phrase``), or None."""
+    if config.masking.text_mask_mode != "phrase":
+        return None
+    make = phrase_view_maker(config.data.source)
+    if make is None:
+        raise UsageError(
+            f"masking.text_mask_mode 'phrase' needs a data source that makes phrase views; data.source "
+            f"{config.data.source!r} does not (sources that do: {phrase_view_sources()}); use text_mask_mode "
+            "drop or replace"
+        )
+    return make
+
+
 def _check_masking(config: TrainConfig, model, tokenizer, uses_masks: bool) -> None:
     masking = config.masking
     if uses_masks and masking.text_mask_prob > 0 and masking.text_mask_mode == "replace" and tokenizer.mask_id is None:
@@ -269,7 +284,8 @@ def build_run(config: TrainConfig, dist_info: DistInfo, *, eval_fn: Callable | N
         model = _build_or_resume_model(config, resume_dir, log).to(dist_info.device)
         tokenizer = get_tokenizer(model)
         transform = image_transform(model.config.vision, train=config.data.train_augment)
-        collator = PairCollator(transform, tokenizer, random_transform=config.data.train_augment)
+        collator = PairCollator(transform, tokenizer, random_transform=config.data.train_augment,
+                                phrase_view=_phrase_views(config))
         loss_fn = build_loss(config.loss.name, **config.loss.kwargs)
         uses_masks = loss_fn.uses_masked_views and config.masking.fraction > 0
         _check_masking(config, model, tokenizer, uses_masks)

@@ -125,8 +125,7 @@ def build_step_inputs(batch, *, step: int, seed: int, rank: int, device: torch.d
                 generator = torch.Generator().manual_seed(derive_seed(seed, step, rank * local + i, _MASK_TAG))
                 keeps.append(sample_keep_patches(1, num_patches, masking.image_keep_ratio, generator))
                 if masking.text_mask_prob > 0:
-                    texts.append(mask_text_tokens(tokens[i: i + 1], masking.text_mask_prob, mask_id, pad_id,
-                                                  generator, masking.text_mask_mode))
+                    texts.append(_masked_text(batch, i, masking, mask_id, pad_id, generator))
             inputs.masked_index = torch.tensor(chosen, dtype=torch.long, device=device)
             keep = torch.cat(keeps)
             if masking.image_mask_mode == "grey":
@@ -140,6 +139,21 @@ def build_step_inputs(batch, *, step: int, seed: int, rank: int, device: torch.d
     inputs.images = inputs.images.to(device, non_blocking=non_blocking)
     inputs.tokens = inputs.tokens.to(device, non_blocking=non_blocking)
     return inputs
+
+
+def _masked_text(batch, i: int, masking, mask_id: int | None, pad_id: int,
+                 generator: torch.Generator) -> torch.Tensor:
+    """The masked text view ``[1, L]`` of sample ``i``: its phrase view (``text_mask_mode: phrase``, when the
+    batch has one for it), else its tokens masked by ``mask_text_tokens`` (words dropped in ``phrase`` mode)."""
+    mode = masking.text_mask_mode
+    if mode == "phrase":
+        if batch.phrase_views is None:
+            raise ValueError("masking.text_mask_mode 'phrase' needs batches with phrase views (PairCollator's "
+                             "phrase_view); this batch has none")
+        if bool(batch.has_phrase_view[i]):
+            return batch.phrase_views[i: i + 1]
+        mode = "drop"
+    return mask_text_tokens(batch.tokens[i: i + 1], masking.text_mask_prob, mask_id, pad_id, generator, mode)
 
 
 def _encode(model, images, tokens):
