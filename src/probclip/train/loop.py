@@ -231,9 +231,11 @@ def _restore_training_state(state: dict | None, optimizer, scaler, dist_info: Di
     return ranks_data[dist_info.rank]
 
 
-def _phrase_views(config: TrainConfig):
-    """The phrase view maker of the run's data source (``masking.text_mask_mode: phrase``), or None."""
-    if config.masking.text_mask_mode != "phrase":
+def _phrase_views(config: TrainConfig, uses_masks: bool):
+    """The phrase view maker of the run's data source when its masked text views are phrase views
+    (``masking.text_mask_mode: phrase`` and the loss uses masked text views), else None."""
+    masking = config.masking
+    if not (uses_masks and masking.text_mask_prob > 0 and masking.text_mask_mode == "phrase"):
         return None
     make = phrase_view_maker(config.data.source)
     if make is None:
@@ -284,11 +286,11 @@ def build_run(config: TrainConfig, dist_info: DistInfo, *, eval_fn: Callable | N
         model = _build_or_resume_model(config, resume_dir, log).to(dist_info.device)
         tokenizer = get_tokenizer(model)
         transform = image_transform(model.config.vision, train=config.data.train_augment)
-        collator = PairCollator(transform, tokenizer, random_transform=config.data.train_augment,
-                                phrase_view=_phrase_views(config))
         loss_fn = build_loss(config.loss.name, **config.loss.kwargs)
         uses_masks = loss_fn.uses_masked_views and config.masking.fraction > 0
         _check_masking(config, model, tokenizer, uses_masks)
+        collator = PairCollator(transform, tokenizer, random_transform=config.data.train_augment,
+                                phrase_view=_phrase_views(config, uses_masks))
         _freeze_what_the_loss_does_not_train(model, loss_fn, log)
         optimizer = build_optimizer(model, config.optim)
         scaler = torch.amp.GradScaler("cuda", enabled=uses_grad_scaler(dist_info.device, run.precision))
