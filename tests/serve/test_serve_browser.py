@@ -56,7 +56,9 @@ def test_search_by_caption_more_general_click_and_upload(browser, server, tiny_i
     expect(cards).to_have_count(24)
     expected = image_index.search("a large red circle", k=24)[0]
     assert cards.first.get_attribute("data-row-id") == str(expected.ids[0])
-    assert cards.first.locator("img").evaluate("img => img.complete && img.naturalWidth > 0")
+    first_image = cards.first.locator("img")
+    page.wait_for_function("img => img.complete", arg=first_image.element_handle())  # loaded or failed
+    assert first_image.evaluate("img => img.complete && img.naturalWidth > 0")
     bar = cards.first.locator(".ubar .ufill")
     expect(bar).to_be_visible()
     assert float(bar.evaluate("e => parseFloat(e.style.width)")) > 0

@@ -182,6 +182,9 @@ def test_clip_retrievals_front_end_shows_probclips_results(tiny_indexes):
                                            ".querySelectorAll('img').length >= n",
                                            arg=len(expected["results"]), timeout=20_000)
                     sources = [shown.nth(i).get_attribute("src") for i in range(shown.count())]
+                    page.wait_for_function("n => [...document.querySelector('clip-front').shadowRoot"
+                                           ".querySelectorAll('img')].filter(e => e.complete).length >= n",
+                                           arg=len(expected["results"]), timeout=20_000)  # loaded or failed
                     loaded = [shown.nth(i).evaluate("e => e.complete && e.naturalWidth > 0")
                               for i in range(shown.count())]
                     first_caption = expected["results"][0]["metadata"]["caption"]
