@@ -146,3 +146,56 @@ def test_the_specific_rank_adds_the_generality_times_the_mean_log_variance():
     assert torch.allclose(pair.specific_rank(logits, logvar), logits + 1.5 * torch.tensor([-2.0, 0.0, -3.0]))
     plain = _head().pairs["image_in_text"]
     assert plain.specific_rank(logits, logvar) is logits
+
+
+def _toy_relation(n: int = 150, d: int = 6, seed: int = 0, radius: float = 0.4):
+    """Embeddings and a truth where "a in b" needs b at least twice as wide as a *and* a's mean within ``radius``
+    (squared distance) of b's: 2% of the pairs are related; most unrelated pairs fail on width (easy), a few are
+    wide enough but too far (hard)."""
+    rng = np.random.default_rng(seed)
+    mean = torch.as_tensor(rng.normal(scale=0.3, size=(n, d)))
+    logvar = torch.as_tensor(rng.uniform(-4, 0, size=(n, 1)).repeat(d, 1))
+    s = logvar[:, 0].exp().numpy()
+    dist = ((mean[:, None] - mean[None]) ** 2).sum(-1).numpy()
+    truth = (s[None, :] > 2 * s[:, None]) & (dist < radius)
+    np.fill_diagonal(truth, False)
+    return ProbEmbedding(mean, logvar), truth
+
+
+def _r_precision(logits: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over rows with a related item of the share of related items among the row's top R."""
+    values = []
+    for row, right in zip(logits, truth):
+        if right.any():
+            values.append(right[np.argsort(-row)[: right.sum()]].mean())
+    return float(np.mean(values))
+
+
+def test_hard_negative_rounds_sharpen_the_ranking():
+    e, truth = _toy_relation()
+    scarce = {"negatives_per_positive": 1.0, "seed": 0}
+    plain = fit_pair_weights(e, e, truth, **scarce)
+    hard = fit_pair_weights(e, e, truth, hard_negative_rounds=1, **scarce)
+    before, after = plain.logits(e, e).numpy(), hard.logits(e, e).numpy()
+    # the plain fit's hardest negatives (as many as the related pairs) are what the round adds
+    hardest = before.copy()
+    hardest[truth] = -np.inf
+    np.fill_diagonal(hardest, -np.inf)
+    hardest = np.argsort(-hardest.ravel())[: truth.sum()]
+
+    def ordered(logits):  # share of (related, hard unrelated) pairs the logits put in the right order
+        return (logits.ravel()[np.flatnonzero(truth)][:, None] > logits.ravel()[hardest][None]).mean()
+
+    assert ordered(after) > ordered(before) + 0.04, (ordered(before), ordered(after))
+    assert _r_precision(after, truth) > _r_precision(before, truth) + 0.01
+    again = fit_pair_weights(e, e, truth, hard_negative_rounds=1, **scarce)
+    assert np.array_equal(again.weights, hard.weights) and again.bias == hard.bias
+    # no round: the plain fit exactly
+    assert np.array_equal(fit_pair_weights(e, e, truth, hard_negative_rounds=0, **scarce).weights, plain.weights)
+
+def test_hard_negative_arguments_are_checked():
+    e, truth = _toy_relation(20)
+    with pytest.raises(ValueError, match="hard_negative_rounds must be >= 0"):
+        fit_pair_weights(e, e, truth, hard_negative_rounds=-1)
+    with pytest.raises(ValueError, match="hard_negatives_per_positive > 0; got 1 and 0"):
+        fit_pair_weights(e, e, truth, hard_negative_rounds=1, hard_negatives_per_positive=0)

@@ -234,35 +234,79 @@ def find_hierarchy_head(model_dir: str | Path | None, dim: int | None = None) ->
 
 
 def fit_pair_weights(inner: ProbEmbedding, outer: ProbEmbedding, truth: np.ndarray, fitted_on: str = "",
-                     negatives_per_positive: float = 4.0, seed: int = 0, l2: float = 1e-4) -> PairWeights:
+                     negatives_per_positive: float = 4.0, seed: int = 0, l2: float = 1e-4,
+                     hard_negative_rounds: int = 0, hard_negatives_per_positive: float = 1.0) -> PairWeights:
     """Fit one pair kind by logistic regression on ``truth`` ``[Ni, No]`` (``inner_i`` included in ``outer_j``).
 
     Every positive pair is used, and a seeded sample of ``negatives_per_positive`` negatives per positive (all of
     them when there are fewer); the two classes are weighted equally. L-BFGS on standardised terms with an L2
     penalty ``l2`` (float32: the terms of ``P`` pairs take ``P x 24 x D x 4`` bytes); the result is folded back into
     raw-term weights (float64).
+
+    ``hard_negative_rounds``: after the first fit, this many times score every pair with the current weights, add
+    the ``hard_negatives_per_positive`` x positives highest-scoring negatives (the unrelated pairs the head takes
+    for related ones: a sibling caption, a caption that binds the image's attributes wrongly) to the random sample,
+    and fit again from the current weights. A search ranks items against each other, and random negatives are
+    mostly easy; the hard ones teach the ranking. A pair of the same item (the diagonal when ``inner`` is
+    ``outer``) is never taken as a negative.
     """
     truth = np.asarray(truth, dtype=bool)
     if truth.shape != (len(inner), len(outer)) or truth.all() or not truth.any():
         raise ValueError(f"truth must be a [inner, outer] = [{len(inner)}, {len(outer)}] boolean matrix holding both "
                          f"related and unrelated pairs; got shape {truth.shape}")
+    if hard_negative_rounds < 0 or not hard_negatives_per_positive > 0:
+        raise ValueError(f"hard_negative_rounds must be >= 0 and hard_negatives_per_positive > 0; got "
+                         f"{hard_negative_rounds} and {hard_negatives_per_positive}")
     rng = np.random.default_rng(seed)
     pos = np.flatnonzero(truth)
     neg = np.flatnonzero(~truth)
     take = min(neg.size, int(round(negatives_per_positive * pos.size)))
     neg = np.sort(rng.choice(neg, size=take, replace=False))
+    sides = (*_sides(inner), *_sides(outer))
+    weights = _fit_logistic(sides, truth, pos, neg, l2)
+    same_items = inner is outer
+    for _ in range(hard_negative_rounds):
+        current = PairWeights(*_raw_weights(weights))
+        scores = current.logits(inner, outer).numpy()
+        scores[truth] = -np.inf
+        if same_items:
+            np.fill_diagonal(scores, -np.inf)
+        scores = scores.ravel()
+        hard_count = min(int(np.isfinite(scores).sum()), int(round(hard_negatives_per_positive * pos.size)))
+        hard = np.argpartition(-scores, hard_count - 1)[:hard_count] if hard_count else np.zeros(0, np.int64)
+        weights = _fit_logistic(sides, truth, pos, np.union1d(neg, hard), l2, start=weights)
+    raw, bias = _raw_weights(weights)
+    return PairWeights(raw, bias, fitted_on)
+
+
+def _raw_weights(fit: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[np.ndarray, float]:
+    """``(weights [len(TERMS), D], bias)`` float64 on the raw terms from a fit on standardised terms."""
+    w, mean, std = fit
+    raw = w[:-1] / std
+    bias = float(w[-1] - (mean / std) @ w[:-1])
+    return raw.reshape(len(TERMS), -1).numpy(), bias
+
+
+def _fit_logistic(sides, truth: np.ndarray, pos: np.ndarray, neg: np.ndarray, l2: float,
+                  start: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weighted logistic regression on the pairs ``pos`` and ``neg`` (flat indices into ``truth``): ``(w, mean,
+    std)``, float64, ``w`` ``[F + 1]`` on the standardised terms (the last entry the bias). ``start``: an earlier
+    fit to continue from (its weights are carried over to this fit's standardisation)."""
     chosen = np.concatenate([pos, neg])
     rows, cols = np.divmod(chosen, truth.shape[1])
-    mu_a, lv_a = _sides(inner)
-    mu_b, lv_b = _sides(outer)
-    x = _terms_of_pairs(mu_a, lv_a, mu_b, lv_b, rows, cols)
+    x = _terms_of_pairs(*sides, rows, cols)
     x = x.reshape(len(chosen), -1)
     y = torch.as_tensor(truth.ravel()[chosen], dtype=torch.float32)
-    weight = torch.where(y > 0, 0.5 / max(1, pos.size), 0.5 / max(1, take))
+    weight = torch.where(y > 0, 0.5 / max(1, pos.size), 0.5 / max(1, neg.size))
     mean, std = x.double().mean(0), x.double().std(0).clamp_min(1e-12)
     z = ((x - mean.float()) / std.float()).contiguous()
     del x
-    w = torch.zeros(z.shape[1] + 1, dtype=torch.float32, requires_grad=True)
+    initial = torch.zeros(z.shape[1] + 1, dtype=torch.float64)
+    if start is not None:  # the same raw-term function, on this fit's standardised terms
+        w0, mean0, std0 = start
+        initial[:-1] = w0[:-1] / std0 * std
+        initial[-1] = w0[-1] - (mean0 / std0) @ w0[:-1] + (mean / std0) @ w0[:-1]
+    w = initial.float().requires_grad_(True)
     optimizer = torch.optim.LBFGS([w], max_iter=300, line_search_fn="strong_wolfe")
 
     def closure():
@@ -274,10 +318,7 @@ def fit_pair_weights(inner: ProbEmbedding, outer: ProbEmbedding, truth: np.ndarr
         return loss
 
     optimizer.step(closure)
-    w = w.detach().double()
-    raw = w[:-1] / std
-    bias = float(w[-1] - (mean / std) @ w[:-1])
-    return PairWeights(raw.reshape(len(TERMS), -1).numpy(), bias, fitted_on)
+    return w.detach().double(), mean, std
 
 
 def _terms_of_pairs(mu_a, lv_a, mu_b, lv_b, rows: np.ndarray, cols: np.ndarray) -> torch.Tensor:

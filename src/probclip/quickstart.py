@@ -71,9 +71,13 @@ EVAL_DEGRADATION_KIND = "occlusion"
 #: Caption levels listed per training image (one is drawn per step): levels 2-5 twice as often as 0-1.
 TRAIN_CAPTION_LEVELS = (0, 1, 2, 3, 4, 5, 2, 3, 4, 5)
 #: Masked views for the inclusion losses: half of each batch gets an image view with half of its patches painted
-#: grey and a text view with each word dropped with probability 0.5 (a shorter, more general caption).
+#: grey and a phrase view of its caption: whole phrases dropped, a strictly more general caption ("a red circle"
+#: from "a small red circle at the top left"; the synthetic world's ``phrase_view``). Dropping single words
+#: (``"drop"``, the published recipe's kind of view) made captions like "a red at the", and every hierarchy
+#: number lower on three seeds (docs/quickstart.md). ``text_mask_prob`` drops words of a caption that has no
+#: phrase view.
 MASKING = {"fraction": 0.5, "image_keep_ratio": 0.5, "image_mask_mode": "grey",
-           "text_mask_prob": 0.5, "text_mask_mode": "drop"}
+           "text_mask_prob": 0.5, "text_mask_mode": "phrase"}
 #: ProLIP loss: the image-in-text inclusion term weighs 1.0 (released: 1e-7, effectively off), the text
 #: original-in-masked one 1.0, the image one 0.01, all with a smooth sigmoid (scale 10) at the released training's eps
 #: (-20, where only the variances enter the test); a PPCL term (weight 1.0) matches each caption with its masked view
