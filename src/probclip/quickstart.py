@@ -73,7 +73,7 @@ TRAIN_CAPTION_LEVELS = (0, 1, 2, 3, 4, 5, 2, 3, 4, 5)
 #: Masked views for the inclusion losses: half of each batch gets an image view with half of its patches painted
 #: grey and a phrase view of its caption: whole phrases dropped, a strictly more general caption ("a red circle"
 #: from "a small red circle at the top left"; the synthetic world's ``phrase_view``). Dropping single words
-#: (``"drop"``, the published recipe's kind of view) made captions like "a red at the", and every hierarchy
+#: (``"drop"``, near the published recipe's masked tokens) made captions like "a red at the", and every hierarchy
 #: number lower on three seeds (docs/quickstart.md). ``text_mask_prob`` drops words of a caption that has no
 #: phrase view.
 MASKING = {"fraction": 0.5, "image_keep_ratio": 0.5, "image_mask_mode": "grey",
