@@ -56,8 +56,8 @@ __all__ = ["CALIBRATION_SCENES", "TrainingMaterial", "training_material", "synth
 #: hierarchy head and without one.
 BREAKDOWN_SCORES = ("head", "directional")
 #: Rounds of hard negatives in the ``text_in_text`` fit (:func:`~probclip.hierarchy_head.fit_pair_weights`): one
-#: round raised "more specific" R-precision (levels 0-3) of the quickstart model by 0.016-0.030 on three seeds
-#: for about 35 s on 2 cores (docs/search.md); a second round added nothing.
+#: round raised "more specific" R-precision (levels 0-3) of the quickstart model by 0.022-0.029 on three seeds
+#: for about 40 s on 2 cores (docs/evaluation.md); a second round added nothing.
 TEXT_HARD_NEGATIVE_ROUNDS = 1
 #: Training-split scenes the match calibration of the ``denotation`` score and the hierarchy head are fitted on.
 CALIBRATION_SCENES = 1000
