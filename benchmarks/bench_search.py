@@ -219,7 +219,8 @@ def part_inclusion(work: Path, n: int, dim: int, q: int, oversample: int, quicks
 def random_head(sample: probclip.ProbEmbedding, seed: int = 0, generality: float = 2.0):
     """A hierarchy head with random weights (``text_in_text`` and ``image_in_text``): standard normal, each divided
     by the spread of its term over pairs of ``sample`` and by ``sqrt(len(TERMS) D)``, so every term and dimension weighs
-    alike and the logits are of order 1; ``generality`` for "more specific" (the quickstart's heads choose 2-2.5)."""
+    alike and the logits are of order 1; ``generality`` for "more specific" (the quickstart's heads chose 2-3 with
+    word-dropped text views, 0.25 with phrase views)."""
     from probclip.hierarchy_head import TERMS, HierarchyHead, PairWeights, pair_terms
 
     spread = pair_terms(sample, sample).reshape(-1, len(TERMS), sample.dim).std(0).clamp_min(1e-12).numpy()
