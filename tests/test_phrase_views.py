@@ -126,3 +126,39 @@ def test_phrase_mode_trains_on_the_synthetic_world_and_names_the_sources_that_ha
     table = make_csv_dataset(tmp_path / "pairs", 8)
     with pytest.raises(UsageError, match=r"data.source 'csv' does not \(sources that do: \['synthetic'\]\)"):
         train(TrainConfig.from_dict(tiny_config(tmp_path / "csv", table, masking=masking, run={"steps": 1})))
+    with pytest.raises(UsageError, match=r"masking.phrase_views 'nonesuch' is not a phrase view maker; registered: "
+                                         r"\['synthetic'\]"):
+        train(TrainConfig.from_dict(tiny_config(tmp_path / "csv2", table, run={"steps": 1},
+                                                masking={**masking, "phrase_views": "nonesuch"})))
+    with pytest.raises(UsageError, match=r"masking.phrase_views = '' is not valid"):
+        TrainConfig.from_dict(tiny_config(tmp_path / "csv3", table, masking={**masking, "phrase_views": ""}))
+
+
+def test_phrase_views_of_the_world_on_webdataset_shards(tmp_path, monkeypatch):
+    """The world's captions read from webdataset shards take the synthetic maker by name: ``masking.phrase_views``."""
+    from probclip.data import text_views
+    from probclip.synthetic.shards import write_shards
+    from probclip.synthetic.world import SyntheticDataset
+
+    shards = write_shards(SyntheticDataset(size=24, seed=0), tmp_path / "shards", samples_per_shard=24)
+    made = []
+
+    def counting(text, rng):
+        view = phrase_view(text, rng)
+        made.append((text, view))
+        return view
+
+    monkeypatch.setitem(text_views._MAKERS, "synthetic", counting)
+    masking = {"fraction": 0.5, "text_mask_prob": 0.5, "text_mask_mode": "phrase", "phrase_views": "synthetic"}
+    config = TrainConfig.from_dict({
+        "model": dict(TINY), "masking": masking,
+        "loss": {"name": "prolip", "kwargs": {"inclusion_alpha_occ_text": 1.0}},
+        "data": {"source": "webdataset", "paths": [str(p) for p in shards], "caption_keys": ["txt"],
+                 "batch_size": 8, "num_workers": 0},
+        "run": {"steps": 2, "output_dir": str(tmp_path / "run"), "save_every": 0, "tensorboard": False,
+                "progress": "none", "cpu_threads": 1},
+    })
+    result = train(config)
+    assert result.steps == 2 and math.isfinite(result.final_loss)
+    assert len(made) >= 16  # every drawn caption of both steps (full-scene captions: the shards' txt)
+    assert all(view is not None and entails(parse_caption(text), parse_caption(view)) for text, view in made)

@@ -275,6 +275,10 @@ class MaskingSection:
             view is a strictly more general caption that the data source makes by dropping whole phrases
             (``probclip.data.text_views``: ``data.source: synthetic``), words dropped as ``drop`` (with
             ``text_mask_prob``) for a caption without one.
+        phrase_views: whose phrase views (``text_mask_mode: phrase``): the name of a registered maker
+            (``probclip.data.text_views``), for captions of that kind read from another source, such as
+            ``synthetic`` for the world's captions written to webdataset shards by ``probclip synth``; None: the
+            maker of ``data.source``.
     """
 
     fraction: float = 0.125
@@ -282,6 +286,7 @@ class MaskingSection:
     text_mask_prob: float = 0.75
     text_mask_mode: str = "replace"
     image_mask_mode: str = "drop"
+    phrase_views: str | None = None
 
     def validate(self) -> None:
         _check_fraction("masking", "fraction", self.fraction, low_open=False, high_open=False)
@@ -289,6 +294,8 @@ class MaskingSection:
         _check_fraction("masking", "text_mask_prob", self.text_mask_prob, low_open=False, high_open=False)
         _check_choice("masking", "text_mask_mode", self.text_mask_mode, TEXT_MASK_MODES)
         _check_choice("masking", "image_mask_mode", self.image_mask_mode, IMAGE_MASK_MODES)
+        if self.phrase_views is not None and (not isinstance(self.phrase_views, str) or not self.phrase_views):
+            _fail("masking", "phrase_views", self.phrase_views, "the name of a phrase view maker or null")
 
 
 @dataclass

@@ -232,17 +232,26 @@ def _restore_training_state(state: dict | None, optimizer, scaler, dist_info: Di
 
 
 def _phrase_views(config: TrainConfig, uses_masks: bool):
-    """The phrase view maker of the run's data source when its masked text views are phrase views
-    (``masking.text_mask_mode: phrase`` and the loss uses masked text views), else None."""
+    """The phrase view maker of the run (``masking.phrase_views``, else the data source's) when its masked text
+    views are phrase views (``masking.text_mask_mode: phrase`` and the loss uses masked text views), else None."""
     masking = config.masking
     if not (uses_masks and masking.text_mask_prob > 0 and masking.text_mask_mode == "phrase"):
         return None
+    if masking.phrase_views is not None:
+        make = phrase_view_maker(masking.phrase_views)
+        if make is None:
+            raise UsageError(
+                f"masking.phrase_views {masking.phrase_views!r} is not a phrase view maker; registered: "
+                f"{phrase_view_sources()}"
+            )
+        return make
     make = phrase_view_maker(config.data.source)
     if make is None:
         raise UsageError(
             f"masking.text_mask_mode 'phrase' needs a data source that makes phrase views; data.source "
-            f"{config.data.source!r} does not (sources that do: {phrase_view_sources()}); use text_mask_mode "
-            "drop or replace"
+            f"{config.data.source!r} does not (sources that do: {phrase_view_sources()}); set masking.phrase_views "
+            "to one of them when the captions are of that kind (e.g. 'synthetic' for probclip synth shards), or "
+            "use text_mask_mode drop or replace"
         )
     return make
 
