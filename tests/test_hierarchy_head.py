@@ -193,6 +193,7 @@ def test_hard_negative_rounds_sharpen_the_ranking():
     # no round: the plain fit exactly
     assert np.array_equal(fit_pair_weights(e, e, truth, hard_negative_rounds=0, **scarce).weights, plain.weights)
 
+
 def test_hard_negative_arguments_are_checked():
     e, truth = _toy_relation(20)
     with pytest.raises(ValueError, match="hard_negative_rounds must be >= 0"):

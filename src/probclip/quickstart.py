@@ -75,9 +75,10 @@ TRAIN_CAPTION_LEVELS = (0, 1, 2, 3, 4, 5, 2, 3, 4, 5)
 #: from "a small red circle at the top left"; the synthetic world's ``phrase_view``). Dropping single words
 #: (``"drop"``, near the published recipe's masked tokens) made captions like "a red at the", and every hierarchy
 #: number lower on three seeds (docs/quickstart.md). ``text_mask_prob`` drops words of a caption that has no
-#: phrase view.
+#: phrase view. The views are the world's (``phrase_views: synthetic``) whichever source reads its captions, so the
+#: recipe also trains on the world written as webdataset shards (the curation demo's subsets).
 MASKING = {"fraction": 0.5, "image_keep_ratio": 0.5, "image_mask_mode": "grey",
-           "text_mask_prob": 0.5, "text_mask_mode": "phrase"}
+           "text_mask_prob": 0.5, "text_mask_mode": "phrase", "phrase_views": "synthetic"}
 #: ProLIP loss: the image-in-text inclusion term weighs 1.0 (released: 1e-7, effectively off), the text
 #: original-in-masked one 1.0, the image one 0.01, all with a smooth sigmoid (scale 10) at the released training's eps
 #: (-20, where only the variances enter the test); a PPCL term (weight 1.0) matches each caption with its masked view

@@ -179,8 +179,6 @@ def train_on_subset(shards: Path, steps: int, seed: int, out: Path, threads: int
     config["data"] = {**config["data"], "source": "webdataset", "paths": [str(p) for p in sorted(shards.glob("*.tar"))],
                       "caption_keys": ["txt"], "shuffle_buffer": 1000, "num_workers": 1}
     config["data"].pop("synthetic", None)
-    if config["masking"].get("text_mask_mode") == "phrase":  # the shards hold the world's captions
-        config["masking"]["phrase_views"] = "synthetic"
     result = train(TrainConfig.from_dict(config))
     model = result.model.eval()
     eval_set = build_evaluation_set(0, degradation_kind=EVAL_DEGRADATION_KIND)

@@ -237,15 +237,12 @@ def _phrase_views(config: TrainConfig, uses_masks: bool):
     masking = config.masking
     if not (uses_masks and masking.text_mask_prob > 0 and masking.text_mask_mode == "phrase"):
         return None
-    if masking.phrase_views is not None:
-        make = phrase_view_maker(masking.phrase_views)
-        if make is None:
-            raise UsageError(
-                f"masking.phrase_views {masking.phrase_views!r} is not a phrase view maker; registered: "
-                f"{phrase_view_sources()}"
-            )
-        return make
-    make = phrase_view_maker(config.data.source)
+    make = phrase_view_maker(masking.phrase_views or config.data.source)
+    if make is None and masking.phrase_views is not None:
+        raise UsageError(
+            f"masking.phrase_views {masking.phrase_views!r} is not a phrase view maker; registered: "
+            f"{phrase_view_sources()}"
+        )
     if make is None:
         raise UsageError(
             f"masking.text_mask_mode 'phrase' needs a data source that makes phrase views; data.source "
